@@ -1,0 +1,246 @@
+"""Settings: which systems to ingest, Kafka topics, the lake location and quality thresholds.
+
+Two sources, nothing else: the environment (``CITIBIKES_*``, ``PIPELINE_INTERVAL``, ``LOG_LEVEL``)
+for where things are, and YAML files for what to do (``config/systems.yaml`` lists the GBFS systems,
+``config/pipeline.yaml`` the topics and thresholds). The Airflow DAGs, the command-line tool and the
+tests all call :func:`load_settings`, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+"""The repository checkout (``include/citibikes/config.py`` -> two levels up)."""
+
+LIVE_CITIBIKE_DISCOVERY_URL = "https://gbfs.citibikenyc.com/gbfs/2.3/gbfs.json"
+SYSTEM_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong; the message names the setting and how to fix it."""
+
+
+@dataclass(frozen=True)
+class SystemConfig:
+    """One GBFS system to ingest."""
+
+    system_id: str
+    discovery_url: str
+    language: str = "en"
+    timeout_s: float = 10.0
+    """Connect and read timeout of each HTTP request."""
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class TopicConfig:
+    name: str
+    partitions: int = 3
+    replication_factor: int = 1
+    config: Mapping[str, str] = field(default_factory=dict)
+    """Kafka topic configs, e.g. ``cleanup.policy``, ``retention.ms``."""
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Thresholds of the validation rules (see :mod:`citibikes.quality`)."""
+
+    capacity_tolerance: int = 2
+    """Allowed excess of bikes + docks + disabled over capacity before a record is inconsistent."""
+    max_report_age_s: int = 7 * 86400
+    """``last_reported`` older than this (relative to the feed's ``last_updated``) is implausible."""
+    max_future_skew_s: int = 10
+    """``last_reported`` further than this ahead of the fetch time is in the future."""
+    max_feed_age_s: int = 300
+    """A feed whose ``last_updated`` is older than this when fetched is stale."""
+    last_reported_sentinels: tuple[int, ...] = (0, 86400)
+    """Values some vendors send for "never reported" (Citi Bike sends 86400)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path
+    systems_file: Path
+    pipeline_file: Path
+    systems: tuple[SystemConfig, ...]
+    topics: Mapping[str, TopicConfig]
+    quality: QualityConfig
+    kafka_bootstrap: str
+    lake_uri: str
+    s3_endpoint_url: str | None
+    s3_region: str
+    interval_s: int
+    log_level: str
+    status_snapshot_every_s: int
+    """Change capture publishes unchanged stations again at least this often (a full snapshot)."""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def system(self, system_id: str) -> SystemConfig:
+        for system in self.systems:
+            if system.system_id == system_id:
+                return system
+        known = ", ".join(s.system_id for s in self.systems) or "none"
+        raise ConfigError(
+            f"unknown system {system_id!r} (configured: {known}); add it to {self.systems_file}"
+        )
+
+    def with_systems(self, systems: tuple[SystemConfig, ...]) -> Settings:
+        return replace(self, systems=systems)
+
+
+DEFAULT_TOPICS = {
+    "station_information": TopicConfig(
+        "bikes-station-information",
+        config={"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+    ),
+    "station_status": TopicConfig(
+        "bikes-station-status",
+        config={"cleanup.policy": "delete", "retention.ms": str(7 * 86400 * 1000)},
+    ),
+    "quarantine": TopicConfig(
+        "bikes-quarantine",
+        partitions=1,
+        config={"cleanup.policy": "delete", "retention.ms": str(30 * 86400 * 1000)},
+    ),
+}
+
+
+def _env(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:
+    value = env.get(name)
+    return value if value not in (None, "") else default
+
+
+def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = _env(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number; set it to seconds, e.g. {name}=60") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={raw!r} must be positive; set it to seconds, e.g. {name}=60")
+    return value
+
+
+def _read_yaml(path: Path, what: str) -> Any:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file {path} does not exist; create it or point to another") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{what} file {path} is not valid YAML{where}; fix its syntax") from None
+
+
+def _expand(value: Any, env: Mapping[str, str]) -> Any:
+    """Expand ``${NAME}`` and ``${NAME:-default}`` in strings, so files can defer to the environment."""
+    if not isinstance(value, str):
+        return value
+
+    def sub(match: re.Match[str]) -> str:
+        name, _, default = match.group(1).partition(":-")
+        return env.get(name) or default
+
+    return re.sub(r"\$\{([^}]+)\}", sub, value)
+
+
+def load_systems(path: Path, env: Mapping[str, str] | None = None) -> tuple[SystemConfig, ...]:
+    """Read the systems file: ``systems: [{id, discovery_url, language?, timeout_s?, enabled?}]``."""
+    env = os.environ if env is None else env
+    doc = _read_yaml(path, "systems")
+    entries = doc.get("systems") if isinstance(doc, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"systems file {path} has no 'systems:' list; add at least one system with id and discovery_url")
+    systems: list[SystemConfig] = []
+    for index, entry in enumerate(entries, 1):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"systems file {path}: entry {index} is not a mapping; write 'id: ...' and 'discovery_url: ...'")
+        system_id = str(entry.get("id", "")).strip()
+        url = _expand(entry.get("discovery_url"), env)
+        if not SYSTEM_ID_PATTERN.match(system_id):
+            raise ConfigError(
+                f"systems file {path}: entry {index} has id {system_id!r}; use lowercase letters, digits, '-' or '_'"
+            )
+        if not isinstance(url, str) or not re.match(r"^(https?|file)://", url):
+            raise ConfigError(
+                f"systems file {path}: system {system_id!r} needs discovery_url as an http(s):// or file:// URL of gbfs.json"
+            )
+        if any(s.system_id == system_id for s in systems):
+            raise ConfigError(f"systems file {path}: system id {system_id!r} appears twice; ids must be unique")
+        try:
+            timeout = float(entry.get("timeout_s", 10.0))
+        except (TypeError, ValueError):
+            raise ConfigError(f"systems file {path}: system {system_id!r} timeout_s must be a number of seconds") from None
+        systems.append(
+            SystemConfig(
+                system_id=system_id,
+                discovery_url=url,
+                language=str(entry.get("language", "en")),
+                timeout_s=timeout,
+                enabled=bool(entry.get("enabled", True)),
+            )
+        )
+    return tuple(systems)
+
+
+def _load_pipeline(path: Path) -> tuple[dict[str, TopicConfig], QualityConfig, dict[str, Any]]:
+    doc = _read_yaml(path, "pipeline") if path.exists() else {}
+    topics = dict(DEFAULT_TOPICS)
+    for key, spec in (doc.get("topics") or {}).items():
+        if key not in DEFAULT_TOPICS:
+            raise ConfigError(f"pipeline file {path}: unknown topic key {key!r}; use one of {sorted(DEFAULT_TOPICS)}")
+        base = DEFAULT_TOPICS[key]
+        topics[key] = TopicConfig(
+            name=str(spec.get("name", base.name)),
+            partitions=int(spec.get("partitions", base.partitions)),
+            replication_factor=int(spec.get("replication_factor", base.replication_factor)),
+            config={str(k): str(v) for k, v in (spec.get("config") or base.config).items()},
+        )
+    quality_doc = doc.get("quality") or {}
+    known = set(QualityConfig.__dataclass_fields__)
+    unknown = set(quality_doc) - known
+    if unknown:
+        raise ConfigError(f"pipeline file {path}: unknown quality settings {sorted(unknown)}; known: {sorted(known)}")
+    if "last_reported_sentinels" in quality_doc:
+        quality_doc["last_reported_sentinels"] = tuple(quality_doc["last_reported_sentinels"])
+    quality = QualityConfig(**quality_doc)
+    return topics, quality, {k: v for k, v in doc.items() if k not in ("topics", "quality")}
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from the environment and the YAML files it points to."""
+    env = os.environ if env is None else env
+    state_dir = Path(_env(env, "CITIBIKES_STATE_DIR", str(PROJECT_ROOT / ".state"))).resolve()
+    systems_file = Path(_env(env, "CITIBIKES_SYSTEMS_FILE", str(PROJECT_ROOT / "config" / "systems.yaml")))
+    pipeline_file = Path(_env(env, "CITIBIKES_PIPELINE_FILE", str(PROJECT_ROOT / "config" / "pipeline.yaml")))
+    topics, quality, extra = _load_pipeline(pipeline_file)
+    log_level = (_env(env, "LOG_LEVEL", "INFO") or "INFO").upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"LOG_LEVEL={log_level!r} is not a log level; use DEBUG, INFO, WARNING or ERROR")
+    return Settings(
+        state_dir=state_dir,
+        systems_file=systems_file,
+        pipeline_file=pipeline_file,
+        systems=load_systems(systems_file, env),
+        topics=topics,
+        quality=quality,
+        kafka_bootstrap=_env(env, "CITIBIKES_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+        lake_uri=_env(env, "CITIBIKES_LAKE_URI", str(state_dir / "lake")),
+        s3_endpoint_url=_env(env, "CITIBIKES_S3_ENDPOINT_URL"),
+        s3_region=_env(env, "CITIBIKES_S3_REGION", _env(env, "AWS_DEFAULT_REGION", "us-east-1")),
+        interval_s=_int_env(env, "PIPELINE_INTERVAL", 60),
+        log_level=log_level,
+        status_snapshot_every_s=_int_env(env, "CITIBIKES_STATUS_SNAPSHOT_EVERY", 900),
+        extra=extra,
+    )
