@@ -218,11 +218,27 @@ def _load_pipeline(path: Path) -> tuple[dict[str, TopicConfig], QualityConfig, d
     return topics, quality, {k: v for k, v in doc.items() if k not in ("topics", "quality")}
 
 
+FEED_MODES = ("live", "replay", "auto")
+
+
+def feed_mode(env: Mapping[str, str]) -> str:
+    """``CITIBIKES_FEED``: ``live`` (the systems' own URLs), ``replay`` (the offline feed) or ``auto``."""
+    mode = (_env(env, "CITIBIKES_FEED", "auto") or "auto").lower()
+    if mode not in FEED_MODES:
+        raise ConfigError(f"CITIBIKES_FEED={mode!r} is not a feed mode; use live, replay or auto")
+    return mode
+
+
+def default_systems_file(mode: str) -> Path:
+    """``config/systems.replay.yaml`` for the offline replay feed, ``config/systems.yaml`` otherwise."""
+    return PROJECT_ROOT / "config" / ("systems.replay.yaml" if mode == "replay" else "systems.yaml")
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build the settings from the environment and the YAML files it points to."""
     env = os.environ if env is None else env
     state_dir = Path(_env(env, "CITIBIKES_STATE_DIR", str(PROJECT_ROOT / ".state"))).resolve()
-    systems_file = Path(_env(env, "CITIBIKES_SYSTEMS_FILE", str(PROJECT_ROOT / "config" / "systems.yaml")))
+    systems_file = Path(_env(env, "CITIBIKES_SYSTEMS_FILE") or default_systems_file(feed_mode(env)))
     pipeline_file = Path(_env(env, "CITIBIKES_PIPELINE_FILE", str(PROJECT_ROOT / "config" / "pipeline.yaml")))
     topics, quality, extra = _load_pipeline(pipeline_file)
     log_level = (_env(env, "LOG_LEVEL", "INFO") or "INFO").upper()
@@ -235,7 +251,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         systems=load_systems(systems_file, env),
         topics=topics,
         quality=quality,
-        kafka_bootstrap=_env(env, "CITIBIKES_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+        kafka_bootstrap=_env(env, "CITIBIKES_KAFKA_BOOTSTRAP", f"127.0.0.1:{_int_env(env, 'CITIBIKES_KAFKA_PORT', 9092)}"),
         lake_uri=_env(env, "CITIBIKES_LAKE_URI", str(state_dir / "lake")),
         s3_endpoint_url=_env(env, "CITIBIKES_S3_ENDPOINT_URL"),
         s3_region=_env(env, "CITIBIKES_S3_REGION", _env(env, "AWS_DEFAULT_REGION", "us-east-1")),

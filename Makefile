@@ -1,0 +1,46 @@
+# The two commands: `make up` (run everything) and `make test` (run every test).
+# Everything else installs itself on first use: the virtualenv, the pinned Python packages and
+# the Kafka broker's jars (from Maven Central). Runtime state lives in .state/ (git-ignored).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install up down status test bench clean-state help
+
+help:
+	@echo "make up       start Kafka, the feed and Airflow; unpause the DAGs; print the UI address"
+	@echo "make down     stop everything make up started"
+	@echo "make status   show what runs"
+	@echo "make test     run the whole test suite (starts and stops its own Kafka broker)"
+	@echo "make bench    run the benchmarks"
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "Python 3.11+ is needed"' \
+		|| { echo "error: $(PYTHON) is older than 3.11; install Python 3.11 and run again (or PYTHON=/path/to/python3.11 make ...)"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip==26.3"
+	$(BIN)/python -m pip install -q -r requirements.txt -c constraints.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	@touch $@
+
+up: install
+	@$(BIN)/citibikes up
+
+down:
+	@if [ -x $(BIN)/citibikes ]; then $(BIN)/citibikes down; else echo "nothing to stop (not installed)"; fi
+
+status:
+	@$(BIN)/citibikes status
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python -m bench
+
+clean-state: down
+	rm -rf .state

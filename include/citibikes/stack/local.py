@@ -1,0 +1,168 @@
+"""``up``, ``down`` and ``status`` of the whole local stack, without Docker.
+
+``up`` starts, in order and each only if not already running: the Kafka broker (jars fetched from
+Maven Central on first use), the project's topics, the offline replay feed (when the live feed is
+not used) and Airflow standalone; then it unpauses the project's DAGs and prints where everything
+is. ``down`` stops what ``up`` started, in reverse order, by pid file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import requests
+
+from citibikes.config import LIVE_CITIBIKE_DISCOVERY_URL, PROJECT_ROOT, Settings, feed_mode, load_settings, load_systems
+from citibikes.stack.airflow import ADMIN_USER, AirflowStandalone, admin_password
+from citibikes.stack.kafka import KafkaBroker
+from citibikes.stack.process import Service, StackError
+
+Print = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Ports:
+    kafka: int
+    kafka_controller: int
+    replay: int
+    airflow: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Ports:
+        def port(name: str, default: int) -> int:
+            raw = env.get(name) or str(default)
+            if not raw.isdigit() or not 0 < int(raw) < 65536:
+                raise StackError(f"{name}={raw!r} is not a TCP port; set it to a number between 1 and 65535")
+            return int(raw)
+
+        return cls(
+            kafka=port("CITIBIKES_KAFKA_PORT", 9092),
+            kafka_controller=port("CITIBIKES_KAFKA_CONTROLLER_PORT", 9093),
+            replay=port("CITIBIKES_REPLAY_PORT", 8765),
+            airflow=port("CITIBIKES_AIRFLOW_PORT", 8080),
+        )
+
+
+def broker(settings: Settings, ports: Ports) -> KafkaBroker:
+    return KafkaBroker(settings.state_dir / "kafka", settings.state_dir / "run",
+                       port=ports.kafka, controller_port=ports.kafka_controller)
+
+
+def replay_service(settings: Settings, port: int) -> Service:
+    def healthy() -> bool:
+        try:
+            return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    return Service(
+        name="replay",
+        command=[sys.executable, "-m", "citibikes.cli", "replay", "--host", "127.0.0.1", "--port", str(port)],
+        run_dir=settings.state_dir / "run",
+        log_file=settings.state_dir / "logs" / "replay.log",
+        ports=[("127.0.0.1", port)],
+        ready=healthy,
+        start_timeout_s=30,
+        fix_hint="set CITIBIKES_REPLAY_PORT to a free port",
+    )
+
+
+def live_feed_reachable(url: str, timeout: float = 4.0) -> str | None:
+    """None when the live discovery URL answers with JSON, else the reason it does not."""
+    try:
+        response = requests.get(url, timeout=timeout)
+        response.raise_for_status()
+        response.json()
+        return None
+    except (requests.RequestException, ValueError) as exc:
+        return type(exc).__name__ if not str(exc) else str(exc).split("(Caused by")[-1].strip(" )")[:120]
+
+
+def resolve_feed(env: dict[str, str], out: Print) -> str:
+    """Decide live or replay (``CITIBIKES_FEED``; ``auto`` probes the live URL) and export the choice."""
+    if env.get("CITIBIKES_SYSTEMS_FILE"):
+        out(f"Feed: systems from CITIBIKES_SYSTEMS_FILE={env['CITIBIKES_SYSTEMS_FILE']}")
+        return "custom"
+    mode = feed_mode(env)
+    if mode == "auto":
+        systems = load_systems(PROJECT_ROOT / "config" / "systems.yaml", env)
+        url = systems[0].discovery_url if systems else LIVE_CITIBIKE_DISCOVERY_URL
+        reason = live_feed_reachable(url)
+        if reason is None:
+            mode = "live"
+            out(f"Feed: live ({url})")
+        else:
+            mode = "replay"
+            out(f"Feed: live feed {url} is unreachable ({reason}); using the offline replay feed "
+                "(set CITIBIKES_FEED=live to insist on the live feed, CITIBIKES_FEED=replay to skip this check)")
+    env["CITIBIKES_FEED"] = mode
+    if mode == "replay":
+        env.setdefault("CITIBIKES_REPLAY_URL", f"http://127.0.0.1:{Ports.from_env(env).replay}")
+    return mode
+
+
+def up(env: Mapping[str, str] | None = None, out: Print = print) -> int:
+    started = time.monotonic()
+    env = dict(os.environ if env is None else env)
+    ports = Ports.from_env(env)
+    env.setdefault("CITIBIKES_KAFKA_BOOTSTRAP", f"127.0.0.1:{ports.kafka}")
+    mode = resolve_feed(env, out)
+    os.environ.update(env)  # services inherit the resolved choice
+    settings = load_settings(env)
+
+    kafka = broker(settings, ports)
+    out(f"Kafka: {kafka.start()} on {kafka.bootstrap} (data in {kafka.data_dir})")
+    from citibikes.stream.topics import ensure_topics
+    from confluent_kafka.admin import AdminClient
+
+    for change in ensure_topics(AdminClient({"bootstrap.servers": kafka.bootstrap}), settings.topics.values()):
+        out(f"  topic {change.topic}: {change.action}")
+
+    if mode == "replay":
+        out(f"Replay feed: {replay_service(settings, ports.replay).start()} on http://127.0.0.1:{ports.replay}/citibike/gbfs.json")
+
+    airflow = AirflowStandalone(settings, port=ports.airflow)
+    out(f"Airflow: {airflow.start()} (log: {settings.state_dir / 'logs' / 'airflow.log'})")
+    dag_ids, errors = airflow.unpause_project_dags()
+    for name, error in errors.items():
+        out(f"  DAG file {name} failed to import: {error}")
+    out(f"  DAGs unpaused: {', '.join(dag_ids) or 'none'}")
+    out("")
+    out(f"Ready in {time.monotonic() - started:.0f} s.")
+    out(f"  Airflow UI:  {airflow.url}   login: {ADMIN_USER} / {admin_password(airflow.home)}")
+    out("  Trigger:     .venv/bin/airflow dags trigger citibikes_ingest  (or the play button in the UI)")
+    out(f"  Lake:        {settings.lake_uri}")
+    out(f"  Topics:      .venv/bin/citibikes tail {settings.topics['station_status'].name}")
+    out("  Stop:        make down")
+    return 0 if not errors else 1
+
+
+def down(env: Mapping[str, str] | None = None, out: Print = print) -> int:
+    env = dict(os.environ if env is None else env)
+    ports = Ports.from_env(env)
+    settings = load_settings(env)
+    out(f"Airflow: {AirflowStandalone(settings, port=ports.airflow).stop()}")
+    out(f"Replay feed: {replay_service(settings, ports.replay).stop()}")
+    out(f"Kafka: {broker(settings, ports).stop()}")
+    return 0
+
+
+def status(env: Mapping[str, str] | None = None, out: Print = print) -> int:
+    env = dict(os.environ if env is None else env)
+    ports = Ports.from_env(env)
+    settings = load_settings(env)
+    services = {
+        "kafka": (broker(settings, ports).service(), f"127.0.0.1:{ports.kafka}"),
+        "replay": (replay_service(settings, ports.replay), f"http://127.0.0.1:{ports.replay}"),
+        "airflow": (AirflowStandalone(settings, port=ports.airflow).service(), f"http://127.0.0.1:{ports.airflow}"),
+    }
+    running = 0
+    for name, (service, where) in services.items():
+        pid = service.pid()
+        running += pid is not None
+        out(f"{name:8} {'running (pid %d) at %s' % (pid, where) if pid else 'stopped'}")
+    return 0 if running else 3

@@ -1,0 +1,213 @@
+"""Publish validated stations to Kafka: keyed, idempotent, batched, with one flush per step.
+
+Every record is produced asynchronously (librdkafka batches and compresses them) and the step
+ends with a single ``flush``; any delivery failure, or a flush that does not finish in time, raises
+``DeliveryError`` so the Airflow task (or the CLI run) fails and is retried: nothing is lost
+silently. Keys are ``<system_id>:<station_id>`` so a station's history stays in one partition
+(ordered) and the compacted information topic keeps the latest description of each station.
+
+Change capture (``ChangeCapture``) keeps what was last published per station and lets only the
+stations whose state changed through, plus a periodic full snapshot so a consumer that starts
+from any snapshot boundary sees every station.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import msgspec
+from confluent_kafka import KafkaError, Producer
+
+from citibikes.config import TopicConfig
+from citibikes.gbfs.model import (
+    SCHEMA_VERSION,
+    STATION_INFORMATION,
+    STATION_STATUS,
+    QuarantinedRecord,
+    StationInformation,
+    StationStatus,
+)
+
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "enable.idempotence": True,  # no duplicates or reordering from the producer's own retries
+    "acks": "all",
+    "compression.type": "zstd",
+    "linger.ms": 50,
+    "batch.size": 1_000_000,
+    "queue.buffering.max.messages": 500_000,
+    "queue.buffering.max.kbytes": 1_048_576,
+    # A dead broker must fail the step within a bounded time, not hang it.
+    "message.timeout.ms": 30_000,
+    "socket.connection.setup.timeout.ms": 10_000,
+    "client.id": "citibikes-producer",
+}
+_NAMESPACE = uuid.UUID("6f1c7d0e-2f7b-4c61-9d1e-6a1f0b9b1e55")
+
+
+class DeliveryError(RuntimeError):
+    """Some records were not acknowledged by the broker; the step must fail and be retried."""
+
+
+def producer_config(bootstrap: str | None = None, **overrides: Any) -> dict[str, Any]:
+    config = dict(PRODUCER_DEFAULTS)
+    if bootstrap:
+        config["bootstrap.servers"] = bootstrap
+    config.update(overrides)
+    return config
+
+
+def message_key(system_id: str, station_id: str) -> bytes:
+    return f"{system_id}:{station_id}".encode()
+
+
+def message_id(feed: str, system_id: str, station_id: str | None, last_updated: int) -> str:
+    """Deterministic id: the same observation re-sent by a retry carries the same id (consumers dedupe on it)."""
+    return str(uuid.uuid5(_NAMESPACE, f"{feed}|{system_id}|{station_id}|{last_updated}"))
+
+
+@dataclass
+class PublishReport:
+    sent: dict[str, int] = field(default_factory=dict)
+    """Records acknowledged per topic."""
+    skipped_unchanged: int = 0
+    flush_s: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(self.sent.values())
+
+
+class Publisher:
+    """Produces records to the configured topics and verifies every delivery on ``flush``."""
+
+    def __init__(self, producer: Producer, topics: Mapping[str, TopicConfig], flush_timeout_s: float = 60.0) -> None:
+        self._producer = producer
+        self._topics = {key: topic.name for key, topic in topics.items()}
+        self._flush_timeout_s = flush_timeout_s
+        self._encoder = msgspec.json.Encoder()
+        self._pending = 0
+        self._acked: dict[str, int] = {}
+        self._errors: list[str] = []
+        self._skipped = 0
+
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        self._pending -= 1
+        if err is not None:
+            self._errors.append(f"{msg.topic()}: {err.str()}")
+        else:
+            topic = msg.topic()
+            self._acked[topic] = self._acked.get(topic, 0) + 1
+
+    def _produce(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
+                self._pending += 1
+                return
+            except BufferError:  # local queue full: let librdkafka drain, then retry this record
+                self._producer.poll(0.05)
+
+    def _publish(self, feed_key: str, feed: str, records: Sequence[Any]) -> None:
+        topic = self._topics[feed_key]
+        encode = self._encoder.encode
+        schema = str(SCHEMA_VERSION).encode()
+        for record in records:
+            headers = [
+                ("message_id", message_id(feed, record.system_id, record.station_id, record.last_updated).encode()),
+                ("schema_version", schema),
+                ("system_id", record.system_id.encode()),
+                ("feed", feed.encode()),
+                ("last_updated", str(record.last_updated).encode()),
+                ("fetched_at", repr(record.fetched_at).encode()),
+            ]
+            self._produce(topic, message_key(record.system_id, record.station_id or ""), encode(record), headers)
+        self._producer.poll(0)
+
+    def publish_information(self, records: Sequence[StationInformation]) -> None:
+        self._publish(STATION_INFORMATION, STATION_INFORMATION, records)
+
+    def publish_status(self, records: Sequence[StationStatus]) -> None:
+        self._publish(STATION_STATUS, STATION_STATUS, records)
+
+    def publish_quarantine(self, records: Sequence[QuarantinedRecord]) -> None:
+        self._publish("quarantine", "quarantine", records)
+
+    def note_skipped(self, count: int) -> None:
+        self._skipped += count
+
+    def flush(self) -> PublishReport:
+        """Wait for every delivery; raise DeliveryError unless all records were acknowledged."""
+        started = time.monotonic()
+        remaining = self._producer.flush(self._flush_timeout_s)
+        elapsed = time.monotonic() - started
+        errors, self._errors = self._errors, []
+        if remaining or self._pending > 0 or errors:
+            cause = errors[0] if errors else f"{max(remaining, self._pending)} records still queued after {self._flush_timeout_s:.0f} s"
+            self._pending = 0
+            self._producer.purge()  # drop what is still queued so a retry starts clean
+            raise DeliveryError(
+                f"Kafka did not acknowledge {len(errors) + max(remaining, 0)} records ({cause}); "
+                "check the broker (`make status`, CITIBIKES_KAFKA_BOOTSTRAP) - the run will be retried"
+            )
+        report = PublishReport(sent=dict(self._acked), skipped_unchanged=self._skipped, flush_s=elapsed)
+        self._acked, self._skipped = {}, 0
+        return report
+
+
+def status_fingerprint(record: StationStatus) -> list:
+    """What counts as a change: counts and flags, not the heartbeat ``last_reported``.
+
+    JSON-shaped (lists, not tuples) so the state round-trips through JSON and compares equal.
+    """
+    vehicle_types = [[v.vehicle_type_id, v.count] for v in record.vehicle_types_available or ()]
+    return [
+        record.num_bikes_available, record.num_ebikes_available, record.num_bikes_disabled,
+        record.num_docks_available, record.num_docks_disabled,
+        record.is_installed, record.is_renting, record.is_returning, vehicle_types,
+    ]
+
+
+class ChangeCaptureState(msgspec.Struct):
+    """Per system: the fingerprint last published per station and when the last full snapshot went out."""
+
+    fingerprints: dict[str, list] = {}
+    last_snapshot_at: int = 0
+
+
+class ChangeCapture:
+    """Lets through only the stations that changed, plus a full snapshot every ``snapshot_every_s``."""
+
+    def __init__(self, state: ChangeCaptureState | None = None, snapshot_every_s: int = 900) -> None:
+        self.state = state or ChangeCaptureState()
+        self.snapshot_every_s = snapshot_every_s
+
+    def select(self, records: Iterable[StationStatus], last_updated: int) -> tuple[list[StationStatus], int, bool]:
+        """(records to publish, number skipped as unchanged, whether this is a full snapshot)."""
+        full = last_updated - self.state.last_snapshot_at >= self.snapshot_every_s
+        known = self.state.fingerprints
+        selected: list[StationStatus] = []
+        skipped = 0
+        for record in records:
+            if full or known.get(record.station_id) != status_fingerprint(record):
+                selected.append(record)
+            else:
+                skipped += 1
+        return selected, skipped, full
+
+    def commit(self, published: Iterable[StationStatus], last_updated: int, full: bool) -> None:
+        """Record what was delivered; call only after a successful flush."""
+        for record in published:
+            self.state.fingerprints[record.station_id] = status_fingerprint(record)
+        if full:
+            self.state.last_snapshot_at = last_updated
+
+    def dumps(self) -> bytes:
+        return msgspec.json.encode(self.state)
+
+    @classmethod
+    def loads(cls, data: bytes | None, snapshot_every_s: int = 900) -> ChangeCapture:
+        state = msgspec.json.decode(data, type=ChangeCaptureState) if data else None
+        return cls(state, snapshot_every_s)
