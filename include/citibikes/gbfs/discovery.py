@@ -1,0 +1,333 @@
+"""Which feeds a GBFS system publishes and where: the ``gbfs.json`` discovery document.
+
+GBFS 1.x/2.x list feeds per language (``data.<language>.feeds``), GBFS 3.x lists them once
+(``data.feeds``). :func:`parse_discovery` reads both into one :class:`Discovery` that maps each
+feed's ``name`` to an absolute URL, so callers never guess URLs from names (vendors serve e.g.
+``station_status_v2.json?key=...`` for ``station_status``). :meth:`Discovery.from_folder` builds
+the same object from a folder of saved feed files, for validating or backfilling offline, and
+:func:`read_local_file` reads such files (plain or gzip) with the same size limit as HTTP.
+
+:func:`read_header` reads just ``last_updated``, ``ttl`` and ``version`` of any GBFS document, in
+POSIX seconds or RFC 3339 (GBFS 3.x); it never judges whether the rest of the body is valid, that
+is :mod:`citibikes.gbfs.normalize`'s job.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import msgspec
+
+from citibikes.gbfs.errors import FeedError
+
+log = logging.getLogger(__name__)
+
+DISCOVERY_FEED = "gbfs"
+"""The discovery document's own feed name (also its file name, ``gbfs.json``)."""
+DEFAULT_VERSION = "1.0"
+"""GBFS 1.0 had no ``version`` field; a document without one is 1.0 by the spec."""
+FEED_FILE_SUFFIXES = (".json", ".json.gz")
+DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+"""Largest feed body accepted (after decompression); Citi Bike's station_information is about 1 MB."""
+GZIP_MAGIC = b"\x1f\x8b"
+MILLISECONDS_ABOVE = 100_000_000_000
+"""A POSIX time above this was sent in milliseconds (as :mod:`citibikes.gbfs.normalize` reads it too)."""
+
+
+@dataclass
+class Discovery:
+    """The feeds of one system: feed name -> absolute URL (``http(s)://`` or ``file://``)."""
+
+    system_id: str
+    url: str
+    version: str
+    language: str | None
+    """The language whose feed list was chosen (1.x/2.x); ``None`` for 3.x and folders without one."""
+    feeds: dict[str, str] = field(default_factory=dict)
+
+    def feed_url(self, name: str) -> str:
+        """The URL of feed ``name``; FeedError ``feed_missing`` when the system does not publish it."""
+        try:
+            return self.feeds[name]
+        except KeyError:
+            available = ", ".join(sorted(self.feeds)) or "none"
+            raise FeedError(
+                f"feed {name!r} is not listed by {self.url} (it lists: {available}); "
+                "pick a listed feed or check discovery_url in config/systems.yaml",
+                reason="feed_missing", system_id=self.system_id, feed=name, url=self.url,
+            ) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return msgspec.to_builtins(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Discovery:
+        return msgspec.convert(data, cls)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, system_id: str | None = None) -> Discovery:
+        """Discovery of the feed files in ``folder``, named as GBFS names them.
+
+        ``station_status.json`` (or ``.json.gz``) becomes feed ``station_status``, and so on. A
+        ``gbfs.json`` there contributes only its ``version`` and language, because saved discovery
+        files usually point at the live URLs; the local files always win. Without ``gbfs.json``
+        the version comes from ``system_information``, ``station_status`` or
+        ``station_information``. ``system_id`` defaults to the folder's name.
+        """
+        path = Path(folder).expanduser().resolve()
+        system = system_id or path.name
+        if not path.is_dir():
+            raise FeedError(
+                f"folder {path} does not exist; pass a folder holding station_information.json and station_status.json",
+                reason="unreachable", system_id=system, url=str(path),
+            )
+        files = _feed_files(path)
+        feeds = {name: file.as_uri() for name, file in files.items() if name != DISCOVERY_FEED}
+        if not feeds:
+            raise FeedError(
+                f"folder {path} holds no GBFS feed files; add e.g. station_information.json and station_status.json",
+                reason="no_feeds", system_id=system, url=str(path),
+            )
+        version, language = _folder_version_and_language(files)
+        return cls(system_id=system, url=path.as_uri(), version=version, language=language, feeds=feeds)
+
+
+class FeedHeader(msgspec.Struct):
+    """The common top-level fields of every GBFS document, decoded without building ``data``."""
+
+    last_updated: Any = None
+    ttl: Any = None
+    version: Any = None
+
+
+@dataclass(frozen=True)
+class Header:
+    last_updated: int | None
+    """POSIX seconds, whatever the document used (seconds or RFC 3339)."""
+    ttl: int | None
+    version: str | None
+
+
+def read_header(body: bytes) -> Header | None:
+    """``last_updated``, ``ttl`` and ``version`` of a GBFS document, or ``None`` if it is not a JSON object."""
+    try:
+        raw = msgspec.json.decode(body, type=FeedHeader)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    version = raw.version if isinstance(raw.version, str) else None
+    return Header(_posix_seconds(raw.last_updated), _seconds(raw.ttl), version)
+
+
+def parse_discovery(
+    body: bytes, url: str, system_id: str, language: str | None, *, base_url: str | None = None
+) -> Discovery:
+    """The :class:`Discovery` in the ``gbfs.json`` body of ``url``.
+
+    Relative feed URLs resolve against ``base_url`` (where the body really came from, after
+    redirects), by default ``url``.
+    """
+    doc = _decode_object(body, url, system_id)
+    data = doc.get("data")
+    if isinstance(data, dict) and isinstance(data.get("feeds"), list):
+        chosen_language, entries = None, data["feeds"]
+    else:
+        chosen_language, entries = _choose_language(data, language, url, system_id)
+    feeds = _feed_urls(entries, base_url or url)
+    if not feeds:
+        raise FeedError(
+            f"discovery document {url} lists no feeds with a URL; check discovery_url in config/systems.yaml",
+            reason="no_feeds", system_id=system_id, feed=DISCOVERY_FEED, url=url,
+        )
+    version = doc.get("version")
+    return Discovery(
+        system_id=system_id,
+        url=url,
+        version=str(version) if version else DEFAULT_VERSION,
+        language=chosen_language,
+        feeds=feeds,
+    )
+
+
+def _decode_object(body: bytes, url: str, system_id: str) -> dict[str, Any]:
+    try:
+        doc = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        start = " ".join(body[:40].decode("utf-8", "replace").split())
+        raise FeedError(
+            f"discovery document {url} is not JSON (starts with {start!r}); "
+            "check discovery_url in config/systems.yaml points at gbfs.json",
+            reason="not_json", system_id=system_id, feed=DISCOVERY_FEED, url=url,
+        ) from None
+    if not isinstance(doc, dict):
+        raise FeedError(
+            f"discovery document {url} is a JSON {type(doc).__name__}, not an object with 'data'; "
+            "check discovery_url in config/systems.yaml points at gbfs.json",
+            reason="no_feeds", system_id=system_id, feed=DISCOVERY_FEED, url=url,
+        )
+    return doc
+
+
+def _choose_language(data: Any, wanted: str | None, url: str, system_id: str) -> tuple[str, list[Any]]:
+    """GBFS 1.x/2.x: the feed list of the wanted language, else the closest or first one (with a warning)."""
+    languages = {
+        key: value["feeds"]
+        for key, value in (data.items() if isinstance(data, dict) else ())
+        if isinstance(value, dict) and isinstance(value.get("feeds"), list)
+    }
+    if not languages:
+        raise FeedError(
+            f"discovery document {url} has no feeds (expected data.feeds or data.<language>.feeds); "
+            "check discovery_url in config/systems.yaml points at gbfs.json",
+            reason="no_feeds", system_id=system_id, feed=DISCOVERY_FEED, url=url,
+        )
+    chosen = _matching_language(wanted, list(languages))
+    if chosen is None:
+        chosen = next(iter(languages))
+        log.warning(
+            "%s: language %r is not in %s (it has %s); using %r, set language in config/systems.yaml to choose",
+            system_id, wanted, url, ", ".join(languages), chosen,
+        )
+    return chosen, languages[chosen]
+
+
+def _matching_language(wanted: str | None, available: list[str]) -> str | None:
+    """Exact match first, then the same primary language (``en`` matches ``en-US`` and back)."""
+    if not wanted:
+        return None
+    folded = {language.lower(): language for language in available}
+    if wanted.lower() in folded:
+        return folded[wanted.lower()]
+    primary = wanted.lower().split("-")[0]
+    for key, language in folded.items():
+        if key.split("-")[0] == primary:
+            return language
+    return None
+
+
+def _feed_urls(entries: list[Any], base_url: str) -> dict[str, str]:
+    """Feed name -> absolute URL; a feed without ``name`` is named after its URL's file."""
+    feeds: dict[str, str] = {}
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("url"), str) or not entry["url"].strip():
+            continue
+        url = urljoin(base_url, entry["url"].strip())
+        name = entry.get("name") if isinstance(entry.get("name"), str) else _name_from_url(url)
+        feeds.setdefault(name, url)
+    return feeds
+
+
+def _name_from_url(url: str) -> str:
+    return PurePosixPath(urlsplit(url).path).name.split(".")[0]
+
+
+def _feed_files(folder: Path) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        for suffix in FEED_FILE_SUFFIXES:
+            if path.is_file() and path.name.endswith(suffix):
+                files.setdefault(path.name.removesuffix(suffix), path)
+    return files
+
+
+def _folder_version_and_language(files: dict[str, Path]) -> tuple[str, str | None]:
+    for name in (DISCOVERY_FEED, "system_information", "station_status", "station_information"):
+        if name not in files:
+            continue
+        body = read_local_file(files[name])
+        header = read_header(body)
+        if header and header.version:
+            return header.version, _discovery_language(body) if name == DISCOVERY_FEED else None
+    return DEFAULT_VERSION, None
+
+
+def _discovery_language(body: bytes) -> str | None:
+    try:
+        doc = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None
+    data = doc.get("data") if isinstance(doc, dict) else None
+    if isinstance(data, dict) and data and "feeds" not in data:
+        return next(iter(data))
+    return None
+
+
+def read_local_file(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The body of a saved feed file, gunzipped when it is gzip; FeedError if missing or too large."""
+    path = Path(path).expanduser().resolve()
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise too_large_error(str(path), max_bytes)
+        body = path.read_bytes()
+    except FileNotFoundError:
+        raise FeedError(
+            f"file {path} does not exist; check the path or the feed list in its gbfs.json",
+            reason="unreachable", url=path.as_uri(),
+        ) from None
+    except (IsADirectoryError, PermissionError) as exc:
+        raise FeedError(
+            f"cannot read {path} ({exc.strerror}); point at a readable GBFS JSON file",
+            reason="unreachable", url=path.as_uri(),
+        ) from None
+    return gunzip_if_gzip(body, path.as_uri(), max_bytes)
+
+
+def gunzip_if_gzip(body: bytes, url: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """Decompress a gzip body (a ``.json.gz`` file, or a server that omits Content-Encoding), never past max_bytes."""
+    if not body.startswith(GZIP_MAGIC):
+        return body
+    inflater = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
+    try:
+        plain = inflater.decompress(body, max_bytes + 1)
+    except zlib.error as exc:
+        raise FeedError(
+            f"{url} sent a corrupt gzip body ({exc}); retry later or re-save the file",
+            reason="decode_error", url=url,
+        ) from None
+    if len(plain) > max_bytes:
+        raise too_large_error(url, max_bytes)
+    if not inflater.eof:
+        raise FeedError(
+            f"{url} sent an incomplete gzip body ({len(body):,} bytes); retry later or re-save the file",
+            reason="decode_error", url=url,
+        )
+    return plain
+
+
+def too_large_error(url: str, max_bytes: int) -> FeedError:
+    """The ``payload_too_large`` error for a body (file or HTTP) over ``max_bytes``."""
+    return FeedError(
+        f"{url} is larger than the {max_bytes:,}-byte limit; check it serves a GBFS feed, or raise max_bytes",
+        reason="payload_too_large", url=url,
+    )
+
+
+def _posix_seconds(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return int(value / 1000 if value > MILLISECONDS_ABOVE else value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdigit():
+            return _posix_seconds(int(text))
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        return int(moment.timestamp())
+    return None
+
+
+def _seconds(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        return None
+    return int(value)

@@ -1,0 +1,598 @@
+"""A live-looking GBFS feed computed from the recorded Citi Bike snapshots, without HTTP.
+
+The live API is unreachable offline, so the replay server serves these documents instead. The
+four recorded ``station_status`` snapshots are played back in a ping-pong loop (1->2->3->4->3->2->1
+->...), so there is never a jump. ``speed`` recorded seconds pass per wall-clock second (default 4:
+a recorded 14-minute interval plays in about 3.5 minutes, one loop in about 20 minutes). The loop
+is anchored at the Unix epoch, so the state is a pure function of the wall-clock time: two
+processes with the same seed serve the same bytes.
+
+Between two snapshots A and B each station moves from A to B in unit steps ("events"): a rental
+or return moves one bike against one dock, other changes (disabled bikes or docks, capacity) are
+paired so that the station total only ever moves monotonically between A's and B's total; every
+counter stays between its A and B values, so nothing turns negative, and e-bikes never exceed
+bikes. Each event happens at a random instant of the interval, drawn from (seed, loop number,
+interval), so the evolution differs per loop and per system yet is reproducible.
+
+Documents are computed for the start of the current tick (``tick_s``) and cached, so all requests
+within one tick get identical bytes; ``last_updated`` is the tick start and ``ttl`` is ``tick_s``.
+A station's ``last_reported`` is the instant of its latest event, so it changes exactly when the
+station changes, and then lies within the tick that just ended. Stations that never change in the
+recordings (and are not on the 86400 "never reported" sentinel) "report" once per loop, keeping
+their recorded age. Stations that are not installed stay at zero. ``station_information`` keeps
+its content; only its ``last_updated`` advances with each tick (like the real feed).
+
+Systems (:func:`resolve_system`): ``citibike`` (GBFS 2.3, the recorded quirks kept: 0/1 integers,
+the 86400 sentinel, vendor extras), ``citibike-v3`` (the same data rendered as GBFS 3.0) and
+``synth-NN`` (derived systems with their own ids, coordinates, station subset and seed).
+"""
+
+from __future__ import annotations
+
+import bisect
+import gzip
+import hashlib
+import math
+import random
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache, cached_property, lru_cache
+from typing import Any, Callable, Mapping, Sequence
+from zoneinfo import ZoneInfo
+
+import msgspec
+
+from citibikes.replay.recordings import Recording, recorded
+
+DEFAULT_TICK_S = 15.0
+DEFAULT_SPEED = 4.0
+"""Recorded seconds that pass per wall-clock second."""
+LAST_REPORTED_SENTINEL = 86400
+"""What Citi Bike sends as ``last_reported`` of stations that never reported."""
+TIMEZONE = "America/New_York"
+LANGUAGE = "en"
+GBFS_V2 = "2.3"
+GBFS_V3 = "3.0"
+SYSTEM_INFORMATION = "system_information"
+STATION_INFORMATION = "station_information"
+STATION_STATUS = "station_status"
+VEHICLE_TYPES = "vehicle_types"
+CLASSIC_BIKE_TYPE = "1"
+EBIKE_TYPE = "2"
+
+COUNT_FIELDS = (
+    "num_bikes_available",
+    "num_ebikes_available",
+    "num_bikes_disabled",
+    "num_docks_available",
+    "num_docks_disabled",
+)
+FLAG_FIELDS = ("is_renting", "is_returning")
+BIKES, EBIKES, BIKES_DISABLED, DOCKS, DOCKS_DISABLED, RENTING, RETURNING = range(7)
+TOTAL_FIELDS = (BIKES, BIKES_DISABLED, DOCKS, DOCKS_DISABLED)
+"""The counters whose sum is the station total (bikes + docks, available or disabled)."""
+STATUS_STANDARD_KEYS = frozenset((*COUNT_FIELDS, *FLAG_FIELDS, "station_id", "is_installed", "last_reported"))
+INFO_LOCALIZED_KEYS = ("name", "short_name")
+
+State = tuple[int, int, int, int, int, int, int]
+"""bikes, e-bikes, bikes disabled, docks, docks disabled, is_renting, is_returning."""
+
+_json_encoder = msgspec.json.Encoder()
+
+
+# --------------------------------------------------------------------------- systems
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """What one served system looks like: its id, GBFS version and how it derives from the data."""
+
+    system_id: str
+    name: str
+    gbfs_version: str = GBFS_V2
+    seed: int = 0
+    station_id_prefix: str = ""
+    lat_shift: float = 0.0
+    lon_shift: float = 0.0
+    station_fraction: float = 1.0
+    """Share of the recorded stations this system keeps (chosen per station from the seed)."""
+
+    def keeps(self, station_id: str) -> bool:
+        return self.station_fraction >= 1.0 or unit_hash(self.seed, station_id) < self.station_fraction
+
+
+def derive_seed(base_seed: int, key: str) -> int:
+    """A stable 63-bit seed from a base seed and a name (``hash()`` differs per process)."""
+    digest = hashlib.blake2b(f"{base_seed}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def unit_hash(seed: int, key: str) -> float:
+    """A stable pseudo-random number in [0, 1) from a seed and a key."""
+    return derive_seed(seed, key) / 2**63
+
+
+def citibike_spec(base_seed: int = 0, *, system_id: str = "citibike", gbfs_version: str = GBFS_V2) -> SystemSpec:
+    """The recorded Citi Bike system. All variants share one seed, so they evolve identically."""
+    return SystemSpec(system_id=system_id, name="Citi Bike", gbfs_version=gbfs_version,
+                      seed=derive_seed(base_seed, "citibike"))
+
+
+def synthetic_spec(number: int, base_seed: int = 0) -> SystemSpec:
+    """``synth-NN``: its own ids, coordinates moved to a grid cell of its own, 1/4 to all stations."""
+    if not 0 <= number <= 99:
+        raise ValueError(f"synthetic system number {number} is not between 0 and 99")
+    system_id = f"synth-{number:02d}"
+    return SystemSpec(
+        system_id=system_id,
+        name=f"Synthetic {number:02d} (derived from Citi Bike)",
+        seed=derive_seed(base_seed, system_id),
+        station_id_prefix=f"{system_id}-",
+        lat_shift=0.5 * (number % 10 + 1),
+        lon_shift=-0.5 * (number // 10 + 1),
+        station_fraction=(1.0, 0.25, 0.5, 0.75)[number % 4],
+    )
+
+
+def resolve_system(system_id: str, base_seed: int = 0) -> SystemSpec | None:
+    """The spec of ``citibike``, ``citibike-v3`` or ``synth-00`` .. ``synth-99``; None otherwise."""
+    if system_id == "citibike":
+        return citibike_spec(base_seed)
+    if system_id == "citibike-v3":
+        return citibike_spec(base_seed, system_id=system_id, gbfs_version=GBFS_V3)
+    prefix, _, number = system_id.partition("synth-")
+    if not prefix and len(number) == 2 and number.isdigit():
+        return synthetic_spec(int(number), base_seed)
+    return None
+
+
+# --------------------------------------------------------------------------- timeline
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One played interval: from snapshot ``start`` to snapshot ``end``."""
+
+    start: int
+    end: int
+    duration_s: float
+    """Recorded seconds between the two snapshots."""
+    offset_s: float
+    """Where the segment begins within the loop, in recorded seconds."""
+
+
+@dataclass(frozen=True)
+class StationTrack:
+    """One station's recorded data and its precomputed paths through every segment."""
+
+    station_id: str
+    info: Mapping[str, Any]
+    template: Mapping[str, Any]
+    """The first snapshot's status record: ``is_installed`` and the vendor extras come from it."""
+    installed: bool
+    sentinel: bool
+    recorded_age_s: int
+    """First snapshot's ``last_updated`` minus the station's ``last_reported``."""
+    paths: tuple[tuple[State, ...], ...]
+    """Per segment: the state after 0, 1, ..., n events (first = snapshot A, last = snapshot B)."""
+
+    @property
+    def static(self) -> bool:
+        return all(len(path) == 1 for path in self.paths)
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """The recorded data prepared for playback; shared by every system."""
+
+    stations: tuple[StationTrack, ...]
+    segments: tuple[Segment, ...]
+
+    @property
+    def cycle_s(self) -> float:
+        return sum(segment.duration_s for segment in self.segments)
+
+
+def record_state(record: Mapping[str, Any]) -> State:
+    counts = tuple(int(record.get(name) or 0) for name in COUNT_FIELDS)
+    flags = tuple(int(record.get(name) or 0) for name in FLAG_FIELDS)
+    return counts + flags  # type: ignore[return-value]
+
+
+def ping_pong_segments(timestamps: Sequence[int]) -> tuple[Segment, ...]:
+    """Forward through the snapshots, then back, as one loop; one 10-minute still for one snapshot."""
+    if len(timestamps) == 1:
+        return (Segment(0, 0, 600.0, 0.0),)
+    forward = [(i, i + 1) for i in range(len(timestamps) - 1)]
+    order = forward + [(b, a) for a, b in reversed(forward)]
+    segments, offset = [], 0.0
+    for start, end in order:
+        duration = float(max(1, abs(timestamps[end] - timestamps[start])))
+        segments.append(Segment(start, end, duration, offset))
+        offset += duration
+    return tuple(segments)
+
+
+def unit_moves(delta: Sequence[int], fields: Sequence[int]) -> tuple[list[int], list[int]]:
+    """The counters to raise and to lower by one, as many times as ``delta`` says."""
+    ups = [f for f in fields for _ in range(max(delta[f], 0))]
+    downs = [f for f in fields for _ in range(max(-delta[f], 0))]
+    return ups, downs
+
+
+def segment_events(a: State, b: State, rng: random.Random) -> list[list[int]]:
+    """Unit events (delta vectors) that lead from A to B, in a random order.
+
+    Bikes pair with docks first (a rental or a return), then any raise pairs with any lowering,
+    so the total only moves in one direction. E-bike changes ride on bike moves of the same sign;
+    what is left swaps a classic bike for an e-bike. A flag change is one more event.
+    """
+    delta = [b[i] - a[i] for i in range(len(a))]
+    events: list[list[int]] = []
+    if delta[BIKES] * delta[DOCKS] < 0:
+        step = 1 if delta[BIKES] > 0 else -1
+        for _ in range(min(abs(delta[BIKES]), abs(delta[DOCKS]))):
+            events.append(_event({BIKES: step, DOCKS: -step}))
+            delta[BIKES] -= step
+            delta[DOCKS] += step
+    ups, downs = unit_moves(delta, TOTAL_FIELDS)
+    for up, down in zip(ups, downs):
+        events.append(_event({up: 1, down: -1}))
+    for single in ups[len(downs):]:
+        events.append(_event({single: 1}))
+    for single in downs[len(ups):]:
+        events.append(_event({single: -1}))
+    _attach_ebike_moves(events, delta[EBIKES])
+    if a[RENTING:] != b[RENTING:]:
+        events.append(_event({RENTING: delta[RENTING], RETURNING: delta[RETURNING]}))
+    rng.shuffle(events)
+    return events
+
+
+def _event(changes: Mapping[int, int]) -> list[int]:
+    event = [0] * 7
+    for index, change in changes.items():
+        event[index] = change
+    return event
+
+
+def _attach_ebike_moves(events: list[list[int]], ebike_delta: int) -> None:
+    step = 1 if ebike_delta > 0 else -1
+    remaining = abs(ebike_delta)
+    for event in events:
+        if remaining and event[BIKES] == step:
+            event[EBIKES] = step
+            remaining -= 1
+    events.extend(_event({EBIKES: step}) for _ in range(remaining))
+
+
+def event_path(a: State, events: Sequence[Sequence[int]]) -> tuple[State, ...]:
+    """The states after each event; e-bikes are capped at bikes on the way."""
+    path, current = [a], list(a)
+    for event in events:
+        current = [value + change for value, change in zip(current, event)]
+        shown = list(current)
+        shown[EBIKES] = min(shown[EBIKES], shown[BIKES])
+        path.append(tuple(shown))  # type: ignore[arg-type]
+    return tuple(path)
+
+
+def build_timeline(information: Recording, statuses: Sequence[Recording]) -> Timeline:
+    """Decode the recordings and precompute every station's path through every segment."""
+    info_doc = msgspec.json.decode(information.read_bytes())
+    status_docs = [msgspec.json.decode(r.read_bytes()) for r in statuses]
+    by_id = [{rec["station_id"]: rec for rec in doc["data"]["stations"]} for doc in status_docs]
+    segments = ping_pong_segments([r.last_updated for r in statuses])
+    rng = random.Random("citibikes-replay-event-order")
+    tracks = []
+    for info in info_doc["data"]["stations"]:
+        station_id = info["station_id"]
+        records = [snapshot.get(station_id) for snapshot in by_id]
+        if any(record is None for record in records):
+            continue
+        tracks.append(_station_track(info, records, segments, statuses[0].last_updated, rng))
+    return Timeline(tuple(tracks), segments)
+
+
+def _station_track(info: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
+                   segments: Sequence[Segment], first_updated: int, rng: random.Random) -> StationTrack:
+    first = records[0]
+    installed = bool(first.get("is_installed"))
+    sentinel = first.get("last_reported") == LAST_REPORTED_SENTINEL
+    states = [record_state(record) for record in records]
+    if not installed:
+        states = [(0, 0, 0, 0, 0, 0, 0)] * len(states)
+    elif sentinel:
+        states = [states[0]] * len(states)
+    paths = tuple(event_path(states[s.start], segment_events(states[s.start], states[s.end], rng))
+                  for s in segments)
+    last_reported = first.get("last_reported")
+    age = max(0, first_updated - int(last_reported)) if isinstance(last_reported, (int, float)) else 0
+    return StationTrack(str(info["station_id"]), info, first, installed, sentinel, age, paths)
+
+
+@cache
+def default_timeline() -> Timeline:
+    """The timeline of the recorded Citi Bike data (built once per process, about 0.2 s)."""
+    return build_timeline(recorded(STATION_INFORMATION)[0], recorded(STATION_STATUS))
+
+
+# --------------------------------------------------------------------------- documents
+
+
+@dataclass(frozen=True)
+class Document:
+    """One rendered feed document; ETag and gzip are computed on first use and kept."""
+
+    body: bytes
+    last_updated: int
+    """POSIX seconds, also for GBFS 3.0 documents (which render it as RFC 3339)."""
+    ttl: int
+
+    @cached_property
+    def etag(self) -> str:
+        return 'W/"' + hashlib.blake2b(self.body, digest_size=12).hexdigest() + '"'
+
+    @cached_property
+    def gzipped(self) -> bytes:
+        return gzip.compress(self.body, compresslevel=5, mtime=0)
+
+
+@dataclass(frozen=True)
+class StationState:
+    """One station at one instant: what ``station_status`` reports for it."""
+
+    station_id: str
+    state: State
+    last_reported: int
+    installed: bool
+
+    def count(self, name: str) -> int:
+        return self.state[COUNT_FIELDS.index(name)]
+
+
+@lru_cache(maxsize=65536)
+def rfc3339(posix_s: int) -> str:
+    """GBFS 3.0 time: RFC 3339 with the system's local offset, e.g. ``2024-03-13T09:07:51-04:00``."""
+    return datetime.fromtimestamp(posix_s, ZoneInfo(TIMEZONE)).isoformat()
+
+
+def localized(text: Any) -> list[dict[str, str]]:
+    return [{"text": str(text), "language": LANGUAGE}]
+
+
+class ReplayFeed:
+    """One system's feeds as a function of wall-clock time; thread-safe, cached per tick."""
+
+    def __init__(self, spec: SystemSpec, *, tick_s: float = DEFAULT_TICK_S, speed: float = DEFAULT_SPEED,
+                 timeline: Timeline | None = None) -> None:
+        if not tick_s >= 1.0:
+            raise ValueError(f"tick_s={tick_s!r}: the tick must be at least 1 second")
+        if not speed > 0.0:
+            raise ValueError(f"speed={speed!r}: the replay speed must be positive")
+        if spec.gbfs_version not in (GBFS_V2, GBFS_V3):
+            raise ValueError(f"gbfs_version {spec.gbfs_version!r}: use {GBFS_V2!r} or {GBFS_V3!r}")
+        self.spec = spec
+        self.tick_s = float(tick_s)
+        self.ttl = max(1, round(tick_s))
+        self.speed = float(speed)
+        self.timeline = timeline or default_timeline()
+        self.tracks = tuple(t for t in self.timeline.stations if spec.keeps(t.station_id))
+        self.phase_s = unit_hash(spec.seed, "phase") * self.timeline.cycle_s
+        self._segment_ends = [s.offset_s for s in self.timeline.segments]
+        self._lock = threading.Lock()
+        self._event_times_cache: dict[tuple[int, int], list[list[float]]] = {}
+        self._documents: dict[str, Document] = {}
+        self._information_stations = _json_encoder.encode(
+            [self._render_information(track) for track in self.tracks])
+        self._status_templates = [self._status_template(track) for track in self.tracks]
+
+    @property
+    def system_id(self) -> str:
+        return self.spec.system_id
+
+    @property
+    def is_v3(self) -> bool:
+        return self.spec.gbfs_version == GBFS_V3
+
+    # ----- time
+
+    def tick_start(self, now: float) -> float:
+        return math.floor(now / self.tick_s) * self.tick_s
+
+    def position(self, at: float) -> tuple[int, int, float]:
+        """Loop number, segment index and fraction of the segment at wall-clock time ``at``."""
+        cycle, within = divmod(at * self.speed + self.phase_s, self.timeline.cycle_s)
+        index = max(0, bisect.bisect_right(self._segment_ends, within) - 1)
+        segment = self.timeline.segments[index]
+        fraction = min(1.0, max(0.0, (within - segment.offset_s) / segment.duration_s))
+        return int(cycle), index, fraction
+
+    def time_of(self, cycle: int, segment: int, fraction: float) -> float:
+        """The wall-clock time of a point of the loop (inverse of :meth:`position`)."""
+        seg = self.timeline.segments[segment]
+        replay = cycle * self.timeline.cycle_s + seg.offset_s + fraction * seg.duration_s
+        return (replay - self.phase_s) / self.speed
+
+    # ----- evolution
+
+    def station_states(self, at: float) -> list[StationState]:
+        """Every kept station's state at exactly ``at`` (documents use the tick start)."""
+        prefix = self.spec.station_id_prefix
+        return [StationState(prefix + track.station_id, state, reported, track.installed)
+                for track, (state, reported) in zip(self.tracks, self._evaluate(at))]
+
+    def _evaluate(self, at: float) -> list[tuple[State, int]]:
+        """(state, last_reported) per kept station: the events done by ``at`` and the latest one's time."""
+        cycle, index, fraction = self.position(at)
+        times = self._event_times(cycle, index)
+        limit = math.floor(at)
+        results = []
+        for position, track in enumerate(self.tracks):
+            path = track.paths[index]
+            done = bisect.bisect_right(times[position], fraction) if len(path) > 1 else 0
+            if done:
+                reported = math.floor(self.time_of(cycle, index, times[position][done - 1]))
+            else:
+                reported = self._previous_report(position, track, cycle, index)
+            results.append((path[done], min(reported, limit)))
+        return results
+
+    def _event_times(self, cycle: int, index: int) -> list[list[float]]:
+        """Per kept station, the sorted fractions of the segment at which its events happen."""
+        key = (cycle, index)
+        cached = self._event_times_cache.get(key)
+        if cached is not None:
+            return cached
+        rng = random.Random(f"{self.spec.seed}:{cycle}:{index}")
+        times = []
+        for track in self.tracks:
+            count = len(track.paths[index]) - 1
+            times.append(sorted(1.0 - rng.random() for _ in range(count)) if count else [])
+        if len(self._event_times_cache) > 32:
+            self._event_times_cache.clear()
+        self._event_times_cache[key] = times
+        return times
+
+    def _previous_report(self, position: int, track: StationTrack, cycle: int, index: int) -> int:
+        """The latest event before the current segment, or the once-a-loop report of a static station."""
+        if track.sentinel:
+            return LAST_REPORTED_SENTINEL
+        if not track.static:
+            segments = len(self.timeline.segments)
+            for back in range(1, segments + 1):
+                c, i = divmod(cycle * segments + index - back, segments)
+                times = self._event_times(c, i)[position]
+                if times:
+                    return math.floor(self.time_of(c, i, times[-1]))
+        return math.floor(self.time_of(cycle, 0, 0.0)) - track.recorded_age_s
+
+    # ----- documents
+
+    def feed_names(self) -> tuple[str, ...]:
+        names = (SYSTEM_INFORMATION, STATION_INFORMATION, STATION_STATUS)
+        return names + (VEHICLE_TYPES,) if self.is_v3 else names
+
+    def feed_paths(self) -> dict[str, str]:
+        """Feed name -> path below ``/{system_id}/`` (2.3 has a language folder, 3.0 none)."""
+        folder = f"{GBFS_V2}/{LANGUAGE}" if not self.is_v3 else GBFS_V3
+        return {name: f"{folder}/{name}.json" for name in self.feed_names()}
+
+    def feed_urls(self, base_url: str) -> dict[str, str]:
+        return {name: f"{base_url.rstrip('/')}/{self.system_id}/{path}" for name, path in self.feed_paths().items()}
+
+    def document(self, feed: str, now: float) -> Document:
+        """The current document of one data feed (not ``gbfs``, which needs the URLs)."""
+        renderers: dict[str, Callable[[float], Document]] = {
+            SYSTEM_INFORMATION: self.system_information,
+            STATION_INFORMATION: self.station_information,
+            STATION_STATUS: self.station_status,
+        }
+        if self.is_v3:
+            renderers[VEHICLE_TYPES] = self.vehicle_types
+        try:
+            return renderers[feed](now)
+        except KeyError:
+            raise KeyError(f"system {self.system_id!r} has no feed {feed!r}") from None
+
+    def station_status(self, now: float) -> Document:
+        return self._cached(STATION_STATUS, now, self._render_status)
+
+    def station_information(self, now: float) -> Document:
+        return self._cached(STATION_INFORMATION, now, self._render_information_document)
+
+    def system_information(self, now: float) -> Document:
+        return self._cached(SYSTEM_INFORMATION, now, lambda tick: self._wrap(self._system_data(), tick))
+
+    def vehicle_types(self, now: float) -> Document:
+        return self._cached(VEHICLE_TYPES, now, lambda tick: self._wrap({"vehicle_types": _vehicle_types()}, tick))
+
+    def discovery(self, now: float, feed_urls: Mapping[str, str]) -> Document:
+        """``gbfs.json`` listing ``feed_urls`` (absolute URLs the caller built from the request)."""
+        feeds = [{"name": name, "url": url} for name, url in feed_urls.items()]
+        data = {"feeds": feeds} if self.is_v3 else {LANGUAGE: {"feeds": feeds}}
+        return self._wrap(data, self.tick_start(now))
+
+    def _cached(self, feed: str, now: float, render: Callable[[float], Document]) -> Document:
+        tick = self.tick_start(now)
+        with self._lock:
+            document = self._documents.get(feed)
+            if document is None or document.last_updated != math.floor(tick):
+                document = render(tick)
+                self._documents[feed] = document
+            return document
+
+    def _time(self, posix_s: int) -> int | str:
+        return rfc3339(posix_s) if self.is_v3 else posix_s
+
+    def _wrap(self, data: Any, tick: float) -> Document:
+        last_updated = math.floor(tick)
+        doc = {"last_updated": self._time(last_updated), "ttl": self.ttl,
+               "version": self.spec.gbfs_version, "data": data}
+        return Document(_json_encoder.encode(doc), last_updated, self.ttl)
+
+    def _render_information_document(self, tick: float) -> Document:
+        last_updated = math.floor(tick)
+        head = _json_encoder.encode({"last_updated": self._time(last_updated), "ttl": self.ttl,
+                                     "version": self.spec.gbfs_version})
+        body = head[:-1] + b',"data":{"stations":' + self._information_stations + b"}}"
+        return Document(body, last_updated, self.ttl)
+
+    def _render_information(self, track: StationTrack) -> dict[str, Any]:
+        record = dict(track.info)
+        record["station_id"] = self.spec.station_id_prefix + track.station_id
+        if "external_id" in record and self.spec.station_id_prefix:
+            record["external_id"] = self.spec.station_id_prefix + str(record["external_id"])
+        record["lat"] = round(float(record["lat"]) + self.spec.lat_shift, 8)
+        record["lon"] = round(float(record["lon"]) + self.spec.lon_shift, 8)
+        if self.is_v3:
+            for key in INFO_LOCALIZED_KEYS:
+                if key in record:
+                    record[key] = localized(record[key])
+            if isinstance(record.get("rental_methods"), list):
+                record["rental_methods"] = [str(m).lower() for m in record["rental_methods"]]
+        return record
+
+    def _status_template(self, track: StationTrack) -> dict[str, Any]:
+        """The parts of a status record that never change: id, is_installed and vendor extras."""
+        extras = {k: v for k, v in track.template.items() if k not in STATUS_STANDARD_KEYS}
+        installed: bool | int = track.installed if self.is_v3 else int(track.installed)
+        return {"station_id": self.spec.station_id_prefix + track.station_id, "is_installed": installed, **extras}
+
+    def _render_status(self, tick: float) -> Document:
+        records = [self._status_record(template, state, reported)
+                   for template, (state, reported) in zip(self._status_templates, self._evaluate(tick))]
+        return self._wrap({"stations": records}, tick)
+
+    def _status_record(self, template: Mapping[str, Any], state: State, reported: int) -> dict[str, Any]:
+        bikes, ebikes, bikes_disabled, docks, docks_disabled, renting, returning = state
+        if not self.is_v3:
+            return {**template, "num_bikes_available": bikes, "num_ebikes_available": ebikes,
+                    "num_bikes_disabled": bikes_disabled, "num_docks_available": docks,
+                    "num_docks_disabled": docks_disabled, "is_renting": renting, "is_returning": returning,
+                    "last_reported": reported}
+        return {**template, "num_vehicles_available": bikes,
+                "vehicle_types_available": [{"vehicle_type_id": CLASSIC_BIKE_TYPE, "count": bikes - ebikes},
+                                            {"vehicle_type_id": EBIKE_TYPE, "count": ebikes}],
+                "num_vehicles_disabled": bikes_disabled, "num_docks_available": docks,
+                "num_docks_disabled": docks_disabled, "is_renting": bool(renting),
+                "is_returning": bool(returning), "last_reported": rfc3339(reported)}
+
+    def _system_data(self) -> dict[str, Any]:
+        common = {"system_id": self.system_id, "timezone": TIMEZONE, "url": "https://citibikenyc.com",
+                  "feed_contact_email": "gbfs@example.invalid",
+                  "license_url": "https://ride.citibikenyc.com/data-sharing-policy"}
+        if self.is_v3:
+            return {**common, "languages": [LANGUAGE], "name": localized(self.spec.name),
+                    "operator": localized("Lyft"), "opening_hours": "24/7"}
+        return {**common, "language": LANGUAGE, "name": self.spec.name, "operator": "Lyft"}
+
+
+def _vehicle_types() -> list[dict[str, Any]]:
+    return [
+        {"vehicle_type_id": CLASSIC_BIKE_TYPE, "form_factor": "bicycle", "propulsion_type": "human",
+         "name": localized("Classic bike"), "wheel_count": 2},
+        {"vehicle_type_id": EBIKE_TYPE, "form_factor": "bicycle", "propulsion_type": "electric_assist",
+         "name": localized("E-bike"), "wheel_count": 2, "max_range_meters": 60000},
+    ]
