@@ -1,0 +1,131 @@
+"""Where each file lives in the lake: Hive-style partitions derived from the feed's own clock.
+
+Every object name derives from the feed's ``last_updated`` (or the run id), never from the time
+this pipeline ran, so a retried or repeated run writes the same key again and overwrites instead
+of adding a duplicate. ``date``/``hour`` are the UTC date and hour of ``last_updated``::
+
+    curated/station_status/system=citibike/date=2024-03-13/hour=13/1710335271.parquet
+    curated/station_information/system=citibike/date=2024-03-13/hour=13/1710335271.parquet
+    quarantine/system=citibike/date=2024-03-13/hour=13/station_status-1710335271.parquet
+    raw/system=citibike/feed=station_status/date=2024-03-13/hour=13/1710335271.json.gz
+    pipeline_runs/date=2024-03-13/scheduled__2024-03-13T13_00_00_00_00-citibike.parquet
+    _state/<key>
+
+Names starting with ``.`` or ``_`` are never data: temporary files and the state store use them,
+and readers (pyarrow datasets, the ``*.parquet`` glob) skip them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from citibikes.config import SYSTEM_ID_PATTERN
+from citibikes.lake.errors import LakeError
+
+FEED_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+STATE_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
+UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+STATE_PREFIX = "_state"
+
+
+@dataclass(frozen=True)
+class TableLayout:
+    """One table of the lake: its folder and the Hive partition keys below it, outermost first."""
+
+    name: str
+    prefix: str
+    partition_keys: tuple[str, ...]
+
+
+TABLES: dict[str, TableLayout] = {
+    "station_status": TableLayout("station_status", "curated/station_status", ("system", "date", "hour")),
+    "station_information": TableLayout(
+        "station_information", "curated/station_information", ("system", "date", "hour")
+    ),
+    "quarantine": TableLayout("quarantine", "quarantine", ("system", "date", "hour")),
+    "pipeline_runs": TableLayout("pipeline_runs", "pipeline_runs", ("date",)),
+}
+
+
+def table_layout(name: str) -> TableLayout:
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise LakeError(f"unknown lake table {name!r}; use one of {', '.join(TABLES)}") from None
+
+
+def utc_date_hour(posix_seconds: float) -> tuple[str, str]:
+    """The UTC date (``2024-03-13``) and hour (``13``, ``7``: not zero-padded, so DuckDB's and
+    Glue's partition type detection see an integer) of a POSIX time."""
+    moment = datetime.fromtimestamp(posix_seconds, tz=UTC)
+    return moment.strftime("%Y-%m-%d"), str(moment.hour)
+
+
+def check_system_id(system_id: str) -> str:
+    if not isinstance(system_id, str) or not SYSTEM_ID_PATTERN.match(system_id):
+        raise LakeError(
+            f"system id {system_id!r} cannot name a lake partition; use lowercase letters, digits, '-' or '_'"
+        )
+    return system_id
+
+
+def check_feed(feed: str) -> str:
+    if not isinstance(feed, str) or not FEED_PATTERN.match(feed):
+        raise LakeError(f"feed name {feed!r} cannot name a lake file; use lowercase letters, digits and '_'")
+    return feed
+
+
+def hive_partition(system_id: str, last_updated: int) -> str:
+    """``system=<id>/date=<YYYY-MM-DD>/hour=<H>`` for a feed's ``last_updated``."""
+    date, hour = utc_date_hour(last_updated)
+    return f"system={check_system_id(system_id)}/date={date}/hour={hour}"
+
+
+def curated_key(table: str, system_id: str, last_updated: int) -> str:
+    """The curated Parquet file of one snapshot of ``station_status`` or ``station_information``."""
+    if table not in ("station_status", "station_information"):
+        raise LakeError(f"no curated table {table!r}; use station_status or station_information")
+    return f"{TABLES[table].prefix}/{hive_partition(system_id, last_updated)}/{int(last_updated)}.parquet"
+
+
+def quarantine_key(system_id: str, feed: str, last_updated: int) -> str:
+    """The quarantine Parquet file of one snapshot of one feed."""
+    return f"quarantine/{hive_partition(system_id, last_updated)}/{check_feed(feed)}-{int(last_updated)}.parquet"
+
+
+def raw_key(system_id: str, feed: str, last_updated: int) -> str:
+    """The gzip-compressed copy of the feed exactly as fetched."""
+    date, hour = utc_date_hour(last_updated)
+    return (
+        f"raw/system={check_system_id(system_id)}/feed={check_feed(feed)}/date={date}/hour={hour}/"
+        f"{int(last_updated)}.json.gz"
+    )
+
+
+def safe_file_name(text: str) -> str:
+    """``text`` with every character outside ``[A-Za-z0-9._-]`` replaced by ``_`` (Airflow run ids
+    contain ``:`` and ``+``); never starting with ``.`` or ``_`` so readers do not skip it."""
+    name = UNSAFE_NAME_CHARS.sub("_", text)
+    if not name or name[0] in "._":
+        name = f"r{name}"
+    return name
+
+
+def run_key(run_id: str, system_id: str, started_at: float) -> str:
+    """The one-row Parquet file of one pipeline run for one system, dated by its UTC start."""
+    if not run_id:
+        raise LakeError("a pipeline run needs a run_id to name its lake file; pass the Airflow run id")
+    date, _ = utc_date_hour(started_at)
+    return f"pipeline_runs/date={date}/{safe_file_name(run_id)}-{check_system_id(system_id)}.parquet"
+
+
+def state_key(key: str) -> str:
+    """``_state/<key>``; keys are slash-separated names of letters, digits, ``.``, ``_``, ``-``."""
+    if not isinstance(key, str) or not STATE_KEY_PATTERN.match(key) or ".." in key.split("/"):
+        raise LakeError(
+            f"state key {key!r} is not usable; use names of letters, digits, '.', '_', '-' "
+            "separated by '/', e.g. 'citibike/http.json'"
+        )
+    return f"{STATE_PREFIX}/{key}"

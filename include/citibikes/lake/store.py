@@ -1,0 +1,200 @@
+"""The lake: curated Parquet, quarantine, raw feeds, pipeline runs and a small state store.
+
+:func:`open_lake` takes the lake URI (a folder, ``file:///folder`` or ``s3://bucket/prefix``) and
+checks at once that it can be used, so bad configuration fails at the start of a run with one line
+naming the cause and the fix. :class:`Lake` writes one file per feed snapshot under keys derived
+from the feed's ``last_updated`` (see :mod:`citibikes.lake.layout`), atomically (see
+:mod:`citibikes.lake.filesystem`), and reads tables back for tests and SQL checks.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+
+from citibikes.config import Settings
+from citibikes.gbfs.model import QuarantinedRecord, StationInformation, StationStatus
+from citibikes.lake import layout
+from citibikes.lake.errors import LakeError
+from citibikes.lake.filesystem import Storage, parse_lake_uri, s3_filesystem
+from citibikes.lake.tables import (
+    SCHEMAS,
+    RunRecord,
+    build_table,
+    parquet_bytes,
+    runs_from_table,
+)
+
+T = TypeVar("T")
+
+PARTITION_TYPES: dict[str, pa.DataType] = {"system": pa.string(), "date": pa.date32(), "hour": pa.int32()}
+DUCKDB_PARTITION_TYPES = {"system": "VARCHAR", "date": "DATE", "hour": "INTEGER"}
+
+
+def open_lake(
+    uri: str,
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    access_key: str | None = None,
+    secret_key: str | None = None,
+    filesystem: pafs.FileSystem | None = None,
+) -> Lake:
+    """Open the lake at ``uri`` and check it is usable (folder writable; endpoint, credentials
+    and bucket fine). ``filesystem`` is a ready pyarrow filesystem (e.g. from an Airflow hook);
+    without it a local folder or a pyarrow S3 filesystem is made from the other arguments."""
+    location = parse_lake_uri(uri)
+    if filesystem is None:
+        if location.scheme == "file":
+            filesystem = pafs.LocalFileSystem()
+        else:
+            filesystem = s3_filesystem(
+                endpoint_url=endpoint_url, region=region, access_key=access_key, secret_key=secret_key
+            )
+    storage = Storage(filesystem, location, endpoint=endpoint_url if location.scheme == "s3" else None)
+    storage.check_access()
+    return Lake(storage)
+
+
+def lake_from_settings(settings: Settings) -> Lake:
+    """The lake configured by :class:`citibikes.config.Settings` (keys from the AWS variables)."""
+    return open_lake(settings.lake_uri, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
+
+
+def group_by(records: Iterable[T], key: Callable[[T], Hashable]) -> dict[Hashable, list[T]]:
+    groups: dict[Hashable, list[T]] = defaultdict(list)
+    for record in records:
+        groups[key(record)].append(record)
+    return groups
+
+
+@dataclass
+class Lake:
+    """An opened lake (see :func:`open_lake`): writers return the keys they wrote, relative to
+    :attr:`uri`; every writer replaces the file of the same snapshot rather than adding one."""
+
+    storage: Storage
+
+    @property
+    def uri(self) -> str:
+        """The lake root as other tools name it: an absolute folder or ``s3://bucket/prefix``."""
+        return self.storage.uri()
+
+    @property
+    def filesystem(self) -> pafs.FileSystem:
+        return self.storage.filesystem
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def write_station_status(self, records: Sequence[StationStatus]) -> list[str]:
+        """One Parquet file per (system, ``last_updated``); returns the keys written."""
+        return self._write_snapshots("station_status", records)
+
+    def write_station_information(self, records: Sequence[StationInformation]) -> list[str]:
+        return self._write_snapshots("station_information", records)
+
+    def _write_snapshots(self, table: str, records: Sequence[Any]) -> list[str]:
+        groups = group_by(records, lambda r: (r.system_id, r.last_updated))
+        return [
+            self._write_parquet(layout.curated_key(table, system_id, last_updated), table, group)
+            for (system_id, last_updated), group in groups.items()
+        ]
+
+    def _write_parquet(self, key: str, table: str, records: Sequence[Any]) -> str:
+        return self.storage.put(key, parquet_bytes(build_table(table, records)))
+
+    def write_quarantine(self, records: Sequence[QuarantinedRecord]) -> list[str]:
+        """One Parquet file per (system, feed, ``last_updated``); returns the keys written."""
+        groups = group_by(records, lambda r: (r.system_id, r.feed, r.last_updated))
+        return [
+            self._write_parquet(layout.quarantine_key(system_id, feed, last_updated), "quarantine", group)
+            for (system_id, feed, last_updated), group in groups.items()
+        ]
+
+    def write_raw(self, system_id: str, feed: str, last_updated: int, payload: bytes) -> str:
+        """Archive the feed's bytes exactly as fetched, gzip-compressed (same input, same bytes)."""
+        key = layout.raw_key(system_id, feed, last_updated)
+        return self.storage.put(key, gzip.compress(payload, compresslevel=6, mtime=0))
+
+    def write_run(self, run: RunRecord | Mapping[str, Any]) -> str:
+        """The run's row as its own file; a retried task with the same run id overwrites it."""
+        record = run if isinstance(run, RunRecord) else RunRecord.from_mapping(run)
+        key = layout.run_key(record.run_id, record.system_id, record.started_at)
+        return self._write_parquet(key, "pipeline_runs", [record])
+
+    def write_runs(self, runs: Iterable[RunRecord | Mapping[str, Any]]) -> list[str]:
+        return [self.write_run(run) for run in runs]
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def files(self, name: str, system: str | None = None) -> list[str]:
+        """Keys of a table's Parquet files (``station_status``, ``station_information``,
+        ``quarantine``, ``pipeline_runs``), optionally of one system only."""
+        table = layout.table_layout(name)
+        prefix = table.prefix
+        if system is not None and "system" in table.partition_keys:
+            prefix = f"{prefix}/system={layout.check_system_id(system)}"
+        return [key for key in self.storage.list(prefix) if key.endswith(".parquet")]
+
+    def read_table(self, name: str, system: str | None = None) -> pa.Table:
+        """A whole table as Arrow, with the partition columns (``system``, ``date``, ``hour``)."""
+        table = layout.table_layout(name)
+        partitions = pa.schema([pa.field(key, PARTITION_TYPES[key]) for key in table.partition_keys])
+        schema = pa.unify_schemas([SCHEMAS[name], partitions])
+        keys = self.files(name, system)
+        if not keys:
+            return schema.empty_table()
+        dataset = ds.dataset(
+            [self.storage.path(key) for key in keys],
+            filesystem=self.filesystem,
+            format="parquet",
+            schema=schema,
+            partitioning=ds.partitioning(partitions, flavor="hive"),
+            partition_base_dir=self.storage.path(table.prefix),
+        )
+        try:
+            result = dataset.to_table()
+        except OSError as exc:
+            raise self.storage.error(exc, f"cannot read table {name}") from None
+        if system is not None and "system" not in table.partition_keys:
+            result = result.filter(pc.equal(result["system_id"], system))
+        return result
+
+    def read_runs(self, system: str | None = None) -> list[RunRecord]:
+        return runs_from_table(self.read_table("pipeline_runs", system))
+
+    def read_raw(self, system_id: str, feed: str, last_updated: int) -> bytes | None:
+        """The archived feed bytes (decompressed), or None when that snapshot was not archived."""
+        data = self.storage.get(layout.raw_key(system_id, feed, last_updated))
+        return None if data is None else gzip.decompress(data)
+
+    def parquet_glob(self, name: str) -> str:
+        """The glob of a table's files, e.g. ``s3://bucket/lake/curated/station_status/**/*.parquet``."""
+        return self.storage.uri(f"{layout.table_layout(name).prefix}/**/*.parquet")
+
+    def duckdb_source(self, name: str) -> str:
+        """``read_parquet(...)`` for DuckDB's FROM clause, with typed Hive partition columns."""
+        table = layout.table_layout(name)
+        types = ", ".join(f"'{key}': '{DUCKDB_PARTITION_TYPES[key]}'" for key in table.partition_keys)
+        glob = self.parquet_glob(name).replace("'", "''")
+        return f"read_parquet('{glob}', hive_partitioning = true, hive_types = {{{types}}})"
+
+    # -- the pipeline's own state -------------------------------------------------------------
+
+    def read_state(self, key: str) -> bytes | None:
+        """The bytes last stored under ``_state/<key>``, or None."""
+        return self.storage.get(layout.state_key(key))
+
+    def write_state(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``_state/<key>``, replacing the previous value atomically."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise LakeError(f"state {key!r} must be bytes, not {type(data).__name__}; encode it first (e.g. JSON)")
+        self.storage.put(layout.state_key(key), bytes(data))

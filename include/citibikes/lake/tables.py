@@ -1,0 +1,294 @@
+"""Explicit Arrow schemas of the lake's tables, and model structs to Parquet bytes and back.
+
+Each table has one fixed schema, so every file of it has the same columns and types and DuckDB,
+Athena or Glue read the folder as one table: every time is ``timestamp[ms, UTC]`` (Parquet has no
+seconds unit, so declaring ``s`` would still store, and show other readers, milliseconds), counts
+nullable ``int32``, ``extras`` a JSON text column,
+``vehicle_types_available`` ``list<struct<vehicle_type_id, count>>``, and every row carries
+``schema_version``. Files are zstd-compressed with dictionary encoding; rows are sorted by
+``station_id`` so the same snapshot always gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import msgspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from citibikes.gbfs.model import SCHEMA_VERSION, QuarantinedRecord, StationInformation, StationStatus
+from citibikes.lake.errors import LakeError
+from citibikes.lake.layout import check_system_id
+
+T = TypeVar("T")
+
+TIMESTAMP_UTC = pa.timestamp("ms", tz="UTC")
+VEHICLE_TYPE_COUNT = pa.struct([pa.field("vehicle_type_id", pa.string()), pa.field("count", pa.int32())])
+
+ROW_GROUP_ROWS = 128 * 1024
+"""A snapshot (a few thousand stations) is one row group; compacted day files get ~1 MB groups."""
+ZSTD_LEVEL = 3
+
+
+def required(name: str, type_: pa.DataType) -> pa.Field:
+    return pa.field(name, type_, nullable=False)
+
+
+def optional(name: str, type_: pa.DataType) -> pa.Field:
+    return pa.field(name, type_, nullable=True)
+
+
+STATION_STATUS_SCHEMA = pa.schema([
+    required("system_id", pa.string()),
+    required("station_id", pa.string()),
+    required("num_bikes_available", pa.int32()),
+    optional("num_ebikes_available", pa.int32()),
+    optional("num_bikes_disabled", pa.int32()),
+    optional("num_docks_available", pa.int32()),
+    optional("num_docks_disabled", pa.int32()),
+    required("is_installed", pa.bool_()),
+    required("is_renting", pa.bool_()),
+    required("is_returning", pa.bool_()),
+    optional("last_reported", TIMESTAMP_UTC),
+    optional("vehicle_types_available", pa.list_(VEHICLE_TYPE_COUNT)),
+    required("last_updated", TIMESTAMP_UTC),
+    required("fetched_at", TIMESTAMP_UTC),
+    required("extras", pa.string()),
+    required("schema_version", pa.int32()),
+])
+
+STATION_INFORMATION_SCHEMA = pa.schema([
+    required("system_id", pa.string()),
+    required("station_id", pa.string()),
+    required("name", pa.string()),
+    required("lat", pa.float64()),
+    required("lon", pa.float64()),
+    optional("short_name", pa.string()),
+    optional("capacity", pa.int32()),
+    optional("region_id", pa.string()),
+    optional("address", pa.string()),
+    optional("is_virtual_station", pa.bool_()),
+    optional("rental_methods", pa.list_(pa.string())),
+    required("last_updated", TIMESTAMP_UTC),
+    required("fetched_at", TIMESTAMP_UTC),
+    required("extras", pa.string()),
+    required("schema_version", pa.int32()),
+])
+
+QUARANTINE_SCHEMA = pa.schema([
+    required("system_id", pa.string()),
+    required("feed", pa.string()),
+    optional("station_id", pa.string()),
+    required("reasons", pa.list_(pa.string())),
+    required("raw", pa.string()),
+    required("last_updated", TIMESTAMP_UTC),
+    required("fetched_at", TIMESTAMP_UTC),
+    required("schema_version", pa.int32()),
+])
+
+PIPELINE_RUNS_SCHEMA = pa.schema([
+    required("run_id", pa.string()),
+    required("system_id", pa.string()),
+    required("started_at", TIMESTAMP_UTC),
+    optional("finished_at", TIMESTAMP_UTC),
+    optional("duration_s", pa.float64()),
+    required("outcome", pa.string()),
+    optional("stations_information", pa.int32()),
+    optional("stations_status", pa.int32()),
+    optional("stations_valid", pa.int32()),
+    optional("stations_quarantined", pa.int32()),
+    optional("stations_published", pa.int32()),
+    required("quarantine_reasons", pa.map_(pa.string(), pa.int32())),
+    optional("fetch_s", pa.float64()),
+    optional("validate_s", pa.float64()),
+    optional("produce_s", pa.float64()),
+    optional("write_s", pa.float64()),
+    optional("error", pa.string()),
+    required("schema_version", pa.int32()),
+])
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "station_status": STATION_STATUS_SCHEMA,
+    "station_information": STATION_INFORMATION_SCHEMA,
+    "quarantine": QUARANTINE_SCHEMA,
+    "pipeline_runs": PIPELINE_RUNS_SCHEMA,
+}
+
+OUTCOMES = ("success", "no_new_data", "failed", "skipped")
+
+
+@dataclass
+class RunRecord:
+    """One pipeline run for one system, as the ``pipeline_runs`` table stores it.
+
+    Times are POSIX seconds; stage durations are seconds (None when the stage did not run).
+    """
+
+    run_id: str
+    system_id: str
+    started_at: float
+    outcome: str
+    """One of ``success``, ``no_new_data``, ``failed``, ``skipped``."""
+    finished_at: float | None = None
+    stations_information: int | None = None
+    stations_status: int | None = None
+    stations_valid: int | None = None
+    stations_quarantined: int | None = None
+    stations_published: int | None = None
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    """How many records each reason quarantined, e.g. ``{"capacity_exceeded": 3}``."""
+    fetch_s: float | None = None
+    validate_s: float | None = None
+    produce_s: float | None = None
+    write_s: float | None = None
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        check_system_id(self.system_id)
+        if self.outcome not in OUTCOMES:
+            raise LakeError(f"run outcome {self.outcome!r} is unknown; use one of {', '.join(OUTCOMES)}")
+
+    @property
+    def duration_s(self) -> float | None:
+        return None if self.finished_at is None else self.finished_at - self.started_at
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> RunRecord:
+        """A RunRecord from a dict with the same keys (``duration_s`` is derived, so ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known - {"duration_s"}
+        if unknown:
+            raise LakeError(f"pipeline run has unknown fields {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def encode_json(value: Any) -> str:
+    return msgspec.json.encode(value, order="sorted").decode()
+
+
+def as_milliseconds(values: list[float | None]) -> list[int | None]:
+    """POSIX seconds (int or float) as whole milliseconds; finer fractions are rounded away."""
+    return [None if v is None else round(v * 1000) for v in values]
+
+
+def as_json_text(values: list[Any]) -> list[str]:
+    return [encode_json(v) for v in values]
+
+
+def as_vehicle_type_rows(values: list[Any]) -> list[list[dict[str, Any]] | None]:
+    return [
+        None if v is None else [{"vehicle_type_id": t.vehicle_type_id, "count": t.count} for t in v]
+        for v in values
+    ]
+
+
+COLUMN_CONVERTERS: dict[str, Callable[[list[Any]], list[Any]]] = {
+    "last_updated": as_milliseconds,
+    "last_reported": as_milliseconds,
+    "fetched_at": as_milliseconds,
+    "started_at": as_milliseconds,
+    "finished_at": as_milliseconds,
+    "extras": as_json_text,
+    "vehicle_types_available": as_vehicle_type_rows,
+}
+"""Columns whose Python values need converting first; all other columns are taken as they are."""
+
+
+def build_table(table: str, records: Sequence[Any]) -> pa.Table:
+    """An Arrow table of ``records`` (structs or dataclasses) with the table's fixed schema."""
+    schema = SCHEMAS[table]
+    arrays = []
+    for column in schema:
+        if column.name == "schema_version":
+            values: list[Any] = [SCHEMA_VERSION] * len(records)
+        else:
+            values = [getattr(record, column.name) for record in records]
+            values = COLUMN_CONVERTERS.get(column.name, list)(values)
+        arrays.append(column_array(table, column, values))
+    result = pa.Table.from_arrays(arrays, schema=schema)
+    return result.sort_by("station_id") if "station_id" in schema.names else result
+
+
+def column_array(table: str, column: pa.Field, values: list[Any]) -> pa.Array:
+    try:
+        array = pa.array(values, type=column.type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as exc:
+        raise LakeError(
+            f"{table}.{column.name} cannot be stored as {column.type}: {str(exc).splitlines()[0]}; "
+            "fix the records before writing them"
+        ) from None
+    if not column.nullable and array.null_count:
+        raise LakeError(f"{table}.{column.name} is missing in {array.null_count} record(s); it is required, fill it in")
+    return array
+
+
+def station_status_table(records: Sequence[StationStatus]) -> pa.Table:
+    return build_table("station_status", records)
+
+
+def station_information_table(records: Sequence[StationInformation]) -> pa.Table:
+    return build_table("station_information", records)
+
+
+def quarantine_table(records: Sequence[QuarantinedRecord]) -> pa.Table:
+    return build_table("quarantine", records)
+
+
+def pipeline_runs_table(runs: Sequence[RunRecord]) -> pa.Table:
+    return build_table("pipeline_runs", runs)
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """The table as one Parquet file: zstd, dictionary encoding, statistics, fixed row groups."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(
+        table,
+        sink,
+        compression="zstd",
+        compression_level=ZSTD_LEVEL,
+        use_dictionary=True,
+        row_group_size=ROW_GROUP_ROWS,
+        write_statistics=True,
+    )
+    return sink.getvalue().to_pybytes()
+
+
+def read_parquet_bytes(data: bytes) -> pa.Table:
+    return pq.read_table(pa.BufferReader(data))
+
+
+WHOLE_SECOND_COLUMNS = frozenset({"last_updated", "last_reported"})
+"""Times the model keeps as int seconds; the other times are float seconds."""
+
+
+def table_rows(table: pa.Table, names: Iterable[str]) -> list[dict[str, Any]]:
+    """Rows as dicts with times back as POSIX seconds, as the model and RunRecord hold them."""
+    columns: dict[str, list[Any]] = {}
+    for name in names:
+        column = table.column(name)
+        if pa.types.is_timestamp(column.type):
+            millis = column.cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64()).to_pylist()
+            whole = name in WHOLE_SECOND_COLUMNS
+            columns[name] = [None if n is None else (n // 1000 if whole else n / 1000) for n in millis]
+        elif name == "extras":
+            columns[name] = [msgspec.json.decode(text) for text in column.to_pylist()]
+        elif name == "quarantine_reasons":
+            columns[name] = [dict(pairs or []) for pairs in column.to_pylist()]
+        else:
+            columns[name] = column.to_pylist()
+    return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+
+
+def records_from_table(table: pa.Table, struct_type: type[T]) -> list[T]:
+    """Model structs (StationStatus, StationInformation, QuarantinedRecord) read back from a table."""
+    names = [f for f in struct_type.__struct_fields__ if f in table.column_names]
+    return msgspec.convert(table_rows(table, names), list[struct_type])
+
+
+def runs_from_table(table: pa.Table) -> list[RunRecord]:
+    names = [f.name for f in dataclasses.fields(RunRecord)]
+    return [RunRecord(**row) for row in table_rows(table, names)]

@@ -1,0 +1,529 @@
+"""The lake on a local folder: layout, real Parquet round trips, atomic and idempotent writes,
+one schema across files (pyarrow datasets and DuckDB with partition pruning), runs and state."""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import os
+import threading
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import msgspec
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from citibikes.config import load_settings
+from citibikes.gbfs.model import QuarantinedRecord, StationInformation, StationStatus, VehicleTypeCount
+from citibikes.lake import filesystem, layout
+from citibikes.lake.errors import LakeError
+from citibikes.lake.store import Lake, lake_from_settings, open_lake
+from citibikes.lake.tables import (
+    PIPELINE_RUNS_SCHEMA,
+    STATION_STATUS_SCHEMA,
+    RunRecord,
+    parquet_bytes,
+    records_from_table,
+    station_status_table,
+)
+from citibikes.replay.recordings import recorded
+
+SNAPSHOT_AT = 1710335271  # 2024-03-13 13:07:51 UTC, the first recorded Citi Bike snapshot
+STATUS_FIELDS = {
+    "station_id", "num_bikes_available", "num_ebikes_available", "num_bikes_disabled",
+    "num_docks_available", "num_docks_disabled", "is_installed", "is_renting", "is_returning",
+    "last_reported", "vehicle_types_available",
+}
+INFORMATION_FIELDS = {
+    "station_id", "name", "lat", "lon", "short_name", "capacity", "region_id", "address",
+    "is_virtual_station", "rental_methods",
+}
+
+
+def recorded_feed(feed: str, index: int = 0) -> dict[str, Any]:
+    return json.loads(recorded(feed)[index].read_bytes())
+
+
+def status_records(document: dict[str, Any], system_id: str = "citibike", shift_s: int = 0) -> list[StationStatus]:
+    """Model structs straight from a recorded GBFS 1.1 document (the normalizer is not used here)."""
+    last_updated = document["last_updated"] + shift_s
+    return [
+        StationStatus(
+            system_id=system_id,
+            station_id=station["station_id"],
+            num_bikes_available=station["num_bikes_available"],
+            num_ebikes_available=station.get("num_ebikes_available"),
+            num_bikes_disabled=station.get("num_bikes_disabled"),
+            num_docks_available=station.get("num_docks_available"),
+            num_docks_disabled=station.get("num_docks_disabled"),
+            is_installed=bool(station["is_installed"]),
+            is_renting=bool(station["is_renting"]),
+            is_returning=bool(station["is_returning"]),
+            last_reported=None if station.get("last_reported") == 86400 else station.get("last_reported"),
+            last_updated=last_updated,
+            fetched_at=last_updated + 2.345,
+            extras={k: v for k, v in station.items() if k not in STATUS_FIELDS},
+        )
+        for station in document["data"]["stations"]
+    ]
+
+
+def information_records(document: dict[str, Any]) -> list[StationInformation]:
+    return [
+        StationInformation(
+            system_id="citibike",
+            station_id=station["station_id"],
+            name=station["name"],
+            lat=station["lat"],
+            lon=station["lon"],
+            short_name=station.get("short_name"),
+            capacity=station.get("capacity"),
+            region_id=station.get("region_id"),
+            address=station.get("address"),
+            rental_methods=station.get("rental_methods"),
+            last_updated=document["last_updated"],
+            fetched_at=document["last_updated"] + 0.5,
+            extras={k: v for k, v in station.items() if k not in INFORMATION_FIELDS},
+        )
+        for station in document["data"]["stations"]
+    ]
+
+
+def by_station(records: list[Any]) -> list[Any]:
+    return sorted(records, key=lambda r: r.station_id)
+
+
+@pytest.fixture(scope="module")
+def first_status() -> list[StationStatus]:
+    return status_records(recorded_feed("station_status"))
+
+
+@pytest.fixture
+def lake(tmp_path: Path) -> Lake:
+    return open_lake(str(tmp_path / "lake"))
+
+
+# -- layout -----------------------------------------------------------------------------------
+
+
+def test_partitions_and_names_derive_from_last_updated_in_utc() -> None:
+    assert layout.curated_key("station_status", "citibike", SNAPSHOT_AT) == (
+        "curated/station_status/system=citibike/date=2024-03-13/hour=13/1710335271.parquet"
+    )
+    assert layout.curated_key("station_information", "citibike", SNAPSHOT_AT) == (
+        "curated/station_information/system=citibike/date=2024-03-13/hour=13/1710335271.parquet"
+    )
+    assert layout.quarantine_key("citibike", "station_status", SNAPSHOT_AT) == (
+        "quarantine/system=citibike/date=2024-03-13/hour=13/station_status-1710335271.parquet"
+    )
+    assert layout.raw_key("citibike", "station_status", SNAPSHOT_AT) == (
+        "raw/system=citibike/feed=station_status/date=2024-03-13/hour=13/1710335271.json.gz"
+    )
+    # Midnight UTC belongs to the new day; one second before to hour 23 of the old one.
+    assert layout.hive_partition("citibike", 1710288000) == "system=citibike/date=2024-03-13/hour=0"
+    assert layout.hive_partition("citibike", 1710287999) == "system=citibike/date=2024-03-12/hour=23"
+
+
+def test_run_file_names_are_safe_for_airflow_run_ids() -> None:
+    key = layout.run_key("scheduled__2024-03-13T13:00:00+00:00", "citibike", SNAPSHOT_AT)
+    assert key == "pipeline_runs/date=2024-03-13/scheduled__2024-03-13T13_00_00_00_00-citibike.parquet"
+    assert layout.safe_file_name(".hidden") == "r.hidden"  # readers skip names starting with . or _
+
+
+@pytest.mark.parametrize("bad", ["../etc", "Citibike", "a/b", ""])
+def test_system_ids_that_would_break_paths_are_refused(bad: str) -> None:
+    with pytest.raises(LakeError, match="lowercase letters"):
+        layout.hive_partition(bad, SNAPSHOT_AT)
+
+
+# -- round trips of the real data --------------------------------------------------------------
+
+
+def test_real_status_snapshots_round_trip(lake: Lake) -> None:
+    snapshots = [status_records(json.loads(r.read_bytes())) for r in recorded("station_status")]
+    for records in snapshots:
+        assert lake.write_station_status(records) == [
+            layout.curated_key("station_status", "citibike", records[0].last_updated)
+        ]
+    table = lake.read_table("station_status")
+    assert table.num_rows == sum(len(s) for s in snapshots) == 4 * 2208
+    assert table.schema.field("last_reported").type == pa.timestamp("ms", tz="UTC")
+    assert table.schema.field("fetched_at").type == pa.timestamp("ms", tz="UTC")
+    assert table["hour"].unique().to_pylist() == [13]
+    assert table["last_reported"].null_count > 0  # Citi Bike's 86400 "never reported" became null
+    written = [r for snapshot in snapshots for r in snapshot]
+    in_order = lambda records: sorted(records, key=lambda r: (r.last_updated, r.station_id))  # noqa: E731
+    assert in_order(records_from_table(table, StationStatus)) == in_order(written)
+
+
+def test_real_information_snapshot_round_trips(lake: Lake) -> None:
+    records = information_records(recorded_feed("station_information"))
+    lake.write_station_information(records)
+    table = lake.read_table("station_information", system="citibike")
+    assert table.num_rows == 2208
+    assert by_station(records_from_table(table, StationInformation)) == by_station(records)
+    assert json.loads(table["extras"][0].as_py())["station_type"] == "classic"
+
+
+def test_vehicle_types_and_missing_counts_round_trip(lake: Lake) -> None:
+    record = StationStatus(
+        system_id="citibike", station_id="s1", num_bikes_available=3, is_installed=True,
+        is_renting=True, is_returning=False, last_updated=SNAPSHOT_AT, fetched_at=SNAPSHOT_AT + 0.001,
+        vehicle_types_available=[VehicleTypeCount("classic", 2), VehicleTypeCount("ebike", 1)],
+        extras={"z": 1, "a": [1, {"b": None}]},
+    )
+    lake.write_station_status([record])
+    table = lake.read_table("station_status")
+    assert table["vehicle_types_available"].to_pylist() == [
+        [{"vehicle_type_id": "classic", "count": 2}, {"vehicle_type_id": "ebike", "count": 1}]
+    ]
+    assert table["num_docks_available"].to_pylist() == [None]
+    assert table["extras"].to_pylist() == ['{"a":[1,{"b":null}],"z":1}']  # sorted keys: stable text
+    assert records_from_table(table, StationStatus) == [record]
+
+
+def test_raw_feed_is_archived_compressed_and_deterministic(lake: Lake, tmp_path: Path) -> None:
+    payload = recorded("station_status")[0].read_bytes()
+    key = lake.write_raw("citibike", "station_status", SNAPSHOT_AT, payload)
+    stored = (tmp_path / "lake" / key).read_bytes()
+    assert gzip.decompress(stored) == payload == lake.read_raw("citibike", "station_status", SNAPSHOT_AT)
+    assert len(stored) < len(payload) / 5
+    lake.write_raw("citibike", "station_status", SNAPSHOT_AT, payload)
+    assert (tmp_path / "lake" / key).read_bytes() == stored
+    assert lake.read_raw("citibike", "station_status", SNAPSHOT_AT + 1) is None
+
+
+def test_quarantine_keeps_reasons_and_raw_json(lake: Lake) -> None:
+    records = [
+        QuarantinedRecord(system_id="citibike", feed="station_status", station_id="s1",
+                          reasons=["capacity_exceeded", "future_report"], raw='{"station_id":"s1"}',
+                          last_updated=SNAPSHOT_AT, fetched_at=SNAPSHOT_AT + 1.5),
+        QuarantinedRecord(system_id="citibike", feed="station_status", station_id=None,
+                          reasons=["missing_station_id"], raw="{}", last_updated=SNAPSHOT_AT,
+                          fetched_at=SNAPSHOT_AT + 1.5),
+        QuarantinedRecord(system_id="citibike", feed="station_information", station_id="s2",
+                          reasons=["bad_coordinates"], raw='{"lat":91}', last_updated=SNAPSHOT_AT,
+                          fetched_at=SNAPSHOT_AT + 1.5),
+    ]
+    keys = lake.write_quarantine(records)
+    assert sorted(keys) == [
+        "quarantine/system=citibike/date=2024-03-13/hour=13/station_information-1710335271.parquet",
+        "quarantine/system=citibike/date=2024-03-13/hour=13/station_status-1710335271.parquet",
+    ]
+    table = lake.read_table("quarantine")
+    assert table.schema.field("reasons").type == pa.list_(pa.string())
+    by_raw = lambda items: sorted(items, key=lambda r: r.raw)  # noqa: E731
+    assert by_raw(records_from_table(table, QuarantinedRecord)) == by_raw(records)
+
+
+def test_records_that_break_the_schema_give_one_line_errors(lake: Lake, first_status: list[StationStatus]) -> None:
+    broken = msgspec.structs.replace(first_status[0], num_bikes_available=None)
+    with pytest.raises(LakeError, match=r"station_status.num_bikes_available is missing in 1 record") as missing:
+        lake.write_station_status([broken])
+    assert "\n" not in str(missing.value)
+    wrong = msgspec.structs.replace(first_status[0], num_docks_available="many")
+    with pytest.raises(LakeError, match=r"num_docks_available cannot be stored as int32"):
+        lake.write_station_status([wrong])
+    assert lake.files("station_status") == []
+
+
+# -- idempotence and atomicity -----------------------------------------------------------------
+
+
+def test_repeated_write_overwrites_instead_of_duplicating(lake: Lake, tmp_path: Path, first_status: list[StationStatus]) -> None:
+    [key] = lake.write_station_status(first_status)
+    first_bytes = (tmp_path / "lake" / key).read_bytes()
+    assert lake.write_station_status(list(reversed(first_status))) == [key]  # order does not matter
+    assert lake.files("station_status") == [key]
+    assert (tmp_path / "lake" / key).read_bytes() == first_bytes
+    # A retry that saw different data for the same last_updated replaces the file: last write wins.
+    lake.write_station_status(first_status[:10])
+    assert lake.read_table("station_status").num_rows == 10
+    assert [p.name for p in (tmp_path / "lake" / key).parent.iterdir()] == [Path(key).name]
+
+
+def test_a_write_in_progress_is_invisible_to_readers(lake: Lake, tmp_path: Path, first_status: list[StationStatus],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Freeze the writer after the new bytes are on disk but before the rename, and look."""
+    root = tmp_path / "lake"
+    [key] = lake.write_station_status(first_status[:100])
+    pattern = f"{root}/curated/station_status/**/*.parquet"
+    seen: dict[str, Any] = {}
+    real_fsync = os.fsync
+
+    def look_while_writing(descriptor: int) -> None:
+        real_fsync(descriptor)
+        if "temporary" in seen:
+            return
+        folder = root / Path(key).parent
+        seen["temporary"] = [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+        seen["glob"] = sorted(glob.glob(pattern, recursive=True))
+        seen["rows"] = [pq.read_table(path).num_rows for path in seen["glob"]]
+        seen["duckdb"] = duckdb.sql(f"SELECT count(*) FROM read_parquet('{pattern}')").fetchone()[0]
+        seen["dataset"] = ds.dataset(root / "curated/station_status", partitioning="hive").count_rows()
+
+    monkeypatch.setattr(filesystem.os, "fsync", look_while_writing)
+    lake.write_station_status(first_status)
+    assert len(seen["temporary"]) == 1 and seen["temporary"][0].startswith(".")
+    assert seen["glob"] == [str(root / key)]
+    assert seen["rows"] == [100] and seen["duckdb"] == 100 and seen["dataset"] == 100  # the old file, whole
+    assert lake.read_table("station_status").num_rows == 2208
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_debris(lake: Lake, tmp_path: Path, first_status: list[StationStatus],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    [key] = lake.write_station_status(first_status[:5])
+
+    def disk_full(source: str, target: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(filesystem.os, "replace", disk_full)
+    with pytest.raises(LakeError, match=r"cannot write .*No space left on device"):
+        lake.write_station_status(first_status)
+    folder = tmp_path / "lake" / Path(key).parent
+    assert [p.name for p in folder.iterdir()] == [Path(key).name]
+    assert lake.read_table("station_status").num_rows == 5
+
+
+def read_every_visible_file(pattern: str) -> int:
+    """What a reader does: glob, then read each file whole. Raises on a partial file.
+
+    Each file is opened once and read through that handle: ``pq.read_table(path)`` opens the path
+    twice (footer, then pages), and a rewrite between the two opens would mix two complete
+    versions, which is a different race from a partial file."""
+    rows = 0
+    for path in glob.glob(pattern, recursive=True):
+        with open(path, "rb") as handle:
+            rows += pq.read_table(handle).num_rows
+    return rows
+
+
+def test_reader_check_catches_a_half_written_file(tmp_path: Path, first_status: list[StationStatus]) -> None:
+    """The check used below is able to fail: a non-atomic write is caught."""
+    data = parquet_bytes(station_status_table(first_status))
+    (tmp_path / "half.parquet").write_bytes(data[: len(data) // 2])
+    with pytest.raises(pa.ArrowInvalid):
+        read_every_visible_file(f"{tmp_path}/**/*.parquet")
+
+
+def test_concurrent_readers_never_see_partial_files(lake: Lake, tmp_path: Path, first_status: list[StationStatus]) -> None:
+    big, small = first_status, first_status[:50]
+    pattern = f"{tmp_path / 'lake'}/curated/station_status/**/*.parquet"
+    lake.write_station_status(small)
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for i in range(60):
+                lake.write_station_status(big if i % 2 == 0 else small)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    reads = 0
+    row_counts = set()
+    while not done.is_set():
+        row_counts.add(read_every_visible_file(pattern))
+        reads += 1
+    thread.join()
+    assert not errors
+    assert reads > 5
+    assert row_counts <= {50, 2208}  # always one whole file, old or new
+    assert lake.files("station_status") == [layout.curated_key("station_status", "citibike", SNAPSHOT_AT)]
+    leftovers = [p for p in (tmp_path / "lake").rglob("*") if p.name.startswith(".")]
+    assert leftovers == []
+
+
+# -- one schema across files: pyarrow datasets and DuckDB with partition pruning ----------------
+
+
+def test_files_read_as_one_table_with_partition_pruning(lake: Lake, tmp_path: Path) -> None:
+    root = tmp_path / "lake"
+    document = recorded_feed("station_status")
+    lake.write_station_status(status_records(document))                        # 2024-03-13 hour 13
+    lake.write_station_status(status_records(document, shift_s=-14 * 3600))    # 2024-03-12 hour 23
+    lake.write_station_status(status_records(document, system_id="othersys")[:100])
+    files = sorted(root.glob("curated/station_status/**/*.parquet"))
+    assert len(files) == 3
+    assert all(pq.read_schema(f).equals(STATION_STATUS_SCHEMA) for f in files)
+    # A broken file in a partition the filters exclude: read only if pruning did not happen.
+    # (It sorts after the good ones: DuckDB takes the schema from the first file.)
+    trap = root / "curated/station_status/system=citibike/date=2024-03-14/hour=1/1.parquet"
+    trap.parent.mkdir(parents=True)
+    trap.write_bytes(b"not parquet")
+
+    partitions = pa.schema([("system", pa.string()), ("date", pa.date32()), ("hour", pa.int32())])
+    dataset = ds.dataset(
+        root / "curated/station_status", format="parquet",
+        schema=pa.unify_schemas([STATION_STATUS_SCHEMA, partitions]),
+        partitioning=ds.partitioning(partitions, flavor="hive"),
+    )
+    system, day, hour = ds.field("system"), ds.field("date"), ds.field("hour")
+    assert dataset.count_rows(filter=(system == "citibike") & (hour == 13)) == 2208
+    assert dataset.count_rows(filter=system == "othersys") == 100
+    assert dataset.count_rows(filter=(day == pa.scalar(date(2024, 3, 12), pa.date32())) & (hour == 23)) == 2208
+
+    con = duckdb.connect()
+    source = lake.duckdb_source("station_status")
+    rows = con.sql(
+        f"SELECT system, date::VARCHAR, hour, count(*), min(station_id IS NOT NULL) FROM {source} "
+        "WHERE date < DATE '2024-03-14' GROUP BY ALL ORDER BY ALL"
+    ).fetchall()
+    assert rows == [("citibike", "2024-03-12", 23, 2208, True), ("citibike", "2024-03-13", 13, 2208, True),
+                    ("othersys", "2024-03-13", 13, 100, True)]
+    plain = f"read_parquet('{root}/curated/station_status/**/*.parquet', hive_partitioning=true)"
+    assert con.sql(f"SELECT count(*) FROM {plain} WHERE system = 'othersys'").fetchone() == (100,)
+    assert con.sql(f"SELECT count(*) FROM {plain} WHERE date = DATE '2024-03-13' AND hour = 13").fetchone() == (2308,)
+    with pytest.raises(duckdb.Error):
+        con.sql(f"SELECT count(*) FROM {plain}").fetchall()  # the trap is real when not pruned
+    types = {row[0]: row[1] for row in con.sql(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+    assert types["last_reported"] == "TIMESTAMP WITH TIME ZONE"
+    assert types["num_bikes_available"] == "INTEGER"
+    assert types["vehicle_types_available"] == "STRUCT(vehicle_type_id VARCHAR, count INTEGER)[]"
+
+
+def test_status_parquet_is_an_order_of_magnitude_smaller_than_the_feed(first_status: list[StationStatus]) -> None:
+    raw_bytes = len(recorded("station_status")[0].read_bytes())
+    parquet = parquet_bytes(station_status_table(first_status))
+    per_row, raw_per_row = len(parquet) / len(first_status), raw_bytes / len(first_status)
+    assert raw_per_row > 300
+    assert per_row < 40, f"{per_row:.1f} bytes per status row"
+    metadata = pq.ParquetFile(pa.BufferReader(parquet)).metadata
+    assert metadata.num_row_groups == 1
+    assert metadata.row_group(0).column(0).compression == "ZSTD"
+
+
+# -- pipeline runs ------------------------------------------------------------------------------
+
+
+def test_runs_table_from_dataclasses_and_dicts(lake: Lake) -> None:
+    success = RunRecord(
+        run_id="scheduled__2024-03-13T13:07:00+00:00", system_id="citibike", started_at=SNAPSHOT_AT + 0.25,
+        finished_at=SNAPSHOT_AT + 3.75, outcome="success", stations_information=2208, stations_status=2208,
+        stations_valid=2200, stations_quarantined=8, stations_published=1300,
+        quarantine_reasons={"capacity_exceeded": 5, "future_report": 3},
+        fetch_s=0.5, validate_s=0.25, produce_s=1.5, write_s=0.125,
+    )
+    failed = {"run_id": "manual__1", "system_id": "othersys", "started_at": SNAPSHOT_AT, "outcome": "failed",
+              "finished_at": SNAPSHOT_AT + 10.0, "error": "othersys station_status: feed unreachable", "duration_s": 10.0}
+    keys = lake.write_runs([success, failed])
+    assert keys == [
+        "pipeline_runs/date=2024-03-13/scheduled__2024-03-13T13_07_00_00_00-citibike.parquet",
+        "pipeline_runs/date=2024-03-13/manual__1-othersys.parquet",
+    ]
+    lake.write_run(success)  # the retried task: still one row
+    table = lake.read_table("pipeline_runs")
+    assert table.num_rows == 2
+    assert table.schema.field("quarantine_reasons").type == PIPELINE_RUNS_SCHEMA.field("quarantine_reasons").type
+    runs = sorted(lake.read_runs(), key=lambda r: r.run_id)
+    assert runs == [RunRecord.from_mapping(failed), success]
+    assert runs[1].duration_s == 3.5
+    assert lake.read_runs(system="othersys") == [RunRecord.from_mapping(failed)]
+    con = duckdb.connect()
+    assert con.sql(
+        f"SELECT outcome, duration_s, quarantine_reasons['capacity_exceeded'] FROM {lake.duckdb_source('pipeline_runs')} "
+        "WHERE system_id = 'citibike'"
+    ).fetchall() == [("success", 3.5, 5)]
+
+
+def test_run_records_refuse_unknown_outcomes_and_fields() -> None:
+    with pytest.raises(LakeError, match="outcome 'ok' is unknown; use one of success, no_new_data, failed, skipped"):
+        RunRecord(run_id="r", system_id="citibike", started_at=0.0, outcome="ok")
+    with pytest.raises(LakeError, match=r"unknown fields \['stations'\]"):
+        RunRecord.from_mapping({"run_id": "r", "system_id": "citibike", "started_at": 0.0, "outcome": "skipped", "stations": 1})
+
+
+# -- state store ---------------------------------------------------------------------------------
+
+
+def test_state_store_round_trips_and_stays_out_of_tables(lake: Lake, tmp_path: Path, first_status: list[StationStatus]) -> None:
+    assert lake.read_state("citibike/http.json") is None
+    lake.write_state("citibike/http.json", b'{"etag": "v1"}')
+    lake.write_state("citibike/http.json", b'{"etag": "v2"}')
+    lake.write_state("citibike/changes.bin", bytes(range(256)))
+    assert lake.read_state("citibike/http.json") == b'{"etag": "v2"}'
+    assert lake.read_state("citibike/changes.bin") == bytes(range(256))
+    assert sorted(p.name for p in (tmp_path / "lake/_state/citibike").iterdir()) == ["changes.bin", "http.json"]
+    lake.write_station_status(first_status[:3])
+    whole_lake = ds.dataset(tmp_path / "lake", format="parquet", partitioning="hive")
+    assert whole_lake.count_rows() == 3  # the _state folder is skipped like temporary files
+
+
+@pytest.mark.parametrize("key", ["../escape", "/absolute", "a//b", ".hidden", "a/../b", ""])
+def test_state_keys_cannot_escape_the_state_folder(lake: Lake, key: str) -> None:
+    with pytest.raises(LakeError, match="state key"):
+        lake.write_state(key, b"x")
+
+
+def test_state_must_be_bytes(lake: Lake) -> None:
+    with pytest.raises(LakeError, match="must be bytes, not dict; encode it first"):
+        lake.write_state("k", {"etag": "x"})  # type: ignore[arg-type]
+
+
+# -- configuration errors --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("gs://bucket/lake", "unsupported scheme 'gs'; set CITIBIKES_LAKE_URI to a folder, file:///folder or s3://bucket/prefix"),
+        ("s3:///lake", "has no bucket; write s3://bucket/prefix"),
+        ("s3://Bad_Bucket/lake", "'Bad_Bucket' is not a valid S3 bucket name"),
+        ("file://server/lake", "names host 'server'; write file:///absolute/path"),
+        ("  ", "the lake URI is empty"),
+    ],
+)
+def test_bad_lake_uris_fail_with_one_line(uri: str, message: str) -> None:
+    with pytest.raises(LakeError) as error:
+        open_lake(uri)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_local_lake_uris(tmp_path: Path) -> None:
+    assert open_lake(f"file://{tmp_path}/a").uri == f"{tmp_path}/a"
+    assert open_lake(str(tmp_path / "b")).uri == str(tmp_path / "b")
+    assert (tmp_path / "a").is_dir() and (tmp_path / "b").is_dir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(LakeError, match=r"lake folder .*file is a file; remove it or choose another lake URI"):
+        open_lake(str(tmp_path / "file"))
+    with pytest.raises(LakeError, match=r"cannot create lake folder .*: .*; choose another lake URI"):
+        open_lake(str(tmp_path / "file" / "below"))
+
+
+def test_lake_from_settings_uses_the_configured_uri(tmp_path: Path) -> None:
+    systems = tmp_path / "systems.yaml"
+    systems.write_text("systems:\n  - id: citibike\n    discovery_url: file:///dev/null\n")
+    env = {"CITIBIKES_SYSTEMS_FILE": str(systems), "CITIBIKES_LAKE_URI": f"file://{tmp_path}/configured",
+           "CITIBIKES_PIPELINE_FILE": str(tmp_path / "none.yaml")}
+    lake = lake_from_settings(load_settings(env))
+    lake.write_state("k", b"v")
+    assert (tmp_path / "configured/_state/k").read_bytes() == b"v"
+
+
+def test_bad_s3_endpoint_setting_is_named() -> None:
+    with pytest.raises(LakeError, match="S3 endpoint '127.0.0.1:7070' is not an http.s. URL; set CITIBIKES_S3_ENDPOINT_URL"):
+        open_lake("s3://bucket/lake", endpoint_url="127.0.0.1:7070")
+    with pytest.raises(LakeError, match="access key and secret key must be given together"):
+        open_lake("s3://bucket/lake", endpoint_url="http://127.0.0.1:7070", access_key="only-one")
+
+
+def test_unknown_table_names_are_listed(lake: Lake) -> None:
+    with pytest.raises(LakeError, match="unknown lake table 'status'; use one of station_status, station_information"):
+        lake.read_table("status")
+
+
+def test_empty_tables_read_as_empty_with_the_schema(lake: Lake) -> None:
+    table = lake.read_table("station_status")
+    assert table.num_rows == 0 and "hour" in table.column_names
+    assert table.schema.field("vehicle_types_available").type == STATION_STATUS_SCHEMA.field("vehicle_types_available").type
