@@ -10,7 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Callable, Sequence
 
 from citibikes.config import ConfigError, load_settings
@@ -113,6 +118,222 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- pipeline ----------------------------------------------------------------------------------
+
+class GracefulStop:
+    """First Ctrl-C (or SIGTERM): finish the current step, flush, then stop. Second: stop now."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.event = threading.Event()
+        self._log = log
+
+    def install(self) -> GracefulStop:
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self._log.info("Stopping after the current step (press Ctrl-C again to stop at once)")
+        self.event.set()
+
+
+def _log_settings(args: argparse.Namespace):
+    settings = load_settings()
+    level = args.log_level or settings.log_level
+    return settings, level
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The pipeline without Airflow: the same stages as the minute DAG, once or every interval."""
+    from citibikes.lake import lake_from_settings
+    from citibikes.stages import run_all
+    from citibikes.stream.publish import Publisher, make_producer
+    from citibikes.stream.topics import require_broker
+
+    settings, level = _log_settings(args)
+    setup_logging(level, args.log_file)
+    log = logging.getLogger("citibikes.run")
+    interval = args.interval or settings.interval_s
+    lake = lake_from_settings(settings)
+    require_broker(settings.kafka_bootstrap)
+    publisher = Publisher(make_producer(settings.kafka_bootstrap), settings.topics)
+    stop = GracefulStop(log).install()
+    systems = ", ".join(s.system_id for s in settings.systems if s.enabled)
+    log.info("Pipeline started: mode=%s, interval=%ss, systems=%s, lake=%s, kafka=%s",
+             args.mode, interval, systems, settings.lake_uri, settings.kafka_bootstrap)
+    number, failures = 0, 0
+    while True:
+        number += 1
+        started = time.monotonic()
+        run_id = "cli__" + datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        summary = run_all(settings, lake, publisher, run_id)
+        for line in summary.lines:
+            log.debug(line)
+        for system_id, reason in summary.failed.items():
+            log.warning("%s failed: %s", system_id, reason)
+        failures += bool(summary.failed)
+        log.info("Run %d done in %.2f s: %d records processed, %d sent, %d quarantined, %d systems failed",
+                 number, summary.duration_s, summary.processed, summary.sent, summary.quarantined, len(summary.failed))
+        if args.mode == "single" or stop.event.is_set():
+            break
+        wait = max(0.0, interval - (time.monotonic() - started))
+        log.info("Next execution in %d seconds", round(wait))
+        if stop.event.wait(wait):
+            break
+    log.info("Pipeline stopped after %d runs", number)
+    return 1 if (args.mode == "single" and failures) else 0
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    """The long-lived consumer: keeps the live state of every station from the topics."""
+    from confluent_kafka import Consumer
+
+    from citibikes.stream.consume import LiveConsumer, consumer_config
+    from citibikes.stream.topics import require_broker
+
+    settings, level = _log_settings(args)
+    setup_logging(level, args.log_file)
+    log = logging.getLogger("citibikes.consumer")
+    require_broker(settings.kafka_bootstrap)
+    overrides = {"logger": logging.getLogger("citibikes.kafka")}
+    if args.test_mode:  # read everything from the start without touching the real group's offsets
+        overrides["group.id"] = f"citibikes-live-test-{int(time.time())}"
+    consumer = LiveConsumer(
+        Consumer(consumer_config(settings.kafka_bootstrap, **overrides)),
+        settings.topics["station_status"].name, settings.topics["station_information"].name,
+    )
+    stop = GracefulStop(log).install()
+
+    def report(live: LiveConsumer) -> None:
+        s, st = live.state.summary(), live.stats
+        log.info("%d messages consumed (%d applied, %d duplicates); %d stations live, %d empty, %d full, lag %d",
+                 st.consumed, st.applied, st.duplicates, s["stations"], s["empty"], s["full"], live.lag())
+
+    log.info("Consumer started: group=%s, topics=%s, %s", consumer.consumer.memberid() or overrides.get("group.id", "citibikes-live"),
+             [consumer.status_topic, consumer.information_topic], "until caught up" if args.test_mode else "until Ctrl-C")
+    try:
+        consumer.run(should_stop=stop.event.is_set, until_caught_up=args.test_mode, on_interval=report,
+                     interval_s=args.interval or settings.interval_s)
+        report(consumer)
+        if args.test_mode:
+            print(json.dumps({**consumer.state.summary(), "consumed": consumer.stats.consumed,
+                              "duplicates": consumer.stats.duplicates}, indent=2))
+    finally:
+        consumer.consumer.close()
+    log.info("Consumer stopped")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Fetch a system's feeds once and print the quality summary; exit 1 when a feed is unusable."""
+    from citibikes.config import SystemConfig
+    from citibikes.gbfs.client import GbfsClient
+    from citibikes.pipeline import inspect_feeds
+
+    quality = load_settings().quality
+    source = args.source
+    folder = Path(source)
+    try:
+        if "://" not in source and folder.is_dir():
+            client = GbfsClient.for_folder(folder, system_id=args.system)
+            recorded = True
+        elif "://" in source:
+            system_id = args.system or guess_system_id(source)
+            client = GbfsClient(SystemConfig(system_id, source, language=args.language))
+            recorded = source.startswith("file://")
+        else:
+            print(f"error: {source} is neither a folder nor a URL; give a gbfs.json URL or a folder of feed files",
+                  file=sys.stderr)
+            return 2
+        with client:
+            result = inspect_feeds(client, quality, recorded=recorded)
+    except FeedError as exc:
+        if args.json:
+            print(json.dumps({"usable": False, "reason": exc.reason, "error": str(exc)}))
+        else:
+            print(f"unusable: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"usable": True, **result.__dict__}, indent=2, default=str))
+    else:
+        print(format_inspection(result))
+    return 0
+
+
+def guess_system_id(url: str) -> str:
+    """A readable label from a discovery URL: .../citibike/gbfs.json -> citibike, gbfs.lyft.com/gbfs/2.3/bkn/... -> bkn."""
+    from urllib.parse import urlsplit
+    import re
+
+    parts = urlsplit(url)
+    segments = [p for p in parts.path.split("/") if p and p != "gbfs.json" and p != "gbfs"
+                and not re.fullmatch(r"v?\d+(\.\d+)*|[a-z]{2}(-[A-Z]{2})?", p)]
+    host = (parts.hostname or "system").removeprefix("gbfs.").split(".")[0]
+    label = (segments[-1] if segments else host).lower()
+    return re.sub(r"[^a-z0-9_-]", "-", label)[:63] or "system"
+
+
+def format_inspection(result) -> str:
+    s = result.summary
+    seen, valid = s.get("seen", {}), s.get("valid", {})
+    lines = [
+        f"System:       {result.system_id} (GBFS {result.version}{', language ' + result.language if result.language else ''})",
+        f"Source:       {result.source}",
+    ]
+    for feed in ("station_information", "station_status"):
+        if feed in seen:
+            when = datetime.fromtimestamp(result.last_updated[feed], timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            lines.append(f"{feed + ':':<21} {seen[feed]:>6,} stations, {valid.get(feed, 0):>6,} valid  (last_updated {when})")
+    quarantined = sum(s.get("quarantined", {}).values())
+    lines.append(f"Quarantined:  {quarantined:,} records")
+    for reason, count in sorted(s.get("quarantined_by_reason", {}).items(), key=lambda kv: (-kv[1], kv[0])):
+        lines.append(f"  {reason:<32} {count:>6,}")
+    orphans = s.get("orphans", {})
+    lines.append("Orphans:      " + ", ".join(f"{k.replace('_', ' ')} {v if v is not None else 'not checked'}" for k, v in orphans.items()))
+    quirks = s.get("quirks", {})
+    if quirks:
+        lines.append("Quirks:       " + ", ".join(f"{k} {v:,}" for k, v in sorted(quirks.items())))
+    age = s.get("feed_age_s")
+    if age is not None:
+        lines.append(f"Feed age:     {age:,.0f} s{' - STALE' if s.get('feed_stale') else ''}")
+    lines.append(f"Result:       usable{f' ({quarantined:,} records quarantined)' if quarantined else ''}")
+    return "\n".join(lines)
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    """Ingest a folder of recorded GBFS files through the live pipeline's path, idempotently."""
+    from tqdm import tqdm
+
+    from citibikes.lake import lake_from_settings
+    from citibikes.replay.backfill import backfill
+    from citibikes.stream.publish import Publisher, make_producer
+    from citibikes.stream.topics import require_broker
+
+    settings, level = _log_settings(args)
+    setup_logging(level, args.log_file)
+    log = logging.getLogger("citibikes.backfill")
+    lake = lake_from_settings(settings)
+    require_broker(settings.kafka_bootstrap)
+    publisher = Publisher(make_producer(settings.kafka_bootstrap), settings.topics)
+    started = time.monotonic()
+
+    def progress(items, total):
+        return tqdm(items, total=total, unit="snapshot", disable=args.no_progress or None, file=sys.stderr)
+
+    report = backfill(Path(args.folder), args.system, settings=settings, lake=lake, publisher=publisher, progress=progress)
+    elapsed = time.monotonic() - started
+    log.info("Backfill of %s from %s: %d snapshots, %d ingested, %d already done, %d failed; "
+             "%d records, %d published, %d quarantined in %.1f s (%.0f records/s)%s",
+             args.system, args.folder, report.snapshots, report.processed, report.already_done, report.failed,
+             report.records, report.published, report.quarantined, elapsed, report.records / elapsed if elapsed else 0,
+             f"; files skipped: {report.skipped_files}" if report.skipped_files else "")
+    for error in report.errors[:10]:
+        log.error(error)
+    return 1 if report.failed else 0
+
+
 # -- parser ------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,6 +354,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--tick", type=float, default=15.0, help="seconds between feed updates (default 15)")
     p.add_argument("--log-level", default=None)
+    p = add("run", cmd_run, "run the pipeline (fetch -> validate -> Kafka -> lake) without Airflow")
+    p.add_argument("--mode", choices=("single", "continuous"), default="single",
+                   help="one step and exit, or one step every --interval seconds until Ctrl-C")
+    p.add_argument("--interval", type=int, default=None, help="seconds between runs (default: PIPELINE_INTERVAL or 60)")
+    p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR (default: LOG_LEVEL or INFO)")
+    p.add_argument("--log-file", default="citibikes_pipeline.log")
+    p = add("consume", cmd_consume, "keep the live state of every station from the Kafka topics")
+    p.add_argument("--test-mode", action="store_true", help="read everything there is, print a summary, exit")
+    p.add_argument("--interval", type=int, default=None, help="seconds between summaries (default: PIPELINE_INTERVAL)")
+    p.add_argument("--log-level", default=None)
+    p.add_argument("--log-file", default="citibikes_consumer.log")
+    p = add("validate", cmd_validate, "check a GBFS system's feeds: a gbfs.json URL or a folder of feed files")
+    p.add_argument("source", help="discovery URL (https://.../gbfs.json) or folder with station_status.json etc.")
+    p.add_argument("--system", default=None, help="system id to label records with")
+    p.add_argument("--language", default="en")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p = add("backfill", cmd_backfill, "ingest a folder of recorded GBFS snapshots (any names, any order)")
+    p.add_argument("folder")
+    p.add_argument("--system", required=True, help="system id the snapshots belong to")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--log-level", default=None)
+    p.add_argument("--log-file", default="citibikes_pipeline.log")
     p = add("tail", cmd_tail, "print the latest messages of a topic as JSON lines")
     p.add_argument("topic")
     p.add_argument("-n", type=int, default=5, help="messages per partition (default 5)")
@@ -143,12 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from citibikes.stream.publish import DeliveryError
-    from citibikes.stream.topics import TopicError
+    from citibikes.lake import LakeError
+    from citibikes.stream.topics import BrokerUnavailable, TopicError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (*USER_ERRORS, TopicError, DeliveryError) as exc:
+    except (*USER_ERRORS, TopicError, DeliveryError, BrokerUnavailable, LakeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

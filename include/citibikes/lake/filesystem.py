@@ -184,6 +184,15 @@ class Storage:
                 raise LakeError(f"cannot read {self.uri(key)}: it is a folder, not a file; remove it") from None
             raise self.error(exc, f"cannot read {self.uri(key)}") from None
 
+    def delete_tree(self, prefix: str) -> None:
+        """Remove everything under ``prefix`` (a folder locally, all keys below it on S3); no error if absent."""
+        try:
+            self.filesystem.delete_dir(self.path(prefix))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise self.error(exc, f"cannot delete {self.uri(prefix)}") from None
+
     def list(self, prefix: str) -> list[str]:
         """Keys of the data files below ``prefix`` (hidden temporary files excluded), sorted."""
         selector = pafs.FileSelector(self.path(prefix), recursive=True, allow_not_found=True)

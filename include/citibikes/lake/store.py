@@ -193,6 +193,10 @@ class Lake:
         """The bytes last stored under ``_state/<key>``, or None."""
         return self.storage.get(layout.state_key(key))
 
+    def delete_state(self, key: str) -> None:
+        """Remove ``_state/<key>`` and everything below it (used for a finished run's staging area)."""
+        self.storage.delete_tree(layout.state_key(key))
+
     def write_state(self, key: str, data: bytes) -> None:
         """Store ``data`` under ``_state/<key>``, replacing the previous value atomically."""
         if not isinstance(data, (bytes, bytearray, memoryview)):

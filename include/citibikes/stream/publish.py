@@ -13,6 +13,8 @@ from any snapshot boundary sees every station.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -57,6 +59,11 @@ def producer_config(bootstrap: str | None = None, **overrides: Any) -> dict[str,
         config["bootstrap.servers"] = bootstrap
     config.update(overrides)
     return config
+
+
+def make_producer(bootstrap: str | None = None, **overrides: Any) -> Producer:
+    """A producer with the pipeline's guarantees; librdkafka's own log lines go to Python logging."""
+    return Producer({**producer_config(bootstrap, **overrides), "logger": logging.getLogger("citibikes.kafka")})
 
 
 def message_key(system_id: str, station_id: str) -> bytes:
@@ -170,37 +177,51 @@ def status_fingerprint(record: StationStatus) -> list:
     ]
 
 
-class ChangeCaptureState(msgspec.Struct):
-    """Per system: the fingerprint last published per station and when the last full snapshot went out."""
+_information_encoder = msgspec.json.Encoder()
 
-    fingerprints: dict[str, list] = {}
+
+def information_fingerprint(record: StationInformation) -> str:
+    """A station's description minus the feed times: changes when anything users see changes."""
+    content = msgspec.structs.replace(record, last_updated=0, fetched_at=0.0)
+    return hashlib.blake2b(_information_encoder.encode(content), digest_size=8).hexdigest()
+
+
+FINGERPRINTS = {STATION_STATUS: status_fingerprint, STATION_INFORMATION: information_fingerprint}
+
+
+class ChangeCaptureState(msgspec.Struct):
+    """Per system and feed: the fingerprint last published per station and when the last full snapshot went out."""
+
+    fingerprints: dict[str, Any] = {}
     last_snapshot_at: int = 0
 
 
 class ChangeCapture:
     """Lets through only the stations that changed, plus a full snapshot every ``snapshot_every_s``."""
 
-    def __init__(self, state: ChangeCaptureState | None = None, snapshot_every_s: int = 900) -> None:
+    def __init__(self, state: ChangeCaptureState | None = None, snapshot_every_s: int = 900,
+                 feed: str = STATION_STATUS) -> None:
         self.state = state or ChangeCaptureState()
         self.snapshot_every_s = snapshot_every_s
+        self.fingerprint = FINGERPRINTS[feed]
 
-    def select(self, records: Iterable[StationStatus], last_updated: int) -> tuple[list[StationStatus], int, bool]:
+    def select(self, records: Iterable[Any], last_updated: int) -> tuple[list[Any], int, bool]:
         """(records to publish, number skipped as unchanged, whether this is a full snapshot)."""
         full = last_updated - self.state.last_snapshot_at >= self.snapshot_every_s
-        known = self.state.fingerprints
-        selected: list[StationStatus] = []
+        known, fingerprint = self.state.fingerprints, self.fingerprint
+        selected: list[Any] = []
         skipped = 0
         for record in records:
-            if full or known.get(record.station_id) != status_fingerprint(record):
+            if full or known.get(record.station_id) != fingerprint(record):
                 selected.append(record)
             else:
                 skipped += 1
         return selected, skipped, full
 
-    def commit(self, published: Iterable[StationStatus], last_updated: int, full: bool) -> None:
+    def commit(self, published: Iterable[Any], last_updated: int, full: bool) -> None:
         """Record what was delivered; call only after a successful flush."""
         for record in published:
-            self.state.fingerprints[record.station_id] = status_fingerprint(record)
+            self.state.fingerprints[record.station_id] = self.fingerprint(record)
         if full:
             self.state.last_snapshot_at = last_updated
 
@@ -208,6 +229,6 @@ class ChangeCapture:
         return msgspec.json.encode(self.state)
 
     @classmethod
-    def loads(cls, data: bytes | None, snapshot_every_s: int = 900) -> ChangeCapture:
+    def loads(cls, data: bytes | None, snapshot_every_s: int = 900, feed: str = STATION_STATUS) -> ChangeCapture:
         state = msgspec.json.decode(data, type=ChangeCaptureState) if data else None
-        return cls(state, snapshot_every_s)
+        return cls(state, snapshot_every_s, feed)

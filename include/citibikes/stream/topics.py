@@ -28,6 +28,22 @@ class TopicError(RuntimeError):
     """A topic could not be created or aligned; the message names the topic, the cause and the fix."""
 
 
+class BrokerUnavailable(RuntimeError):
+    """No Kafka broker answers at the configured address."""
+
+
+def require_broker(bootstrap: str, timeout: float = 5.0) -> None:
+    """Fail fast, with the fix, when nothing answers at ``bootstrap``."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000), "log_level": 0})
+    try:
+        admin.list_topics(timeout=timeout)
+    except KafkaException:
+        raise BrokerUnavailable(
+            f"no Kafka broker answers at {bootstrap} within {timeout:.0f} s; start it with `make up` "
+            "or point CITIBIKES_KAFKA_BOOTSTRAP at a running broker"
+        ) from None
+
+
 @dataclass(frozen=True)
 class TopicChange:
     topic: str

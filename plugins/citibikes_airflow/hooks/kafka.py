@@ -7,7 +7,7 @@ from typing import Any
 from airflow.providers.apache.kafka.hooks.produce import KafkaProducerHook
 from confluent_kafka import Producer
 
-from citibikes.stream.publish import producer_config
+from citibikes.stream.publish import make_producer
 
 
 class PipelineProducerHook(KafkaProducerHook):
@@ -18,4 +18,4 @@ class PipelineProducerHook(KafkaProducerHook):
     """
 
     def _get_client(self, config: dict[str, Any]) -> Producer:
-        return Producer(producer_config(**config))
+        return make_producer(**config)

@@ -1,0 +1,103 @@
+"""
+### citibikes_ingest: every GBFS system, every minute
+
+**fetch -> validate -> produce -> write -> report**, for every system listed in the systems file
+(`CITIBIKES_SYSTEMS_FILE`, default `config/systems.yaml`, or `config/systems.replay.yaml` with
+`CITIBIKES_FEED=replay`).
+
+| task | what it does |
+|---|---|
+| `fetch` | discovery + `station_information` + `station_status` of each system, concurrently (timeouts, retries with backoff, 429, conditional GET, ttl); new bodies are archived in the lake under `raw/` |
+| `validate` | normalizes every GBFS version to one model and applies the quality rules; rejected records are quarantined with reason codes |
+| `produce` | publishes changed stations (and a full snapshot every 15 min) to `bikes-station-status`, station descriptions to the compacted `bikes-station-information`, rejects to `bikes-quarantine`; one flush, any delivery failure fails the task |
+| `write` | curated Parquet (`curated/<table>/system=/date=/hour=`), quarantine, and a row per system in `pipeline_runs` |
+| `report` | one line per system; **fails when a system failed**, naming it and why, after the others landed |
+
+A broken or slow system is isolated: it is marked failed in its stage and left out of the later
+ones, the others go on. Connections: `kafka_default` (Kafka), `citibikes_lake` (a folder or S3).
+Logic lives in `include/citibikes/stages.py`; this file only wires it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk import dag, get_current_context, task
+
+from citibikes import stages
+from citibikes.config import load_settings
+from citibikes.stream.publish import Publisher
+from citibikes_airflow.assets import PIPELINE_RUNS, STATION_INFORMATION, STATION_STATUS
+from citibikes_airflow.hooks.kafka import PipelineProducerHook
+from citibikes_airflow.hooks.lake import LakeHook
+
+DEFAULT_ARGS = {
+    "owner": "citibikes",
+    "retries": 3,
+    "retry_delay": timedelta(seconds=5),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=1),
+    "execution_timeout": timedelta(minutes=3),
+}
+
+
+def _run_id() -> str:
+    return get_current_context()["run_id"]
+
+
+@dag(
+    dag_id="citibikes_ingest",
+    schedule="* * * * *",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(minutes=10),
+    default_args=DEFAULT_ARGS,
+    tags=["citibikes", "ingest", "gbfs", "kafka"],
+    doc_md=__doc__,
+)
+def citibikes_ingest():
+    @task
+    def fetch() -> dict:
+        """Fetch every system; fail (and retry) only when no system could be fetched."""
+        results = stages.fetch(load_settings(), LakeHook().get_lake())
+        if results and not any(r["ok"] for r in results.values()):
+            raise RuntimeError("; ".join(f"{sid}: {r['error']}" for sid, r in results.items()))
+        return results
+
+    @task
+    def validate(fetched: dict) -> dict:
+        return stages.validate(load_settings(), LakeHook().get_lake(), _run_id(), fetched)
+
+    @task
+    def produce(validated: dict) -> dict:
+        settings = load_settings()
+        publisher = Publisher(PipelineProducerHook(kafka_config_id="kafka_default").get_producer(), settings.topics)
+        return stages.produce(settings, LakeHook().get_lake(), publisher, validated)
+
+    @task(outlets=[STATION_STATUS, STATION_INFORMATION, PIPELINE_RUNS])
+    def write(fetched: dict, validated: dict, produced: dict) -> dict:
+        return stages.write(LakeHook().get_lake(), _run_id(), fetched, validated, produced)
+
+    @task(trigger_rule="all_done", retries=0)
+    def report(fetched: dict | None, validated: dict | None, produced: dict | None, written: dict | None) -> list[str]:
+        lines, failed = stages.report(
+            load_settings(), LakeHook().get_lake(), _run_id(),
+            {"fetch": fetched, "validate": validated, "produce": produced, "write": written},
+        )
+        for line in lines:
+            print(line)
+        if failed:
+            raise AirflowFailException("systems failed this run: " + "; ".join(f"{s}: {r}" for s, r in failed.items()))
+        return lines
+
+    fetched = fetch()
+    validated = validate(fetched)
+    produced = produce(validated)
+    written = write(fetched, validated, produced)
+    report(fetched, validated, produced, written)
+
+
+citibikes_ingest()

@@ -1,0 +1,194 @@
+"""Backfill from recorded GBFS snapshots: a folder of feed files -> validate -> Kafka -> lake.
+
+Public "git-scraping" archives keep years of GBFS files, usually under names that say nothing
+about their content. Files are therefore recognized by what they hold (a station_status or a
+station_information document; anything else is skipped and counted), ordered by their own
+``last_updated``, and each status snapshot is paired with the latest information at or before it.
+Every snapshot then goes through the same validate -> publish -> land path as live runs
+(:func:`citibikes.pipeline.process_snapshot`).
+
+Idempotent: each snapshot's run id is derived from the system and its ``last_updated``, and a
+snapshot whose run already succeeded is skipped, so running the same backfill twice changes
+nothing (no second copy in Kafka, the lake files overwritten by identical ones).
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import msgspec
+
+from citibikes.config import Settings
+from citibikes.gbfs.discovery import read_header, read_local_file
+from citibikes.gbfs.errors import FeedError
+from citibikes.gbfs.model import STATION_INFORMATION, STATION_STATUS
+from citibikes.lake import Lake
+from citibikes.pipeline import Fetched, SystemState, process_snapshot
+from citibikes.stream.publish import ChangeCapture, Publisher
+
+log = logging.getLogger("citibikes.backfill")
+
+FILE_SUFFIXES = (".json", ".json.gz", ".gz")
+
+
+class _StationKeys(msgspec.Struct):
+    """The few keys that tell a status record from an information record."""
+
+    num_bikes_available: Any = None
+    num_vehicles_available: Any = None
+    num_docks_available: Any = None
+    lat: Any = None
+    lon: Any = None
+
+
+class _Stations(msgspec.Struct):
+    stations: list[_StationKeys] = []
+
+
+class _Document(msgspec.Struct):
+    data: _Stations | None = None
+
+
+def detect_feed(body: bytes) -> str | None:
+    """``station_status``, ``station_information`` or None, from the document's content alone."""
+    try:
+        stations = msgspec.json.decode(body, type=_Document).data
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if stations is None or not stations.stations:
+        return None
+    sample = stations.stations[: min(20, len(stations.stations))]
+    status_votes = sum(s.num_bikes_available is not None or s.num_vehicles_available is not None
+                       or s.num_docks_available is not None for s in sample)
+    information_votes = sum(s.lat is not None and s.lon is not None for s in sample)
+    if status_votes > information_votes:
+        return STATION_STATUS
+    if information_votes > status_votes:
+        return STATION_INFORMATION
+    return None
+
+
+@dataclass(frozen=True, order=True)
+class SnapshotFile:
+    last_updated: int
+    feed: str
+    path: Path
+
+
+@dataclass
+class Scan:
+    snapshots: list[SnapshotFile] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Files not used, by reason (``not_gbfs_station_feed``, ``unreadable``, ``duplicate``...)."""
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+
+def scan(folder: Path) -> Scan:
+    """Every station_status / station_information file below ``folder`` (recursively), oldest first."""
+    if not folder.is_dir():
+        raise FeedError(f"{folder} is not a folder; give the folder that holds the recorded feed files",
+                        reason="unreachable", url=str(folder))
+    result, seen = Scan(), set()
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.endswith(FILE_SUFFIXES):
+                continue
+            try:
+                body = read_local_file(Path(root) / name)
+            except FeedError:
+                result.skip("unreadable")
+                continue
+            feed = detect_feed(body)
+            header = read_header(body) if feed else None
+            if feed is None or header is None or header.last_updated is None:
+                result.skip("not_gbfs_station_feed")
+                continue
+            if (feed, header.last_updated) in seen:
+                result.skip("duplicate")
+                continue
+            seen.add((feed, header.last_updated))
+            result.snapshots.append(SnapshotFile(header.last_updated, feed, Path(root) / name))
+    result.snapshots.sort()
+    return result
+
+
+def pair(snapshots: Iterable[SnapshotFile]) -> list[tuple[SnapshotFile, SnapshotFile | None]]:
+    """Each status snapshot with the latest information snapshot at or before it (or None)."""
+    information = [s for s in snapshots if s.feed == STATION_INFORMATION]
+    times = [s.last_updated for s in information]
+    pairs = []
+    for status in (s for s in snapshots if s.feed == STATION_STATUS):
+        index = bisect.bisect_right(times, status.last_updated) - 1
+        pairs.append((status, information[index] if index >= 0 else None))
+    return pairs
+
+
+def run_id_for(system_id: str, status: SnapshotFile) -> str:
+    return f"backfill__{system_id}__{status.last_updated}"
+
+
+@dataclass
+class BackfillReport:
+    snapshots: int = 0
+    processed: int = 0
+    already_done: int = 0
+    failed: int = 0
+    records: int = 0
+    published: int = 0
+    quarantined: int = 0
+    skipped_files: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def backfill(folder: Path, system_id: str, *, settings: Settings, lake: Lake, publisher: Publisher,
+             progress: Callable[[Iterable[Any], int], Iterable[Any]] | None = None) -> BackfillReport:
+    """Ingest every recorded snapshot of ``folder`` for ``system_id``; see the module docstring."""
+    found = scan(folder)
+    pairs = pair(found.snapshots)
+    report = BackfillReport(snapshots=len(pairs), skipped_files=found.skipped)
+    done = {run.run_id for run in lake.read_runs(system_id) if run.outcome == "success"}
+    state = SystemState()
+    captures = {feed: ChangeCapture(snapshot_every_s=settings.status_snapshot_every_s, feed=feed)
+                for feed in (STATION_INFORMATION, STATION_STATUS)}
+    last_information: SnapshotFile | None = None
+    items = progress(pairs, len(pairs)) if progress else pairs
+    for status, information in items:
+        run_id = run_id_for(system_id, status)
+        if run_id in done:
+            report.already_done += 1
+            continue
+        bodies = {STATION_STATUS: read_local_file(status.path)}
+        if information is not None and information != last_information:
+            bodies[STATION_INFORMATION] = read_local_file(information.path)
+        fetched = Fetched(
+            system_id=system_id,
+            fetched_at=float(status.last_updated),
+            outcomes={feed: "new" for feed in bodies},
+            last_updated={feed: snap.last_updated for feed, snap in
+                          ((STATION_STATUS, status), (STATION_INFORMATION, information)) if snap and feed in bodies},
+            bodies=bodies,
+        )
+        for feed, body in bodies.items():
+            lake.write_raw(system_id, feed, fetched.last_updated[feed], body)
+        record, validated, state = process_snapshot(
+            fetched, settings=settings, lake=lake, publisher=publisher, run_id=run_id,
+            state=state, captures=captures, reference_time=float(status.last_updated),
+        )
+        if record.outcome == "failed":
+            report.failed += 1
+            report.errors.append(f"{status.path.name}: {record.error}")
+            continue
+        last_information = information
+        report.processed += 1
+        report.records += record.stations_status or 0
+        report.published += record.stations_published or 0
+        report.quarantined += record.stations_quarantined or 0
+    return report

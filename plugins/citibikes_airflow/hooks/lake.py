@@ -1,0 +1,53 @@
+"""Lake hook: the ``citibikes_lake`` connection -> an open :class:`citibikes.lake.Lake`.
+
+Two connection types are understood:
+
+* ``fs``  - a local folder: ``{"conn_type": "fs", "extra": {"path": "/data/lake"}}``
+* ``aws`` - S3 or any S3-compatible store; credentials come through the Amazon provider's
+  ``AwsBaseHook`` (keys, profiles, roles), the location from the extra:
+  ``{"conn_type": "aws", "extra": {"lake_uri": "s3://bucket/prefix", "endpoint_url": "...", "region_name": "..."}}``
+"""
+
+from __future__ import annotations
+
+from airflow.providers.common.compat.sdk import BaseHook
+
+from citibikes.lake import Lake, LakeError, open_lake
+
+
+class LakeHook(BaseHook):
+    conn_name_attr = "lake_conn_id"
+    default_conn_name = "citibikes_lake"
+    conn_type = "citibikes_lake"
+    hook_name = "citibikes lake"
+
+    def __init__(self, lake_conn_id: str = default_conn_name) -> None:
+        super().__init__()
+        self.lake_conn_id = lake_conn_id
+
+    def get_lake(self) -> Lake:
+        conn = self.get_connection(self.lake_conn_id)
+        extra = conn.extra_dejson
+        if conn.conn_type == "fs":
+            path = extra.get("path")
+            if not path:
+                raise LakeError(f"connection {self.lake_conn_id!r} (fs) has no extra.path; set it to the lake folder")
+            return open_lake(path)
+        if conn.conn_type == "aws":
+            from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+            uri = extra.get("lake_uri")
+            if not uri:
+                raise LakeError(f"connection {self.lake_conn_id!r} (aws) has no extra.lake_uri; set it to s3://bucket/prefix")
+            aws = AwsBaseHook(aws_conn_id=self.lake_conn_id, client_type="s3")
+            credentials = aws.get_credentials()
+            return open_lake(
+                uri,
+                endpoint_url=aws.conn_config.endpoint_url,
+                region=aws.conn_region_name or extra.get("region_name"),
+                access_key=credentials.access_key,
+                secret_key=credentials.secret_key,
+            )
+        raise LakeError(
+            f"connection {self.lake_conn_id!r} has type {conn.conn_type!r}; use 'fs' (a folder) or 'aws' (S3)"
+        )

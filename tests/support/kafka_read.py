@@ -1,0 +1,42 @@
+"""Read back what a test published: every message of a topic, from the beginning to its end offsets."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+
+
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 20.0) -> list[dict[str, Any]]:
+    """All messages currently in ``topic`` as dicts: key, headers, value (decoded JSON), partition."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-reader", "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {}
+        for pid in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, pid), timeout=10)
+            if high > low:
+                ends[pid] = high
+        consumer.assign([TopicPartition(topic, pid, 0) for pid in ends])
+        messages: list[dict[str, Any]] = []
+        done: set[int] = set()
+        waited = 0.0
+        while len(done) < len(ends) and waited < timeout_s:
+            batch = consumer.consume(10_000, timeout=0.5)
+            if not batch:
+                waited += 0.5
+            for message in batch:
+                if message.error():
+                    continue
+                messages.append({
+                    "key": message.key().decode() if message.key() else None,
+                    "headers": {k: v.decode() for k, v in (message.headers() or [])},
+                    "value": json.loads(message.value()),
+                    "partition": message.partition(),
+                })
+                if message.offset() + 1 >= ends[message.partition()]:
+                    done.add(message.partition())
+        return messages
+    finally:
+        consumer.close()
