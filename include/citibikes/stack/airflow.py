@@ -42,7 +42,8 @@ def lake_connection(settings: Settings) -> dict:
     return {"conn_type": "fs", "extra": {"path": str(Path(path).resolve())}}
 
 
-def airflow_env(settings: Settings, *, port: int, base: Mapping[str, str] | None = None) -> dict[str, str]:
+def airflow_env(settings: Settings, *, port: int, worker_log_port: int = 8793, trigger_log_port: int = 8794,
+                base: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment for every Airflow process of the local stack."""
     env = dict(os.environ if base is None else base)
     home = settings.state_dir / "airflow"
@@ -63,6 +64,8 @@ def airflow_env(settings: Settings, *, port: int, base: Mapping[str, str] | None
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": env.get("AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL", "30"),
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(worker_log_port),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(trigger_log_port),
         "AIRFLOW_CONN_KAFKA_DEFAULT": json.dumps(
             {"conn_type": "kafka", "extra": {"bootstrap.servers": settings.kafka_bootstrap}}
         ),
@@ -97,6 +100,8 @@ def admin_password(home: Path) -> str:
 class AirflowStandalone:
     settings: Settings
     port: int = 8080
+    worker_log_port: int = 8793
+    trigger_log_port: int = 8794
 
     @property
     def home(self) -> Path:
@@ -112,14 +117,15 @@ class AirflowStandalone:
             command=[str(Path(sys.executable).parent / "airflow"), "standalone"],
             run_dir=self.settings.state_dir / "run",
             log_file=self.settings.state_dir / "logs" / "airflow.log",
-            ports=[("127.0.0.1", self.port), ("127.0.0.1", 8793), ("127.0.0.1", 8794)],
-            env=airflow_env(self.settings, port=self.port),
+            ports=[("127.0.0.1", self.port), ("127.0.0.1", self.worker_log_port), ("127.0.0.1", self.trigger_log_port)],
+            env=airflow_env(self.settings, port=self.port, worker_log_port=self.worker_log_port,
+                            trigger_log_port=self.trigger_log_port),
             cwd=self.home,
             ready=self.healthy,
             start_timeout_s=180,
             stop_signal=2,  # SIGINT: standalone shuts its components down in order
             stop_timeout_s=45,
-            fix_hint="set CITIBIKES_AIRFLOW_PORT to a free port (8793/8794 are Airflow's log servers)",
+            fix_hint="set CITIBIKES_AIRFLOW_PORT (UI), CITIBIKES_AIRFLOW_WORKER_LOG_PORT or CITIBIKES_AIRFLOW_TRIGGER_LOG_PORT to free ports",
         )
 
     def healthy(self) -> bool:

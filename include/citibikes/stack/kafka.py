@@ -204,6 +204,9 @@ class KafkaBroker:
         return bool(metadata.brokers)
 
     def start(self) -> str:
+        if self.pid() is not None:
+            return "already running"
+        self.service().check_ports_free()  # before any download: fail fast on a busy port
         java = require_java()
         install(self.lib)
         self.write_properties()

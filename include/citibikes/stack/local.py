@@ -30,6 +30,8 @@ class Ports:
     kafka_controller: int
     replay: int
     airflow: int
+    airflow_worker_log: int
+    airflow_trigger_log: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Ports:
@@ -44,12 +46,19 @@ class Ports:
             kafka_controller=port("CITIBIKES_KAFKA_CONTROLLER_PORT", 9093),
             replay=port("CITIBIKES_REPLAY_PORT", 8765),
             airflow=port("CITIBIKES_AIRFLOW_PORT", 8080),
+            airflow_worker_log=port("CITIBIKES_AIRFLOW_WORKER_LOG_PORT", 8793),
+            airflow_trigger_log=port("CITIBIKES_AIRFLOW_TRIGGER_LOG_PORT", 8794),
         )
 
 
 def broker(settings: Settings, ports: Ports) -> KafkaBroker:
     return KafkaBroker(settings.state_dir / "kafka", settings.state_dir / "run",
                        port=ports.kafka, controller_port=ports.kafka_controller)
+
+
+def airflow(settings: Settings, ports: Ports) -> AirflowStandalone:
+    return AirflowStandalone(settings, port=ports.airflow, worker_log_port=ports.airflow_worker_log,
+                             trigger_log_port=ports.airflow_trigger_log)
 
 
 def replay_service(settings: Settings, port: int) -> Service:
@@ -119,22 +128,24 @@ def up(env: Mapping[str, str] | None = None, out: Print = print) -> int:
     from citibikes.stream.topics import ensure_topics
     from confluent_kafka.admin import AdminClient
 
-    for change in ensure_topics(AdminClient({"bootstrap.servers": kafka.bootstrap}), settings.topics.values()):
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap, "log_level": 3})
+    for change in ensure_topics(admin, settings.topics.values()):
         out(f"  topic {change.topic}: {change.action}")
 
     if mode == "replay":
         out(f"Replay feed: {replay_service(settings, ports.replay).start()} on http://127.0.0.1:{ports.replay}/citibike/gbfs.json")
 
-    airflow = AirflowStandalone(settings, port=ports.airflow)
-    out(f"Airflow: {airflow.start()} (log: {settings.state_dir / 'logs' / 'airflow.log'})")
-    dag_ids, errors = airflow.unpause_project_dags()
+    standalone = airflow(settings, ports)
+    out(f"Airflow: {standalone.start()} (log: {settings.state_dir / 'logs' / 'airflow.log'})")
+    dag_ids, errors = standalone.unpause_project_dags()
     for name, error in errors.items():
         out(f"  DAG file {name} failed to import: {error}")
     out(f"  DAGs unpaused: {', '.join(dag_ids) or 'none'}")
     out("")
     out(f"Ready in {time.monotonic() - started:.0f} s.")
-    out(f"  Airflow UI:  {airflow.url}   login: {ADMIN_USER} / {admin_password(airflow.home)}")
-    out("  Trigger:     .venv/bin/airflow dags trigger citibikes_ingest  (or the play button in the UI)")
+    out(f"  Airflow UI:  {standalone.url}   login: {ADMIN_USER} / {admin_password(standalone.home)}")
+    out(f"  Trigger:     AIRFLOW_HOME={standalone.home} .venv/bin/airflow dags trigger citibikes_ingest")
+    out("               (or the play button in the UI; it also runs by itself every minute)")
     out(f"  Lake:        {settings.lake_uri}")
     out(f"  Topics:      .venv/bin/citibikes tail {settings.topics['station_status'].name}")
     out("  Stop:        make down")
@@ -145,7 +156,7 @@ def down(env: Mapping[str, str] | None = None, out: Print = print) -> int:
     env = dict(os.environ if env is None else env)
     ports = Ports.from_env(env)
     settings = load_settings(env)
-    out(f"Airflow: {AirflowStandalone(settings, port=ports.airflow).stop()}")
+    out(f"Airflow: {airflow(settings, ports).stop()}")
     out(f"Replay feed: {replay_service(settings, ports.replay).stop()}")
     out(f"Kafka: {broker(settings, ports).stop()}")
     return 0
@@ -158,7 +169,7 @@ def status(env: Mapping[str, str] | None = None, out: Print = print) -> int:
     services = {
         "kafka": (broker(settings, ports).service(), f"127.0.0.1:{ports.kafka}"),
         "replay": (replay_service(settings, ports.replay), f"http://127.0.0.1:{ports.replay}"),
-        "airflow": (AirflowStandalone(settings, port=ports.airflow).service(), f"http://127.0.0.1:{ports.airflow}"),
+        "airflow": (airflow(settings, ports).service(), f"http://127.0.0.1:{ports.airflow}"),
     }
     running = 0
     for name, (service, where) in services.items():

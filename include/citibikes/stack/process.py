@@ -87,17 +87,20 @@ class Service:
     def running(self) -> bool:
         return self.pid() is not None
 
-    def start(self) -> str:
-        """Start unless already running; wait until ready. Returns 'started' or 'already running'."""
-        if self.running():
-            return "already running"
-        self.pid_file.unlink(missing_ok=True)
+    def check_ports_free(self) -> None:
         for host, port in self.ports:
             if port_open(host, port):
                 raise StackError(
                     f"{self.name}: port {port} on {host} is already in use by another program; "
                     f"stop that program or choose another port ({self.fix_hint or 'see README, Configuration'})"
                 )
+
+    def start(self) -> str:
+        """Start unless already running; wait until ready. Returns 'started' or 'already running'."""
+        if self.running():
+            return "already running"
+        self.pid_file.unlink(missing_ok=True)
+        self.check_ports_free()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ if self.env is None else self.env)
@@ -127,13 +130,18 @@ class Service:
         )
 
     def stop(self) -> str:
-        """Signal the process group, wait, then kill. Returns 'stopped (pid N)' or 'not running'."""
+        """Signal the service, wait, then kill its group. Returns 'stopped (pid N)' or 'not running'.
+
+        Only the leader gets the stop signal: it shuts its own children down in order (Airflow
+        standalone hangs when every child gets SIGINT at once). Anything left in the process group
+        afterwards is killed.
+        """
         pid = self.pid()
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
             return "not running"
         try:
-            os.killpg(pid, self.stop_signal)
+            os.kill(pid, self.stop_signal)
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + self.stop_timeout_s
