@@ -115,9 +115,12 @@ def fetch_system(system: SystemConfig, lake: Lake, state: SystemState, *, client
     )
     for feed, result in results.items():
         if result.outcome == "new" and result.body is not None:
+            if result.last_updated is None:  # not a GBFS document: say exactly why (HTML, truncated...)
+                parse_feed(result.body, feed, system_id=system.system_id)
+                raise FeedError("the feed has no readable last_updated; it is not a usable GBFS document",
+                                reason="bad_header", system_id=system.system_id, feed=feed, url=result.url)
             fetched.bodies[feed] = result.body
-            if result.last_updated is not None:
-                fetched.raw_keys[feed] = lake.write_raw(system.system_id, feed, result.last_updated, result.body)
+            fetched.raw_keys[feed] = lake.write_raw(system.system_id, feed, result.last_updated, result.body)
     return fetched
 
 

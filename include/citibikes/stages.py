@@ -151,12 +151,12 @@ def write(lake: Lake, run_id: str, fetched: Results, validated: Results, produce
     results: Results = {}
     for system_id in systems:  # lake writes are fast; sequential keeps errors simple to read
         results[system_id] = one(system_id)
-    lake.delete_state(_staging_key(run_id))
-    return results
+    return results  # staging stays until `report`, so a retried write finds its records
 
 
 def report(settings: Settings, lake: Lake, run_id: str, stages: Mapping[str, Results | None]) -> tuple[list[str], dict[str, str]]:
-    """One line per system and the failures (system -> reason); records runs of failed systems."""
+    """One line per system and the failures (system -> reason); records runs of failed systems and
+    removes the run's staging area (the last stage, run whatever happened before)."""
     lines, failed = [], {}
     written = stages.get("write") or {}
     for system in enabled(settings.systems):
@@ -177,6 +177,7 @@ def report(settings: Settings, lake: Lake, run_id: str, stages: Mapping[str, Res
         lines.append(f"{sid}: FAILED - {reason}")
         fetch_item = (stages.get("fetch") or {}).get(sid, {})
         lake.write_run(run_record(run_id, sid, fetch_item.get("started_at") or time.time(), "failed", error=reason))
+    lake.delete_state(_staging_key(run_id))
     return lines, failed
 
 

@@ -1,0 +1,119 @@
+"""Faults against real components: a broker that dies mid-run, and systems that are broken or slow."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from citibikes import stages
+from citibikes.config import load_settings
+from citibikes.lake import open_lake
+from citibikes.replay.server import make_server
+from citibikes.stack.kafka import KafkaBroker
+from citibikes.stack.process import free_port
+from citibikes.stream.publish import DeliveryError, Publisher, make_producer
+from citibikes.stream.topics import ensure_topics
+from support.kafka_read import read_topic
+
+pytestmark = pytest.mark.kafka
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def replay():
+    server = make_server(tick_s=1.0, slow_s=30.0).start_in_thread()
+    yield server
+    server.shutdown()
+
+
+def _settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bootstrap: str, systems: str):
+    (tmp_path / "systems.yaml").write_text(systems)
+    monkeypatch.setenv("CITIBIKES_SYSTEMS_FILE", str(tmp_path / "systems.yaml"))
+    monkeypatch.setenv("CITIBIKES_LAKE_URI", str(tmp_path / "lake"))
+    monkeypatch.setenv("CITIBIKES_KAFKA_BOOTSTRAP", bootstrap)
+    return load_settings()
+
+
+def test_broker_down_fails_produce_in_bounded_time_and_the_retry_delivers_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replay, kafka_broker) -> None:
+    broker = KafkaBroker(tmp_path / "kafka", tmp_path / "run", port=free_port(), controller_port=free_port(),
+                         lib_dir=kafka_broker.lib)
+    broker.start()
+    try:
+        settings = _settings(tmp_path, monkeypatch, broker.bootstrap,
+                             f"systems:\n  - id: citibike\n    discovery_url: {replay.url}/citibike/gbfs.json\n")
+        ensure_topics(AdminClient({"bootstrap.servers": broker.bootstrap}), settings.topics.values())
+        lake = open_lake(settings.lake_uri)
+        run_id = "fault-run"
+        fetched = stages.fetch(settings, lake)
+        validated = stages.validate(settings, lake, run_id, fetched)
+        valid = validated["citibike"]["valid"]
+
+        broker.stop()
+        publisher = Publisher(make_producer(broker.bootstrap, **{"message.timeout.ms": 5000}), settings.topics,
+                              flush_timeout_s=20)
+        started = time.monotonic()
+        with pytest.raises(DeliveryError, match="did not acknowledge .* check the broker"):
+            stages.produce(settings, lake, publisher, validated)
+        assert time.monotonic() - started < 20, "a dead broker must fail the task within a bounded time"
+        assert not lake.files("station_status"), "nothing may land before the records were delivered"
+
+        broker.start()  # the task's retry: same staged records, a fresh producer
+        retry = Publisher(make_producer(broker.bootstrap), settings.topics)
+        produced = stages.produce(settings, lake, retry, validated)
+        stages.write(lake, run_id, fetched, validated, produced)
+        # A retry of the write task after a crash overwrites, never duplicates.
+        stages.write(lake, run_id, fetched, validated, produced)
+
+        messages = read_topic(broker.bootstrap, settings.topics["station_status"].name)
+        assert len(messages) == valid
+        assert len({m["headers"]["message_id"] for m in messages}) == valid
+        assert len(lake.files("station_status")) == 1
+        assert lake.read_table("station_status").num_rows == valid
+    finally:
+        broker.stop()
+
+
+@pytest.mark.airflow
+def test_broken_and_slow_systems_do_not_block_the_others(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replay, kafka_bootstrap: str, airflow_db) -> None:
+    systems = "systems:\n" + "".join(
+        f"  - id: {sid}\n    discovery_url: {replay.url}/{sid}/gbfs.json\n    timeout_s: 2\n"
+        for sid in ("citibike", "fault-html", "fault-500", "fault-slow", "synth-07")
+    )
+    settings = _settings(tmp_path, monkeypatch, kafka_bootstrap, systems)
+    prefix = f"faults{time.time_ns()}"
+    (tmp_path / "pipeline.yaml").write_text("topics:\n" + "".join(
+        f"  {key}: {{name: {prefix}-{key}}}\n" for key in ("station_information", "station_status", "quarantine")))
+    monkeypatch.setenv("CITIBIKES_PIPELINE_FILE", str(tmp_path / "pipeline.yaml"))
+    monkeypatch.setenv("AIRFLOW_CONN_KAFKA_DEFAULT", json.dumps({"conn_type": "kafka", "extra": {"bootstrap.servers": kafka_bootstrap}}))
+    monkeypatch.setenv("AIRFLOW_CONN_CITIBIKES_LAKE", json.dumps({"conn_type": "fs", "extra": {"path": str(tmp_path / "lake")}}))
+    settings = load_settings()
+    ensure_topics(AdminClient({"bootstrap.servers": kafka_bootstrap}), settings.topics.values())
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(ROOT / "dags" / "ingest.py")).dags["citibikes_ingest"]
+    started = time.monotonic()
+    run = dag.test()
+    elapsed = time.monotonic() - started
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states == {"fetch": "success", "validate": "success", "produce": "success", "write": "success",
+                      "report": "failed"}, states
+    assert elapsed < 60, f"the slow system held the run for {elapsed:.0f} s"
+
+    lake = open_lake(settings.lake_uri)
+    runs = {r.system_id: r for r in lake.read_runs()}
+    assert runs["citibike"].outcome == runs["synth-07"].outcome == "success"
+    assert {runs[s].outcome for s in ("fault-html", "fault-500", "fault-slow")} == {"failed"}
+    assert "HTML" in runs["fault-html"].error
+    assert "500" in runs["fault-500"].error
+    assert "timed out" in runs["fault-slow"].error or "timeout" in runs["fault-slow"].error.lower()
+    landed = {Path(f).parts[-4] for f in lake.files("station_status")}
+    assert landed == {"system=citibike", "system=synth-07"}
+    status = read_topic(kafka_bootstrap, settings.topics["station_status"].name)
+    assert {m["value"]["system_id"] for m in status} == {"citibike", "synth-07"}
