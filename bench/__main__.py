@@ -1,0 +1,36 @@
+"""Run the benchmarks, each in its own process: `python -m bench [normalize] [pipeline] [dag]`.
+
+normalize  normalize + validate a Citi Bike status snapshot from bytes, one core   (~1 min)
+pipeline   bytes -> validate -> Kafka -> Parquet, against a naive baseline          (~2 min)
+dag        scheduled minute-DAG durations under airflow standalone, 1 and 50 systems (~20 min)
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHMARKS = {
+    "normalize": ["normalize_validate.py"],
+    "pipeline": ["pipeline_throughput.py"],
+    "dag": ["dag_duration.py"],
+}
+
+
+def main(names: list[str]) -> int:
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    failed = 0
+    for name in names or list(BENCHMARKS):
+        script, *args = BENCHMARKS[name]
+        print(f"\n=== {name}: {script} ===", flush=True)
+        failed += subprocess.run([sys.executable, str(HERE / script), *args], cwd=HERE.parent).returncode != 0
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
