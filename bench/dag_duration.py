@@ -54,10 +54,14 @@ def measure(env: dict[str, str], runs: int) -> list[dict]:
         token = requests.post(f"{ui}/auth/token", json={"username": "admin", "password": PASSWORD}, timeout=10).json()["access_token"]
         headers = {"Authorization": f"Bearer {token}"}
         deadline = time.monotonic() + (runs + 3) * 60
+        seen = 0
         while time.monotonic() < deadline:
-            listed = requests.get(f"{ui}/api/v2/dags/citibikes_ingest/dagRuns", headers=headers,
-                                  params={"run_type": "scheduled", "state": ["success", "failed"], "limit": 100},
-                                  timeout=10).json()["dag_runs"]
+            listed = [r for r in requests.get(f"{ui}/api/v2/dags/citibikes_ingest/dagRuns", headers=headers,
+                                              params={"limit": 100}, timeout=10).json()["dag_runs"]
+                      if r["run_type"] == "scheduled" and r["state"] in ("success", "failed")]
+            if len(listed) > seen:
+                seen = len(listed)
+                print(f"  {seen}/{runs} scheduled runs finished", flush=True)
             if len(listed) >= runs:
                 break
             time.sleep(5)
@@ -92,12 +96,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=8)
     parser.add_argument("--systems", type=int, default=50)
+    parser.add_argument("--configs", default="1,many", help="which configurations: 1, many or both (1,many)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     print(json.dumps(machine_info(), indent=2))
     results = []
     with tempfile.TemporaryDirectory(prefix="citibikes-bench-dag-") as tmp:
-        for count in (1, args.systems):
+        wanted = args.configs.split(",")
+        for count in [c for c, name in ((1, "1"), (args.systems, "many")) if name in wanted]:
             state = Path(tmp) / f"state-{count}"
             (state / "kafka").mkdir(parents=True)
             lib = ROOT / ".state" / "kafka" / "lib"

@@ -344,7 +344,7 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, **options: Any) ->
     server.start_in_thread()
     log.info("replay GBFS feed on %s (e.g. %s/citibike/gbfs.json, %s/healthz)", server.url, server.url, server.url)
     try:
-        while not stop.wait(1.0):
+        while not stop.wait(0.1):  # short waits: the signal handler runs between them
             pass
     finally:
         log.info("replay server stopping")

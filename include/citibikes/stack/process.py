@@ -130,37 +130,44 @@ class Service:
         )
 
     def stop(self) -> str:
-        """Signal the service, wait, then kill its group. Returns 'stopped (pid N)' or 'not running'.
+        """Stop the service and everything it started. Returns 'stopped (pid N)' or 'not running'.
 
-        Only the leader gets the stop signal: it shuts its own children down in order (Airflow
-        standalone hangs when every child gets SIGINT at once). Anything left in the process group
-        afterwards is killed.
+        The leader gets the stop signal first and shuts its own children down in order (Airflow
+        standalone hangs when every child gets SIGINT at once). If it has not exited after
+        ``stop_timeout_s``, the whole process group gets SIGTERM, and SIGKILL as a last resort
+        (standalone waits forever on a child that keeps its output pipe open).
         """
         pid = self.pid()
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
             return "not running"
-        try:
-            os.kill(pid, self.stop_signal)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + self.stop_timeout_s
-        while time.monotonic() < deadline and pid_alive(pid):
-            time.sleep(0.2)
-        how = "stopped"
-        if pid_alive(pid):
+        escalation = (
+            (os.kill, self.stop_signal, self.stop_timeout_s, "stopped"),
+            (os.killpg, signal.SIGTERM, 10.0, "stopped after SIGTERM to its process group"),
+            (os.killpg, signal.SIGKILL, 5.0, "killed"),
+        )
+        for send, signum, grace, how in escalation:
             try:
-                os.killpg(pid, signal.SIGKILL)
+                send(pid, signum)
             except ProcessLookupError:
-                pass
-            how = "killed after timeout"
-        # Children that outlived the leader (e.g. forked workers) share its process group.
-        try:
+                break
+            if _wait_gone(pid, grace):
+                break
+        try:  # children that outlived the leader share its process group
             os.killpg(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
         self.pid_file.unlink(missing_ok=True)
         return f"{how} (pid {pid})"
+
+
+def _wait_gone(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def tail(path: Path, lines: int) -> str:
