@@ -2,8 +2,8 @@
 
 The minute DAG, ``citibikes run`` and ``citibikes backfill`` all go through these functions, so
 there is one pipeline, not three. The stages are separate functions because the DAG runs each in
-its own task (handing data over through the lake's staging area, see :func:`stage` /
-:func:`unstage`), while the command-line tool chains them in memory (:func:`ingest_system`).
+its own task over all systems (:mod:`citibikes.stages`, which ``citibikes run`` calls too), while
+backfill chains them in memory for one recorded snapshot at a time (:func:`process_snapshot`).
 
 State that must survive between runs lives in the lake under ``_state/<system>/``: the HTTP
 client's validators and ttl (so unchanged feeds are not refetched or re-emitted), the capacity of
@@ -34,6 +34,7 @@ from citibikes.gbfs.model import (
 )
 from citibikes.gbfs.normalize import normalize_information, normalize_status, parse_feed
 from citibikes.lake import Lake, RunRecord
+from citibikes.lake.store import LakeFile
 from citibikes.quality import validate
 from citibikes.stream.publish import ChangeCapture, Publisher
 
@@ -186,7 +187,13 @@ def publish_validated(batches: Sequence[tuple[Validated, Mapping[str, ChangeCapt
     Raises :class:`~citibikes.stream.publish.DeliveryError` unless the broker acknowledged every
     record of every system; change-capture state advances only after that.
     """
-    queued = []
+    return queue_validated(batches, publisher).confirm()
+
+
+def queue_validated(batches: Sequence[tuple[Validated, Mapping[str, ChangeCapture]]],
+                    publisher: Publisher) -> Queued:
+    """The first half of :func:`publish_validated`: select and produce, without waiting for the broker."""
+    queued = Queued(publisher)
     for validated, captures in batches:
         selections, sent, skipped = [], len(validated.quarantined), 0
         for feed, records, publish in (
@@ -202,16 +209,33 @@ def publish_validated(batches: Sequence[tuple[Validated, Mapping[str, ChangeCapt
             sent, skipped = sent + len(selected), skipped + unchanged
         publisher.publish_quarantine(validated.quarantined)
         publisher.note_skipped(skipped)
-        queued.append((captures, selections, Published(
+        queued.selections.append((captures, selections))
+        queued.published.append(Published(
             sent=sent, skipped_unchanged=skipped,
             full_snapshot=any(full for feed, _, full, _ in selections if feed == STATION_STATUS),
             information_changed=any(bool(sel) for feed, sel, _, _ in selections if feed == STATION_INFORMATION),
-        )))
-    publisher.flush()
-    for captures, selections, _ in queued:
-        for feed, selected, full, last_updated in selections:
-            captures[feed].commit(selected, last_updated, full)
-    return [published for _, _, published in queued]
+        ))
+    return queued
+
+
+@dataclass
+class Queued:
+    """Records handed to the producer, not acknowledged yet (see :func:`queue_validated`)."""
+
+    publisher: Publisher
+    published: list[Published] = field(default_factory=list)
+    """One per system, in the order of the batches."""
+    selections: list[tuple[Mapping[str, ChangeCapture], list[tuple[str, list[Any], bool, int]]]] = \
+        field(default_factory=list)
+    """Per system: its change captures and, per feed, (feed, records sent, full snapshot, last_updated)."""
+
+    def confirm(self) -> list[Published]:
+        """Flush: raise DeliveryError unless every record was acknowledged; then advance change capture."""
+        self.publisher.flush()
+        for captures, selections in self.selections:
+            for feed, selected, full, last_updated in selections:
+                captures[feed].commit(selected, last_updated, full)
+        return self.published
 
 
 def land_validated(validated: Validated, lake: Lake, *, information_changed: bool = True) -> list[str]:
@@ -220,12 +244,17 @@ def land_validated(validated: Validated, lake: Lake, *, information_changed: boo
     station_information is written only when its content changed (``information_changed``): it
     is re-sent every minute by most systems but changes a few times a day.
     """
-    written = lake.write_station_status(validated.status) if validated.status else []
+    return lake.write_files(encode_validated(validated, lake, information_changed=information_changed))
+
+
+def encode_validated(validated: Validated, lake: Lake, *, information_changed: bool = True) -> list[LakeFile]:
+    """The files :func:`land_validated` writes, encoded (Parquet bytes) but not written."""
+    files = lake.encode_station_status(validated.status) if validated.status else []
     if validated.information and information_changed:
-        written += lake.write_station_information(validated.information)
+        files += lake.encode_station_information(validated.information)
     if validated.quarantined:
-        written += lake.write_quarantine(validated.quarantined)
-    return written
+        files += lake.encode_quarantine(validated.quarantined)
+    return files
 
 
 def advance_state(state: SystemState, fetched: Fetched, validated: Validated | None) -> SystemState:
@@ -283,6 +312,10 @@ def process_snapshot(fetched: Fetched, *, settings: Settings, lake: Lake, publis
     Used by backfill (snapshots from files) and the benchmarks; the caller owns ``state`` and
     ``captures`` (returned state is the advanced one). Errors do not escape: the run record says
     ``failed`` with the one-line reason.
+
+    The Parquet files are encoded while the broker acknowledges the records (the flush waits in
+    another thread, without the GIL); they are written, and change capture advances, only once
+    every record was acknowledged - as in :func:`publish_validated` then :func:`land_validated`.
     """
     started = time.time()
     timer = StepTimer()
@@ -293,8 +326,16 @@ def process_snapshot(fetched: Fetched, *, settings: Settings, lake: Lake, publis
             record = run_record(run_id, fetched.system_id, started, no_data_outcome(fetched))
             return record, None, advance_state(state, fetched, None)
         validated = timer("validate", validate_fetched, fetched, state, settings.quality, reference_time=reference_time)
-        (published,) = timer("produce", publish_validated, [(validated, captures)], publisher)
-        timer("write", land_validated, validated, lake, information_changed=published.information_changed)
+        queued = timer("produce", queue_validated, [(validated, captures)], publisher)
+        # A thread per step (not a shared pool): nothing to go stale in a forked process.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-flush") as flusher:
+            confirming = flusher.submit(queued.confirm)
+            try:
+                files = timer("write", encode_validated, validated, lake,
+                              information_changed=queued.published[0].information_changed)
+            finally:  # never leave a flush running behind the next step
+                (published,) = timer("produce", confirming.result)
+        timer("write", lake.write_files, files)
         state = advance_state(state, fetched, validated)
         record = run_record(run_id, fetched.system_id, started, "success", validated=validated,
                             published=published, durations=timer.durations)

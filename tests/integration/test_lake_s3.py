@@ -3,7 +3,6 @@ idempotent overwrites, single-PUT objects, and one-line errors for bad configura
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from s3_fixture import BINARY_STATE_DIR, S3Server, s3_lake_uri, s3_server  # noq
 
 from citibikes.gbfs.model import QuarantinedRecord, StationStatus
 from citibikes.lake.errors import LakeError
-from citibikes.lake.store import Lake, open_lake
+from citibikes.lake.store import Lake, decompress_raw, open_lake
 from citibikes.lake.tables import RunRecord, records_from_table
 from citibikes.replay.recordings import recorded
 from citibikes.stack.process import free_port
@@ -82,7 +81,8 @@ def test_curated_raw_runs_and_state_round_trip_over_s3(s3_server: S3Server, s3_l
     assert lake.read_state("citibike/http.json") == b'{"etag": "W/1"}'
     assert lake.read_state("citibike/other.json") is None
     stored_raw = s3_server.client().get_object(Bucket=s3_server.bucket, Key=f"{prefix}/{raw_key}")["Body"].read()
-    assert gzip.decompress(stored_raw) == payload == lake.read_raw("citibike", "station_status", SNAPSHOT_AT)
+    assert raw_key.endswith(".json.zst")
+    assert decompress_raw(stored_raw) == payload == lake.read_raw("citibike", "station_status", SNAPSHOT_AT)
 
 
 def test_duckdb_reads_the_s3_lake_through_httpfs(s3_server: S3Server, s3_lake_uri: str) -> None:

@@ -7,6 +7,8 @@ import glob
 import gzip
 import json
 import os
+import shutil
+import subprocess
 import threading
 from datetime import date
 from pathlib import Path
@@ -23,7 +25,7 @@ from citibikes.config import load_settings
 from citibikes.gbfs.model import QuarantinedRecord, StationInformation, StationStatus, VehicleTypeCount
 from citibikes.lake import filesystem, layout
 from citibikes.lake.errors import LakeError
-from citibikes.lake.store import Lake, lake_from_settings, open_lake
+from citibikes.lake.store import Lake, compress_raw, decompress_raw, lake_from_settings, open_lake
 from citibikes.lake.tables import (
     PIPELINE_RUNS_SCHEMA,
     STATION_STATUS_SCHEMA,
@@ -32,6 +34,7 @@ from citibikes.lake.tables import (
     records_from_table,
     station_status_table,
 )
+from citibikes.replay.backfill import detect_feed, read_snapshot_file, scan
 from citibikes.replay.recordings import recorded
 
 SNAPSHOT_AT = 1710335271  # 2024-03-13 13:07:51 UTC, the first recorded Citi Bike snapshot
@@ -123,7 +126,7 @@ def test_partitions_and_names_derive_from_last_updated_in_utc() -> None:
         "quarantine/system=citibike/date=2024-03-13/hour=13/station_status-1710335271.parquet"
     )
     assert layout.raw_key("citibike", "station_status", SNAPSHOT_AT) == (
-        "raw/system=citibike/feed=station_status/date=2024-03-13/hour=13/1710335271.json.gz"
+        "raw/system=citibike/feed=station_status/date=2024-03-13/hour=13/1710335271.json.zst"
     )
     # Midnight UTC belongs to the new day; one second before to hour 23 of the old one.
     assert layout.hive_partition("citibike", 1710288000) == "system=citibike/date=2024-03-13/hour=0"
@@ -188,15 +191,61 @@ def test_vehicle_types_and_missing_counts_round_trip(lake: Lake) -> None:
     assert records_from_table(table, StationStatus) == [record]
 
 
+def test_times_are_whole_milliseconds_rounded_like_python(first_status: list[StationStatus]) -> None:
+    seconds = [SNAPSHOT_AT + 0.0005, SNAPSHOT_AT + 0.0015, SNAPSHOT_AT + 0.0025, 0.0005, 1.5e-3, SNAPSHOT_AT + 0.123456]
+    records = [msgspec.structs.replace(first_status[0], station_id=f"s{i}", fetched_at=value)
+               for i, value in enumerate(seconds)]
+    table = station_status_table(records)
+    assert table["fetched_at"].cast(pa.int64()).to_pylist() == [round(value * 1000) for value in seconds]
+    assert table["last_updated"].cast(pa.int64()).to_pylist() == [SNAPSHOT_AT * 1000] * len(seconds)
+
+
 def test_raw_feed_is_archived_compressed_and_deterministic(lake: Lake, tmp_path: Path) -> None:
     payload = recorded("station_status")[0].read_bytes()
     key = lake.write_raw("citibike", "station_status", SNAPSHOT_AT, payload)
     stored = (tmp_path / "lake" / key).read_bytes()
-    assert gzip.decompress(stored) == payload == lake.read_raw("citibike", "station_status", SNAPSHOT_AT)
+    assert stored.startswith(b"\x28\xb5\x2f\xfd")  # one standard zstd frame
+    assert decompress_raw(stored) == payload == lake.read_raw("citibike", "station_status", SNAPSHOT_AT)
     assert len(stored) < len(payload) / 5
     lake.write_raw("citibike", "station_status", SNAPSHOT_AT, payload)
     assert (tmp_path / "lake" / key).read_bytes() == stored
     assert lake.read_raw("citibike", "station_status", SNAPSHOT_AT + 1) is None
+
+
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="the zstd command is not installed")
+def test_raw_archive_is_readable_by_the_zstd_tool(lake: Lake, tmp_path: Path) -> None:
+    payload = recorded("station_status")[0].read_bytes()
+    key = lake.write_raw("citibike", "station_status", SNAPSHOT_AT, payload)
+    result = subprocess.run(["zstd", "-dc", str(tmp_path / "lake" / key)], capture_output=True, check=True)
+    assert result.stdout == payload
+
+
+def test_raw_archives_from_before_zstd_are_still_read(lake: Lake, tmp_path: Path) -> None:
+    payload = recorded("station_status")[0].read_bytes()
+    legacy = tmp_path / "lake" / layout.legacy_raw_key("citibike", "station_status", SNAPSHOT_AT)
+    assert legacy.name == "1710335271.json.gz"
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(gzip.compress(payload, mtime=0))
+    assert lake.read_raw("citibike", "station_status", SNAPSHOT_AT) == payload
+
+
+def test_the_raw_archive_can_be_backfilled_again(lake: Lake, tmp_path: Path) -> None:
+    for recording in recorded("station_status")[:2] + recorded("station_information"):
+        body = recording.read_bytes()
+        feed = detect_feed(body)
+        lake.write_raw("citibike", feed, json.loads(body)["last_updated"], body)
+    found = scan(tmp_path / "lake" / "raw")
+    assert [(s.feed, s.path.name.endswith(".json.zst")) for s in found.snapshots] == [
+        ("station_information", True), ("station_status", True), ("station_status", True)]
+    assert read_snapshot_file(found.snapshots[1].path) == recorded("station_status")[0].read_bytes()
+
+
+def test_corrupt_or_oversized_raw_archives_are_one_line_errors() -> None:
+    packed = compress_raw(b"x" * 10_000)
+    with pytest.raises(LakeError, match="not valid zstd"):
+        decompress_raw(packed[: len(packed) // 2])
+    with pytest.raises(LakeError, match="inflates past 1,000 bytes"):
+        decompress_raw(packed, max_bytes=1000)
 
 
 def test_quarantine_keeps_reasons_and_raw_json(lake: Lake) -> None:
@@ -401,6 +450,32 @@ def test_status_parquet_is_an_order_of_magnitude_smaller_than_the_feed(first_sta
     metadata = pq.ParquetFile(pa.BufferReader(parquet)).metadata
     assert metadata.num_row_groups == 1
     assert metadata.row_group(0).column(0).compression == "ZSTD"
+
+
+def test_encoded_files_are_the_bytes_the_writers_write(lake: Lake, tmp_path: Path,
+                                                       first_status: list[StationStatus]) -> None:
+    files = lake.encode_station_status(first_status)
+    assert [key for key, _ in files] == [layout.curated_key("station_status", "citibike", SNAPSHOT_AT)]
+    assert lake.files("station_status") == []  # encoding writes nothing
+    assert lake.write_files(files) == [files[0][0]]
+    assert (tmp_path / "lake" / files[0][0]).read_bytes() == files[0][1]
+    assert parquet_bytes(station_status_table(first_status)) == files[0][1]
+
+
+def test_tiny_files_are_stored_uncompressed_and_read_the_same(first_status: list[StationStatus]) -> None:
+    tiny = parquet_bytes(station_status_table(first_status[:3]))
+    metadata = pq.ParquetFile(pa.BufferReader(tiny)).metadata
+    assert metadata.row_group(0).column(0).compression == "UNCOMPRESSED"
+    assert pq.read_table(pa.BufferReader(tiny)).equals(station_status_table(first_status[:3]))
+
+
+def test_unique_columns_skip_the_dictionary(first_status: list[StationStatus]) -> None:
+    metadata = pq.ParquetFile(pa.BufferReader(parquet_bytes(station_status_table(first_status)))).metadata
+    encodings = {metadata.row_group(0).column(i).path_in_schema: metadata.row_group(0).column(i).encodings
+                 for i in range(metadata.num_columns)}
+    assert "RLE_DICTIONARY" not in encodings["station_id"] and "RLE_DICTIONARY" not in encodings["extras"]
+    assert "RLE_DICTIONARY" in encodings["num_bikes_available"]
+    assert "RLE_DICTIONARY" in encodings["vehicle_types_available.list.element.vehicle_type_id"]
 
 
 # -- pipeline runs ------------------------------------------------------------------------------

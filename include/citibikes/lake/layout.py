@@ -7,7 +7,7 @@ of adding a duplicate. ``date``/``hour`` are the UTC date and hour of ``last_upd
     curated/station_status/system=citibike/date=2024-03-13/hour=13/1710335271.parquet
     curated/station_information/system=citibike/date=2024-03-13/hour=13/1710335271.parquet
     quarantine/system=citibike/date=2024-03-13/hour=13/station_status-1710335271.parquet
-    raw/system=citibike/feed=station_status/date=2024-03-13/hour=13/1710335271.json.gz
+    raw/system=citibike/feed=station_status/date=2024-03-13/hour=13/1710335271.json.zst
     pipeline_runs/date=2024-03-13/scheduled__2024-03-13T13_00_00_00_00-citibike.parquet
     _state/<key>
 
@@ -95,13 +95,18 @@ def quarantine_key(system_id: str, feed: str, last_updated: int) -> str:
     return f"quarantine/{hive_partition(system_id, last_updated)}/{check_feed(feed)}-{int(last_updated)}.parquet"
 
 
-def raw_key(system_id: str, feed: str, last_updated: int) -> str:
-    """The gzip-compressed copy of the feed exactly as fetched."""
+def raw_key(system_id: str, feed: str, last_updated: int, suffix: str = ".json.zst") -> str:
+    """The zstd-compressed copy of the feed exactly as fetched."""
     date, hour = utc_date_hour(last_updated)
     return (
         f"raw/system={check_system_id(system_id)}/feed={check_feed(feed)}/date={date}/hour={hour}/"
-        f"{int(last_updated)}.json.gz"
+        f"{int(last_updated)}{suffix}"
     )
+
+
+def legacy_raw_key(system_id: str, feed: str, last_updated: int) -> str:
+    """Where archives written before the switch to zstd are: the gzip-compressed copy."""
+    return raw_key(system_id, feed, last_updated, suffix=".json.gz")
 
 
 def safe_file_name(text: str) -> str:

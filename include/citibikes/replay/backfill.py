@@ -24,16 +24,29 @@ from typing import Any, Callable, Iterable
 import msgspec
 
 from citibikes.config import Settings
-from citibikes.gbfs.discovery import read_header, read_local_file
+from citibikes.gbfs.discovery import DEFAULT_MAX_BYTES, read_header, read_local_file
 from citibikes.gbfs.errors import FeedError
 from citibikes.gbfs.model import STATION_INFORMATION, STATION_STATUS
-from citibikes.lake import Lake
+from citibikes.lake import Lake, LakeError, RunRecord
+from citibikes.lake.store import ZSTD_MAGIC, decompress_raw
 from citibikes.pipeline import Fetched, SystemState, process_snapshot
 from citibikes.stream.publish import ChangeCapture, Publisher
 
 log = logging.getLogger("citibikes.backfill")
 
-FILE_SUFFIXES = (".json", ".json.gz", ".gz")
+FILE_SUFFIXES = (".json", ".json.gz", ".gz", ".json.zst", ".zst")
+"""Plain, gzip or zstd files (the lake's raw archive is zstd: it can be ingested again)."""
+
+
+def read_snapshot_file(path: Path) -> bytes:
+    """A recorded feed file's body: plain or gzip JSON, or zstd like the lake's raw archive."""
+    body = read_local_file(path)
+    if not body.startswith(ZSTD_MAGIC):
+        return body
+    try:
+        return decompress_raw(body, max_bytes=DEFAULT_MAX_BYTES)
+    except LakeError as exc:
+        raise FeedError(f"{path}: {exc}", reason="decode_error", url=path.as_uri()) from None
 
 
 class _StationKeys(msgspec.Struct):
@@ -102,7 +115,7 @@ def scan(folder: Path) -> Scan:
             if not name.endswith(FILE_SUFFIXES):
                 continue
             try:
-                body = read_local_file(Path(root) / name)
+                body = read_snapshot_file(Path(root) / name)
             except FeedError:
                 result.skip("unreadable")
                 continue
@@ -148,6 +161,49 @@ class BackfillReport:
     errors: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """One status snapshot to ingest, with the station_information body that goes with it when that
+    is new (None when the information last ingested still holds)."""
+
+    status_last_updated: int
+    status_body: bytes
+    information_last_updated: int | None = None
+    information_body: bytes | None = None
+
+
+def new_change_capture(snapshot_every_s: int) -> dict[str, ChangeCapture]:
+    return {feed: ChangeCapture(snapshot_every_s=snapshot_every_s, feed=feed)
+            for feed in (STATION_INFORMATION, STATION_STATUS)}
+
+
+def ingest_snapshot(snapshot: Snapshot, system_id: str, *, settings: Settings, lake: Lake, publisher: Publisher,
+                    run_id: str, state: SystemState, captures: dict[str, ChangeCapture]) -> tuple[RunRecord, SystemState]:
+    """Archive the snapshot's raw bodies, then validate, publish and land it (one backfill step).
+
+    Returns the run record (``failed`` with the reason when the step failed) and the advanced state.
+    """
+    bodies = {STATION_STATUS: snapshot.status_body}
+    last_updated = {STATION_STATUS: snapshot.status_last_updated}
+    if snapshot.information_body is not None and snapshot.information_last_updated is not None:
+        bodies[STATION_INFORMATION] = snapshot.information_body
+        last_updated[STATION_INFORMATION] = snapshot.information_last_updated
+    fetched = Fetched(
+        system_id=system_id,
+        fetched_at=float(snapshot.status_last_updated),
+        outcomes={feed: "new" for feed in bodies},
+        last_updated=last_updated,
+        bodies=bodies,
+    )
+    for feed, body in bodies.items():
+        lake.write_raw(system_id, feed, last_updated[feed], body)
+    record, _, state = process_snapshot(
+        fetched, settings=settings, lake=lake, publisher=publisher, run_id=run_id,
+        state=state, captures=captures, reference_time=float(snapshot.status_last_updated),
+    )
+    return record, state
+
+
 def backfill(folder: Path, system_id: str, *, settings: Settings, lake: Lake, publisher: Publisher,
              progress: Callable[[Iterable[Any], int], Iterable[Any]] | None = None) -> BackfillReport:
     """Ingest every recorded snapshot of ``folder`` for ``system_id``; see the module docstring."""
@@ -156,8 +212,7 @@ def backfill(folder: Path, system_id: str, *, settings: Settings, lake: Lake, pu
     report = BackfillReport(snapshots=len(pairs), skipped_files=found.skipped)
     done = {run.run_id for run in lake.read_runs(system_id) if run.outcome == "success"}
     state = SystemState()
-    captures = {feed: ChangeCapture(snapshot_every_s=settings.status_snapshot_every_s, feed=feed)
-                for feed in (STATION_INFORMATION, STATION_STATUS)}
+    captures = new_change_capture(settings.status_snapshot_every_s)
     last_information: SnapshotFile | None = None
     items = progress(pairs, len(pairs)) if progress else pairs
     for status, information in items:
@@ -165,23 +220,15 @@ def backfill(folder: Path, system_id: str, *, settings: Settings, lake: Lake, pu
         if run_id in done:
             report.already_done += 1
             continue
-        bodies = {STATION_STATUS: read_local_file(status.path)}
-        if information is not None and information != last_information:
-            bodies[STATION_INFORMATION] = read_local_file(information.path)
-        fetched = Fetched(
-            system_id=system_id,
-            fetched_at=float(status.last_updated),
-            outcomes={feed: "new" for feed in bodies},
-            last_updated={feed: snap.last_updated for feed, snap in
-                          ((STATION_STATUS, status), (STATION_INFORMATION, information)) if snap and feed in bodies},
-            bodies=bodies,
+        new_information = information is not None and information != last_information
+        snapshot = Snapshot(
+            status_last_updated=status.last_updated,
+            status_body=read_snapshot_file(status.path),
+            information_last_updated=information.last_updated if new_information else None,
+            information_body=read_snapshot_file(information.path) if new_information else None,
         )
-        for feed, body in bodies.items():
-            lake.write_raw(system_id, feed, fetched.last_updated[feed], body)
-        record, validated, state = process_snapshot(
-            fetched, settings=settings, lake=lake, publisher=publisher, run_id=run_id,
-            state=state, captures=captures, reference_time=float(status.last_updated),
-        )
+        record, state = ingest_snapshot(snapshot, system_id, settings=settings, lake=lake, publisher=publisher,
+                                        run_id=run_id, state=state, captures=captures)
         if record.outcome == "failed":
             report.failed += 1
             report.errors.append(f"{status.path.name}: {record.error}")
