@@ -124,7 +124,7 @@ class AirflowStandalone:
             ready=self.healthy,
             start_timeout_s=180,
             stop_signal=2,  # SIGINT: standalone shuts its components down in order
-            stop_timeout_s=20,
+            stop_timeout_s=8,  # a clean shutdown takes 1-2 s; past that a child holds it up
             fix_hint="set CITIBIKES_AIRFLOW_PORT (UI), CITIBIKES_AIRFLOW_WORKER_LOG_PORT or CITIBIKES_AIRFLOW_TRIGGER_LOG_PORT to free ports",
         )
 
