@@ -148,6 +148,7 @@ def _log_settings(args: argparse.Namespace):
 def cmd_run(args: argparse.Namespace) -> int:
     """The pipeline without Airflow: the same stages as the minute DAG, once or every interval."""
     from citibikes.lake import lake_from_settings
+    from citibikes.pipeline import one_line
     from citibikes.stages import run_all
     from citibikes.stream.publish import Publisher, make_producer
     from citibikes.stream.topics import require_broker
@@ -168,14 +169,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         number += 1
         started = time.monotonic()
         run_id = "cli__" + datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        summary = run_all(settings, lake, publisher, run_id)
-        for line in summary.lines:
-            log.debug(line)
-        for system_id, reason in summary.failed.items():
-            log.warning("%s failed: %s", system_id, reason)
-        failures += bool(summary.failed)
-        log.info("Run %d done in %.2f s: %d records processed, %d sent, %d quarantined, %d systems failed",
-                 number, summary.duration_s, summary.processed, summary.sent, summary.quarantined, len(summary.failed))
+        try:
+            summary = run_all(settings, lake, publisher, run_id)
+        except Exception as exc:  # the lake or broker went away: try again next interval
+            if args.mode == "single":
+                raise
+            failures += 1
+            log.error("Run %d failed: %s", number, one_line(exc))
+        else:
+            for line in summary.lines:
+                log.debug(line)
+            for system_id, reason in summary.failed.items():
+                log.warning("%s failed: %s", system_id, reason)
+            failures += bool(summary.failed)
+            systems = ", ".join(f"{count} {outcome.replace('_', ' ')}" for outcome, count in sorted(summary.outcomes.items()))
+            log.info("Run %d done in %.2f s: %d records processed, %d sent, %d quarantined; systems: %s",
+                     number, summary.duration_s, summary.processed, summary.sent, summary.quarantined, systems or "none")
         if args.mode == "single" or stop.event.is_set():
             break
         wait = max(0.0, interval - (time.monotonic() - started))
@@ -190,7 +199,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     """The long-lived consumer: keeps the live state of every station from the topics."""
     from confluent_kafka import Consumer
 
-    from citibikes.stream.consume import LiveConsumer, consumer_config
+    from citibikes.stream.consume import CONSUMER_DEFAULTS, LiveConsumer, consumer_config
     from citibikes.stream.topics import require_broker
 
     settings, level = _log_settings(args)
@@ -211,7 +220,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
         log.info("%d messages consumed (%d applied, %d duplicates); %d stations live, %d empty, %d full, lag %d",
                  st.consumed, st.applied, st.duplicates, s["stations"], s["empty"], s["full"], live.lag())
 
-    log.info("Consumer started: group=%s, topics=%s, %s", consumer.consumer.memberid() or overrides.get("group.id", "citibikes-live"),
+    log.info("Consumer started: group=%s, topics=%s, %s", overrides.get("group.id", CONSUMER_DEFAULTS["group.id"]),
              [consumer.status_topic, consumer.information_topic], "until caught up" if args.test_mode else "until Ctrl-C")
     try:
         consumer.run(should_stop=stop.event.is_set, until_caught_up=args.test_mode, on_interval=report,

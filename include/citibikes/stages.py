@@ -185,6 +185,8 @@ def report(settings: Settings, lake: Lake, run_id: str, stages: Mapping[str, Res
 class RunSummary:
     lines: list[str]
     failed: dict[str, str]
+    outcomes: dict[str, int]
+    """Systems per run outcome (success, no_new_data, skipped, failed)."""
     processed: int = 0
     sent: int = 0
     quarantined: int = 0
@@ -204,8 +206,11 @@ def run_all(settings: Settings, lake: Lake, publisher: Publisher, run_id: str) -
     lines, failed = report(settings, lake, run_id,
                            {"fetch": fetched, "validate": validated, "produce": produced, "write": written})
     runs = [item["run"] for item in written.values()]
+    outcomes: dict[str, int] = {}
+    for outcome in [r["outcome"] for r in runs] + ["failed"] * len(failed):
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
     return RunSummary(
-        lines=lines, failed=failed,
+        lines=lines, failed=failed, outcomes=outcomes,
         processed=sum(r.get("stations_status") or 0 for r in runs),
         sent=sum(r.get("stations_published") or 0 for r in runs),
         quarantined=sum(r.get("stations_quarantined") or 0 for r in runs),
