@@ -323,7 +323,8 @@ def process_snapshot(fetched: Fetched, *, settings: Settings, lake: Lake, publis
     published: Published | None = None
     try:
         if not fetched.has_new_data:
-            record = run_record(run_id, fetched.system_id, started, no_data_outcome(fetched))
+            outcome, reason = no_data_outcome(fetched, state, settings.quality)
+            record = run_record(run_id, fetched.system_id, started, outcome, error=reason)
             return record, None, advance_state(state, fetched, None)
         validated = timer("validate", validate_fetched, fetched, state, settings.quality, reference_time=reference_time)
         queued = timer("produce", queue_validated, [(validated, captures)], publisher)
@@ -337,8 +338,9 @@ def process_snapshot(fetched: Fetched, *, settings: Settings, lake: Lake, publis
                 (published,) = timer("produce", confirming.result)
         timer("write", lake.write_files, files)
         state = advance_state(state, fetched, validated)
-        record = run_record(run_id, fetched.system_id, started, "success", validated=validated,
-                            published=published, durations=timer.durations)
+        outcome, reason = success_outcome(validated)
+        record = run_record(run_id, fetched.system_id, started, outcome, validated=validated,
+                            published=published, durations=timer.durations, error=reason)
     except Exception as exc:  # noqa: BLE001 - recorded and reported by the caller
         log.error("%s: %s", fetched.system_id, exc)
         log.debug("%s failed", fetched.system_id, exc_info=True)
@@ -348,9 +350,28 @@ def process_snapshot(fetched: Fetched, *, settings: Settings, lake: Lake, publis
     return record, validated, state
 
 
-def no_data_outcome(fetched: Fetched) -> str:
-    """``skipped`` when every feed was within its ttl (not even asked), else ``no_new_data``."""
-    return "skipped" if set(fetched.outcomes.values()) == {"skipped_ttl"} else "no_new_data"
+def no_data_outcome(fetched: Fetched, state: SystemState, quality: QualityConfig) -> tuple[str, str | None]:
+    """(outcome, reason) of a step without new data.
+
+    ``stale`` when the status feed has not advanced for longer than ``max_feed_age_s`` (the
+    system may be down while its server keeps answering), ``skipped`` when every feed was within
+    its ttl (not even asked), else ``no_new_data``.
+    """
+    last = state.last_updated.get(STATION_STATUS)
+    if last is not None and fetched.fetched_at - last > quality.max_feed_age_s:
+        return "stale", (f"station_status has not advanced for {fetched.fetched_at - last:.0f} s "
+                         f"(last_updated {last}); the system may be down")
+    if set(fetched.outcomes.values()) == {"skipped_ttl"}:
+        return "skipped", None
+    return "no_new_data", None
+
+
+def success_outcome(validated: Validated) -> tuple[str, str | None]:
+    """``stale`` when a feed arrived older than ``max_feed_age_s`` (its records are quarantined), else ``success``."""
+    stale = validated.summary.get("stale_feeds") or ()
+    if stale:
+        return "stale", f"{', '.join(stale)} arrived {validated.summary.get('feed_age_s', 0):.0f} s old; records quarantined"
+    return "success", None
 
 
 def one_line(exc: BaseException) -> str:

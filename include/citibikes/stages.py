@@ -34,6 +34,7 @@ from citibikes.pipeline import (
     load_change_capture,
     load_state,
     no_data_outcome,
+    success_outcome,
     one_line,
     publish_validated,
     run_record,
@@ -123,7 +124,7 @@ def produce(settings: Settings, lake: Lake, publisher: Publisher, validated: Res
             for sid, p in zip(systems, published)}
 
 
-def write(lake: Lake, run_id: str, fetched: Results, validated: Results, produced: Results) -> Results:
+def write(settings: Settings, lake: Lake, run_id: str, fetched: Results, validated: Results, produced: Results) -> Results:
     """Land each published system in the lake, advance its state and record its run."""
     def one(system_id: str) -> dict[str, Any]:
         fetch_item, validate_item = fetched[system_id], validated[system_id]
@@ -132,8 +133,9 @@ def write(lake: Lake, run_id: str, fetched: Results, validated: Results, produce
         record_fetched = msgspec.convert(fetch_item["fetched"], Fetched)
         state = load_state(lake, system_id)
         if not validate_item.get("new_data"):
+            outcome, reason = no_data_outcome(record_fetched, state, settings.quality)
             save_state(lake, system_id, advance_state(state, record_fetched, None))
-            run = run_record(run_id, system_id, started_at, no_data_outcome(record_fetched), durations=durations)
+            run = run_record(run_id, system_id, started_at, outcome, durations=durations, error=reason)
         else:
             validated_record = _load_staged(lake, validate_item["staged"])
             published = msgspec.convert(produced[system_id]["published"], Published)
@@ -141,8 +143,9 @@ def write(lake: Lake, run_id: str, fetched: Results, validated: Results, produce
             land_validated(validated_record, lake, information_changed=published.information_changed)
             save_state(lake, system_id, advance_state(state, record_fetched, validated_record))
             durations.update(produce=produced[system_id]["produce_s"], write=time.perf_counter() - started)
-            run = run_record(run_id, system_id, started_at, "success", validated=validated_record,
-                             published=published, durations=durations)
+            outcome, reason = success_outcome(validated_record)
+            run = run_record(run_id, system_id, started_at, outcome, validated=validated_record,
+                             published=published, durations=durations, error=reason)
         lake.write_run(run)
         return {"ok": True, "run": msgspec.to_builtins(run)}
 
@@ -161,6 +164,10 @@ def report(settings: Settings, lake: Lake, run_id: str, stages: Mapping[str, Res
     written = stages.get("write") or {}
     for system in enabled(settings.systems):
         sid = system.system_id
+        if sid in written and written[sid]["run"]["outcome"] == "stale":
+            failed[sid] = f"stale: {written[sid]['run']['error']}"
+            lines.append(f"{sid}: STALE - {written[sid]['run']['error']}")
+            continue
         if sid in written:
             run = written[sid]["run"]
             lines.append(
@@ -202,12 +209,12 @@ def run_all(settings: Settings, lake: Lake, publisher: Publisher, run_id: str) -
         produced: Results | None = produce(settings, lake, publisher, validated)
     except Exception as exc:  # noqa: BLE001 - every system that had data failed to publish
         produced = {sid: _failure("produce", exc) for sid in _ok(validated) if validated[sid].get("new_data")}
-    written = write(lake, run_id, fetched, validated, {s: r for s, r in produced.items() if r.get("ok")})
+    written = write(settings, lake, run_id, fetched, validated, {s: r for s, r in produced.items() if r.get("ok")})
     lines, failed = report(settings, lake, run_id,
                            {"fetch": fetched, "validate": validated, "produce": produced, "write": written})
     runs = [item["run"] for item in written.values()]
     outcomes: dict[str, int] = {}
-    for outcome in [r["outcome"] for r in runs] + ["failed"] * len(failed):
+    for outcome in [r["outcome"] for r in runs] + ["failed"] * len(set(failed) - set(written)):
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     return RunSummary(
         lines=lines, failed=failed, outcomes=outcomes,

@@ -65,9 +65,9 @@ def test_broker_down_fails_produce_in_bounded_time_and_the_retry_delivers_once(
         broker.start()  # the task's retry: same staged records, a fresh producer
         retry = Publisher(make_producer(broker.bootstrap), settings.topics)
         produced = stages.produce(settings, lake, retry, validated)
-        stages.write(lake, run_id, fetched, validated, produced)
+        stages.write(settings, lake, run_id, fetched, validated, produced)
         # A retry of the write task after a crash overwrites, never duplicates.
-        stages.write(lake, run_id, fetched, validated, produced)
+        stages.write(settings, lake, run_id, fetched, validated, produced)
 
         messages = read_topic(broker.bootstrap, settings.topics["station_status"].name)
         assert len(messages) == valid
@@ -83,7 +83,7 @@ def test_broken_and_slow_systems_do_not_block_the_others(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replay, kafka_bootstrap: str, airflow_db) -> None:
     systems = "systems:\n" + "".join(
         f"  - id: {sid}\n    discovery_url: {replay.url}/{sid}/gbfs.json\n    timeout_s: 2\n"
-        for sid in ("citibike", "fault-html", "fault-500", "fault-slow", "synth-07")
+        for sid in ("citibike", "fault-html", "fault-500", "fault-slow", "fault-stale", "synth-07")
     )
     settings = _settings(tmp_path, monkeypatch, kafka_bootstrap, systems)
     prefix = f"faults{time.time_ns()}"
@@ -113,7 +113,44 @@ def test_broken_and_slow_systems_do_not_block_the_others(
     assert "HTML" in runs["fault-html"].error
     assert "500" in runs["fault-500"].error
     assert "timed out" in runs["fault-slow"].error or "timeout" in runs["fault-slow"].error.lower()
+    assert runs["fault-stale"].outcome == "stale" and "station_status arrived" in runs["fault-stale"].error
     landed = {Path(f).parts[-4] for f in lake.files("station_status")}
-    assert landed == {"system=citibike", "system=synth-07"}
+    assert landed == {"system=citibike", "system=synth-07"}  # fault-stale: all quarantined (stale_feed)
+    report = [ti for ti in run.get_task_instances() if ti.task_id == "report"][0]
+    assert report.state == "failed"
     status = read_topic(kafka_bootstrap, settings.topics["station_status"].name)
     assert {m["value"]["system_id"] for m in status} == {"citibike", "synth-07"}
+
+
+class FrozenClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_feed_that_stops_advancing_is_reported_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        kafka_bootstrap: str) -> None:
+    server = make_server(tick_s=1.0, clock=FrozenClock(time.time() - 1)).start_in_thread()  # same document forever
+    try:
+        settings = _settings(tmp_path, monkeypatch, kafka_bootstrap,
+                             f"systems:\n  - id: citibike\n    discovery_url: {server.url}/citibike/gbfs.json\n")
+        (tmp_path / "pipeline.yaml").write_text(f"quality: {{max_feed_age_s: 4}}\ntopics:\n" + "".join(
+            f"  {key}: {{name: stale{time.time_ns()}-{key}}}\n" for key in ("station_information", "station_status", "quarantine")))
+        monkeypatch.setenv("CITIBIKES_PIPELINE_FILE", str(tmp_path / "pipeline.yaml"))
+        settings = load_settings()
+        ensure_topics(AdminClient({"bootstrap.servers": kafka_bootstrap}), settings.topics.values())
+        lake = open_lake(settings.lake_uri)
+        publisher = Publisher(make_producer(kafka_bootstrap), settings.topics)
+
+        first = stages.run_all(settings, lake, publisher, "stale-1")
+        assert first.outcomes == {"success": 1} and not first.failed
+        time.sleep(5)
+        second = stages.run_all(settings, lake, publisher, "stale-2")
+        assert second.outcomes == {"stale": 1}
+        assert "has not advanced for" in second.failed["citibike"]
+        assert second.sent == 0, "unchanged data must not be re-emitted"
+        assert [r.outcome for r in sorted(lake.read_runs(), key=lambda r: r.started_at)] == ["success", "stale"]
+    finally:
+        server.shutdown()

@@ -512,7 +512,7 @@ def test_runs_table_from_dataclasses_and_dicts(lake: Lake) -> None:
 
 
 def test_run_records_refuse_unknown_outcomes_and_fields() -> None:
-    with pytest.raises(LakeError, match="outcome 'ok' is unknown; use one of success, no_new_data, failed, skipped"):
+    with pytest.raises(LakeError, match="outcome 'ok' is unknown; use one of success, no_new_data, stale, failed, skipped"):
         RunRecord(run_id="r", system_id="citibike", started_at=0.0, outcome="ok")
     with pytest.raises(LakeError, match=r"unknown fields \['stations'\]"):
         RunRecord.from_mapping({"run_id": "r", "system_id": "citibike", "started_at": 0.0, "outcome": "skipped", "stations": 1})

@@ -131,7 +131,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "pipeline_runs": PIPELINE_RUNS_SCHEMA,
 }
 
-OUTCOMES = ("success", "no_new_data", "failed", "skipped")
+OUTCOMES = ("success", "no_new_data", "stale", "failed", "skipped")
 
 
 @dataclass
@@ -145,7 +145,7 @@ class RunRecord:
     system_id: str
     started_at: float
     outcome: str
-    """One of ``success``, ``no_new_data``, ``failed``, ``skipped``."""
+    """One of ``success``, ``no_new_data``, ``stale`` (the feed stopped advancing or arrived too old), ``failed``, ``skipped``."""
     finished_at: float | None = None
     stations_information: int | None = None
     stations_status: int | None = None
