@@ -82,6 +82,7 @@ def s3_filesystem(
     region: str | None = None,
     access_key: str | None = None,
     secret_key: str | None = None,
+    session_token: str | None = None,
 ) -> pafs.S3FileSystem:
     """A pyarrow S3 filesystem; ``endpoint_url`` (``http://host:port``) selects an S3-compatible
     server with path-style addressing. Without keys the standard AWS environment variables,
@@ -103,6 +104,8 @@ def s3_filesystem(
         raise LakeError("S3 access key and secret key must be given together; pass both or neither")
     if access_key is not None:
         options.update(access_key=access_key, secret_key=secret_key)
+        if session_token:  # temporary credentials (roles, SSO) are useless without it
+            options["session_token"] = session_token
     try:
         return pafs.S3FileSystem(**options)
     except (OSError, ValueError) as exc:

@@ -47,6 +47,7 @@ def open_lake(
     region: str | None = None,
     access_key: str | None = None,
     secret_key: str | None = None,
+    session_token: str | None = None,
     filesystem: pafs.FileSystem | None = None,
 ) -> Lake:
     """Open the lake at ``uri`` and check it is usable (folder writable; endpoint, credentials
@@ -58,7 +59,8 @@ def open_lake(
             filesystem = pafs.LocalFileSystem()
         else:
             filesystem = s3_filesystem(
-                endpoint_url=endpoint_url, region=region, access_key=access_key, secret_key=secret_key
+                endpoint_url=endpoint_url, region=region, access_key=access_key, secret_key=secret_key,
+                session_token=session_token,
             )
     storage = Storage(filesystem, location, endpoint=endpoint_url if location.scheme == "s3" else None)
     storage.check_access()

@@ -47,6 +47,7 @@ class LakeHook(BaseHook):
                 region=aws.conn_region_name or extra.get("region_name"),
                 access_key=credentials.access_key,
                 secret_key=credentials.secret_key,
+                session_token=credentials.token,
             )
         raise LakeError(
             f"connection {self.lake_conn_id!r} has type {conn.conn_type!r}; use 'fs' (a folder) or 'aws' (S3)"
