@@ -1,10 +1,15 @@
 """Benchmark: replayed feed bytes -> normalize -> validate -> a real Kafka broker -> Parquet, in records/s.
 
-What is timed is what ``citibikes backfill`` does for every recorded snapshot
-(:func:`citibikes.replay.backfill.ingest_snapshot`): archive the raw body in the lake, then
-:func:`citibikes.pipeline.process_snapshot` - parse, normalize, validate, change capture, produce to
-the broker and wait for its acknowledgements, write the Parquet snapshot, advance the state and
-record the run. Records are station_status observations (one per station per snapshot).
+What is timed is what ``citibikes backfill`` does with the recorded snapshots
+(:func:`citibikes.replay.backfill.ingest_snapshots`): for each one, archive the raw body in the lake,
+parse, normalize, validate, change capture, produce to the broker and wait for its
+acknowledgements, write the Parquet snapshot, advance the state and record the run. As in
+``citibikes backfill``, a worker process (:class:`citibikes.pipeline.SnapshotWorker`, started once
+before the passes, like the producer) prepares the next snapshot - raw archive, validation, Parquet
+bytes - while this process publishes and lands the current one; ``--no-worker`` does both halves in
+this process, as :func:`~citibikes.replay.backfill.ingest_snapshot` does. Records are station_status
+observations (one per station per snapshot); ms per snapshot is the time between two landed
+snapshots.
 
 * Input: ``--snapshots`` minute snapshots of Citi Bike (2,208 stations) from the offline replay feed
   (:mod:`citibikes.replay.evolve`), rendered to bytes before timing. station_information comes with
@@ -26,7 +31,7 @@ record the run. Records are station_status observations (one per station per sna
   after each timed pass (same machine load, same broker); the ratio is of the two medians.
 
 Usage, from the repository root: ``.venv/bin/python bench/pipeline_throughput.py [--snapshots 120]
-[--repeat 3] [--warmup-passes 1] [--baseline-snapshots 2] [--json out.json]``. The exit status is 1
+[--repeat 3] [--warmup-passes 1] [--baseline-snapshots 2] [--no-worker] [--json out.json]``. The exit status is 1
 when a target (200,000 records/s, 50 times the baseline) is missed.
 """
 
@@ -57,8 +62,8 @@ from bench.common import cpu_seconds, kafka_broker, machine_info, median, percen
 from citibikes.config import Settings, load_settings  # noqa: E402
 from citibikes.gbfs.model import STATION_STATUS  # noqa: E402
 from citibikes.lake import open_lake  # noqa: E402
-from citibikes.pipeline import SystemState  # noqa: E402
-from citibikes.replay.backfill import Snapshot, ingest_snapshot, new_change_capture  # noqa: E402
+from citibikes.pipeline import SnapshotWorker, SystemState  # noqa: E402
+from citibikes.replay.backfill import Snapshot, ingest_snapshots, new_change_capture  # noqa: E402
 from citibikes.replay.evolve import ReplayFeed, citibike_spec  # noqa: E402
 from citibikes.stack.kafka import KAFKA_VERSION  # noqa: E402
 from citibikes.stream.publish import Publisher, make_producer  # noqa: E402
@@ -100,6 +105,8 @@ class Pass:
     runs: list[Any] = field(default_factory=list)
     cpu_s: float = 0.0
     """CPU time of this process (all threads) during the pass."""
+    worker_cpu_s: float | None = None
+    """CPU time of the worker process that prepares snapshots (None without one)."""
     broker_cpu_s: float | None = None
     lake: dict[str, Any] = field(default_factory=dict)
 
@@ -109,21 +116,23 @@ class Pass:
 
 
 def run_pass(snapshots: list[Snapshot], settings: Settings, publisher: Publisher, workdir: Path, *,
-             snapshot_every_s: int | None = None, measure_lake: bool = False, broker_pid: int | None = None) -> Pass:
+             worker: SnapshotWorker | None, snapshot_every_s: int | None = None, measure_lake: bool = False,
+             broker_pid: int | None = None) -> Pass:
     root = Path(tempfile.mkdtemp(prefix="lake-", dir=workdir))
     lake = open_lake(str(root))
-    state = SystemState()
     captures = new_change_capture(settings.status_snapshot_every_s if snapshot_every_s is None else snapshot_every_s)
     result = Pass()
     gc.collect()
+    worker_pid = worker.pid if worker is not None else None
     cpu, broker_cpu = cpu_seconds(), cpu_seconds(broker_pid) if broker_pid else None
-    started = time.perf_counter()
-    for snapshot in snapshots:
-        begun = time.perf_counter()
-        record, state = ingest_snapshot(snapshot, SYSTEM_ID, settings=settings, lake=lake, publisher=publisher,
-                                        run_id=f"bench__{snapshot.status_last_updated}", state=state,
-                                        captures=captures)
-        result.snapshot_ms.append((time.perf_counter() - begun) * 1000)
+    worker_cpu = cpu_seconds(worker_pid) if worker_pid else None
+    started = begun = time.perf_counter()
+    for _, record, _ in ingest_snapshots(snapshots, SYSTEM_ID, settings=settings, lake=lake, publisher=publisher,
+                                         state=SystemState(), captures=captures, worker=worker,
+                                         run_id=lambda snapshot: f"bench__{snapshot.status_last_updated}"):
+        now = time.perf_counter()  # snapshots overlap with a worker: the time between two landed snapshots
+        result.snapshot_ms.append((now - begun) * 1000)
+        begun = now
         if record.outcome != "success":
             raise RuntimeError(f"snapshot {record.run_id} failed: {record.error}")
         result.records += record.stations_status or 0
@@ -135,6 +144,8 @@ def run_pass(snapshots: list[Snapshot], settings: Settings, publisher: Publisher
     result.cpu_s = cpu_seconds() - cpu
     if broker_cpu is not None:
         result.broker_cpu_s = cpu_seconds(broker_pid) - broker_cpu
+    if worker_cpu is not None:
+        result.worker_cpu_s = cpu_seconds(worker_pid) - worker_cpu
     for record in result.runs:
         for stage in ("validate", "produce", "write"):
             seconds = getattr(record, f"{stage}_s")
@@ -252,6 +263,8 @@ def summarize(passes: list[Pass]) -> dict[str, Any]:
         "stage_ms_p50": {stage: round(percentile([ms for p in passes for ms in p.stages_ms.get(stage, [])], 0.5), 2)
                          for stage in ("validate", "produce", "write")},
         "cpu_ms_per_snapshot": round(median([p.cpu_s * 1000 / len(p.snapshot_ms) for p in passes]), 2),
+        "worker_cpu_ms_per_snapshot": (round(median([p.worker_cpu_s * 1000 / len(p.snapshot_ms) for p in passes]), 2)
+                                       if passes[0].worker_cpu_s is not None else None),
         "broker_cpu_ms_per_snapshot": (round(median([p.broker_cpu_s * 1000 / len(p.snapshot_ms) for p in passes]), 2)
                                        if passes[0].broker_cpu_s is not None else None),
         "published_per_pass": passes[0].published,
@@ -277,18 +290,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             snapshots = generate(args.snapshots)
             generated = time.perf_counter() - generated
             producer = make_producer(settings.kafka_bootstrap)
+            # Started once, like the producer: a long backfill pays its start-up (about a second) once.
+            worker = SnapshotWorker().start() if args.worker else None
             try:
                 publisher = Publisher(producer, settings.topics)
                 for _ in range(args.warmup_passes):  # the broker's JIT, connections, caches - for both
-                    run_pass(snapshots, settings, publisher, workdir)
+                    run_pass(snapshots, settings, publisher, workdir, worker=worker)
                     run_naive(snapshots[:args.baseline_snapshots], broker.bootstrap, workdir)
                 passes, baselines = [], []
                 for i in range(args.repeat):  # interleaved, so both see the same machine and broker
-                    passes.append(run_pass(snapshots, settings, publisher, workdir, measure_lake=(i == 0),
-                                           broker_pid=broker.pid()))
+                    passes.append(run_pass(snapshots, settings, publisher, workdir, worker=worker,
+                                           measure_lake=(i == 0), broker_pid=broker.pid()))
                     baselines.append(run_naive(snapshots[:args.baseline_snapshots], broker.bootstrap, workdir))
-                full = run_pass(snapshots, settings, publisher, workdir, snapshot_every_s=0)
+                full = run_pass(snapshots, settings, publisher, workdir, worker=worker, snapshot_every_s=0)
             finally:
+                if worker is not None:
+                    worker.close()
                 producer.close()  # before the broker stops, so it does not log the lost connection
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -311,6 +328,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "warmup_passes": args.warmup_passes,
             "generation_s": round(generated, 2),
             "status_snapshot_every_s": settings.status_snapshot_every_s,
+            "worker_process": args.worker,
         },
         "pipeline": ours,
         "baseline": naive,
@@ -348,7 +366,9 @@ def print_report(report: dict[str, Any]) -> None:
           f"{', '.join(f'{r:,}' for r in ours['records_per_s_each'])})")
     print(f"          {ours['snapshot_ms_p50']:.1f} ms per snapshot p50, {ours['snapshot_ms_p95']:.1f} ms p95; stages p50: "
           + ", ".join(f"{k} {v:.1f} ms" for k, v in ours["stage_ms_p50"].items()))
-    print(f"          CPU per snapshot: {ours['cpu_ms_per_snapshot']:.1f} ms in this process (all threads), "
+    worker = (f", {ours['worker_cpu_ms_per_snapshot']} ms in the worker process"
+              if ours["worker_cpu_ms_per_snapshot"] is not None else " (no worker process)")
+    print(f"          CPU per snapshot: {ours['cpu_ms_per_snapshot']:.1f} ms in this process (all threads){worker}, "
           f"{ours['broker_cpu_ms_per_snapshot']} ms in the broker")
     print(f"baseline  {naive['records_per_s']:>9,} records/s (median run; runs: "
           f"{', '.join(f'{r:,}' for r in naive['records_per_s_each'])}; {naive['records']:,} records of "
@@ -375,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="timed passes (default 3)")
     parser.add_argument("--warmup-passes", type=int, default=1, help="untimed passes first (default 1)")
     parser.add_argument("--baseline-snapshots", type=int, default=2, help="snapshots for the naive baseline (default 2)")
+    parser.add_argument("--no-worker", dest="worker", action="store_false",
+                        help="prepare snapshots in this process instead of a worker process, as ingest_snapshot does")
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
     args = parser.parse_args(argv)
     if args.snapshots < 2 or args.repeat < 1 or args.baseline_snapshots < 1:

@@ -15,10 +15,16 @@ delivered, so a failed run is repeated rather than skipped.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import pickle
+import socket
 import time
+import traceback
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 import msgspec
 
@@ -30,15 +36,23 @@ from citibikes.gbfs.model import (
     STATION_STATUS,
     QuarantinedRecord,
     StationInformation,
-    StationStatus,
+    StationStatusColumns,
 )
-from citibikes.gbfs.normalize import normalize_information, normalize_status, parse_feed
+from citibikes.gbfs.normalize import normalize_information, normalize_status_columns, parse_feed
 from citibikes.lake import Lake, RunRecord
-from citibikes.lake.store import LakeFile
+from citibikes.lake.store import (
+    LakeFile,
+    encode_quarantine,
+    encode_station_information,
+    encode_station_status,
+    raw_file,
+)
 from citibikes.quality import validate
-from citibikes.stream.publish import ChangeCapture, Publisher
+from citibikes.stream.publish import ChangeCapture, Publisher, Selection
 
 log = logging.getLogger("citibikes.pipeline")
+
+T = TypeVar("T")
 
 FEEDS = (STATION_INFORMATION, STATION_STATUS)
 
@@ -126,16 +140,25 @@ def fetch_system(system: SystemConfig, lake: Lake, state: SystemState, *, client
 
 
 class Validated(msgspec.Struct):
-    """Valid records, quarantined records and the quality summary of one system's step."""
+    """Valid records, quarantined records and the quality summary of one system's step.
+
+    The valid station_status records stay in columns (:class:`StationStatusColumns`) all the way
+    to Parquet; structs are made only for the stations change capture publishes.
+    """
 
     system_id: str
     information: list[StationInformation]
-    status: list[StationStatus]
+    status: StationStatusColumns | None
+    """None when the step had no new station_status."""
     quarantined: list[QuarantinedRecord]
     summary: dict[str, Any]
     information_is_new: bool
     status_is_new: bool
     last_updated: dict[str, int] = {}
+
+    @property
+    def valid_status(self) -> int:
+        return len(self.status) if self.status is not None else 0
 
 
 def validate_fetched(fetched: Fetched, state: SystemState, quality: QualityConfig, *,
@@ -147,14 +170,14 @@ def validate_fetched(fetched: Fetched, state: SystemState, quality: QualityConfi
     staleness; backfills pass the feed's own time.
     """
     normalized: dict[str, Any] = {}
-    for feed, normalize in ((STATION_INFORMATION, normalize_information), (STATION_STATUS, normalize_status)):
+    for feed, normalize in ((STATION_INFORMATION, normalize_information), (STATION_STATUS, normalize_status_columns)):
         body = fetched.bodies.get(feed)
         if body is not None:
             parsed = parse_feed(body, feed, system_id=fetched.system_id)
             normalized[feed] = normalize(parsed, fetched.system_id, fetched.fetched_at)
     information, status = normalized.get(STATION_INFORMATION), normalized.get(STATION_STATUS)
     if information is None and status is None:
-        return Validated(fetched.system_id, [], [], [], {}, False, False, dict(fetched.last_updated))
+        return Validated(fetched.system_id, [], None, [], {}, False, False, dict(fetched.last_updated))
     result = validate(
         information, status, config=quality, reference_time=reference_time,
         known_station_ids=state.stations if information is None and state.stations else None,
@@ -163,7 +186,7 @@ def validate_fetched(fetched: Fetched, state: SystemState, quality: QualityConfi
     return Validated(
         system_id=fetched.system_id,
         information=result.information,
-        status=result.status,
+        status=result.status if status is not None else None,  # type: ignore[arg-type]
         quarantined=result.quarantined,
         summary=result.summary.to_dict(),
         information_is_new=information is not None,
@@ -195,25 +218,26 @@ def queue_validated(batches: Sequence[tuple[Validated, Mapping[str, ChangeCaptur
     """The first half of :func:`publish_validated`: select and produce, without waiting for the broker."""
     queued = Queued(publisher)
     for validated, captures in batches:
-        selections, sent, skipped = [], len(validated.quarantined), 0
+        selections: list[tuple[str, Selection]] = []
         for feed, records, publish in (
             (STATION_INFORMATION, validated.information, publisher.publish_information),
             (STATION_STATUS, validated.status, publisher.publish_status),
         ):
             if not records:
                 continue
-            last_updated = validated.last_updated[feed]
-            selected, unchanged, full = captures[feed].select(records, last_updated)
-            publish(selected)
-            selections.append((feed, selected, full, last_updated))
-            sent, skipped = sent + len(selected), skipped + unchanged
+            selection = captures[feed].select(records, validated.last_updated[feed])
+            publish(selection.records)
+            selections.append((feed, selection))
         publisher.publish_quarantine(validated.quarantined)
+        skipped = sum(selection.skipped for _, selection in selections)
         publisher.note_skipped(skipped)
         queued.selections.append((captures, selections))
         queued.published.append(Published(
-            sent=sent, skipped_unchanged=skipped,
-            full_snapshot=any(full for feed, _, full, _ in selections if feed == STATION_STATUS),
-            information_changed=any(bool(sel) for feed, sel, _, _ in selections if feed == STATION_INFORMATION),
+            sent=len(validated.quarantined) + sum(len(selection.records) for _, selection in selections),
+            skipped_unchanged=skipped,
+            full_snapshot=any(selection.full for feed, selection in selections if feed == STATION_STATUS),
+            information_changed=any(bool(selection.records) for feed, selection in selections
+                                    if feed == STATION_INFORMATION),
         ))
     return queued
 
@@ -225,16 +249,15 @@ class Queued:
     publisher: Publisher
     published: list[Published] = field(default_factory=list)
     """One per system, in the order of the batches."""
-    selections: list[tuple[Mapping[str, ChangeCapture], list[tuple[str, list[Any], bool, int]]]] = \
-        field(default_factory=list)
-    """Per system: its change captures and, per feed, (feed, records sent, full snapshot, last_updated)."""
+    selections: list[tuple[Mapping[str, ChangeCapture], list[tuple[str, Selection]]]] = field(default_factory=list)
+    """Per system: its change captures and, per feed, what was selected."""
 
     def confirm(self) -> list[Published]:
         """Flush: raise DeliveryError unless every record was acknowledged; then advance change capture."""
         self.publisher.flush()
         for captures, selections in self.selections:
-            for feed, selected, full, last_updated in selections:
-                captures[feed].commit(selected, last_updated, full)
+            for feed, selection in selections:
+                captures[feed].commit(selection)
         return self.published
 
 
@@ -244,17 +267,22 @@ def land_validated(validated: Validated, lake: Lake, *, information_changed: boo
     station_information is written only when its content changed (``information_changed``): it
     is re-sent every minute by most systems but changes a few times a day.
     """
-    return lake.write_files(encode_validated(validated, lake, information_changed=information_changed))
+    return lake.write_files(encode_validated(validated, information_changed=information_changed))
 
 
-def encode_validated(validated: Validated, lake: Lake, *, information_changed: bool = True) -> list[LakeFile]:
+def encode_validated(validated: Validated, *, information_changed: bool = True) -> list[LakeFile]:
     """The files :func:`land_validated` writes, encoded (Parquet bytes) but not written."""
-    files = lake.encode_station_status(validated.status) if validated.status else []
-    if validated.information and information_changed:
-        files += lake.encode_station_information(validated.information)
-    if validated.quarantined:
-        files += lake.encode_quarantine(validated.quarantined)
-    return files
+    return [file for table, files in encode_tables(validated).items()
+            if table != "station_information" or information_changed for file in files]
+
+
+def encode_tables(validated: Validated) -> dict[str, list[LakeFile]]:
+    """The Parquet files of each table of a validated step (station_information whenever it was given)."""
+    return {
+        "station_status": encode_station_status(validated.status) if validated.status else [],
+        "station_information": encode_station_information(validated.information) if validated.information else [],
+        "quarantine": encode_quarantine(validated.quarantined) if validated.quarantined else [],
+    }
 
 
 def advance_state(state: SystemState, fetched: Fetched, validated: Validated | None) -> SystemState:
@@ -294,7 +322,7 @@ def run_record(run_id: str, system_id: str, started_at: float, outcome: str, *,
         run_id=run_id, system_id=system_id, started_at=started_at, finished_at=time.time(), outcome=outcome,
         stations_information=(summary.get("seen") or {}).get(STATION_INFORMATION),
         stations_status=(summary.get("seen") or {}).get(STATION_STATUS),
-        stations_valid=(len(validated.status) if validated and validated.status_is_new else None),
+        stations_valid=(validated.valid_status if validated and validated.status_is_new else None),
         stations_quarantined=len(validated.quarantined) if validated else None,
         stations_published=published.sent if published else None,
         quarantine_reasons=dict(summary.get("quarantined_by_reason") or {}),
@@ -304,50 +332,273 @@ def run_record(run_id: str, system_id: str, started_at: float, outcome: str, *,
     )
 
 
-def process_snapshot(fetched: Fetched, *, settings: Settings, lake: Lake, publisher: Publisher, run_id: str,
-                     state: SystemState, captures: Mapping[str, ChangeCapture],
-                     reference_time: float | None = None) -> tuple[RunRecord, Validated | None, SystemState]:
-    """Validate, publish and land one already-fetched snapshot in memory; record the run.
+class Prepared(msgspec.Struct):
+    """A snapshot validated and encoded, not yet published or landed (see :func:`prepare_snapshot`)."""
 
-    Used by backfill (snapshots from files) and the benchmarks; the caller owns ``state`` and
-    ``captures`` (returned state is the advanced one). Errors do not escape: the run record says
-    ``failed`` with the one-line reason.
+    raw_files: list[tuple[str, bytes]] = []
+    """The raw archive of the new bodies, when asked for (backfill); written before anything else."""
+    validated: Validated | None = None
+    files: dict[str, list[tuple[str, bytes]]] = {}
+    """Parquet files per table (see :func:`encode_tables`)."""
+    error: str | None = None
+    """Why preparing failed, in one line (then the step fails with it); ``detail`` has the traceback."""
+    detail: str | None = None
+    validate_s: float = 0.0
+    encode_s: float = 0.0
 
-    The Parquet files are encoded while the broker acknowledges the records (the flush waits in
-    another thread, without the GIL); they are written, and change capture advances, only once
-    every record was acknowledged - as in :func:`publish_validated` then :func:`land_validated`.
+
+def prepare_snapshot(fetched: Fetched, state: SystemState, quality: QualityConfig, *,
+                     reference_time: float | None = None, archive: bool = False) -> Prepared:
+    """The part of a step that needs neither Kafka nor the lake: bytes -> validated records (status in
+    columns) -> Parquet bytes, and with ``archive`` the zstd raw archive of the bodies first.
+
+    A function of its arguments only, so it can run in another process (:class:`SnapshotWorker`).
+    Errors do not escape: they are in ``error``.
+    """
+    prepared = Prepared()
+    try:
+        if archive:
+            prepared.raw_files = [raw_file(fetched.system_id, feed, fetched.last_updated[feed], body)
+                                  for feed, body in fetched.bodies.items()]
+        if fetched.has_new_data:
+            started = time.perf_counter()
+            prepared.validated = validate_fetched(fetched, state, quality, reference_time=reference_time)
+            encoding = time.perf_counter()
+            prepared.files = encode_tables(prepared.validated)
+            prepared.validate_s, prepared.encode_s = encoding - started, time.perf_counter() - encoding
+    except Exception as exc:  # noqa: BLE001 - the step fails with it (see apply_prepared)
+        prepared.error, prepared.detail = one_line(exc), traceback.format_exc()
+    return prepared
+
+
+def apply_prepared(prepared: Prepared, fetched: Fetched, *, settings: Settings, lake: Lake, publisher: Publisher,
+                   run_id: str, state: SystemState, captures: Mapping[str, ChangeCapture]
+                   ) -> tuple[RunRecord, Validated | None, SystemState]:
+    """The rest of :func:`process_snapshot`: archive, publish, land and record a prepared snapshot.
+
+    The raw archive is written first; then change capture selects, the records are produced and
+    flushed once, and only when the broker acknowledged every one of them are the Parquet files
+    written and change capture advanced (as in :func:`publish_validated` then :func:`land_validated`).
+    Errors do not escape: the run record says ``failed`` with the one-line reason.
     """
     started = time.time()
     timer = StepTimer()
-    validated: Validated | None = None
-    published: Published | None = None
+    validated, published = prepared.validated, None
+    if validated is not None:
+        timer.durations["validate"] = prepared.validate_s
     try:
-        if not fetched.has_new_data:
-            outcome, reason = no_data_outcome(fetched, state, settings.quality)
-            record = run_record(run_id, fetched.system_id, started, outcome, error=reason)
-            return record, None, advance_state(state, fetched, None)
-        validated = timer("validate", validate_fetched, fetched, state, settings.quality, reference_time=reference_time)
-        queued = timer("produce", queue_validated, [(validated, captures)], publisher)
-        # A thread per step (not a shared pool): nothing to go stale in a forked process.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-flush") as flusher:
-            confirming = flusher.submit(queued.confirm)
+        # Files are written by threads (a write mostly waits for the disk, without the GIL): the raw
+        # archive while the records are produced and acknowledged, the Parquet files side by side.
+        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="lake-write") as writers:
+            archived = [writers.submit(lake.write_files, [file]) for file in prepared.raw_files]
             try:
-                files = timer("write", encode_validated, validated, lake,
-                              information_changed=queued.published[0].information_changed)
-            finally:  # never leave a flush running behind the next step
-                (published,) = timer("produce", confirming.result)
-        timer("write", lake.write_files, files)
+                if prepared.error is not None:
+                    raise PrepareError(prepared.error, prepared.detail)
+                if not fetched.has_new_data:
+                    outcome, reason = no_data_outcome(fetched, state, settings.quality)
+                    return run_record(run_id, fetched.system_id, started, outcome, error=reason), None, \
+                        advance_state(state, fetched, None)
+                assert validated is not None
+                (published,) = timer("produce", publish_validated, [(validated, captures)], publisher)
+            finally:
+                for future in archived:
+                    future.result()
+            files = [file for table, files in prepared.files.items()
+                     if table != "station_information" or published.information_changed for file in files]
+            timer.durations["write"] = prepared.encode_s
+            timer("write", lambda: [future.result() for future in
+                                    [writers.submit(lake.write_files, [file]) for file in files]])
         state = advance_state(state, fetched, validated)
         outcome, reason = success_outcome(validated)
         record = run_record(run_id, fetched.system_id, started, outcome, validated=validated,
                             published=published, durations=timer.durations, error=reason)
     except Exception as exc:  # noqa: BLE001 - recorded and reported by the caller
         log.error("%s: %s", fetched.system_id, exc)
-        log.debug("%s failed", fetched.system_id, exc_info=True)
+        log.debug("%s failed: %s", fetched.system_id, getattr(exc, "detail", None) or "", exc_info=True)
         record = run_record(run_id, fetched.system_id, started, "failed", validated=validated,
                             published=published, durations=timer.durations, error=one_line(exc))
     lake.write_run(record)
     return record, validated, state
+
+
+class PrepareError(Exception):
+    """Preparing a snapshot failed (maybe in another process): the one-line reason, the traceback as ``detail``."""
+
+    def __init__(self, reason: str, detail: str | None = None) -> None:
+        super().__init__(reason)
+        self.detail = detail
+
+
+def process_snapshot(fetched: Fetched, *, settings: Settings, lake: Lake, publisher: Publisher, run_id: str,
+                     state: SystemState, captures: Mapping[str, ChangeCapture],
+                     reference_time: float | None = None) -> tuple[RunRecord, Validated | None, SystemState]:
+    """Validate, publish and land one already-fetched snapshot in memory; record the run.
+
+    :func:`prepare_snapshot` then :func:`apply_prepared`, in this process. The caller owns ``state``
+    and ``captures`` (returned state is the advanced one). Errors do not escape: the run record says
+    ``failed`` with the one-line reason. Backfill runs the same two halves in two processes
+    (:func:`citibikes.replay.backfill.ingest_snapshots`).
+    """
+    prepared = prepare_snapshot(fetched, state, settings.quality, reference_time=reference_time)
+    return apply_prepared(prepared, fetched, settings=settings, lake=lake, publisher=publisher, run_id=run_id,
+                          state=state, captures=captures)
+
+
+class SnapshotWorker:
+    """Another process that runs :func:`prepare_snapshot`, so that preparing the next snapshot
+    (decoding, validation, Parquet and zstd encoding) uses the second core while this process
+    publishes and lands the current one. Jobs are answered in the order they were submitted.
+
+    Started with ``spawn``, never ``fork``: this process may already run a Kafka producer's threads.
+    If the process dies, the snapshot it was preparing fails with that reason and the next
+    :meth:`submit` starts a new one. Use it as a context manager, or :meth:`close` it.
+    """
+
+    def __init__(self) -> None:
+        self._context = multiprocessing.get_context("spawn")
+        self._process: Any = None
+        self._connection: Any = None
+        self._in_flight = 0
+
+    def start(self) -> SnapshotWorker:
+        if self._process is None:
+            ours, theirs = self._context.Pipe()
+            for end in (ours, theirs):
+                _enlarge_buffers(end)
+            self._process = self._context.Process(target=_prepare_forever, args=(theirs,), daemon=True,
+                                                  name="citibikes-prepare")
+            self._process.start()
+            theirs.close()
+            self._connection = ours
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def submit(self, fetched: Fetched, state: SystemState, quality: QualityConfig, *,
+               reference_time: float | None = None, archive: bool = False) -> None:
+        self.start()
+        self._in_flight += 1
+        try:
+            self._connection.send_bytes(_dumps(_Job(fetched, state, quality, reference_time, archive)))
+        except OSError:  # the process is gone: result() says so
+            pass
+
+    def result(self) -> Prepared:
+        """The next answer; a Prepared with ``error`` if the process died on it."""
+        if not self._in_flight:
+            raise RuntimeError("no snapshot submitted to the worker")
+        self._in_flight -= 1
+        try:
+            return _loads(self._connection.recv_bytes(), Prepared)
+        except (EOFError, OSError):
+            self._process.join(1)
+            code = self._process.exitcode
+            self._discard()
+            return Prepared(error=f"the worker process preparing the snapshot stopped (exit code {code}); "
+                                  "it is started again for the next snapshot")
+
+    def drain(self) -> None:
+        """Wait for and drop the answers still due (e.g. of a snapshot prepared ahead and not needed)."""
+        while self._in_flight:
+            self.result()
+
+    def close(self) -> None:
+        if self._process is not None:
+            try:
+                self.drain()
+                self._connection.send_bytes(b"")
+            except OSError:
+                pass
+            self._process.join(10)
+            self._discard()
+
+    def _discard(self) -> None:
+        if self._process is not None and self._process.is_alive():
+            self._process.terminate()
+            self._process.join(5)
+        if self._connection is not None:
+            self._connection.close()
+        self._process, self._connection, self._in_flight = None, None, 0
+
+    def __enter__(self) -> SnapshotWorker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class InlinePreparer:
+    """:class:`SnapshotWorker`'s interface without another process: each job runs when its result is asked for."""
+
+    def __init__(self) -> None:
+        self._jobs: deque[tuple[Any, ...]] = deque()
+
+    def submit(self, fetched: Fetched, state: SystemState, quality: QualityConfig, *,
+               reference_time: float | None = None, archive: bool = False) -> None:
+        self._jobs.append((fetched, state, quality, reference_time, archive))
+
+    def result(self) -> Prepared:
+        fetched, state, quality, reference_time, archive = self._jobs.popleft()
+        return prepare_snapshot(fetched, state, quality, reference_time=reference_time, archive=archive)
+
+    def drain(self) -> None:
+        self._jobs.clear()
+
+    def close(self) -> None:
+        self.drain()
+
+
+class _Job(msgspec.Struct, array_like=True):
+    """The arguments of :func:`prepare_snapshot`, as sent to the worker process."""
+
+    fetched: Fetched
+    state: SystemState
+    quality: QualityConfig
+    reference_time: float | None
+    archive: bool
+
+
+_MSGPACK, _PICKLE = b"m", b"p"
+
+
+def _dumps(value: msgspec.Struct) -> bytes:
+    """msgpack (fast, the usual case), or pickle for what msgpack cannot hold (an integer beyond 64 bits,
+    which JSON allows, in a record's extras)."""
+    try:
+        return _MSGPACK + msgspec.msgpack.encode(value)
+    except OverflowError:
+        return _PICKLE + pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _loads(data: bytes, kind: type[T]) -> T:
+    view = memoryview(data)[1:]
+    return msgspec.msgpack.decode(view, type=kind) if data[:1] == _MSGPACK else pickle.loads(view)
+
+
+def _enlarge_buffers(connection: Any, size: int = 4 * 1024 * 1024) -> None:
+    """Room for a whole job or answer in the socket buffers, so a send does not wait for the reader."""
+    try:
+        with socket.socket(fileno=os.dup(connection.fileno())) as end:
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    except OSError:  # not a socket, or not allowed: only slower
+        pass
+
+
+def _prepare_forever(connection: Any) -> None:
+    """The worker process: prepare each job received until told to stop (empty message) or the pipe closes."""
+    while True:
+        try:
+            data = connection.recv_bytes()
+        except (EOFError, OSError, KeyboardInterrupt):
+            return
+        if not data:
+            return
+        job = _loads(data, _Job)
+        connection.send_bytes(_dumps(prepare_snapshot(job.fetched, job.state, job.quality,
+                                                      reference_time=job.reference_time, archive=job.archive)))
 
 
 def no_data_outcome(fetched: Fetched, state: SystemState, quality: QualityConfig) -> tuple[str, str | None]:

@@ -27,8 +27,9 @@ Design choices:
 from __future__ import annotations
 
 from collections import Counter
+from itertools import compress, repeat
 from dataclasses import dataclass
-from operator import add, attrgetter, gt, sub
+from operator import add, attrgetter, gt, lt, sub
 from statistics import median
 from typing import Any, Collection, Iterable, Mapping, Sequence
 
@@ -41,6 +42,7 @@ from citibikes.gbfs.model import (
     QuarantinedRecord,
     StationInformation,
     StationStatus,
+    StationStatusColumns,
     VehicleTypeCount,
 )
 from citibikes.gbfs.normalize import Normalized, quarantine
@@ -123,8 +125,8 @@ class ValidationResult:
 
     information: list[StationInformation]
     """Valid station_information records."""
-    status: list[StationStatus]
-    """Valid station_status records."""
+    status: list[StationStatus] | StationStatusColumns
+    """Valid station_status records (as columns when the status feed was normalized to columns)."""
     quarantined: list[QuarantinedRecord]
     """Normalize's quarantined records plus the rule rejections, information first."""
     summary: QualitySummary
@@ -171,7 +173,9 @@ def validate(
         _check_information(information.records, info_rejections)
         capacities = _capacities(information.records, info_rejections)
     elif isinstance(known_station_ids, Mapping):
-        capacities = {sid: cap for sid, cap in known_station_ids.items() if type(cap) is int}
+        capacities = known_station_ids  # (the usual case: every capacity known, no copy)
+        if not set(map(type, known_station_ids.values())) <= {int}:
+            capacities = {sid: cap for sid, cap in known_station_ids.items() if type(cap) is int}
     status_ids: list[str] = []
     if status is not None:
         reference = status.fetched_at if reference_time is None else reference_time
@@ -292,34 +296,52 @@ def _capacities(records: Sequence[StationInformation], rejections: _Rejections) 
 
 def _check_status(status: Normalized[StationStatus], rejections: _Rejections, config: QualityConfig,
                   reference_time: float, capacities: Mapping[str, int]) -> list[str]:
-    """Apply the status rules column by column; return the station_id column (for the orphan check)."""
+    """Apply the status rules column by column; return the station_id column (for the orphan check).
+
+    The records are either :class:`StationStatusColumns` (what the pipeline validates) or a list of
+    structs, whose columns are pulled out first: the rules below see columns either way.
+    """
     records = status.records
-    if not records:
+    if not len(records):
         return []
+    columns = _status_columns(records)
+    counts = {name: columns[name] for name in STATUS_COUNT_FIELDS}
+    for name, column in counts.items():
+        negative, too_large = _outside(column, 0, MAX_PLAUSIBLE_COUNT)
+        rejections.add(negative, f"negative_count:{name}")
+        rejections.add(too_large, f"count_too_large:{name}")
+    _check_vehicle_type_counts(columns["vehicle_types_available"], rejections)
+    rejections.add(_ebikes_exceed_bikes(counts["num_ebikes_available"], counts["num_bikes_available"]),
+                   "ebikes_exceed_bikes")
+    station_ids = columns["station_id"]
+    if capacities:
+        rejections.add(_over_capacity(counts, station_ids, capacities, config.capacity_tolerance),
+                       "capacity_exceeded")
+    _check_last_reported(columns["last_reported"], rejections, config,
+                         oldest=status.last_updated - config.max_report_age_s,
+                         newest=reference_time + config.max_future_skew_s)
+    rejections.add(_later_copies(station_ids), "duplicate_station_id")
+    return station_ids
+
+
+_RULE_COLUMNS = ("station_id", *STATUS_COUNT_FIELDS, "vehicle_types_available", "last_reported")
+
+
+def _status_columns(records: StationStatusColumns | Sequence[StationStatus]) -> Mapping[str, list[Any]]:
+    """The columns the status rules read."""
+    if isinstance(records, StationStatusColumns):
+        return records.columns()
     # list comprehensions are the fastest way to pull a column out of structs (specialized attribute loads)
-    counts = {
+    return {
+        "station_id": [r.station_id for r in records],
         "num_bikes_available": [r.num_bikes_available for r in records],
         "num_ebikes_available": [r.num_ebikes_available for r in records],
         "num_bikes_disabled": [r.num_bikes_disabled for r in records],
         "num_docks_available": [r.num_docks_available for r in records],
         "num_docks_disabled": [r.num_docks_disabled for r in records],
+        "vehicle_types_available": [r.vehicle_types_available for r in records],
+        "last_reported": [r.last_reported for r in records],
     }
-    for name, column in counts.items():
-        negative, too_large = _outside(column, 0, MAX_PLAUSIBLE_COUNT)
-        rejections.add(negative, f"negative_count:{name}")
-        rejections.add(too_large, f"count_too_large:{name}")
-    _check_vehicle_type_counts([r.vehicle_types_available for r in records], rejections)
-    rejections.add(_ebikes_exceed_bikes(counts["num_ebikes_available"], counts["num_bikes_available"]),
-                   "ebikes_exceed_bikes")
-    station_ids = [r.station_id for r in records]
-    if capacities:
-        rejections.add(_over_capacity(counts, station_ids, capacities, config.capacity_tolerance),
-                       "capacity_exceeded")
-    _check_last_reported([r.last_reported for r in records], rejections, config,
-                         oldest=status.last_updated - config.max_report_age_s,
-                         newest=reference_time + config.max_future_skew_s)
-    rejections.add(_later_copies(station_ids), "duplicate_station_id")
-    return station_ids
 
 
 def _outside(column: list[int | None], low: int, high: int) -> tuple[list[int], list[int]]:
@@ -366,7 +388,7 @@ def _over_capacity(counts: Mapping[str, list[int | None]], station_ids: list[str
     excess = list(map(sub, occupied, capacity))
     if max(excess) <= tolerance:
         return []
-    return [i for i, value in enumerate(excess) if value > tolerance]
+    return list(compress(range(len(excess)), map(lt, repeat(tolerance), excess)))
 
 
 def _add_columns(*columns: list[int | None]) -> list[int]:
@@ -388,14 +410,15 @@ def _check_last_reported(reported: list[int | None], rejections: _Rejections, co
     times.discard(None)
     found = times & sentinels
     times -= found
+    # the offending values as a set, then their records in one C-level pass (compress + set lookups)
     if found:
-        rejections.add([i for i, value in enumerate(reported) if value in found], "last_reported_sentinel")
+        rejections.add(compress(range(len(reported)), map(found.__contains__, reported)), "last_reported_sentinel")
     if times and min(times) < oldest:
-        rejections.add([i for i, value in enumerate(reported)
-                        if value is not None and value < oldest and value not in found], "last_reported_too_old")
+        old = {value for value in times if value < oldest}
+        rejections.add(compress(range(len(reported)), map(old.__contains__, reported)), "last_reported_too_old")
     if times and max(times) > newest:
-        rejections.add([i for i, value in enumerate(reported)
-                        if value is not None and value > newest and value not in found], "last_reported_in_future")
+        future = {value for value in times if value > newest}
+        rejections.add(compress(range(len(reported)), map(future.__contains__, reported)), "last_reported_in_future")
 
 
 # --------------------------------------------------------------------------- both feeds
@@ -416,7 +439,8 @@ def _later_copies(station_ids: list[str]) -> list[int]:
 
 def _all_station_ids(normalized: Normalized[Any]) -> set[str]:
     """Station ids a feed mentions, its quarantined records included."""
-    ids = set(map(attrgetter("station_id"), normalized.records))
+    records = normalized.records
+    ids = set(records.station_id if isinstance(records, StationStatusColumns) else map(attrgetter("station_id"), records))
     ids.update(record.station_id for record in normalized.quarantined if record.station_id is not None)
     return ids
 
@@ -458,19 +482,23 @@ def _split(normalized: Normalized[Any] | None, rejections: _Rejections,
         quarantined = [msgspec.structs.replace(q, reasons=[*q.reasons, "stale_feed"]) for q in normalized.quarantined]
     else:
         quarantined = list(normalized.quarantined)
-    if not by_index:
-        return list(normalized.records), quarantined
     records, sources = normalized.records, normalized.sources
+    columnar = isinstance(records, StationStatusColumns)
+    if not by_index:
+        return records if columnar else list(records), quarantined
     aligned = len(sources) == len(records)
     rejected = sorted(by_index)
-    valid: list[Any] = []
-    start = 0
-    for index in rejected:  # slices between the rejected records: no per-record Python work
-        valid += records[start:index]
-        start = index + 1
-    valid += records[start:]
+    valid: Any = []
+    if columnar:
+        valid = records.without(rejected)
+    else:
+        start = 0
+        for index in rejected:  # slices between the rejected records: no per-record Python work
+            valid += records[start:index]
+            start = index + 1
+        valid += records[start:]
     for index in rejected:
-        raw = sources[index] if aligned else _as_raw(records[index])
+        raw = sources[index] if aligned else _as_raw(records.record(index) if columnar else records[index])
         quarantined.append(quarantine(raw, by_index[index], feed=normalized.feed, system_id=normalized.system_id,
                                       last_updated=normalized.last_updated, fetched_at=normalized.fetched_at))
     return valid, quarantined

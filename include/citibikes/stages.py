@@ -93,7 +93,7 @@ def validate(settings: Settings, lake: Lake, run_id: str, fetched: Results) -> R
         key = _staging_key(run_id, system.system_id)
         lake.write_state(key, msgspec.msgpack.encode(validated))
         return {"ok": True, "new_data": True, "staged": key, "summary": validated.summary,
-                "valid": len(validated.status), "quarantined": len(validated.quarantined),
+                "valid": validated.valid_status, "quarantined": len(validated.quarantined),
                 "validate_s": time.perf_counter() - started}
 
     systems = [s for s in enabled(settings.systems) if fetched.get(s.system_id, {}).get("ok")]

@@ -11,7 +11,8 @@ sub-second precision); ``last_updated`` is the feed's own timestamp.
 
 from __future__ import annotations
 
-from typing import Any
+from itertools import compress
+from typing import Any, Collection, Iterable, Sequence
 
 import msgspec
 
@@ -77,3 +78,89 @@ class QuarantinedRecord(msgspec.Struct, kw_only=True, gc=False):
     """The original record as JSON text, exactly as the feed sent it (after decoding)."""
     last_updated: int
     fetched_at: float
+
+
+STATUS_COLUMNS = tuple(name for name in StationStatus.__struct_fields__
+                       if name not in ("system_id", "last_updated", "fetched_at"))
+"""The per-station fields of :class:`StationStatus`, in its field order (the columns of
+:class:`StationStatusColumns`)."""
+
+
+class StationStatusColumns(msgspec.Struct, kw_only=True, gc=False):
+    """The station_status records of one snapshot, column by column.
+
+    Record ``i`` is :meth:`record` ``(i)``: the :class:`StationStatus` with the ``i``-th value of
+    every column and the snapshot's ``system_id``, ``last_updated`` and ``fetched_at``. The pipeline
+    keeps a snapshot in this form from parsing to Parquet (validation rules, Arrow arrays and change
+    capture all work on columns) and makes :class:`StationStatus` structs only for the records it
+    publishes. Column values have the types of the struct's fields.
+    """
+
+    system_id: str
+    last_updated: int
+    fetched_at: float
+    station_id: list[str] = []
+    num_bikes_available: list[int] = []
+    num_ebikes_available: list[int | None] = []
+    num_bikes_disabled: list[int | None] = []
+    num_docks_available: list[int | None] = []
+    num_docks_disabled: list[int | None] = []
+    is_installed: list[bool] = []
+    is_renting: list[bool] = []
+    is_returning: list[bool] = []
+    last_reported: list[int | None] = []
+    vehicle_types_available: list[list[VehicleTypeCount] | None] = []
+    extras: list[dict[str, Any]] = []
+
+    def __len__(self) -> int:
+        return len(self.station_id)
+
+    def columns(self) -> dict[str, list[Any]]:
+        """Every per-station column by name, in :data:`STATUS_COLUMNS` order."""
+        return {name: getattr(self, name) for name in STATUS_COLUMNS}
+
+    def record(self, index: int) -> StationStatus:
+        return StationStatus(system_id=self.system_id, last_updated=self.last_updated, fetched_at=self.fetched_at,
+                             **{name: getattr(self, name)[index] for name in STATUS_COLUMNS})
+
+    def records(self, indices: Iterable[int] | None = None) -> list[StationStatus]:
+        """The records (all, or those at ``indices``) as structs, in that order."""
+        system_id, last_updated, fetched_at = self.system_id, self.last_updated, self.fetched_at
+        columns = self.columns().values()
+        if indices is not None:
+            indices = list(indices)
+            columns = [list(map(column.__getitem__, indices)) for column in columns]  # type: ignore[assignment]
+        return [
+            StationStatus(system_id=system_id, station_id=station_id, num_bikes_available=bikes,
+                          num_ebikes_available=ebikes, num_bikes_disabled=bikes_disabled,
+                          num_docks_available=docks, num_docks_disabled=docks_disabled, is_installed=installed,
+                          is_renting=renting, is_returning=returning, last_reported=reported,
+                          vehicle_types_available=vehicle_types, last_updated=last_updated,
+                          fetched_at=fetched_at, extras=extras)
+            for (station_id, bikes, ebikes, bikes_disabled, docks, docks_disabled, installed, renting, returning,
+                 reported, vehicle_types, extras) in zip(*columns)
+        ]
+
+    def take(self, indices: Sequence[int]) -> StationStatusColumns:
+        """The records at ``indices`` (in that order) as columns."""
+        return StationStatusColumns(system_id=self.system_id, last_updated=self.last_updated,
+                                    fetched_at=self.fetched_at,
+                                    **{name: list(map(column.__getitem__, indices)) for name, column in self.columns().items()})
+
+    def without(self, indices: Collection[int]) -> StationStatusColumns:
+        """All records but those at ``indices``, in order."""
+        keep = [True] * len(self)
+        for index in indices:
+            keep[index] = False
+        return StationStatusColumns(system_id=self.system_id, last_updated=self.last_updated,
+                                    fetched_at=self.fetched_at,
+                                    **{name: list(compress(column, keep)) for name, column in self.columns().items()})
+
+    @classmethod
+    def from_records(cls, records: Sequence[StationStatus], *, system_id: str, last_updated: int,
+                     fetched_at: float) -> StationStatusColumns:
+        """Records of one snapshot (they must all carry these ``system_id``, ``last_updated``, ``fetched_at``)."""
+        if any((r.system_id, r.last_updated, r.fetched_at) != (system_id, last_updated, fetched_at) for r in records):
+            raise ValueError("the records are not all of one snapshot (system_id, last_updated, fetched_at)")
+        return cls(system_id=system_id, last_updated=last_updated, fetched_at=fetched_at,
+                   **{name: [getattr(r, name) for r in records] for name in STATUS_COLUMNS})

@@ -21,7 +21,9 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from operator import itemgetter
+from functools import cache
+from itertools import repeat
+from operator import call, itemgetter
 from typing import Any, Callable, Generic, NamedTuple, TypeVar
 
 import msgspec
@@ -30,9 +32,11 @@ from citibikes.gbfs.errors import FeedError
 from citibikes.gbfs.model import (
     STATION_INFORMATION,
     STATION_STATUS,
+    STATUS_COLUMNS,
     QuarantinedRecord,
     StationInformation,
     StationStatus,
+    StationStatusColumns,
     VehicleTypeCount,
 )
 
@@ -563,60 +567,62 @@ def _information_generic(raw: Any, ctx: _Context) -> tuple[StationInformation | 
     return record, [], reader.quirks
 
 
-# --------------------------------------------------------------------------- fast status path
+# --------------------------------------------------------------------------- fast status path (columns)
 
-_STATUS_REQUIRED = ("station_id", "num_bikes_available", "is_installed", "is_renting", "is_returning")
-_STATUS_OPTIONAL = ("num_ebikes_available", "num_bikes_disabled", "num_docks_available", "num_docks_disabled",
-                    "last_reported", "vehicle_types_available")
-_STATUS_FAST_KEYS = frozenset(_STATUS_REQUIRED + _STATUS_OPTIONAL)
-_STATUS_GENERIC_ONLY = frozenset({"num_vehicles_available", "num_vehicles_disabled"})
-_read_required_status = itemgetter(*_STATUS_REQUIRED)
-_BITS = (0, 1)
-
-_Reader = Callable[[dict[str, Any]], tuple[Any, ...]]
+_FLAGS = ("is_installed", "is_renting", "is_returning")
+_NONE_TYPE = type(None)
+_INTS = frozenset({int})
+_INTS_OR_NONE = frozenset({int, _NONE_TYPE})
 
 
-def _tuple_getter(keys: tuple[str, ...]) -> _Reader:
-    """Like ``itemgetter(*keys)`` (KeyError if a key is missing), but always a tuple."""
-    if len(keys) >= 2:
-        return itemgetter(*keys)
-    return lambda raw: tuple(raw[key] for key in keys)
+class _StatusKeys(NamedTuple):
+    """The keys that hold the canonical status fields in one GBFS version's spelling."""
+
+    canonical: tuple[str, ...]
+    """Per column of :data:`STATUS_COLUMNS` but ``extras``, the key that holds it (``num_vehicles_*``
+    for the counts 3.x renamed, ``num_bikes_*`` before)."""
+    required: frozenset[str]
+    other_spellings: frozenset[str]
+    """The other versions' names of the renamed counts: records with one of them go the generic way."""
 
 
-def _optional_reader(present: tuple[str, ...]) -> _Reader:
-    """Reads the optional fields in ``_STATUS_OPTIONAL`` order, None for the ones this shape lacks.
-
-    The usual shapes get a C-level itemgetter: every optional field, or every one but
-    ``vehicle_types_available`` (GBFS 1.x/2.0, Citi Bike's 1.1 feed).
-    """
-    read_present = _tuple_getter(present)
-    if present == _STATUS_OPTIONAL:
-        return read_present
-    if present == _STATUS_OPTIONAL[:-1]:
-        return lambda raw: read_present(raw) + (None,)
-
-    def read_some(raw: dict[str, Any]) -> tuple[Any, ...]:
-        values = dict(zip(present, read_present(raw)))
-        return tuple(map(values.get, _STATUS_OPTIONAL))
-
-    return read_some
+@cache
+def _status_keys(version: str) -> _StatusKeys:
+    ctx = _Context("", version, 0, 0.0)  # the generic path's own rule for which spelling comes first
+    bikes, other_bikes = ctx.spelled("num_bikes_available")
+    bikes_disabled, other_bikes_disabled = ctx.spelled("num_bikes_disabled")
+    canonical = ("station_id", bikes, "num_ebikes_available", bikes_disabled, "num_docks_available",
+                 "num_docks_disabled", *_FLAGS, "last_reported", "vehicle_types_available")
+    return _StatusKeys(canonical, frozenset({"station_id", bikes, *_FLAGS}),
+                       frozenset({other_bikes, other_bikes_disabled}))
 
 
-class _FastPlan(NamedTuple):
+class _ColumnPlan(NamedTuple):
     """How the fast path reads the records of one shape (one set of keys)."""
 
-    extra_keys: tuple[str, ...]
-    """The vendor keys that go into ``extras``."""
-    read_optional: _Reader
+    read: Callable[[dict[str, Any]], tuple[Any, ...]]
+    """The canonical keys the shape has (in canonical order), then its vendor keys: a tuple of values,
+    KeyError if a record lacks one of these keys."""
+    canonical: tuple[str, ...]
+    extras: Callable[[dict[str, Any]], dict[str, Any]]
+    """The record's ``extras``: its vendor keys, in the order of the record the plan was made from."""
 
 
-def _status_fast_plan(keys: tuple[str, ...]) -> _FastPlan | None:
-    """The fast path's plan for a record with these keys, or None if only the generic path can take it."""
+def _column_plan(keys: tuple[str, ...], spelling: _StatusKeys) -> _ColumnPlan | None:
+    """The fast path's plan for records with these keys, or None if only the generic path can take them."""
     present = set(keys)
-    if not present.issuperset(_STATUS_REQUIRED) or present & _STATUS_GENERIC_ONLY:
+    if not present.issuperset(spelling.required) or present & spelling.other_spellings:
         return None
-    extra_keys = tuple(key for key in keys if key not in _STATUS_FAST_KEYS)
-    return _FastPlan(extra_keys, _optional_reader(tuple(key for key in _STATUS_OPTIONAL if key in present)))
+    canonical = tuple(key for key in spelling.canonical if key in present)
+    extra_keys = tuple(key for key in keys if key not in spelling.canonical)
+    return _ColumnPlan(itemgetter(*canonical, *extra_keys), canonical, _dict_reader(extra_keys))
+
+
+def _dict_reader(keys: tuple[str, ...]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """``lambda raw: {key: raw[key] for key in keys}``, compiled for these keys (as namedtuple compiles
+    its class): a dict display runs twice as fast as a comprehension or ``dict(zip(...))`` and this
+    runs once per record. The keys appear as their ``repr``, so any text is safe."""
+    return eval("lambda raw: {" + "".join(f"{key!r}: raw[{key!r}], " for key in keys) + "}")  # noqa: S307
 
 
 def _vehicle_types_fast(value: Any) -> list[VehicleTypeCount] | None:
@@ -634,80 +640,196 @@ def _vehicle_types_fast(value: Any) -> list[VehicleTypeCount] | None:
     return counts
 
 
-def _status_records(stations: list[Any], ctx: _Context) -> Normalized[StationStatus]:
-    """All records of a station_status feed: the fast path where it applies, the generic one elsewhere.
+def _status_columns(stations: list[Any], ctx: _Context) -> Normalized[StationStatus]:
+    """All records of a station_status feed as columns: the fast path where it applies, the generic one elsewhere.
 
-    The fast path takes records of the 1.x/2.x shape whose values already have the canonical types
-    (0/1 flags included) and builds the struct directly; everything else, including every record
-    with a problem, goes through :func:`_status_generic`, which also names the problem. Plans are
-    looked up by the record's number of keys (cheaper than hashing its keys): a record with as many
-    keys as the plan's shape and every one of the plan's keys (read with ``[]``, KeyError otherwise)
-    has exactly that shape; a record of the same length with other keys goes the generic way.
+    The fast path reads every record of a common shape (1.x/2.x ``num_bikes_*`` or 3.x
+    ``num_vehicles_*`` naming) at once: a plan per shape, found by the record's number of keys and
+    checked by reading all of the plan's keys (a record of that size with other keys raises
+    KeyError and is looked at alone); values go straight into columns, and each column's types are
+    checked with a set of its value types. Records of another shape, or with a value the fast path
+    does not take as it is (a problem, a float count, a numeric id, mixed flags...), go through
+    :func:`_status_generic`, the reference, and its result is put in their place. Both give the
+    same records, quarantine and quirk counts (a property test holds them to it); ``extras`` keep
+    the key order of the first record of their shape.
     """
-    system_id, last_updated, fetched_at = ctx.system_id, ctx.last_updated, ctx.fetched_at
-    records: list[StationStatus] = []
-    sources: list[Any] = []
-    quarantined: list[QuarantinedRecord] = []
+    n = len(stations)
+    spelling = _status_keys(ctx.version)
+    generic: set[int] = set()  # records for the generic path
+
+    # 1. Read every record by the plan of its shape: a tuple of its canonical values, then its vendor values.
+    all_dicts = set(map(type, stations)) <= {dict}
+    lengths = list(map(len, stations)) if all_dicts else [len(r) if type(r) is dict else -1 for r in stations]
+    plans: dict[int, _ColumnPlan | None] = {
+        length: _column_plan(tuple(stations[lengths.index(length)]), spelling)
+        for length in set(lengths) if length >= 0
+    }
+    plans[-1] = None
+    layouts = {plan.canonical for plan in plans.values() if plan is not None}
+    width = min(map(len, layouts), default=0)
+    filler = (None,) * width
+
+    def no_plan(raw: Any) -> tuple[Any, ...]:
+        return filler
+
+    readers = list(map({length: plan.read if plan else no_plan for length, plan in plans.items()}.__getitem__,
+                       lengths))
+    extras = list(map({length: plan.extras if plan else _no_extras for length, plan in plans.items()}.__getitem__,
+                      lengths))
+    try:
+        rows = list(map(call, readers, stations))
+    except KeyError:  # a record with as many keys as a plan's shape, but other ones
+        rows = []
+        for index, (read, raw) in enumerate(zip(readers, stations)):
+            try:
+                rows.append(read(raw))
+            except KeyError:
+                rows.append(filler)
+                readers[index], extras[index] = no_plan, _no_extras
+    if no_plan in readers:
+        generic.update(i for i, read in enumerate(readers) if read is no_plan)
+
+    # 2. Columns: straight from the rows when every shape has the same canonical keys, else key by key.
+    if len(layouts) == 1:
+        (layout,) = layouts
+        read_columns = dict(zip(layout, map(list, zip(*rows))))
+    else:
+        dicts = stations if all_dicts else [r if type(r) is dict else {} for r in stations]
+        read_columns = {key: list(map(dict.get, dicts, repeat(key))) for key in spelling.canonical}
+    columns: dict[str, list[Any]] = {
+        name: read_columns[key] if key in read_columns else [None] * n
+        for name, key in zip(STATUS_COLUMNS, spelling.canonical)
+    }
+    columns["extras"] = list(map(call, extras, stations))
+
+    # 3. Types, column by column (a record-by-record scan only for a column with an offender).
+    station_ids = columns["station_id"]
+    if not set(map(type, station_ids)) <= {str} or not all(station_ids) or any(map(str.isspace, station_ids)):
+        generic.update(i for i, v in enumerate(station_ids) if type(v) is not str or not v or v.isspace())
+    _not_of_types(columns["num_bikes_available"], _INTS, generic)
+    for name in ("num_ebikes_available", "num_bikes_disabled", "num_docks_available", "num_docks_disabled"):
+        _not_of_types(columns[name], _INTS_OR_NONE, generic)
+    int_flags = _read_flags(columns, generic)
+    rfc3339 = _read_last_reported(columns["last_reported"], generic)
+    _read_vehicle_types(columns["vehicle_types_available"], generic)
+
+    # 4. The fast path's quirks (each counts the records that needed it), then the generic records in place.
     quirks: Counter[str] = Counter()
-    plans: dict[int, _FastPlan] = {}
-    int_flag_records = 0
-    append_record, append_source = records.append, sources.append
-    read_required, new_status, bits = _read_required_status, StationStatus, _BITS
-    plan_length, plan = -1, None  # the plan of the previous record, usually this one's too
-    for raw in stations:
-        if type(raw) is dict:
-            if len(raw) != plan_length or plan is None:
-                plan_length = len(raw)
-                plan = plans.get(plan_length)
-                if plan is None:
-                    plan = _status_fast_plan(tuple(raw))
-                    if plan is not None:
-                        plans[plan_length] = plan
-                if plan is not None:
-                    extra_keys, read_optional = plan
-            if plan is not None:
+    fast = n - len(generic)
+    if int_flags:
+        quirks["int_as_bool"] = fast if int_flags is True else len(int_flags - generic)
+    if rfc3339:
+        quirks["rfc3339_time"] = len(rfc3339 - generic)
+    if fast and spelling.canonical[1] in _VEHICLE_NAMES:
+        quirks["vehicles_as_bikes"] = fast
+    quarantined: list[QuarantinedRecord] = []
+    dropped: list[int] = []
+    for index in sorted(generic):
+        raw = stations[index]
+        record, reasons, record_quirks = _status_generic(raw, ctx)
+        if record is None:
+            quarantined.append(quarantine(raw, reasons, feed=STATION_STATUS, system_id=ctx.system_id,
+                                          last_updated=ctx.last_updated, fetched_at=ctx.fetched_at))
+            dropped.append(index)
+            continue
+        quirks.update(record_quirks)
+        for name, column in columns.items():
+            column[index] = getattr(record, name)
+    records = StationStatusColumns(system_id=ctx.system_id, last_updated=ctx.last_updated,
+                                   fetched_at=ctx.fetched_at, **columns)
+    sources = list(stations)
+    if dropped:
+        records = records.without(dropped)
+        gone = set(dropped)
+        sources = [raw for index, raw in enumerate(stations) if index not in gone]
+    return Normalized(STATION_STATUS, ctx.system_id, ctx.version, ctx.last_updated, ctx.fetched_at,
+                      records, quarantined, +quirks, sources)  # type: ignore[arg-type]
+
+
+def _no_extras(raw: Any) -> dict[str, Any]:
+    return {}
+
+
+def _not_of_types(column: list[Any], types: frozenset[type], out: set[int]) -> None:
+    """Add to ``out`` the indices of values whose type is not one of ``types``."""
+    if not set(map(type, column)) <= types:
+        out.update(i for i, value in enumerate(column) if type(value) not in types)
+
+
+def _read_flags(columns: dict[str, list[Any]], generic: set[int]) -> bool | set[int]:
+    """Turn 0/1 flags into booleans in place; return which records had 0/1 flags (True: all of them).
+
+    A record's three flags must be all booleans or all 0/1 integers; anything else is left to the
+    generic path.
+    """
+    flags = [columns[name] for name in _FLAGS]
+    kinds = set().union(*(map(type, column) for column in flags))
+    if kinds == {bool}:
+        return set()
+    if kinds == {int} and set().union(*flags) <= {0, 1}:
+        int_flags: bool | set[int] = True
+    else:
+        int_flags = set()
+        for index, (installed, renting, returning) in enumerate(zip(*flags)):
+            kind = type(installed)
+            if kind is bool and type(renting) is bool and type(returning) is bool:
+                continue
+            if (kind is int and type(renting) is int and type(returning) is int
+                    and installed in (0, 1) and renting in (0, 1) and returning in (0, 1)):
+                int_flags.add(index)
+            else:
+                generic.add(index)
+    for name, column in zip(_FLAGS, flags):
+        columns[name] = list(map(_ONE_EQ, column))  # 1 or True -> True, 0 or False -> False
+    return int_flags
+
+
+_ONE_EQ = (1).__eq__
+
+
+def _read_last_reported(column: list[Any], generic: set[int]) -> set[int]:
+    """Check POSIX seconds and convert RFC 3339 times in place; return the records that had RFC 3339.
+
+    Whole seconds up to :data:`MILLISECONDS_ABOVE` are taken as they are; any other number (a float,
+    milliseconds) is left to the generic path.
+    """
+    if set(map(type, column)) <= _INTS_OR_NONE:  # (types first: a set of values would take True or 1.0 for 1)
+        values = set(column)
+        values.discard(None)
+        if not values or (min(values) >= 0 and max(values) <= MILLISECONDS_ABOVE):
+            return set()
+    rfc3339: set[int] = set()
+    converted: dict[str, int | None] = {}
+    for index, value in enumerate(column):
+        kind = type(value)
+        if value is None or (kind is int and 0 <= value <= MILLISECONDS_ABOVE):
+            continue
+        if kind is str:
+            if value not in converted:
                 try:
-                    station_id, bikes, installed, renting, returning = read_required(raw)
-                    ebikes, bikes_disabled, docks, docks_disabled, reported, vehicle_types = read_optional(raw)
-                    extras = {}
-                    for key in extra_keys:
-                        extras[key] = raw[key]
-                except KeyError:  # another shape with as many keys
-                    station_id = None
-                if (
-                    type(station_id) is str and station_id and not station_id.isspace()
-                    and type(bikes) is int
-                    and (type(ebikes) is int or ebikes is None)
-                    and (type(bikes_disabled) is int or bikes_disabled is None)
-                    and (type(docks) is int or docks is None)
-                    and (type(docks_disabled) is int or docks_disabled is None)
-                    and ((type(reported) is int and 0 <= reported <= MILLISECONDS_ABOVE) or reported is None)
-                    and (vehicle_types is None or (vehicle_types := _vehicle_types_fast(vehicle_types)) is not None)
-                ):
-                    flag_type = type(installed)
-                    if flag_type is int is type(renting) is type(returning):
-                        if installed in bits and renting in bits and returning in bits:
-                            int_flag_records += 1
-                            installed, renting, returning = installed == 1, renting == 1, returning == 1
-                            flag_type = bool
-                    elif type(renting) is not flag_type or type(returning) is not flag_type:
-                        flag_type = None
-                    if flag_type is bool:
-                        append_record(new_status(
-                            system_id=system_id, station_id=station_id, num_bikes_available=bikes,
-                            num_ebikes_available=ebikes, num_bikes_disabled=bikes_disabled,
-                            num_docks_available=docks, num_docks_disabled=docks_disabled,
-                            is_installed=installed, is_renting=renting, is_returning=returning,
-                            last_reported=reported, vehicle_types_available=vehicle_types,
-                            last_updated=last_updated, fetched_at=fetched_at, extras=extras,
-                        ))
-                        append_source(raw)
-                        continue
-        _add_generic(raw, _status_generic(raw, ctx), STATION_STATUS, ctx, records, sources, quarantined, quirks)
-    if int_flag_records:
-        quirks["int_as_bool"] += int_flag_records
-    return Normalized(STATION_STATUS, system_id, ctx.version, last_updated, fetched_at,
-                      records, quarantined, quirks, sources)
+                    converted[value] = _as_posix(value, set())
+                except _Invalid:
+                    converted[value] = None
+            seconds = converted[value]
+            if seconds is not None:
+                column[index] = seconds
+                rfc3339.add(index)
+                continue
+        generic.add(index)
+    return rfc3339
+
+
+def _read_vehicle_types(column: list[Any], generic: set[int]) -> None:
+    """Turn plain ``vehicle_types_available`` lists into VehicleTypeCount lists in place."""
+    if set(map(type, column)) <= {_NONE_TYPE}:
+        return
+    for index, value in enumerate(column):
+        if value is not None:
+            counts = _vehicle_types_fast(value)
+            if counts is None:
+                generic.add(index)
+            else:
+                column[index] = counts
 
 
 def _add_generic(raw: Any, result: tuple[Any, list[str], set[str]], feed: str, ctx: _Context,
@@ -728,9 +850,16 @@ def _add_generic(raw: Any, result: tuple[Any, list[str], set[str]], feed: str, c
 
 def normalize_status(parsed: ParsedFeed, system_id: str, fetched_at: float) -> Normalized[StationStatus]:
     """Canonical :class:`StationStatus` records of a parsed station_status feed; bad records quarantined."""
+    normalized = normalize_status_columns(parsed, system_id, fetched_at)
+    normalized.records = normalized.records.records()  # type: ignore[attr-defined]
+    return normalized
+
+
+def normalize_status_columns(parsed: ParsedFeed, system_id: str, fetched_at: float) -> Normalized[StationStatus]:
+    """Like :func:`normalize_status`, with the records as one :class:`StationStatusColumns` (what the pipeline uses)."""
     _require_feed(parsed, STATION_STATUS)
     ctx = _Context(system_id, parsed.version, parsed.last_updated, fetched_at)
-    normalized = _status_records(parsed.stations, ctx)
+    normalized = _status_columns(parsed.stations, ctx)
     normalized.quirks.update(_feed_quirks(parsed))
     return normalized
 

@@ -22,7 +22,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from citibikes.config import Settings
-from citibikes.gbfs.model import QuarantinedRecord, StationInformation, StationStatus
+from citibikes.gbfs.model import QuarantinedRecord, StationInformation, StationStatus, StationStatusColumns
 from citibikes.lake import layout
 from citibikes.lake.errors import LakeError
 from citibikes.lake.filesystem import Storage, parse_lake_uri, s3_filesystem
@@ -112,6 +112,44 @@ def group_by(records: Sequence[T], key: Callable[[T], Hashable]) -> dict[Hashabl
     return groups
 
 
+# Encoding needs no lake (a worker process prepares files that the pipeline's process writes).
+
+def encode_station_status(records: Sequence[StationStatus] | StationStatusColumns) -> list[LakeFile]:
+    """One Parquet file per (system, ``last_updated``): a snapshot in columns is one file."""
+    if isinstance(records, StationStatusColumns):
+        if not len(records):
+            return []
+        key = layout.curated_key("station_status", records.system_id, records.last_updated)
+        return [(key, parquet_bytes(build_table("station_status", records)))]
+    return _encode_snapshots("station_status", records)
+
+
+def encode_station_information(records: Sequence[StationInformation]) -> list[LakeFile]:
+    return _encode_snapshots("station_information", records)
+
+
+def encode_quarantine(records: Sequence[QuarantinedRecord]) -> list[LakeFile]:
+    """One Parquet file per (system, feed, ``last_updated``)."""
+    groups = group_by(records, attrgetter("system_id", "feed", "last_updated"))
+    return [
+        (layout.quarantine_key(system_id, feed, last_updated), parquet_bytes(build_table("quarantine", group)))
+        for (system_id, feed, last_updated), group in groups.items()
+    ]
+
+
+def _encode_snapshots(table: str, records: Sequence[Any]) -> list[LakeFile]:
+    groups = group_by(records, attrgetter("system_id", "last_updated"))
+    return [
+        (layout.curated_key(table, system_id, last_updated), parquet_bytes(build_table(table, group)))
+        for (system_id, last_updated), group in groups.items()
+    ]
+
+
+def raw_file(system_id: str, feed: str, last_updated: int, payload: bytes) -> LakeFile:
+    """A feed body's raw archive file (see :meth:`Lake.write_raw`)."""
+    return layout.raw_key(system_id, feed, last_updated), compress_raw(payload)
+
+
 @dataclass
 class Lake:
     """An opened lake (see :func:`open_lake`): writers return the keys they wrote, relative to
@@ -144,25 +182,14 @@ class Lake:
         """One Parquet file per (system, feed, ``last_updated``); returns the keys written."""
         return self.write_files(self.encode_quarantine(records))
 
-    def encode_station_status(self, records: Sequence[StationStatus]) -> list[LakeFile]:
-        return self._encode_snapshots("station_status", records)
+    def encode_station_status(self, records: Sequence[StationStatus] | StationStatusColumns) -> list[LakeFile]:
+        return encode_station_status(records)
 
     def encode_station_information(self, records: Sequence[StationInformation]) -> list[LakeFile]:
-        return self._encode_snapshots("station_information", records)
+        return encode_station_information(records)
 
     def encode_quarantine(self, records: Sequence[QuarantinedRecord]) -> list[LakeFile]:
-        groups = group_by(records, attrgetter("system_id", "feed", "last_updated"))
-        return [
-            (layout.quarantine_key(system_id, feed, last_updated), parquet_bytes(build_table("quarantine", group)))
-            for (system_id, feed, last_updated), group in groups.items()
-        ]
-
-    def _encode_snapshots(self, table: str, records: Sequence[Any]) -> list[LakeFile]:
-        groups = group_by(records, attrgetter("system_id", "last_updated"))
-        return [
-            (layout.curated_key(table, system_id, last_updated), parquet_bytes(build_table(table, group)))
-            for (system_id, last_updated), group in groups.items()
-        ]
+        return encode_quarantine(records)
 
     def write_files(self, files: Iterable[LakeFile]) -> list[str]:
         """Write encoded files (see ``encode_*``) in order, each atomically; returns their keys."""
@@ -170,8 +197,7 @@ class Lake:
 
     def write_raw(self, system_id: str, feed: str, last_updated: int, payload: bytes) -> str:
         """Archive the feed's bytes exactly as fetched, zstd-compressed (same input, same bytes)."""
-        key = layout.raw_key(system_id, feed, last_updated)
-        return self.storage.put(key, compress_raw(payload))
+        return self.write_files([raw_file(system_id, feed, last_updated, payload)])[0]
 
     def write_run(self, run: RunRecord | Mapping[str, Any]) -> str:
         """The run's row as its own file; a retried task with the same run id overwrites it."""

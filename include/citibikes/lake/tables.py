@@ -23,7 +23,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from citibikes.gbfs.model import SCHEMA_VERSION, QuarantinedRecord, StationInformation, StationStatus
+from citibikes.gbfs.model import (
+    SCHEMA_VERSION,
+    QuarantinedRecord,
+    StationInformation,
+    StationStatus,
+    StationStatusColumns,
+)
 from citibikes.lake.errors import LakeError
 from citibikes.lake.layout import check_system_id
 
@@ -222,18 +228,35 @@ def record_columns(records: Sequence[Any], names: Sequence[str]) -> dict[str, Se
     return {name: [getattr(record, name) for record in records] for name in names}
 
 
-def build_table(table: str, records: Sequence[Any]) -> pa.Table:
-    """An Arrow table of ``records`` (structs or dataclasses) with the table's fixed schema."""
+@dataclass(frozen=True)
+class Repeated:
+    """A column with one value in every row (made as one Arrow value, repeated)."""
+
+    value: Any
+    rows: int
+
+
+def snapshot_columns(snapshot: StationStatusColumns) -> dict[str, Sequence[Any] | Repeated]:
+    """The station_status table's columns of a snapshot kept as columns (the per-snapshot values repeated)."""
+    n = len(snapshot)
+    return {"system_id": Repeated(snapshot.system_id, n), **snapshot.columns(),
+            "last_updated": Repeated(snapshot.last_updated, n), "fetched_at": Repeated(snapshot.fetched_at, n)}
+
+
+def build_table(table: str, records: Sequence[Any] | StationStatusColumns) -> pa.Table:
+    """An Arrow table with the table's fixed schema, of ``records`` (structs or dataclasses) or of a
+    station_status snapshot already in columns (:class:`StationStatusColumns`)."""
     schema = SCHEMAS[table]
-    columns = record_columns(records, [name for name in schema.names if name != "schema_version"])
+    names = [name for name in schema.names if name != "schema_version"]
+    columns = snapshot_columns(records) if isinstance(records, StationStatusColumns) else record_columns(records, names)
     arrays = []
     for column in schema:
-        if column.name == "schema_version":
-            values: Any = [SCHEMA_VERSION] * len(records)
-        else:
-            values = columns[column.name]
-            if column.name in COLUMN_CONVERTERS:
-                values = COLUMN_CONVERTERS[column.name](values)
+        values: Any = Repeated(SCHEMA_VERSION, len(records)) if column.name == "schema_version" else columns[column.name]
+        if isinstance(values, Repeated):
+            arrays.append(pa.repeat(column_array(table, column, [values.value])[0], values.rows))
+            continue
+        if column.name in COLUMN_CONVERTERS:
+            values = COLUMN_CONVERTERS[column.name](values)
         arrays.append(column_array(table, column, values))
     result = pa.Table.from_arrays(arrays, schema=schema)
     return result.sort_by("station_id") if "station_id" in schema.names else result
@@ -257,7 +280,7 @@ def column_array(table: str, column: pa.Field, values: Sequence[Any]) -> pa.Arra
     return array
 
 
-def station_status_table(records: Sequence[StationStatus]) -> pa.Table:
+def station_status_table(records: Sequence[StationStatus] | StationStatusColumns) -> pa.Table:
     return build_table("station_status", records)
 
 

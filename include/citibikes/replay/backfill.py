@@ -15,11 +15,12 @@ nothing (no second copy in Kafka, the lake files overwritten by identical ones).
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import msgspec
 
@@ -29,7 +30,14 @@ from citibikes.gbfs.errors import FeedError
 from citibikes.gbfs.model import STATION_INFORMATION, STATION_STATUS
 from citibikes.lake import Lake, LakeError, RunRecord
 from citibikes.lake.store import ZSTD_MAGIC, decompress_raw
-from citibikes.pipeline import Fetched, SystemState, process_snapshot
+from citibikes.pipeline import (
+    Fetched,
+    InlinePreparer,
+    SnapshotWorker,
+    SystemState,
+    advance_state,
+    apply_prepared,
+)
 from citibikes.stream.publish import ChangeCapture, Publisher
 
 log = logging.getLogger("citibikes.backfill")
@@ -177,65 +185,125 @@ def new_change_capture(snapshot_every_s: int) -> dict[str, ChangeCapture]:
             for feed in (STATION_INFORMATION, STATION_STATUS)}
 
 
-def ingest_snapshot(snapshot: Snapshot, system_id: str, *, settings: Settings, lake: Lake, publisher: Publisher,
-                    run_id: str, state: SystemState, captures: dict[str, ChangeCapture]) -> tuple[RunRecord, SystemState]:
-    """Archive the snapshot's raw bodies, then validate, publish and land it (one backfill step).
-
-    Returns the run record (``failed`` with the reason when the step failed) and the advanced state.
-    """
+def snapshot_fetched(snapshot: Snapshot, system_id: str) -> Fetched:
+    """A recorded snapshot as what a fetch of it would have returned (fetched at its own time)."""
     bodies = {STATION_STATUS: snapshot.status_body}
     last_updated = {STATION_STATUS: snapshot.status_last_updated}
     if snapshot.information_body is not None and snapshot.information_last_updated is not None:
         bodies[STATION_INFORMATION] = snapshot.information_body
         last_updated[STATION_INFORMATION] = snapshot.information_last_updated
-    fetched = Fetched(
+    return Fetched(
         system_id=system_id,
         fetched_at=float(snapshot.status_last_updated),
         outcomes={feed: "new" for feed in bodies},
         last_updated=last_updated,
         bodies=bodies,
     )
-    for feed, body in bodies.items():
-        lake.write_raw(system_id, feed, last_updated[feed], body)
-    record, _, state = process_snapshot(
-        fetched, settings=settings, lake=lake, publisher=publisher, run_id=run_id,
-        state=state, captures=captures, reference_time=float(snapshot.status_last_updated),
-    )
+
+
+def ingest_snapshot(snapshot: Snapshot, system_id: str, *, settings: Settings, lake: Lake, publisher: Publisher,
+                    run_id: str, state: SystemState, captures: dict[str, ChangeCapture]) -> tuple[RunRecord, SystemState]:
+    """Archive the snapshot's raw bodies, then validate, publish and land it (one backfill step).
+
+    Returns the run record (``failed`` with the reason when the step failed) and the advanced state.
+    """
+    ((_, record, state),) = ingest_snapshots([snapshot], system_id, settings=settings, lake=lake, publisher=publisher,
+                                             state=state, captures=captures, run_id=lambda _: run_id)
     return record, state
 
 
+def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings: Settings, lake: Lake,
+                     publisher: Publisher, state: SystemState, captures: dict[str, ChangeCapture],
+                     run_id: Callable[[Snapshot], str] | None = None, worker: SnapshotWorker | None = None,
+                     ) -> Iterator[tuple[Snapshot, RunRecord, SystemState]]:
+    """:func:`ingest_snapshot` for each snapshot, in order; yields each one's run record and the state after it.
+
+    With a ``worker`` (:class:`~citibikes.pipeline.SnapshotWorker`, another process) the next
+    snapshot is prepared - raw archive compressed, validated, Parquet encoded - while this process
+    publishes and lands the current one, so both cores work. Snapshots are still applied one after
+    the other, each only once the previous one is landed. The next snapshot is prepared as if the
+    current one succeeds (with the state it leaves); when it fails instead, that work is dropped and
+    the next snapshot prepared again from the real state, carrying the station_information the
+    failed one brought. The result is the same as without a worker, snapshot by snapshot.
+    """
+    preparer: SnapshotWorker | InlinePreparer = worker if worker is not None else InlinePreparer()
+    run_id = run_id or (lambda snapshot: f"backfill__{system_id}__{snapshot.status_last_updated}")
+    pending = iter(snapshots)
+
+    def submit(snapshot: Snapshot, state: SystemState) -> None:
+        preparer.submit(snapshot_fetched(snapshot, system_id), state, settings.quality,
+                        reference_time=float(snapshot.status_last_updated), archive=True)
+
+    current = next(pending, None)
+    try:
+        if current is not None:
+            submit(current, state)
+        while current is not None:
+            fetched = snapshot_fetched(current, system_id)
+            prepared = preparer.result()
+            upcoming = next(pending, None)
+            if upcoming is not None:  # as if `current` succeeds
+                ok = prepared.error is None and prepared.validated is not None
+                submit(upcoming, advance_state(state, fetched, prepared.validated) if ok else state)
+            record, _, after = apply_prepared(prepared, fetched, settings=settings, lake=lake, publisher=publisher,
+                                              run_id=run_id(current), state=state, captures=captures)
+            if record.outcome == "failed" and upcoming is not None:
+                preparer.result()  # prepared for a state that did not come true
+                if upcoming.information_body is None and current.information_body is not None:
+                    upcoming = dataclasses.replace(upcoming, information_last_updated=current.information_last_updated,
+                                                   information_body=current.information_body)
+                submit(upcoming, after)
+            yield current, record, after
+            state, current = after, upcoming
+    finally:
+        preparer.drain()  # nothing of this call may be left for the worker's next user
+
+
 def backfill(folder: Path, system_id: str, *, settings: Settings, lake: Lake, publisher: Publisher,
-             progress: Callable[[Iterable[Any], int], Iterable[Any]] | None = None) -> BackfillReport:
-    """Ingest every recorded snapshot of ``folder`` for ``system_id``; see the module docstring."""
+             progress: Callable[[Iterable[Any], int], Iterable[Any]] | None = None,
+             worker: SnapshotWorker | None = None) -> BackfillReport:
+    """Ingest every recorded snapshot of ``folder`` for ``system_id``; see the module docstring.
+
+    Two snapshots or more are prepared in a worker process (``worker``, or one started for this
+    backfill) while the previous one is published and landed.
+    """
     found = scan(folder)
     pairs = pair(found.snapshots)
     report = BackfillReport(snapshots=len(pairs), skipped_files=found.skipped)
     done = {run.run_id for run in lake.read_runs(system_id) if run.outcome == "success"}
-    state = SystemState()
-    captures = new_change_capture(settings.status_snapshot_every_s)
-    last_information: SnapshotFile | None = None
-    items = progress(pairs, len(pairs)) if progress else pairs
-    for status, information in items:
-        run_id = run_id_for(system_id, status)
-        if run_id in done:
-            report.already_done += 1
-            continue
-        new_information = information is not None and information != last_information
-        snapshot = Snapshot(
-            status_last_updated=status.last_updated,
-            status_body=read_snapshot_file(status.path),
-            information_last_updated=information.last_updated if new_information else None,
-            information_body=read_snapshot_file(information.path) if new_information else None,
-        )
-        record, state = ingest_snapshot(snapshot, system_id, settings=settings, lake=lake, publisher=publisher,
-                                        run_id=run_id, state=state, captures=captures)
-        if record.outcome == "failed":
-            report.failed += 1
-            report.errors.append(f"{status.path.name}: {record.error}")
-            continue
-        last_information = information
-        report.processed += 1
-        report.records += record.stations_status or 0
-        report.published += record.stations_published or 0
-        report.quarantined += record.stations_quarantined or 0
+    todo = [(status, information) for status, information in pairs if run_id_for(system_id, status) not in done]
+    report.already_done = len(pairs) - len(todo)
+    names = {status.last_updated: status.path.name for status, _ in todo}
+
+    def snapshots() -> Iterator[Snapshot]:
+        last_information: SnapshotFile | None = None
+        for status, information in todo:
+            new_information = information is not None and information != last_information
+            yield Snapshot(
+                status_last_updated=status.last_updated,
+                status_body=read_snapshot_file(status.path),
+                information_last_updated=information.last_updated if new_information else None,
+                information_body=read_snapshot_file(information.path) if new_information else None,
+            )
+            last_information = information  # as if it succeeds: ingest_snapshots re-sends it after a failure
+
+    own_worker = worker is None and len(todo) > 1
+    if own_worker:
+        worker = SnapshotWorker().start()
+    try:
+        results = ingest_snapshots(snapshots(), system_id, settings=settings, lake=lake, publisher=publisher,
+                                   state=SystemState(), captures=new_change_capture(settings.status_snapshot_every_s),
+                                   worker=worker)
+        for snapshot, record, _ in (progress(results, len(todo)) if progress else results):
+            if record.outcome == "failed":
+                report.failed += 1
+                report.errors.append(f"{names[snapshot.status_last_updated]}: {record.error}")
+                continue
+            report.processed += 1
+            report.records += record.stations_status or 0
+            report.published += record.stations_published or 0
+            report.quarantined += record.stations_quarantined or 0
+    finally:
+        if own_worker and worker is not None:
+            worker.close()
     return report

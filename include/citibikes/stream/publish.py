@@ -22,6 +22,8 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import ne
 from typing import Any, Iterable, Mapping, Sequence
 
 import msgspec
@@ -35,6 +37,8 @@ from citibikes.gbfs.model import (
     QuarantinedRecord,
     StationInformation,
     StationStatus,
+    StationStatusColumns,
+    VehicleTypeCount,
 )
 
 PRODUCER_DEFAULTS: dict[str, Any] = {
@@ -84,11 +88,12 @@ def message_id(feed: str, system_id: str, station_id: str | None, last_updated: 
     """
     sha1 = _NAMESPACE_SHA1.copy()
     sha1.update(f"{feed}|{system_id}|{station_id}|{last_updated}".encode())
-    digest = bytearray(sha1.digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    hex_ = digest.hex()
-    return f"{hex_[:8]}-{hex_[8:12]}-{hex_[12:16]}-{hex_[16:20]}-{hex_[20:]}"
+    hex_ = sha1.digest()[:16].hex()
+    # version 5 in the 13th hex digit, the RFC 4122 variant in the top bits of the 17th
+    return f"{hex_[:8]}-{hex_[8:12]}-5{hex_[13:16]}-{_VARIANT[hex_[16]]}{hex_[17:20]}-{hex_[20:]}"
+
+
+_VARIANT = {digit: "89ab"[int(digit, 16) & 0x3] for digit in "0123456789abcdef"}
 
 
 @dataclass
@@ -129,7 +134,7 @@ class Publisher:
 
     def _publish(self, feed_key: str, feed: str, records: Sequence[Any]) -> None:
         topic = self._topics[feed_key]
-        encode = self._encoder.encode
+        encode, produce, on_delivery = self._encoder.encode, self._producer.produce, self._on_delivery
         schema, feed_header = str(SCHEMA_VERSION).encode(), feed.encode()
         snapshot: tuple[Any, ...] | None = None
         common: list[tuple[str, bytes]] = []
@@ -144,8 +149,13 @@ class Publisher:
                     ("last_updated", str(last_updated).encode()),
                     ("fetched_at", repr(fetched_at).encode()),
                 ]
-            headers = [("message_id", message_id(feed, system_id, record.station_id, last_updated).encode()), *common]
-            self._produce(topic, message_key(system_id, record.station_id or ""), encode(record), headers)
+            station_id = record.station_id
+            headers = [("message_id", message_id(feed, system_id, station_id, last_updated).encode()), *common]
+            key, value = f"{system_id}:{station_id or ''}".encode(), encode(record)  # key: message_key()
+            try:
+                produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+            except BufferError:  # local queue full: the retrying path
+                self._produce(topic, key, value, headers)
         self._queued[topic] = self._queued.get(topic, 0) + len(records)
         self._producer.poll(0)
 
@@ -180,17 +190,37 @@ class Publisher:
         return report
 
 
-def status_fingerprint(record: StationStatus) -> list:
-    """What counts as a change: counts and flags, not the heartbeat ``last_reported``.
+FINGERPRINT_FIELDS = ("num_bikes_available", "num_ebikes_available", "num_bikes_disabled", "num_docks_available",
+                      "num_docks_disabled", "is_installed", "is_renting", "is_returning")
+"""What counts as a change of a station's status (with its vehicle type counts): not the heartbeat
+``last_reported``."""
 
-    JSON-shaped (lists, not tuples) so the state round-trips through JSON and compares equal.
-    """
-    vehicle_types = [[v.vehicle_type_id, v.count] for v in record.vehicle_types_available or ()]
-    return [
-        record.num_bikes_available, record.num_ebikes_available, record.num_bikes_disabled,
-        record.num_docks_available, record.num_docks_disabled,
-        record.is_installed, record.is_renting, record.is_returning, vehicle_types,
-    ]
+
+def _vehicle_types_fingerprint(vehicle_types: Sequence[VehicleTypeCount] | None) -> tuple[tuple[str, int], ...]:
+    return tuple((v.vehicle_type_id, v.count) for v in vehicle_types) if vehicle_types else ()
+
+
+def status_fingerprint(record: StationStatus) -> tuple:
+    """The fingerprint of one station's status (see :data:`FINGERPRINT_FIELDS`); JSON-ready (an array)."""
+    return (*(getattr(record, name) for name in FINGERPRINT_FIELDS),
+            _vehicle_types_fingerprint(record.vehicle_types_available))
+
+
+def status_fingerprints(columns: StationStatusColumns) -> list[tuple]:
+    """:func:`status_fingerprint` of every record of a snapshot in columns, computed column-wise."""
+    vehicle_types = columns.vehicle_types_available
+    if any(vehicle_types):
+        vehicle_types = list(map(_vehicle_types_fingerprint, vehicle_types))
+    else:
+        vehicle_types = [()] * len(columns)
+    return list(zip(*(getattr(columns, name) for name in FINGERPRINT_FIELDS), vehicle_types))
+
+
+def _frozen_status_fingerprint(value: Any) -> Any:
+    """A status fingerprint read back from JSON (lists) as the tuple :func:`status_fingerprint` makes."""
+    if type(value) is list and value and type(value[-1]) is list:
+        return (*value[:-1], tuple(tuple(pair) if type(pair) is list else pair for pair in value[-1]))
+    return value
 
 
 _information_encoder = msgspec.json.Encoder()
@@ -212,6 +242,22 @@ class ChangeCaptureState(msgspec.Struct):
     last_snapshot_at: int = 0
 
 
+@dataclass
+class Selection:
+    """What change capture let through for one snapshot of one feed (see :meth:`ChangeCapture.select`)."""
+
+    records: list[Any]
+    """The records to publish, in feed order."""
+    station_ids: list[str]
+    fingerprints: list[Any]
+    """The fingerprint of each selected record (what :meth:`ChangeCapture.commit` remembers)."""
+    skipped: int
+    """Records left out as unchanged."""
+    full: bool
+    """A full snapshot: every record selected."""
+    last_updated: int
+
+
 class ChangeCapture:
     """Lets through only the stations that changed, plus a full snapshot every ``snapshot_every_s``."""
 
@@ -220,26 +266,40 @@ class ChangeCapture:
         self.state = state or ChangeCaptureState()
         self.snapshot_every_s = snapshot_every_s
         self.fingerprint = FINGERPRINTS[feed]
+        if feed == STATION_STATUS and self.state.fingerprints:  # from JSON: lists where the fingerprints have tuples
+            self.state.fingerprints = {station_id: _frozen_status_fingerprint(value)
+                                       for station_id, value in self.state.fingerprints.items()}
 
-    def select(self, records: Iterable[Any], last_updated: int) -> tuple[list[Any], int, bool]:
-        """(records to publish, number skipped as unchanged, whether this is a full snapshot)."""
+    def select(self, records: Sequence[Any] | StationStatusColumns, last_updated: int) -> Selection:
+        """The records to publish: those whose fingerprint changed, or all of them when a full snapshot is due.
+
+        ``records`` are structs, or a station_status snapshot in columns (then fingerprints are
+        computed column-wise and structs made only for the selected records).
+        """
         full = last_updated - self.state.last_snapshot_at >= self.snapshot_every_s
-        known, fingerprint = self.state.fingerprints, self.fingerprint
-        selected: list[Any] = []
-        skipped = 0
-        for record in records:
-            if full or known.get(record.station_id) != fingerprint(record):
-                selected.append(record)
-            else:
-                skipped += 1
-        return selected, skipped, full
-
-    def commit(self, published: Iterable[Any], last_updated: int, full: bool) -> None:
-        """Record what was delivered; call only after a successful flush."""
-        for record in published:
-            self.state.fingerprints[record.station_id] = self.fingerprint(record)
+        if isinstance(records, StationStatusColumns):
+            station_ids, fingerprints = records.station_id, status_fingerprints(records)
+        else:
+            station_ids = [record.station_id for record in records]
+            fingerprints = list(map(self.fingerprint, records))
         if full:
-            self.state.last_snapshot_at = last_updated
+            chosen: Sequence[int] = range(len(station_ids))
+        else:  # `!=` of the previous and the new fingerprint, station by station (None: never published)
+            chosen = list(compress(range(len(station_ids)),
+                                   map(ne, map(self.state.fingerprints.get, station_ids), fingerprints)))
+        if isinstance(records, StationStatusColumns):
+            selected = records.records(chosen)
+        else:
+            selected = list(records) if full else [records[i] for i in chosen]
+        if not full:
+            station_ids, fingerprints = [station_ids[i] for i in chosen], [fingerprints[i] for i in chosen]
+        return Selection(selected, list(station_ids), fingerprints, len(records) - len(chosen), full, last_updated)
+
+    def commit(self, selection: Selection) -> None:
+        """Record what was delivered; call only after a successful flush."""
+        self.state.fingerprints.update(zip(selection.station_ids, selection.fingerprints))
+        if selection.full:
+            self.state.last_snapshot_at = selection.last_updated
 
     def dumps(self) -> bytes:
         return msgspec.json.encode(self.state)
