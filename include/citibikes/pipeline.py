@@ -42,13 +42,15 @@ from citibikes.gbfs.normalize import normalize_information, normalize_status_col
 from citibikes.lake import Lake, RunRecord
 from citibikes.lake.store import (
     LakeFile,
-    encode_quarantine,
-    encode_station_information,
-    encode_station_status,
+    LakeTable,
+    encode_tables,
+    quarantine_tables,
     raw_file,
+    station_information_tables,
+    station_status_tables,
 )
 from citibikes.quality import validate
-from citibikes.stream.publish import ChangeCapture, Publisher, Selection
+from citibikes.stream.publish import ChangeCapture, Message, Publisher, Selection
 
 log = logging.getLogger("citibikes.pipeline")
 
@@ -216,21 +218,34 @@ def publish_validated(batches: Sequence[tuple[Validated, Mapping[str, ChangeCapt
 def queue_validated(batches: Sequence[tuple[Validated, Mapping[str, ChangeCapture]]],
                     publisher: Publisher) -> Queued:
     """The first half of :func:`publish_validated`: select and produce, without waiting for the broker."""
+    queued = stage_validated(batches, publisher)
+    queued.send()
+    return queued
+
+
+def stage_validated(batches: Sequence[tuple[Validated, Mapping[str, ChangeCapture]]], publisher: Publisher, *,
+                    after: Queued | None = None) -> Queued:
+    """Select each system's records to publish and encode their messages, without producing them yet.
+
+    ``after``: a batch sent but not confirmed yet with the same change captures; the selection is
+    made as if it were confirmed (see :meth:`ChangeCapture.select`). Backfill stages the next
+    snapshot while the broker acknowledges the previous one, then sends it once that one is confirmed.
+    """
+    pending = {id(captures[feed]): selection for captures, selections in (after.selections if after else [])
+               for feed, selection in selections}
     queued = Queued(publisher)
     for validated, captures in batches:
         selections: list[tuple[str, Selection]] = []
-        for feed, records, publish in (
-            (STATION_INFORMATION, validated.information, publisher.publish_information),
-            (STATION_STATUS, validated.status, publisher.publish_status),
-        ):
+        for feed, records in ((STATION_INFORMATION, validated.information), (STATION_STATUS, validated.status)):
             if not records:
                 continue
-            selection = captures[feed].select(records, validated.last_updated[feed])
-            publish(selection.records)
+            capture = captures[feed]
+            selection = capture.select(records, validated.last_updated[feed], after=pending.get(id(capture)))
+            queued.messages += publisher.messages(feed, selection.records)
             selections.append((feed, selection))
-        publisher.publish_quarantine(validated.quarantined)
+        queued.messages += publisher.messages("quarantine", validated.quarantined)
         skipped = sum(selection.skipped for _, selection in selections)
-        publisher.note_skipped(skipped)
+        queued.skipped += skipped
         queued.selections.append((captures, selections))
         queued.published.append(Published(
             sent=len(validated.quarantined) + sum(len(selection.records) for _, selection in selections),
@@ -244,13 +259,21 @@ def queue_validated(batches: Sequence[tuple[Validated, Mapping[str, ChangeCaptur
 
 @dataclass
 class Queued:
-    """Records handed to the producer, not acknowledged yet (see :func:`queue_validated`)."""
+    """Records selected and encoded (:func:`stage_validated`), then handed to the producer
+    (:meth:`send`), not acknowledged yet."""
 
     publisher: Publisher
     published: list[Published] = field(default_factory=list)
     """One per system, in the order of the batches."""
     selections: list[tuple[Mapping[str, ChangeCapture], list[tuple[str, Selection]]]] = field(default_factory=list)
     """Per system: its change captures and, per feed, what was selected."""
+    messages: list[Message] = field(default_factory=list)
+    skipped: int = 0
+
+    def send(self) -> None:
+        self.publisher.send(self.messages)
+        self.publisher.note_skipped(self.skipped)
+        self.messages = []
 
     def confirm(self) -> list[Published]:
         """Flush: raise DeliveryError unless every record was acknowledged; then advance change capture."""
@@ -272,16 +295,16 @@ def land_validated(validated: Validated, lake: Lake, *, information_changed: boo
 
 def encode_validated(validated: Validated, *, information_changed: bool = True) -> list[LakeFile]:
     """The files :func:`land_validated` writes, encoded (Parquet bytes) but not written."""
-    return [file for table, files in encode_tables(validated).items()
-            if table != "station_information" or information_changed for file in files]
+    return encode_tables(table for name, tables in validated_tables(validated).items()
+                         if name != "station_information" or information_changed for table in tables)
 
 
-def encode_tables(validated: Validated) -> dict[str, list[LakeFile]]:
-    """The Parquet files of each table of a validated step (station_information whenever it was given)."""
+def validated_tables(validated: Validated) -> dict[str, list[LakeTable]]:
+    """The lake tables of a validated step, by table name (station_information whenever it was given)."""
     return {
-        "station_status": encode_station_status(validated.status) if validated.status else [],
-        "station_information": encode_station_information(validated.information) if validated.information else [],
-        "quarantine": encode_quarantine(validated.quarantined) if validated.quarantined else [],
+        "station_status": station_status_tables(validated.status) if validated.status else [],
+        "station_information": station_information_tables(validated.information) if validated.information else [],
+        "quarantine": quarantine_tables(validated.quarantined) if validated.quarantined else [],
     }
 
 
@@ -335,11 +358,11 @@ def run_record(run_id: str, system_id: str, started_at: float, outcome: str, *,
 class Prepared(msgspec.Struct):
     """A snapshot validated and encoded, not yet published or landed (see :func:`prepare_snapshot`)."""
 
-    raw_files: list[tuple[str, bytes]] = []
+    raw_files: list[LakeFile] = []
     """The raw archive of the new bodies, when asked for (backfill); written before anything else."""
     validated: Validated | None = None
-    files: dict[str, list[tuple[str, bytes]]] = {}
-    """Parquet files per table (see :func:`encode_tables`)."""
+    files: dict[str, list[LakeFile]] = {}
+    """Parquet files per table name (see :func:`validated_tables`)."""
     error: str | None = None
     """Why preparing failed, in one line (then the step fails with it); ``detail`` has the traceback."""
     detail: str | None = None
@@ -353,7 +376,8 @@ def prepare_snapshot(fetched: Fetched, state: SystemState, quality: QualityConfi
     columns) -> Parquet bytes, and with ``archive`` the zstd raw archive of the bodies first.
 
     A function of its arguments only, so it can run in another process (:class:`SnapshotWorker`).
-    Errors do not escape: they are in ``error``.
+    Errors do not escape: they are in ``error``. (Encoding Parquet in the pipeline's own process,
+    in threads, was measured slower: the GIL hand-offs cost more than the encoding.)
     """
     prepared = Prepared()
     try:
@@ -364,61 +388,29 @@ def prepare_snapshot(fetched: Fetched, state: SystemState, quality: QualityConfi
             started = time.perf_counter()
             prepared.validated = validate_fetched(fetched, state, quality, reference_time=reference_time)
             encoding = time.perf_counter()
-            prepared.files = encode_tables(prepared.validated)
+            prepared.files = {name: encode_tables(tables) for name, tables in validated_tables(prepared.validated).items()}
             prepared.validate_s, prepared.encode_s = encoding - started, time.perf_counter() - encoding
-    except Exception as exc:  # noqa: BLE001 - the step fails with it (see apply_prepared)
+    except Exception as exc:  # noqa: BLE001 - the step fails with it (see stage_prepared)
         prepared.error, prepared.detail = one_line(exc), traceback.format_exc()
     return prepared
 
 
-def apply_prepared(prepared: Prepared, fetched: Fetched, *, settings: Settings, lake: Lake, publisher: Publisher,
-                   run_id: str, state: SystemState, captures: Mapping[str, ChangeCapture]
-                   ) -> tuple[RunRecord, Validated | None, SystemState]:
-    """The rest of :func:`process_snapshot`: archive, publish, land and record a prepared snapshot.
+def stage_prepared(prepared: Prepared, captures: Mapping[str, ChangeCapture], publisher: Publisher, *,
+                   after: Queued | None = None) -> Queued:
+    """Change capture's selection and the encoded messages of a prepared snapshot (see
+    :func:`stage_validated`); :class:`PrepareError` if preparing it failed."""
+    if prepared.error is not None:
+        raise PrepareError(prepared.error, prepared.detail)
+    if prepared.validated is None:
+        raise PrepareError("the snapshot holds no new station_status or station_information")
+    return stage_validated([(prepared.validated, captures)], publisher, after=after)
 
-    The raw archive is written first; then change capture selects, the records are produced and
-    flushed once, and only when the broker acknowledged every one of them are the Parquet files
-    written and change capture advanced (as in :func:`publish_validated` then :func:`land_validated`).
-    Errors do not escape: the run record says ``failed`` with the one-line reason.
-    """
-    started = time.time()
-    timer = StepTimer()
-    validated, published = prepared.validated, None
-    if validated is not None:
-        timer.durations["validate"] = prepared.validate_s
-    try:
-        # Files are written by threads (a write mostly waits for the disk, without the GIL): the raw
-        # archive while the records are produced and acknowledged, the Parquet files side by side.
-        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="lake-write") as writers:
-            archived = [writers.submit(lake.write_files, [file]) for file in prepared.raw_files]
-            try:
-                if prepared.error is not None:
-                    raise PrepareError(prepared.error, prepared.detail)
-                if not fetched.has_new_data:
-                    outcome, reason = no_data_outcome(fetched, state, settings.quality)
-                    return run_record(run_id, fetched.system_id, started, outcome, error=reason), None, \
-                        advance_state(state, fetched, None)
-                assert validated is not None
-                (published,) = timer("produce", publish_validated, [(validated, captures)], publisher)
-            finally:
-                for future in archived:
-                    future.result()
-            files = [file for table, files in prepared.files.items()
-                     if table != "station_information" or published.information_changed for file in files]
-            timer.durations["write"] = prepared.encode_s
-            timer("write", lambda: [future.result() for future in
-                                    [writers.submit(lake.write_files, [file]) for file in files]])
-        state = advance_state(state, fetched, validated)
-        outcome, reason = success_outcome(validated)
-        record = run_record(run_id, fetched.system_id, started, outcome, validated=validated,
-                            published=published, durations=timer.durations, error=reason)
-    except Exception as exc:  # noqa: BLE001 - recorded and reported by the caller
-        log.error("%s: %s", fetched.system_id, exc)
-        log.debug("%s failed: %s", fetched.system_id, getattr(exc, "detail", None) or "", exc_info=True)
-        record = run_record(run_id, fetched.system_id, started, "failed", validated=validated,
-                            published=published, durations=timer.durations, error=one_line(exc))
-    lake.write_run(record)
-    return record, validated, state
+
+def landed_files(prepared: Prepared, published: Published) -> list[LakeFile]:
+    """The Parquet files of a prepared snapshot to write once its records are acknowledged:
+    station_information only when its content changed (as :func:`land_validated`)."""
+    return [file for name, files in prepared.files.items()
+            if name != "station_information" or published.information_changed for file in files]
 
 
 class PrepareError(Exception):
@@ -427,21 +419,6 @@ class PrepareError(Exception):
     def __init__(self, reason: str, detail: str | None = None) -> None:
         super().__init__(reason)
         self.detail = detail
-
-
-def process_snapshot(fetched: Fetched, *, settings: Settings, lake: Lake, publisher: Publisher, run_id: str,
-                     state: SystemState, captures: Mapping[str, ChangeCapture],
-                     reference_time: float | None = None) -> tuple[RunRecord, Validated | None, SystemState]:
-    """Validate, publish and land one already-fetched snapshot in memory; record the run.
-
-    :func:`prepare_snapshot` then :func:`apply_prepared`, in this process. The caller owns ``state``
-    and ``captures`` (returned state is the advanced one). Errors do not escape: the run record says
-    ``failed`` with the one-line reason. Backfill runs the same two halves in two processes
-    (:func:`citibikes.replay.backfill.ingest_snapshots`).
-    """
-    prepared = prepare_snapshot(fetched, state, settings.quality, reference_time=reference_time)
-    return apply_prepared(prepared, fetched, settings=settings, lake=lake, publisher=publisher, run_id=run_id,
-                          state=state, captures=captures)
 
 
 class SnapshotWorker:

@@ -15,6 +15,7 @@ a failed snapshot included.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ from citibikes.pipeline import (
     validate_fetched,
 )
 from citibikes.quality import ValidationResult, validate
-from citibikes.replay.backfill import Snapshot, ingest_snapshots, new_change_capture
+from citibikes.replay.backfill import Snapshot, ingest_snapshot, ingest_snapshots, new_change_capture
 from citibikes.replay.evolve import ReplayFeed, resolve_system
 from citibikes.replay.recordings import recorded
 from citibikes.stream.publish import ChangeCapture, Publisher, status_fingerprint, status_fingerprints
@@ -279,16 +280,32 @@ def _snapshots() -> list[Snapshot]:
     return snapshots
 
 
-def _ingest(tmp_path: Path, worker: SnapshotWorker | None, failing_flushes: set[int]) -> dict[str, Any]:
+def _one_at_a_time(snapshots: list[Snapshot], system_id: str, *, settings: Any, lake: Any, publisher: Publisher,
+                   state: SystemState, captures: dict[str, ChangeCapture], worker: None) -> Any:
+    """The reference for ingest_snapshots' chain: each snapshot alone (prepare, send, confirm, land), a
+    failed one's station_information handed to the next."""
+    carried: Snapshot | None = None
+    for snapshot in snapshots:
+        if carried is not None and carried.information_body is not None and snapshot.information_body is None:
+            snapshot = dataclasses.replace(snapshot, information_last_updated=carried.information_last_updated,
+                                           information_body=carried.information_body)
+        record, state = ingest_snapshot(snapshot, system_id, settings=settings, lake=lake, publisher=publisher,
+                                        run_id=f"backfill__{system_id}__{snapshot.status_last_updated}",
+                                        state=state, captures=captures)
+        carried = snapshot if record.outcome == "failed" else None
+        yield snapshot, record, state
+
+
+def _ingest(tmp_path: Path, worker: SnapshotWorker | None, failing_flushes: set[int], ingest: Any = ingest_snapshots
+            ) -> dict[str, Any]:
     lake = open_lake(str(tmp_path))
     settings = load_settings({"CITIBIKES_FEED": "replay", "CITIBIKES_LAKE_URI": str(tmp_path)})
     producer = FlakyProducer(failing_flushes)
     publisher = Publisher(producer, TOPICS)  # type: ignore[arg-type]
     captures = new_change_capture(900)
     runs, states = [], []
-    for snapshot, record, state in ingest_snapshots(_snapshots(), "citibike", settings=settings, lake=lake,
-                                                    publisher=publisher, state=SystemState(), captures=captures,
-                                                    worker=worker):
+    for snapshot, record, state in ingest(_snapshots(), "citibike", settings=settings, lake=lake,
+                                          publisher=publisher, state=SystemState(), captures=captures, worker=worker):
         runs.append((snapshot.status_last_updated, record.outcome, record.error, record.stations_information,
                      record.stations_status, record.stations_valid, record.stations_quarantined,
                      record.stations_published))
@@ -300,9 +317,10 @@ def _ingest(tmp_path: Path, worker: SnapshotWorker | None, failing_flushes: set[
             "captures": {feed: capture.dumps() for feed, capture in captures.items()}}
 
 
-def test_the_worker_process_gives_what_one_process_gives(tmp_path: Path) -> None:
+def test_the_chained_backfill_gives_what_one_snapshot_at_a_time_gives(tmp_path: Path) -> None:
     failing = {1, 4}  # the first snapshot (it brings station_information) and a later one are not acknowledged
     alone = _ingest(tmp_path / "alone", None, failing)
+    assert alone == _ingest(tmp_path / "one-at-a-time", None, failing, _one_at_a_time)
     with SnapshotWorker() as worker:
         together = _ingest(tmp_path / "worker", worker, failing)
         again = _ingest(tmp_path / "again", worker, set())  # the same worker, reused

@@ -114,35 +114,52 @@ def group_by(records: Sequence[T], key: Callable[[T], Hashable]) -> dict[Hashabl
 
 # Encoding needs no lake (a worker process prepares files that the pipeline's process writes).
 
-def encode_station_status(records: Sequence[StationStatus] | StationStatusColumns) -> list[LakeFile]:
-    """One Parquet file per (system, ``last_updated``): a snapshot in columns is one file."""
+LakeTable = tuple[str, pa.Table]
+"""A lake file's key and its table, before encoding to Parquet (:func:`encode_tables`)."""
+
+
+def station_status_tables(records: Sequence[StationStatus] | StationStatusColumns) -> list[LakeTable]:
+    """One table per (system, ``last_updated``): a snapshot in columns is one table."""
     if isinstance(records, StationStatusColumns):
         if not len(records):
             return []
-        key = layout.curated_key("station_status", records.system_id, records.last_updated)
-        return [(key, parquet_bytes(build_table("station_status", records)))]
-    return _encode_snapshots("station_status", records)
+        return [(layout.curated_key("station_status", records.system_id, records.last_updated),
+                 build_table("station_status", records))]
+    return _snapshot_tables("station_status", records)
+
+
+def station_information_tables(records: Sequence[StationInformation]) -> list[LakeTable]:
+    return _snapshot_tables("station_information", records)
+
+
+def quarantine_tables(records: Sequence[QuarantinedRecord]) -> list[LakeTable]:
+    """One table per (system, feed, ``last_updated``)."""
+    groups = group_by(records, attrgetter("system_id", "feed", "last_updated"))
+    return [(layout.quarantine_key(system_id, feed, last_updated), build_table("quarantine", group))
+            for (system_id, feed, last_updated), group in groups.items()]
+
+
+def _snapshot_tables(table: str, records: Sequence[Any]) -> list[LakeTable]:
+    groups = group_by(records, attrgetter("system_id", "last_updated"))
+    return [(layout.curated_key(table, system_id, last_updated), build_table(table, group))
+            for (system_id, last_updated), group in groups.items()]
+
+
+def encode_tables(tables: Iterable[LakeTable]) -> list[LakeFile]:
+    """Tables as Parquet files."""
+    return [(key, parquet_bytes(table)) for key, table in tables]
+
+
+def encode_station_status(records: Sequence[StationStatus] | StationStatusColumns) -> list[LakeFile]:
+    return encode_tables(station_status_tables(records))
 
 
 def encode_station_information(records: Sequence[StationInformation]) -> list[LakeFile]:
-    return _encode_snapshots("station_information", records)
+    return encode_tables(station_information_tables(records))
 
 
 def encode_quarantine(records: Sequence[QuarantinedRecord]) -> list[LakeFile]:
-    """One Parquet file per (system, feed, ``last_updated``)."""
-    groups = group_by(records, attrgetter("system_id", "feed", "last_updated"))
-    return [
-        (layout.quarantine_key(system_id, feed, last_updated), parquet_bytes(build_table("quarantine", group)))
-        for (system_id, feed, last_updated), group in groups.items()
-    ]
-
-
-def _encode_snapshots(table: str, records: Sequence[Any]) -> list[LakeFile]:
-    groups = group_by(records, attrgetter("system_id", "last_updated"))
-    return [
-        (layout.curated_key(table, system_id, last_updated), parquet_bytes(build_table(table, group)))
-        for (system_id, last_updated), group in groups.items()
-    ]
+    return encode_tables(quarantine_tables(records))
 
 
 def raw_file(system_id: str, feed: str, last_updated: int, payload: bytes) -> LakeFile:
@@ -206,7 +223,18 @@ class Lake:
         return self.storage.put(key, parquet_bytes(build_table("pipeline_runs", [record])))
 
     def write_runs(self, runs: Iterable[RunRecord | Mapping[str, Any]]) -> list[str]:
-        return [self.write_run(run) for run in runs]
+        """Many runs in few files: one per system and UTC date of their start, named after the first
+        and last run (backfill lands hundreds of snapshots a second, each a run). One run is written
+        as :meth:`write_run` does."""
+        records = [run if isinstance(run, RunRecord) else RunRecord.from_mapping(run) for run in runs]
+        groups = group_by(records, lambda r: (r.system_id, layout.utc_date_hour(r.started_at)[0]))
+        keys = []
+        for group in groups.values():
+            first, last = group[0], group[-1]
+            run_id = first.run_id if len(group) == 1 else f"{first.run_id}--{last.run_id}"
+            key = layout.run_key(run_id, first.system_id, first.started_at)
+            keys.append(self.storage.put(key, parquet_bytes(build_table("pipeline_runs", group))))
+        return keys
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ about their content. Files are therefore recognized by what they hold (a station
 station_information document; anything else is skipped and counted), ordered by their own
 ``last_updated``, and each status snapshot is paired with the latest information at or before it.
 Every snapshot then goes through the same validate -> publish -> land path as live runs
-(:func:`citibikes.pipeline.process_snapshot`).
+(:func:`ingest_snapshots`).
 
 Idempotent: each snapshot's run id is derived from the system and its ``last_updated``, and a
 snapshot whose run already succeeded is skipped, so running the same backfill twice changes
@@ -18,9 +18,11 @@ import bisect
 import dataclasses
 import logging
 import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import msgspec
 
@@ -33,10 +35,17 @@ from citibikes.lake.store import ZSTD_MAGIC, decompress_raw
 from citibikes.pipeline import (
     Fetched,
     InlinePreparer,
+    Prepared,
+    Published,
+    Queued,
     SnapshotWorker,
     SystemState,
     advance_state,
-    apply_prepared,
+    landed_files,
+    one_line,
+    run_record,
+    stage_prepared,
+    success_outcome,
 )
 from citibikes.stream.publish import ChangeCapture, Publisher
 
@@ -212,51 +221,184 @@ def ingest_snapshot(snapshot: Snapshot, system_id: str, *, settings: Settings, l
     return record, state
 
 
+RUNS_PER_FILE = 500
+"""Backfill's run records are written to the lake in files of this many runs (and at the end)."""
+
+
+@dataclass
+class _Step:
+    """One snapshot on its way through :func:`ingest_snapshots`."""
+
+    snapshot: Snapshot
+    fetched: Fetched
+    prepared: Prepared
+    run_id: str
+    started: float
+    state_after: SystemState
+    """The state once this snapshot is landed (the state before it, if preparing it failed)."""
+    archived: list[Future[Any]]
+    """Writing the raw archive of the bodies."""
+    queued: Queued | None = None
+    confirming: Future[Any] | None = None
+    produce_s: float = 0.0
+
+
 def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings: Settings, lake: Lake,
                      publisher: Publisher, state: SystemState, captures: dict[str, ChangeCapture],
                      run_id: Callable[[Snapshot], str] | None = None, worker: SnapshotWorker | None = None,
-                     ) -> Iterator[tuple[Snapshot, RunRecord, SystemState]]:
-    """:func:`ingest_snapshot` for each snapshot, in order; yields each one's run record and the state after it.
+                     runs_per_file: int = RUNS_PER_FILE) -> Iterator[tuple[Snapshot, RunRecord, SystemState]]:
+    """Ingest the snapshots in order; yield each one's run record and the state after it.
 
-    With a ``worker`` (:class:`~citibikes.pipeline.SnapshotWorker`, another process) the next
-    snapshot is prepared - raw archive compressed, validated, Parquet encoded - while this process
-    publishes and lands the current one, so both cores work. Snapshots are still applied one after
-    the other, each only once the previous one is landed. The next snapshot is prepared as if the
-    current one succeeds (with the state it leaves); when it fails instead, that work is dropped and
-    the next snapshot prepared again from the real state, carrying the station_information the
-    failed one brought. The result is the same as without a worker, snapshot by snapshot.
+    Each snapshot goes through the live path's steps: archive the raw bodies, validate, select the
+    changed stations, produce them, wait until the broker acknowledged every record, and only then
+    write the Parquet files and advance change capture and the state. Three snapshots are in hand at
+    once, each a step further, so that both cores and the broker work all the time:
+
+    * the next one is prepared (:func:`~citibikes.pipeline.prepare_snapshot`: raw archive
+      compressed, validated, Parquet encoded) by ``worker``, another process, if given;
+    * this one is staged - selected and encoded - while the broker acknowledges the previous one;
+    * once that one is confirmed and landed, this one is sent.
+
+    Work ahead is done as if the snapshots before it succeed. When one fails instead, the work
+    done for the later ones is dropped and they are prepared again from the real state (carrying
+    the station_information the failed one brought), so the result is the same, snapshot by
+    snapshot, as ingesting them one at a time. Run records are written ``runs_per_file`` to a file.
     """
     preparer: SnapshotWorker | InlinePreparer = worker if worker is not None else InlinePreparer()
     run_id = run_id or (lambda snapshot: f"backfill__{system_id}__{snapshot.status_last_updated}")
-    pending = iter(snapshots)
+    source = iter(snapshots)
+    retry: list[Snapshot] = []  # taken from the source, to prepare again after a failure
 
-    def submit(snapshot: Snapshot, state: SystemState) -> None:
-        preparer.submit(snapshot_fetched(snapshot, system_id), state, settings.quality,
+    def take() -> Snapshot | None:
+        return retry.pop() if retry else next(source, None)
+
+    def submit(snapshot: Snapshot, assumed: SystemState) -> None:
+        preparer.submit(snapshot_fetched(snapshot, system_id), assumed, settings.quality,
                         reference_time=float(snapshot.status_last_updated), archive=True)
 
-    current = next(pending, None)
+    runs: list[RunRecord] = []
+    sent: _Step | None = None  # produced, being acknowledged
+    current, assumed = take(), state  # assumed: the state `current` is prepared with
+    with ThreadPoolExecutor(1, thread_name_prefix="kafka-flush") as flusher, \
+            ThreadPoolExecutor(3, thread_name_prefix="lake-write") as writers:
+        try:
+            if current is not None:
+                submit(current, assumed)
+            while current is not None or sent is not None:
+                step, upcoming, failure = None, None, None
+                if current is not None:
+                    step = _receive(current, preparer.result(), system_id, run_id(current), assumed, lake, writers)
+                    upcoming = take()
+                    if upcoming is not None:
+                        if step.prepared.error is not None:
+                            upcoming = _carry_information(current, upcoming)
+                        assumed = step.state_after
+                        submit(upcoming, assumed)
+                    try:
+                        began = time.perf_counter()
+                        step.queued = stage_prepared(step.prepared, captures, publisher,
+                                                     after=sent.queued if sent else None)
+                        step.produce_s = time.perf_counter() - began
+                    except Exception as exc:  # noqa: BLE001 - the step fails with it
+                        failure = exc
+                if sent is not None:
+                    record = _land(sent, captures, lake, writers)
+                    runs.append(record)
+                    yield sent.snapshot, record, (sent.state_after if record.outcome != "failed" else state)
+                    if record.outcome != "failed":
+                        state = sent.state_after
+                    elif step is not None:  # everything after it was done as if it succeeded: again
+                        preparer.drain()
+                        if upcoming is not None:
+                            retry.append(upcoming)
+                        current, assumed, sent = _carry_information(sent.snapshot, step.snapshot), state, None
+                        submit(current, assumed)
+                        continue
+                    sent = None
+                if step is not None and failure is None:
+                    began = time.perf_counter()
+                    assert step.queued is not None
+                    step.queued.send()
+                    step.confirming = flusher.submit(publisher.flush)
+                    step.produce_s += time.perf_counter() - began
+                    sent = step
+                elif step is not None:
+                    record = _failed(step, failure)
+                    runs.append(record)
+                    yield step.snapshot, record, state
+                    if step.prepared.error is None and upcoming is not None:  # prepared as if this one succeeded
+                        preparer.drain()
+                        upcoming = _carry_information(step.snapshot, upcoming)
+                        assumed = state
+                        submit(upcoming, assumed)
+                if len(runs) >= runs_per_file:
+                    lake.write_runs(runs)
+                    runs = []
+                current = upcoming
+        finally:
+            preparer.drain()  # nothing of this call may be left for the worker's next user
+            if sent is not None and sent.confirming is not None:  # stopped early: never leave a flush behind
+                sent.confirming.exception()
+            if runs:
+                lake.write_runs(runs)
+
+
+def _receive(snapshot: Snapshot, prepared: Prepared, system_id: str, run_id: str, state: SystemState, lake: Lake,
+             writers: ThreadPoolExecutor) -> _Step:
+    """A prepared snapshot, its raw archive handed to the writer threads (the archive comes first,
+    whatever follows)."""
+    fetched = snapshot_fetched(snapshot, system_id)
+    ok = prepared.error is None and prepared.validated is not None
+    return _Step(snapshot=snapshot, fetched=fetched, prepared=prepared, run_id=run_id, started=time.time(),
+                 state_after=advance_state(state, fetched, prepared.validated) if ok else state,
+                 archived=[writers.submit(lake.write_files, [file]) for file in prepared.raw_files])
+
+
+def _land(step: _Step, captures: Mapping[str, ChangeCapture], lake: Lake, writers: ThreadPoolExecutor) -> RunRecord:
+    """Wait for the broker's acknowledgements of a sent step; then write its files and advance change capture."""
+    assert step.queued is not None and step.confirming is not None and step.prepared.validated is not None
+    validated = step.prepared.validated
+    durations = {"validate": step.prepared.validate_s, "write": step.prepared.encode_s}
+    published = None
     try:
-        if current is not None:
-            submit(current, state)
-        while current is not None:
-            fetched = snapshot_fetched(current, system_id)
-            prepared = preparer.result()
-            upcoming = next(pending, None)
-            if upcoming is not None:  # as if `current` succeeds
-                ok = prepared.error is None and prepared.validated is not None
-                submit(upcoming, advance_state(state, fetched, prepared.validated) if ok else state)
-            record, _, after = apply_prepared(prepared, fetched, settings=settings, lake=lake, publisher=publisher,
-                                              run_id=run_id(current), state=state, captures=captures)
-            if record.outcome == "failed" and upcoming is not None:
-                preparer.result()  # prepared for a state that did not come true
-                if upcoming.information_body is None and current.information_body is not None:
-                    upcoming = dataclasses.replace(upcoming, information_last_updated=current.information_last_updated,
-                                                   information_body=current.information_body)
-                submit(upcoming, after)
-            yield current, record, after
-            state, current = after, upcoming
-    finally:
-        preparer.drain()  # nothing of this call may be left for the worker's next user
+        began = time.perf_counter()
+        try:
+            step.confirming.result()  # DeliveryError unless every record was acknowledged
+        finally:
+            durations["produce"] = step.produce_s + time.perf_counter() - began
+        (published,) = step.queued.published
+        for captures_, selections in step.queued.selections:
+            for feed, selection in selections:
+                captures_[feed].commit(selection)
+        began = time.perf_counter()
+        for future in [*step.archived, *(writers.submit(lake.write_files, [file])
+                                         for file in landed_files(step.prepared, published))]:
+            future.result()
+        durations["write"] += time.perf_counter() - began
+        outcome, reason = success_outcome(validated)
+        return run_record(step.run_id, step.fetched.system_id, step.started, outcome, validated=validated,
+                          published=published, durations=durations, error=reason)
+    except Exception as exc:  # noqa: BLE001 - recorded and reported by the caller
+        return _failed(step, exc, durations, published)
+
+
+def _failed(step: _Step, exc: BaseException | None, durations: Mapping[str, float] | None = None,
+            published: Published | None = None) -> RunRecord:
+    for future in step.archived:  # the raw archive is kept whatever happens after it
+        future.exception()
+    log.error("%s: %s", step.fetched.system_id, exc)
+    log.debug("%s failed: %s", step.fetched.system_id, getattr(exc, "detail", None) or "", exc_info=exc)
+    return run_record(step.run_id, step.fetched.system_id, step.started, "failed", validated=step.prepared.validated,
+                      published=published, durations=durations, error=one_line(exc) if exc else "failed")
+
+
+def _carry_information(failed: Snapshot, following: Snapshot) -> Snapshot:
+    """``following``, with the station_information ``failed`` brought when it has none of its own
+    (that information was never landed, and ``following`` is paired with it)."""
+    if following.information_body is None and failed.information_body is not None:
+        return dataclasses.replace(following, information_last_updated=failed.information_last_updated,
+                                   information_body=failed.information_body)
+    return following
 
 
 def backfill(folder: Path, system_id: str, *, settings: Settings, lake: Lake, publisher: Publisher,

@@ -59,6 +59,10 @@ _NAMESPACE = uuid.UUID("6f1c7d0e-2f7b-4c61-9d1e-6a1f0b9b1e55")
 _NAMESPACE_SHA1 = hashlib.sha1(_NAMESPACE.bytes)
 
 
+Message = tuple[str, bytes, bytes, list[tuple[str, bytes]]]
+"""An encoded Kafka message: topic, key, value, headers."""
+
+
 class DeliveryError(RuntimeError):
     """Some records were not acknowledged by the broker; the step must fail and be retried."""
 
@@ -132,12 +136,16 @@ class Publisher:
             except BufferError:  # local queue full: let librdkafka drain, then retry this record
                 self._producer.poll(0.05)
 
-    def _publish(self, feed_key: str, feed: str, records: Sequence[Any]) -> None:
-        topic = self._topics[feed_key]
-        encode, produce, on_delivery = self._encoder.encode, self._producer.produce, self._on_delivery
+    def messages(self, feed: str, records: Sequence[Any]) -> list[Message]:
+        """The Kafka messages of ``records`` of ``feed`` (``station_information``, ``station_status`` or
+        ``quarantine``), encoded but not produced (see :meth:`send`)."""
+        topic = self._topics[feed]
+        encode = self._encoder.encode
         schema, feed_header = str(SCHEMA_VERSION).encode(), feed.encode()
         snapshot: tuple[Any, ...] | None = None
         common: list[tuple[str, bytes]] = []
+        messages: list[Message] = []
+        append = messages.append
         for record in records:
             system_id, last_updated, fetched_at = record.system_id, record.last_updated, record.fetched_at
             if snapshot != (system_id, last_updated, fetched_at):  # the same for all records of a snapshot
@@ -150,23 +158,33 @@ class Publisher:
                     ("fetched_at", repr(fetched_at).encode()),
                 ]
             station_id = record.station_id
-            headers = [("message_id", message_id(feed, system_id, station_id, last_updated).encode()), *common]
-            key, value = f"{system_id}:{station_id or ''}".encode(), encode(record)  # key: message_key()
+            append((topic, f"{system_id}:{station_id or ''}".encode(),  # the key: message_key()
+                    encode(record),
+                    [("message_id", message_id(feed, system_id, station_id, last_updated).encode()), *common]))
+        return messages
+
+    def send(self, messages: Sequence[Message]) -> None:
+        """Hand encoded messages to the producer (no waiting for the broker: see :meth:`flush`)."""
+        produce, on_delivery, queued = self._producer.produce, self._on_delivery, self._queued
+        for topic, key, value, headers in messages:
             try:
                 produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
             except BufferError:  # local queue full: the retrying path
                 self._produce(topic, key, value, headers)
-        self._queued[topic] = self._queued.get(topic, 0) + len(records)
+            queued[topic] = queued.get(topic, 0) + 1
         self._producer.poll(0)
 
+    def _publish(self, feed: str, records: Sequence[Any]) -> None:
+        self.send(self.messages(feed, records))
+
     def publish_information(self, records: Sequence[StationInformation]) -> None:
-        self._publish(STATION_INFORMATION, STATION_INFORMATION, records)
+        self._publish(STATION_INFORMATION, records)
 
     def publish_status(self, records: Sequence[StationStatus]) -> None:
-        self._publish(STATION_STATUS, STATION_STATUS, records)
+        self._publish(STATION_STATUS, records)
 
     def publish_quarantine(self, records: Sequence[QuarantinedRecord]) -> None:
-        self._publish("quarantine", "quarantine", records)
+        self._publish("quarantine", records)
 
     def note_skipped(self, count: int) -> None:
         self._skipped += count
@@ -270,13 +288,21 @@ class ChangeCapture:
             self.state.fingerprints = {station_id: _frozen_status_fingerprint(value)
                                        for station_id, value in self.state.fingerprints.items()}
 
-    def select(self, records: Sequence[Any] | StationStatusColumns, last_updated: int) -> Selection:
+    def select(self, records: Sequence[Any] | StationStatusColumns, last_updated: int,
+               after: Selection | None = None) -> Selection:
         """The records to publish: those whose fingerprint changed, or all of them when a full snapshot is due.
 
         ``records`` are structs, or a station_status snapshot in columns (then fingerprints are
-        computed column-wise and structs made only for the selected records).
+        computed column-wise and structs made only for the selected records). ``after``: a selection
+        sent but not committed yet; this one is made as if it were committed (backfill selects the
+        next snapshot while the broker acknowledges the previous one).
         """
-        full = last_updated - self.state.last_snapshot_at >= self.snapshot_every_s
+        known, last_snapshot_at = self.state.fingerprints, self.state.last_snapshot_at
+        if after is not None:
+            known = {**known, **dict(zip(after.station_ids, after.fingerprints))}
+            if after.full:
+                last_snapshot_at = after.last_updated
+        full = last_updated - last_snapshot_at >= self.snapshot_every_s
         if isinstance(records, StationStatusColumns):
             station_ids, fingerprints = records.station_id, status_fingerprints(records)
         else:
@@ -286,7 +312,7 @@ class ChangeCapture:
             chosen: Sequence[int] = range(len(station_ids))
         else:  # `!=` of the previous and the new fingerprint, station by station (None: never published)
             chosen = list(compress(range(len(station_ids)),
-                                   map(ne, map(self.state.fingerprints.get, station_ids), fingerprints)))
+                                   map(ne, map(known.get, station_ids), fingerprints)))
         if isinstance(records, StationStatusColumns):
             selected = records.records(chosen)
         else:
