@@ -6,10 +6,9 @@ parse, normalize, validate, change capture, produce to the broker and wait for i
 acknowledgements, write the Parquet snapshot, advance the state and record the run. As in
 ``citibikes backfill``, a worker process (:class:`citibikes.pipeline.SnapshotWorker`, started once
 before the passes, like the producer) prepares the next snapshot - raw archive, validation, Parquet
-bytes - while this process publishes and lands the current one; ``--no-worker`` does both halves in
-this process, as :func:`~citibikes.replay.backfill.ingest_snapshot` does. Records are station_status
-observations (one per station per snapshot); ms per snapshot is the time between two landed
-snapshots.
+bytes - while this process stages one snapshot and the broker acknowledges the one before;
+``--no-worker`` prepares in this process instead. Records are station_status observations (one per
+station per snapshot); ms per snapshot is the time between two landed snapshots.
 
 * Input: ``--snapshots`` minute snapshots of Citi Bike (2,208 stations) from the offline replay feed
   (:mod:`citibikes.replay.evolve`), rendered to bytes before timing. station_information comes with
@@ -396,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-passes", type=int, default=1, help="untimed passes first (default 1)")
     parser.add_argument("--baseline-snapshots", type=int, default=2, help="snapshots for the naive baseline (default 2)")
     parser.add_argument("--no-worker", dest="worker", action="store_false",
-                        help="prepare snapshots in this process instead of a worker process, as ingest_snapshot does")
+                        help="prepare snapshots in this process instead of a worker process")
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
     args = parser.parse_args(argv)
     if args.snapshots < 2 or args.repeat < 1 or args.baseline_snapshots < 1:

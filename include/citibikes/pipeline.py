@@ -3,7 +3,8 @@
 The minute DAG, ``citibikes run`` and ``citibikes backfill`` all go through these functions, so
 there is one pipeline, not three. The stages are separate functions because the DAG runs each in
 its own task over all systems (:mod:`citibikes.stages`, which ``citibikes run`` calls too), while
-backfill chains them in memory for one recorded snapshot at a time (:func:`process_snapshot`).
+backfill chains them in memory over recorded snapshots (:func:`prepare_snapshot` in a worker
+process, then :func:`stage_prepared`; see :func:`citibikes.replay.backfill.ingest_snapshots`).
 
 State that must survive between runs lives in the lake under ``_state/<system>/``: the HTTP
 client's validators and ttl (so unchanged feeds are not refetched or re-emitted), the capacity of
