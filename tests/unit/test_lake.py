@@ -511,6 +511,20 @@ def test_runs_table_from_dataclasses_and_dicts(lake: Lake) -> None:
     ).fetchall() == [("success", 3.5, 5)]
 
 
+def test_many_runs_share_a_file_per_system_and_date(lake: Lake) -> None:
+    day = 86_400
+    runs = [RunRecord(run_id=f"backfill__citibike__{i}", system_id="citibike", started_at=SNAPSHOT_AT + i,
+                      outcome="success") for i in range(3)]
+    runs.append(RunRecord(run_id="backfill__citibike__next-day", system_id="citibike",
+                          started_at=SNAPSHOT_AT + day, outcome="failed", error="boom"))
+    keys = lake.write_runs(runs)
+    assert keys == [
+        "pipeline_runs/date=2024-03-13/backfill__citibike__0--backfill__citibike__2-citibike.parquet",
+        "pipeline_runs/date=2024-03-14/backfill__citibike__next-day-citibike.parquet",
+    ]
+    assert sorted(lake.read_runs("citibike"), key=lambda r: r.started_at) == runs
+
+
 def test_run_records_refuse_unknown_outcomes_and_fields() -> None:
     with pytest.raises(LakeError, match="outcome 'ok' is unknown; use one of success, no_new_data, stale, failed, skipped"):
         RunRecord(run_id="r", system_id="citibike", started_at=0.0, outcome="ok")
