@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 import msgspec
 
-from citibikes.config import QualityConfig, Settings, SystemConfig
+from citibikes.config import QualityConfig, SystemConfig
 from citibikes.gbfs.client import ClientState, FetchResult, GbfsClient
 from citibikes.gbfs.errors import FeedError
 from citibikes.gbfs.model import (
@@ -323,19 +323,7 @@ def advance_state(state: SystemState, fetched: Fetched, validated: Validated | N
     )
 
 
-# -- one whole step, in memory (CLI run and backfill) -------------------------------------------
-
-@dataclass
-class StepTimer:
-    durations: dict[str, float] = field(default_factory=dict)
-
-    def __call__(self, stage: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return func(*args, **kwargs)
-        finally:
-            self.durations[stage] = self.durations.get(stage, 0.0) + time.perf_counter() - started
-
+# -- run records and backfill's steps in memory ---------------------------------------------------
 
 def run_record(run_id: str, system_id: str, started_at: float, outcome: str, *,
                validated: Validated | None = None, published: Published | None = None,

@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 from itertools import compress
 from operator import ne
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import msgspec
 from confluent_kafka import KafkaError, Producer
