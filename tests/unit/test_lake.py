@@ -25,7 +25,7 @@ from citibikes.config import load_settings
 from citibikes.gbfs.model import QuarantinedRecord, StationInformation, StationStatus, VehicleTypeCount
 from citibikes.lake import filesystem, layout
 from citibikes.lake.errors import LakeError
-from citibikes.lake.store import Lake, compress_raw, decompress_raw, lake_from_settings, open_lake
+from citibikes.lake.store import Lake, compress_raw, decompress_raw, encode_station_status, lake_from_settings, open_lake
 from citibikes.lake.tables import (
     PIPELINE_RUNS_SCHEMA,
     STATION_STATUS_SCHEMA,
@@ -454,7 +454,7 @@ def test_status_parquet_is_an_order_of_magnitude_smaller_than_the_feed(first_sta
 
 def test_encoded_files_are_the_bytes_the_writers_write(lake: Lake, tmp_path: Path,
                                                        first_status: list[StationStatus]) -> None:
-    files = lake.encode_station_status(first_status)
+    files = encode_station_status(first_status)
     assert [key for key, _ in files] == [layout.curated_key("station_status", "citibike", SNAPSHOT_AT)]
     assert lake.files("station_status") == []  # encoding writes nothing
     assert lake.write_files(files) == [files[0][0]]

@@ -184,29 +184,20 @@ class Lake:
         return self.storage.filesystem
 
     # -- writing -----------------------------------------------------------------------------
-    # The ``encode_*`` methods make the files of a table (key and Parquet bytes) without writing
-    # them, so a caller can prepare them while it waits for something else (the pipeline encodes
-    # while Kafka acknowledges); ``write_files`` writes them. ``write_*`` does both.
+    # The module's ``encode_*`` functions make the files of a table (key and Parquet bytes) without
+    # writing them, so a caller can prepare them elsewhere (backfill's worker process);
+    # ``write_files`` writes them. ``write_*`` does both.
 
-    def write_station_status(self, records: Sequence[StationStatus]) -> list[str]:
+    def write_station_status(self, records: Sequence[StationStatus] | StationStatusColumns) -> list[str]:
         """One Parquet file per (system, ``last_updated``); returns the keys written."""
-        return self.write_files(self.encode_station_status(records))
+        return self.write_files(encode_station_status(records))
 
     def write_station_information(self, records: Sequence[StationInformation]) -> list[str]:
-        return self.write_files(self.encode_station_information(records))
+        return self.write_files(encode_station_information(records))
 
     def write_quarantine(self, records: Sequence[QuarantinedRecord]) -> list[str]:
         """One Parquet file per (system, feed, ``last_updated``); returns the keys written."""
-        return self.write_files(self.encode_quarantine(records))
-
-    def encode_station_status(self, records: Sequence[StationStatus] | StationStatusColumns) -> list[LakeFile]:
-        return encode_station_status(records)
-
-    def encode_station_information(self, records: Sequence[StationInformation]) -> list[LakeFile]:
-        return encode_station_information(records)
-
-    def encode_quarantine(self, records: Sequence[QuarantinedRecord]) -> list[LakeFile]:
-        return encode_quarantine(records)
+        return self.write_files(encode_quarantine(records))
 
     def write_files(self, files: Iterable[LakeFile]) -> list[str]:
         """Write encoded files (see ``encode_*``) in order, each atomically; returns their keys."""

@@ -161,8 +161,9 @@ def pair(snapshots: Iterable[SnapshotFile]) -> list[tuple[SnapshotFile, Snapshot
     return pairs
 
 
-def run_id_for(system_id: str, status: SnapshotFile) -> str:
-    return f"backfill__{system_id}__{status.last_updated}"
+def run_id_for(system_id: str, status_last_updated: int) -> str:
+    """The run id of the backfill of one status snapshot: the same for the same snapshot, every time."""
+    return f"backfill__{system_id}__{status_last_updated}"
 
 
 @dataclass
@@ -265,7 +266,7 @@ def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings:
     snapshot, as ingesting them one at a time. Run records are written ``runs_per_file`` to a file.
     """
     preparer: SnapshotWorker | InlinePreparer = worker if worker is not None else InlinePreparer()
-    run_id = run_id or (lambda snapshot: f"backfill__{system_id}__{snapshot.status_last_updated}")
+    run_id = run_id or (lambda snapshot: run_id_for(system_id, snapshot.status_last_updated))
     source = iter(snapshots)
     retry: list[Snapshot] = []  # taken from the source, to prepare again after a failure
 
@@ -413,7 +414,7 @@ def backfill(folder: Path, system_id: str, *, settings: Settings, lake: Lake, pu
     pairs = pair(found.snapshots)
     report = BackfillReport(snapshots=len(pairs), skipped_files=found.skipped)
     done = {run.run_id for run in lake.read_runs(system_id) if run.outcome == "success"}
-    todo = [(status, information) for status, information in pairs if run_id_for(system_id, status) not in done]
+    todo = [(status, information) for status, information in pairs if run_id_for(system_id, status.last_updated) not in done]
     report.already_done = len(pairs) - len(todo)
     names = {status.last_updated: status.path.name for status, _ in todo}
 
