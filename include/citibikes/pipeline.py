@@ -228,20 +228,21 @@ def stage_validated(batches: Sequence[tuple[Validated, Mapping[str, ChangeCaptur
                     after: Queued | None = None) -> Queued:
     """Select each system's records to publish and encode their messages, without producing them yet.
 
-    ``after``: a batch sent but not confirmed yet with the same change captures; the selection is
-    made as if it were confirmed (see :meth:`ChangeCapture.select`). Backfill stages the next
-    snapshot while the broker acknowledges the previous one, then sends it once that one is confirmed.
+    ``after``: the last batch staged with the same change captures and not confirmed yet (maybe
+    itself staged after others); the selections are made as if those were confirmed (see
+    :meth:`ChangeCapture.select`). Backfill stages the next snapshots while the broker acknowledges
+    the previous ones, and sends them once those are confirmed.
     """
-    pending = {id(captures[feed]): selection for captures, selections in (after.selections if after else [])
-               for feed, selection in selections}
     queued = Queued(publisher)
+    pending = queued.latest = dict(after.latest) if after is not None else {}
     for validated, captures in batches:
         selections: list[tuple[str, Selection]] = []
         for feed, records in ((STATION_INFORMATION, validated.information), (STATION_STATUS, validated.status)):
             if not records:
                 continue
             capture = captures[feed]
-            selection = capture.select(records, validated.last_updated[feed], after=pending.get(id(capture)))
+            selection = pending[id(capture)] = capture.select(records, validated.last_updated[feed],
+                                                              after=pending.get(id(capture)))
             queued.messages += publisher.messages(feed, selection.records)
             selections.append((feed, selection))
         queued.messages += publisher.messages("quarantine", validated.quarantined)
@@ -270,6 +271,8 @@ class Queued:
     """Per system: its change captures and, per feed, what was selected."""
     messages: list[Message] = field(default_factory=list)
     skipped: int = 0
+    latest: dict[int, Selection] = field(default_factory=dict)
+    """The last selection made per change capture (by ``id``), this batch's or one staged before it."""
 
     def send(self) -> None:
         self.publisher.send(self.messages)
@@ -411,12 +414,15 @@ class PrepareError(Exception):
 
 
 class SnapshotWorker:
-    """Another process that runs :func:`prepare_snapshot`, so that preparing the next snapshot
+    """Another process that runs :func:`prepare_snapshot`, so that preparing the next snapshots
     (decoding, validation, Parquet and zstd encoding) uses the second core while this process
-    publishes and lands the current one. Jobs are answered in the order they were submitted.
+    publishes and lands the current one. Jobs are answered in the order they were submitted; a job
+    submitted without a state is prepared with the state the job before it leaves (see
+    :class:`_Chain`), so several can be submitted ahead. Jobs are sent by a thread: submitting never
+    waits for the process to take the job.
 
     Started with ``spawn``, never ``fork``: this process may already run a Kafka producer's threads.
-    If the process dies, the snapshot it was preparing fails with that reason and the next
+    If the process dies, the snapshots submitted to it fail with that reason and the next
     :meth:`submit` starts a new one. Use it as a context manager, or :meth:`close` it.
     """
 
@@ -424,7 +430,9 @@ class SnapshotWorker:
         self._context = multiprocessing.get_context("spawn")
         self._process: Any = None
         self._connection: Any = None
+        self._sender: ThreadPoolExecutor | None = None
         self._in_flight = 0
+        self._lost = 0
 
     def start(self) -> SnapshotWorker:
         if self._process is None:
@@ -436,23 +444,33 @@ class SnapshotWorker:
             self._process.start()
             theirs.close()
             self._connection = ours
+            self._sender = ThreadPoolExecutor(1, thread_name_prefix="prepare-send")
         return self
 
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
-    def submit(self, fetched: Fetched, state: SystemState, quality: QualityConfig, *,
+    def submit(self, fetched: Fetched, state: SystemState | None, quality: QualityConfig, *,
                reference_time: float | None = None, archive: bool = False) -> None:
         self.start()
+        assert self._sender is not None
         self._in_flight += 1
+        self._sender.submit(self._send, self._connection, _dumps(_Job(fetched, state, quality, reference_time, archive)))
+
+    @staticmethod
+    def _send(connection: Any, data: bytes) -> None:
         try:
-            self._connection.send_bytes(_dumps(_Job(fetched, state, quality, reference_time, archive)))
+            connection.send_bytes(data)
         except OSError:  # the process is gone: result() says so
             pass
 
     def result(self) -> Prepared:
         """The next answer; a Prepared with ``error`` if the process died on it."""
+        if self._lost:
+            self._lost -= 1
+            return Prepared(error="the worker process preparing the snapshots stopped; "
+                                  "it is started again for the next snapshot")
         if not self._in_flight:
             raise RuntimeError("no snapshot submitted to the worker")
         self._in_flight -= 1
@@ -461,20 +479,23 @@ class SnapshotWorker:
         except (EOFError, OSError):
             self._process.join(1)
             code = self._process.exitcode
+            lost = self._in_flight
             self._discard()
+            self._lost = lost  # submitted to the process that died: their answers are errors too
             return Prepared(error=f"the worker process preparing the snapshot stopped (exit code {code}); "
                                   "it is started again for the next snapshot")
 
     def drain(self) -> None:
-        """Wait for and drop the answers still due (e.g. of a snapshot prepared ahead and not needed)."""
-        while self._in_flight:
+        """Wait for and drop the answers still due (e.g. of snapshots prepared ahead and not needed)."""
+        while self._in_flight or self._lost:
             self.result()
 
     def close(self) -> None:
         if self._process is not None:
             try:
                 self.drain()
-                self._connection.send_bytes(b"")
+                if self._sender is not None:
+                    self._sender.submit(self._send, self._connection, b"").result()
             except OSError:
                 pass
             self._process.join(10)
@@ -486,7 +507,9 @@ class SnapshotWorker:
             self._process.join(5)
         if self._connection is not None:
             self._connection.close()
-        self._process, self._connection, self._in_flight = None, None, 0
+        if self._sender is not None:
+            self._sender.shutdown(wait=True)
+        self._process, self._connection, self._sender, self._in_flight = None, None, None, 0
 
     def __enter__(self) -> SnapshotWorker:
         return self.start()
@@ -499,15 +522,15 @@ class InlinePreparer:
     """:class:`SnapshotWorker`'s interface without another process: each job runs when its result is asked for."""
 
     def __init__(self) -> None:
-        self._jobs: deque[tuple[Any, ...]] = deque()
+        self._jobs: deque[_Job] = deque()
+        self._chain = _Chain()
 
-    def submit(self, fetched: Fetched, state: SystemState, quality: QualityConfig, *,
+    def submit(self, fetched: Fetched, state: SystemState | None, quality: QualityConfig, *,
                reference_time: float | None = None, archive: bool = False) -> None:
-        self._jobs.append((fetched, state, quality, reference_time, archive))
+        self._jobs.append(_Job(fetched, state, quality, reference_time, archive))
 
     def result(self) -> Prepared:
-        fetched, state, quality, reference_time, archive = self._jobs.popleft()
-        return prepare_snapshot(fetched, state, quality, reference_time=reference_time, archive=archive)
+        return self._chain.prepare(self._jobs.popleft())
 
     def drain(self) -> None:
         self._jobs.clear()
@@ -520,10 +543,27 @@ class _Job(msgspec.Struct, array_like=True):
     """The arguments of :func:`prepare_snapshot`, as sent to the worker process."""
 
     fetched: Fetched
-    state: SystemState
+    state: SystemState | None
+    """None: the state the job before leaves (the usual case: the state is not sent again)."""
     quality: QualityConfig
     reference_time: float | None
     archive: bool
+
+
+class _Chain:
+    """Prepares jobs in order, each with its own state or, without one, the state the one before
+    leaves (:func:`advance_state` as if it is landed; unchanged if preparing it failed)."""
+
+    def __init__(self) -> None:
+        self.state = SystemState()
+
+    def prepare(self, job: _Job) -> Prepared:
+        state = job.state if job.state is not None else self.state
+        prepared = prepare_snapshot(job.fetched, state, job.quality, reference_time=job.reference_time,
+                                    archive=job.archive)
+        ok = prepared.error is None and prepared.validated is not None
+        self.state = advance_state(state, job.fetched, prepared.validated) if ok else state
+        return prepared
 
 
 _MSGPACK, _PICKLE = b"m", b"p"
@@ -555,6 +595,7 @@ def _enlarge_buffers(connection: Any, size: int = 4 * 1024 * 1024) -> None:
 
 def _prepare_forever(connection: Any) -> None:
     """The worker process: prepare each job received until told to stop (empty message) or the pipe closes."""
+    chain = _Chain()
     while True:
         try:
             data = connection.recv_bytes()
@@ -562,9 +603,7 @@ def _prepare_forever(connection: Any) -> None:
             return
         if not data:
             return
-        job = _loads(data, _Job)
-        connection.send_bytes(_dumps(prepare_snapshot(job.fetched, job.state, job.quality,
-                                                      reference_time=job.reference_time, archive=job.archive)))
+        connection.send_bytes(_dumps(chain.prepare(_loads(data, _Job))))
 
 
 def no_data_outcome(fetched: Fetched, state: SystemState, quality: QualityConfig) -> tuple[str, str | None]:

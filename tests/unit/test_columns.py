@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -267,13 +268,15 @@ class FlakyProducer(FakeProducer):
         return 0
 
 
-def _snapshots() -> list[Snapshot]:
+def _snapshots(first: int = 0) -> list[Snapshot]:
+    """Seven minute snapshots (from ``first`` on); station_information with the first one and the
+    fifth (the first one's is that of minute 0), an HTML error page for the sixth."""
     feed = ReplayFeed(resolve_system("citibike"))
     snapshots = []
-    for minute in range(7):
+    for minute in range(first, 7):
         now = T0 + 60 * minute
         status = feed.station_status(now)
-        information = feed.station_information(now) if minute in (0, 4) else None
+        information = feed.station_information(T0 if minute == first else now) if minute in (first, 4) else None
         body = b"<html>Service Unavailable</html>" if minute == 5 else status.body
         snapshots.append(Snapshot(status.last_updated, body, information.last_updated if information else None,
                                   information.body if information else None))
@@ -296,15 +299,15 @@ def _one_at_a_time(snapshots: list[Snapshot], system_id: str, *, settings: Any, 
         yield snapshot, record, state
 
 
-def _ingest(tmp_path: Path, worker: SnapshotWorker | None, failing_flushes: set[int], ingest: Any = ingest_snapshots
-            ) -> dict[str, Any]:
+def _ingest(tmp_path: Path, worker: SnapshotWorker | None, failing_flushes: set[int], ingest: Any = ingest_snapshots,
+            first: int = 0) -> dict[str, Any]:
     lake = open_lake(str(tmp_path))
     settings = load_settings({"CITIBIKES_FEED": "replay", "CITIBIKES_LAKE_URI": str(tmp_path)})
     producer = FlakyProducer(failing_flushes)
     publisher = Publisher(producer, TOPICS)  # type: ignore[arg-type]
     captures = new_change_capture(900)
     runs, states = [], []
-    for snapshot, record, state in ingest(_snapshots(), "citibike", settings=settings, lake=lake,
+    for snapshot, record, state in ingest(_snapshots(first), "citibike", settings=settings, lake=lake,
                                           publisher=publisher, state=SystemState(), captures=captures, worker=worker):
         runs.append((snapshot.status_last_updated, record.outcome, record.error, record.stations_information,
                      record.stations_status, record.stations_valid, record.stations_quarantined,
@@ -319,10 +322,10 @@ def _ingest(tmp_path: Path, worker: SnapshotWorker | None, failing_flushes: set[
 
 def test_the_chained_backfill_gives_what_one_snapshot_at_a_time_gives(tmp_path: Path) -> None:
     failing = {1, 4}  # the first snapshot (it brings station_information) and a later one are not acknowledged
-    alone = _ingest(tmp_path / "alone", None, failing)
+    alone = _ingest(tmp_path / "alone", None, failing, partial(ingest_snapshots, snapshots_per_flush=1))
     assert alone == _ingest(tmp_path / "one-at-a-time", None, failing, _one_at_a_time)
     with SnapshotWorker() as worker:
-        together = _ingest(tmp_path / "worker", worker, failing)
+        together = _ingest(tmp_path / "worker", worker, failing, partial(ingest_snapshots, snapshots_per_flush=1))
         again = _ingest(tmp_path / "again", worker, set())  # the same worker, reused
     assert together == alone
     runs = alone["runs"]
@@ -333,3 +336,27 @@ def test_the_chained_backfill_gives_what_one_snapshot_at_a_time_gives(tmp_path: 
     assert runs[4][3] > 2000 and runs[2][3] is None
     assert len(again["runs"]) == 7 and [r[1] for r in again["runs"]].count("failed") == 1
     assert {key for key in alone["files"] if key.startswith("curated/station_information")}  # landed once delivered
+
+
+def test_snapshots_acknowledged_together_give_what_one_at_a_time_gives(tmp_path: Path) -> None:
+    """One flush for several snapshots: the same messages, files, states and change capture as one
+    flush each (the broken feed in the middle fails alone); a flush that is not acknowledged fails
+    all of its snapshots, and the following ones are redone from the real state."""
+    reference = _ingest(tmp_path / "one-at-a-time", None, set(), _one_at_a_time)
+    with SnapshotWorker() as worker:
+        for per_flush in (2, 3, 8):
+            for preparer in (None, worker):
+                grouped = _ingest(tmp_path / f"per-flush-{per_flush}-{bool(preparer)}", preparer, set(),
+                                  partial(ingest_snapshots, snapshots_per_flush=per_flush))
+                assert grouped == reference, (per_flush, preparer)
+        failing = _ingest(tmp_path / "failing", worker, {1}, partial(ingest_snapshots, snapshots_per_flush=3))
+    runs = failing["runs"]
+    assert [outcome for _, outcome, *_ in runs] == ["failed"] * 3 + ["success", "success", "failed", "success"]
+    assert all("did not acknowledge" in error for _, _, error, *_ in runs[:3])
+    assert runs[3][3] == runs[0][3] > 2000, "the failed flush's station_information is sent again with the next"
+    assert failing["states"][:3] == [SystemState()] * 3
+    # From the first snapshot after the failed flush on, as if the failed ones had never been there.
+    rest = _ingest(tmp_path / "rest", None, set(), _one_at_a_time, first=3)
+    assert [run[1:] for run in runs[3:]] == [run[1:] for run in rest["runs"]]
+    assert failing["files"].keys() >= rest["files"].keys()
+    assert failing["captures"] == rest["captures"]

@@ -15,10 +15,12 @@ nothing (no second copy in Kafka, the lake files overwritten by identical ones).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import logging
 import os
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,6 +227,14 @@ def ingest_snapshot(snapshot: Snapshot, system_id: str, *, settings: Settings, l
 RUNS_PER_FILE = 500
 """Backfill's run records are written to the lake in files of this many runs (and at the end)."""
 
+PREPARE_AHEAD = 2
+"""Snapshots handed to the preparer ahead of the one being staged, so that the worker process
+always has the next one at hand."""
+
+SNAPSHOTS_PER_FLUSH = 8
+"""Backfill asks the broker to acknowledge this many snapshots' records at once (measured in
+BENCHMARKS.md: a flush per snapshot took the broker about as much CPU as the whole Python pipeline)."""
+
 
 @dataclass
 class _Step:
@@ -239,107 +249,137 @@ class _Step:
     """The state once this snapshot is landed (the state before it, if preparing it failed)."""
     archived: list[Future[Any]]
     """Writing the raw archive of the bodies."""
+    state_before: SystemState
+    """The state it was prepared with."""
     queued: Queued | None = None
-    confirming: Future[Any] | None = None
+    """Its messages, once staged."""
+    failure: BaseException | None = None
+    """Why staging it failed (then it is not sent)."""
     produce_s: float = 0.0
 
 
 def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings: Settings, lake: Lake,
                      publisher: Publisher, state: SystemState, captures: dict[str, ChangeCapture],
                      run_id: Callable[[Snapshot], str] | None = None, worker: SnapshotWorker | None = None,
-                     runs_per_file: int = RUNS_PER_FILE) -> Iterator[tuple[Snapshot, RunRecord, SystemState]]:
+                     runs_per_file: int = RUNS_PER_FILE,
+                     snapshots_per_flush: int = SNAPSHOTS_PER_FLUSH) -> Iterator[tuple[Snapshot, RunRecord, SystemState]]:
     """Ingest the snapshots in order; yield each one's run record and the state after it.
 
     Each snapshot goes through the live path's steps: archive the raw bodies, validate, select the
     changed stations, produce them, wait until the broker acknowledged every record, and only then
-    write the Parquet files and advance change capture and the state. Three snapshots are in hand at
-    once, each a step further, so that both cores and the broker work all the time:
+    write the Parquet files and advance change capture and the state. Snapshots overlap, so that
+    both cores and the broker work all the time:
 
     * the next one is prepared (:func:`~citibikes.pipeline.prepare_snapshot`: raw archive
       compressed, validated, Parquet encoded) by ``worker``, another process, if given;
-    * this one is staged - selected and encoded - while the broker acknowledges the previous one;
-    * once that one is confirmed and landed, this one is sent.
+    * this one is staged - selected and encoded - and sent, unless the broker is still
+      acknowledging earlier ones: then it is held and sent once those are confirmed and landed;
+    * the broker is asked to acknowledge (a flush) every ``snapshots_per_flush`` sent snapshots
+      at once: each flush costs the broker as much as a few thousand records.
 
-    Work ahead is done as if the snapshots before it succeed. When one fails instead, the work
-    done for the later ones is dropped and they are prepared again from the real state (carrying
-    the station_information the failed one brought), so the result is the same, snapshot by
-    snapshot, as ingesting them one at a time. Run records are written ``runs_per_file`` to a file.
+    Work ahead is done as if the snapshots before it succeed. When one fails instead (not
+    acknowledged: then all those of its flush fail), the work done for the later ones is dropped
+    and they are prepared again from the real state (carrying the station_information a failed
+    one brought), so a snapshot's result never depends on work done for a failed one. Run records
+    are written ``runs_per_file`` to a file.
     """
     preparer: SnapshotWorker | InlinePreparer = worker if worker is not None else InlinePreparer()
     run_id = run_id or (lambda snapshot: run_id_for(system_id, snapshot.status_last_updated))
     source = iter(snapshots)
-    retry: list[Snapshot] = []  # taken from the source, to prepare again after a failure
+    retry: list[Snapshot] = []  # taken from the source, to prepare again after a failure (last first)
+    ahead: deque[Snapshot] = deque()  # submitted to the preparer, in order
+    restart: SystemState | None = state  # the state for the next submission; None: the preparer's own chain
+    carry: Snapshot | None = None  # a failed snapshot whose station_information the next one takes
 
-    def take() -> Snapshot | None:
-        return retry.pop() if retry else next(source, None)
+    def top_up() -> None:
+        nonlocal restart, carry
+        while len(ahead) < PREPARE_AHEAD:
+            snapshot = retry.pop() if retry else next(source, None)
+            if snapshot is None:
+                return
+            if carry is not None:
+                snapshot, carry = _carry_information(carry, snapshot), None
+            preparer.submit(snapshot_fetched(snapshot, system_id), restart, settings.quality,
+                            reference_time=float(snapshot.status_last_updated), archive=True)
+            ahead.append(snapshot)
+            restart = None
 
-    def submit(snapshot: Snapshot, assumed: SystemState) -> None:
-        preparer.submit(snapshot_fetched(snapshot, system_id), assumed, settings.quality,
-                        reference_time=float(snapshot.status_last_updated), archive=True)
+    def again_from(state_: SystemState, carried: Snapshot | None, *steps: _Step) -> None:
+        """Drop what was prepared ahead; prepare ``steps``' snapshots and those ahead again from ``state_``."""
+        nonlocal restart, carry, assumed
+        preparer.drain()
+        retry.extend(reversed([step_.snapshot for step_ in steps] + list(ahead)))
+        ahead.clear()
+        restart, carry, assumed = state_, carried, state_
+        top_up()
 
     runs: list[RunRecord] = []
-    sent: _Step | None = None  # produced, being acknowledged
-    current, assumed = take(), state  # assumed: the state `current` is prepared with
+    flushing: list[_Step] = []  # sent and being acknowledged by `confirming`
+    confirming: Future[Any] | None = None
+    sent: list[_Step] = []  # sent, not flushed yet
+    held: list[_Step] = []  # staged while `flushing` is acknowledged
+    last_staged: Queued | None = None
+    assumed = state  # the state the next snapshot to receive is prepared with
     with ThreadPoolExecutor(1, thread_name_prefix="kafka-flush") as flusher, \
             ThreadPoolExecutor(3, thread_name_prefix="lake-write") as writers:
         try:
-            if current is not None:
-                submit(current, assumed)
-            while current is not None or sent is not None:
-                step, upcoming, failure = None, None, None
-                if current is not None:
+            top_up()
+            while ahead or confirming is not None or sent or held:
+                if ahead:
+                    current = ahead.popleft()
                     step = _receive(current, preparer.result(), system_id, run_id(current), assumed, lake, writers)
-                    upcoming = take()
-                    if upcoming is not None:
-                        if step.prepared.error is not None:
-                            upcoming = _carry_information(current, upcoming)
-                        assumed = step.state_after
-                        submit(upcoming, assumed)
-                    try:
-                        began = time.perf_counter()
-                        step.queued = stage_prepared(step.prepared, captures, publisher,
-                                                     after=sent.queued if sent else None)
-                        step.produce_s = time.perf_counter() - began
-                    except Exception as exc:  # noqa: BLE001 - the step fails with it
-                        failure = exc
-                if sent is not None:
-                    record = _land(sent, captures, lake, writers)
-                    runs.append(record)
-                    yield sent.snapshot, record, (sent.state_after if record.outcome != "failed" else state)
-                    if record.outcome != "failed":
-                        state = sent.state_after
-                    elif step is not None:  # everything after it was done as if it succeeded: again
-                        preparer.drain()
-                        if upcoming is not None:
-                            retry.append(upcoming)
-                        current, assumed, sent = _carry_information(sent.snapshot, step.snapshot), state, None
-                        submit(current, assumed)
-                        continue
-                    sent = None
-                if step is not None and failure is None:
+                    assumed = step.state_after
+                    if step.prepared.error is not None:  # the next were prepared as if it succeeded, without its information
+                        if ahead:
+                            again_from(assumed, current)
+                        else:
+                            carry = current
+                    top_up()
                     began = time.perf_counter()
-                    assert step.queued is not None
-                    step.queued.send()
-                    step.confirming = flusher.submit(publisher.flush)
-                    step.produce_s += time.perf_counter() - began
-                    sent = step
-                elif step is not None:
-                    record = _failed(step, failure)
-                    runs.append(record)
-                    yield step.snapshot, record, state
-                    if step.prepared.error is None and upcoming is not None:  # prepared as if this one succeeded
-                        preparer.drain()
-                        upcoming = _carry_information(step.snapshot, upcoming)
-                        assumed = state
-                        submit(upcoming, assumed)
+                    try:
+                        step.queued = last_staged = stage_prepared(step.prepared, captures, publisher, after=last_staged)
+                    except Exception as exc:  # noqa: BLE001 - the step fails with it
+                        step.failure, step.state_after = exc, step.state_before
+                        if step.prepared.error is None:  # those after it were prepared as if it succeeded
+                            again_from(step.state_before, current)
+                    step.produce_s = time.perf_counter() - began
+                    held.append(step)
+                if confirming is not None and (confirming.done() or not ahead or len(held) >= snapshots_per_flush):
+                    delivery = confirming.exception()
+                    confirming = None
+                    for step_ in flushing:
+                        record = _land(step_, delivery, captures, lake, writers)
+                        runs.append(record)
+                        if record.outcome != "failed":
+                            state = step_.state_after
+                        yield step_.snapshot, record, state
+                    if delivery is not None:  # everything after these was done as if they succeeded: again
+                        carried = next((step_.snapshot for step_ in reversed(flushing)
+                                        if step_.snapshot.information_body is not None), None)
+                        again_from(state, carried, *held)
+                        held, last_staged = [], None
+                    flushing = []
+                if confirming is None:
+                    for step_ in held:
+                        if step_.queued is not None:
+                            began = time.perf_counter()
+                            step_.queued.send()
+                            step_.produce_s += time.perf_counter() - began
+                    sent += held
+                    held = []
+                    if sent and (len(sent) >= snapshots_per_flush or not ahead):
+                        flushing, sent = sent, []
+                        confirming = flusher.submit(publisher.flush)
                 if len(runs) >= runs_per_file:
                     lake.write_runs(runs)
                     runs = []
-                current = upcoming
         finally:
             preparer.drain()  # nothing of this call may be left for the worker's next user
-            if sent is not None and sent.confirming is not None:  # stopped early: never leave a flush behind
-                sent.confirming.exception()
+            if confirming is not None:  # stopped early: never leave a flush behind
+                confirming.exception()
+            if sent:  # produced, never to be landed: delivered now, so that the next flush is not theirs
+                with contextlib.suppress(Exception):
+                    publisher.flush()
             if runs:
                 lake.write_runs(runs)
 
@@ -351,22 +391,23 @@ def _receive(snapshot: Snapshot, prepared: Prepared, system_id: str, run_id: str
     fetched = snapshot_fetched(snapshot, system_id)
     ok = prepared.error is None and prepared.validated is not None
     return _Step(snapshot=snapshot, fetched=fetched, prepared=prepared, run_id=run_id, started=time.time(),
-                 state_after=advance_state(state, fetched, prepared.validated) if ok else state,
+                 state_before=state, state_after=advance_state(state, fetched, prepared.validated) if ok else state,
                  archived=[writers.submit(lake.write_files, [file]) for file in prepared.raw_files])
 
 
-def _land(step: _Step, captures: Mapping[str, ChangeCapture], lake: Lake, writers: ThreadPoolExecutor) -> RunRecord:
-    """Wait for the broker's acknowledgements of a sent step; then write its files and advance change capture."""
-    assert step.queued is not None and step.confirming is not None and step.prepared.validated is not None
+def _land(step: _Step, delivery: BaseException | None, captures: Mapping[str, ChangeCapture], lake: Lake,
+          writers: ThreadPoolExecutor) -> RunRecord:
+    """The run record of a step whose flush ended (``delivery``: its error, if any): when the step
+    failed neither before nor there, write its files and advance change capture."""
+    if step.failure is not None or step.queued is None:
+        return _failed(step, step.failure)
     validated = step.prepared.validated
-    durations = {"validate": step.prepared.validate_s, "write": step.prepared.encode_s}
+    assert validated is not None
+    durations = {"validate": step.prepared.validate_s, "write": step.prepared.encode_s, "produce": step.produce_s}
     published = None
     try:
-        began = time.perf_counter()
-        try:
-            step.confirming.result()  # DeliveryError unless every record was acknowledged
-        finally:
-            durations["produce"] = step.produce_s + time.perf_counter() - began
+        if delivery is not None:
+            raise delivery
         (published,) = step.queued.published
         for captures_, selections in step.queued.selections:
             for feed, selection in selections:

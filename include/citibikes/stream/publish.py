@@ -22,6 +22,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import compress
 from operator import ne
 from typing import Any, Mapping, Sequence
@@ -274,6 +275,20 @@ class Selection:
     full: bool
     """A full snapshot: every record selected."""
     last_updated: int
+    known_before: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    """The fingerprints this selection was made against (see :attr:`known_after`)."""
+    snapshot_at_before: int = 0
+
+    @cached_property
+    def known_after(self) -> dict[str, Any]:
+        """The fingerprints once this selection is committed: what the next one is made against when
+        it comes before this one's acknowledgement. Computed when first asked for; committing this
+        selection in between changes nothing, as it adds exactly these fingerprints."""
+        return {**self.known_before, **dict(zip(self.station_ids, self.fingerprints))}
+
+    @property
+    def snapshot_at_after(self) -> int:
+        return self.last_updated if self.full else self.snapshot_at_before
 
 
 class ChangeCapture:
@@ -293,15 +308,14 @@ class ChangeCapture:
         """The records to publish: those whose fingerprint changed, or all of them when a full snapshot is due.
 
         ``records`` are structs, or a station_status snapshot in columns (then fingerprints are
-        computed column-wise and structs made only for the selected records). ``after``: a selection
-        sent but not committed yet; this one is made as if it were committed (backfill selects the
-        next snapshot while the broker acknowledges the previous one).
+        computed column-wise and structs made only for the selected records). ``after``: the last
+        selection made but not committed yet (maybe itself made after others); this one is made as
+        if they were all committed (backfill selects the next snapshots while the broker
+        acknowledges the previous ones).
         """
         known, last_snapshot_at = self.state.fingerprints, self.state.last_snapshot_at
         if after is not None:
-            known = {**known, **dict(zip(after.station_ids, after.fingerprints))}
-            if after.full:
-                last_snapshot_at = after.last_updated
+            known, last_snapshot_at = after.known_after, after.snapshot_at_after
         full = last_updated - last_snapshot_at >= self.snapshot_every_s
         if isinstance(records, StationStatusColumns):
             station_ids, fingerprints = records.station_id, status_fingerprints(records)
@@ -319,7 +333,8 @@ class ChangeCapture:
             selected = list(records) if full else [records[i] for i in chosen]
         if not full:
             station_ids, fingerprints = [station_ids[i] for i in chosen], [fingerprints[i] for i in chosen]
-        return Selection(selected, list(station_ids), fingerprints, len(records) - len(chosen), full, last_updated)
+        return Selection(selected, list(station_ids), fingerprints, len(records) - len(chosen), full, last_updated,
+                         known, last_snapshot_at)
 
     def commit(self, selection: Selection) -> None:
         """Record what was delivered; call only after a successful flush."""
