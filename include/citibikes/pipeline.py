@@ -39,7 +39,7 @@ from citibikes.gbfs.model import (
     StationInformation,
     StationStatusColumns,
 )
-from citibikes.gbfs.normalize import normalize_information, normalize_status_columns, parse_feed
+from citibikes.gbfs.normalize import normalize_information, normalize_status_body, parse_feed
 from citibikes.lake import Lake, RunRecord
 from citibikes.lake.store import (
     LakeFile,
@@ -173,11 +173,13 @@ def validate_fetched(fetched: Fetched, state: SystemState, quality: QualityConfi
     staleness; backfills pass the feed's own time.
     """
     normalized: dict[str, Any] = {}
-    for feed, normalize in ((STATION_INFORMATION, normalize_information), (STATION_STATUS, normalize_status_columns)):
-        body = fetched.bodies.get(feed)
-        if body is not None:
-            parsed = parse_feed(body, feed, system_id=fetched.system_id)
-            normalized[feed] = normalize(parsed, fetched.system_id, fetched.fetched_at)
+    body = fetched.bodies.get(STATION_INFORMATION)
+    if body is not None:
+        parsed = parse_feed(body, STATION_INFORMATION, system_id=fetched.system_id)
+        normalized[STATION_INFORMATION] = normalize_information(parsed, fetched.system_id, fetched.fetched_at)
+    body = fetched.bodies.get(STATION_STATUS)
+    if body is not None:
+        normalized[STATION_STATUS] = normalize_status_body(body, fetched.system_id, fetched.fetched_at)
     information, status = normalized.get(STATION_INFORMATION), normalized.get(STATION_STATUS)
     if information is None and status is None:
         return Validated(fetched.system_id, [], None, [], {}, False, False, dict(fetched.last_updated))

@@ -33,8 +33,11 @@ from citibikes.gbfs.normalize import (
     _normalize_generic,
     _status_generic,
     normalize_information,
+    normalize_status_body,
+    normalize_status_columns,
     parse_feed,
 )
+from citibikes.gbfs import normalize
 from citibikes.lake import open_lake
 from citibikes.lake.tables import build_table, parquet_bytes
 from citibikes.pipeline import (
@@ -360,3 +363,45 @@ def test_snapshots_acknowledged_together_give_what_one_at_a_time_gives(tmp_path:
     assert [run[1:] for run in runs[3:]] == [run[1:] for run in rest["runs"]]
     assert failing["files"].keys() >= rest["files"].keys()
     assert failing["captures"] == rest["captures"]
+
+# --------------------------------------------------------------------------- learned shapes (typed decoding)
+
+
+def _parsed_the_usual_way(body: bytes, system_id: str) -> Any:
+    return normalize_status_columns(parse_feed(body, STATION_STATUS, system_id=system_id), system_id, 7.5)
+
+
+def _same_normalized(fast: Any, usual: Any) -> None:
+    for name in ("feed", "system_id", "version", "last_updated", "fetched_at", "records", "quarantined", "quirks"):
+        assert getattr(fast, name) == getattr(usual, name), name
+    assert list(fast.sources) == list(usual.sources)
+
+
+@pytest.mark.parametrize("system", ["citibike", "citibike-v3"])
+def test_a_learned_shape_decodes_what_parsing_gives(system: str) -> None:
+    feed = ReplayFeed(resolve_system(system))
+    normalize._SHAPES.pop(system, None)
+    for minute in range(6):
+        body = feed.station_status(T0 + 60 * minute).body
+        fast = normalize_status_body(body, system, 7.5)
+        assert (type(fast.sources) is list) == (minute == 0), "the first snapshot teaches the shape, the next use it"
+        _same_normalized(fast, _parsed_the_usual_way(body, system))
+    assert system in normalize._SHAPES
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(plan=edit_lists, header=header_values)
+def test_a_learned_shape_falls_back_for_anything_else(plan: Any, header: Any) -> None:
+    """Learned from the real snapshot, then any edit of it: the same result as parsing (or the same error)."""
+    normalize._SHAPES.pop("learner", None)
+    normalize_status_body(json.dumps(REAL_PAIR[1]).encode(), "learner", 7.5)
+    assert "learner" in normalize._SHAPES
+    body = json.dumps(_apply_edits(copy.deepcopy(REAL_PAIR[1]), plan, header)).encode()
+    try:
+        usual = _parsed_the_usual_way(body, "learner")
+    except Exception as exc:  # noqa: BLE001 - then the same error
+        with pytest.raises(type(exc)) as raised:
+            normalize_status_body(body, "learner", 7.5)
+        assert str(raised.value) == str(exc)
+        return
+    _same_normalized(normalize_status_body(body, "learner", 7.5), usual)

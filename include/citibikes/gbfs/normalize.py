@@ -19,11 +19,12 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from itertools import repeat
-from operator import call, itemgetter
+from operator import call, is_not, itemgetter
 from typing import Any, Callable, Generic, NamedTuple, TypeVar
 
 import msgspec
@@ -606,6 +607,8 @@ class _ColumnPlan(NamedTuple):
     canonical: tuple[str, ...]
     extras: Callable[[dict[str, Any]], dict[str, Any]]
     """The record's ``extras``: its vendor keys, in the order of the record the plan was made from."""
+    keys: tuple[str, ...]
+    """The keys of the record the plan was made from, in its order."""
 
 
 def _column_plan(keys: tuple[str, ...], spelling: _StatusKeys) -> _ColumnPlan | None:
@@ -615,7 +618,7 @@ def _column_plan(keys: tuple[str, ...], spelling: _StatusKeys) -> _ColumnPlan | 
         return None
     canonical = tuple(key for key in spelling.canonical if key in present)
     extra_keys = tuple(key for key in keys if key not in spelling.canonical)
-    return _ColumnPlan(itemgetter(*canonical, *extra_keys), canonical, _dict_reader(extra_keys))
+    return _ColumnPlan(itemgetter(*canonical, *extra_keys), canonical, _dict_reader(extra_keys), keys)
 
 
 def _dict_reader(keys: tuple[str, ...]) -> Callable[[dict[str, Any]], dict[str, Any]]:
@@ -640,7 +643,8 @@ def _vehicle_types_fast(value: Any) -> list[VehicleTypeCount] | None:
     return counts
 
 
-def _status_columns(stations: list[Any], ctx: _Context) -> Normalized[StationStatus]:
+def _status_columns(stations: list[Any], ctx: _Context
+                    ) -> tuple[Normalized[StationStatus], list[_ColumnPlan] | None]:
     """All records of a station_status feed as columns: the fast path where it applies, the generic one elsewhere.
 
     The fast path reads every record of a common shape (1.x/2.x ``num_bikes_*`` or 3.x
@@ -651,7 +655,8 @@ def _status_columns(stations: list[Any], ctx: _Context) -> Normalized[StationSta
     does not take as it is (a problem, a float count, a numeric id, mixed flags...), go through
     :func:`_status_generic`, the reference, and its result is put in their place. Both give the
     same records, quarantine and quirk counts (a property test holds them to it); ``extras`` keep
-    the key order of the first record of their shape.
+    the key order of the first record of their shape. The plans come back too when every record
+    was read by one and needed no generic path (a :class:`_Shape` is learned from them).
     """
     n = len(stations)
     spelling = _status_keys(ctx.version)
@@ -676,9 +681,11 @@ def _status_columns(stations: list[Any], ctx: _Context) -> Normalized[StationSta
                        lengths))
     extras = list(map({length: plan.extras if plan else _no_extras for length, plan in plans.items()}.__getitem__,
                       lengths))
+    all_planned = no_plan not in readers
     try:
         rows = list(map(call, readers, stations))
     except KeyError:  # a record with as many keys as a plan's shape, but other ones
+        all_planned = False
         rows = []
         for index, (read, raw) in enumerate(zip(readers, stations)):
             try:
@@ -702,26 +709,10 @@ def _status_columns(stations: list[Any], ctx: _Context) -> Normalized[StationSta
     }
     columns["extras"] = list(map(call, extras, stations))
 
-    # 3. Types, column by column (a record-by-record scan only for a column with an offender).
-    station_ids = columns["station_id"]
-    if not set(map(type, station_ids)) <= {str} or not all(station_ids) or any(map(str.isspace, station_ids)):
-        generic.update(i for i, v in enumerate(station_ids) if type(v) is not str or not v or v.isspace())
-    _not_of_types(columns["num_bikes_available"], _INTS, generic)
-    for name in ("num_ebikes_available", "num_bikes_disabled", "num_docks_available", "num_docks_disabled"):
-        _not_of_types(columns[name], _INTS_OR_NONE, generic)
-    int_flags = _read_flags(columns, generic)
-    rfc3339 = _read_last_reported(columns["last_reported"], generic)
-    _read_vehicle_types(columns["vehicle_types_available"], generic)
+    # 3. Types, column by column, and the fast path's quirks.
+    quirks = _check_columns(columns, spelling, generic)
 
-    # 4. The fast path's quirks (each counts the records that needed it), then the generic records in place.
-    quirks: Counter[str] = Counter()
-    fast = n - len(generic)
-    if int_flags:
-        quirks["int_as_bool"] = fast if int_flags is True else len(int_flags - generic)
-    if rfc3339:
-        quirks["rfc3339_time"] = len(rfc3339 - generic)
-    if fast and spelling.canonical[1] in _VEHICLE_NAMES:
-        quirks["vehicles_as_bikes"] = fast
+    # 4. The generic records in place.
     quarantined: list[QuarantinedRecord] = []
     dropped: list[int] = []
     for index in sorted(generic):
@@ -742,8 +733,144 @@ def _status_columns(stations: list[Any], ctx: _Context) -> Normalized[StationSta
         records = records.without(dropped)
         gone = set(dropped)
         sources = [raw for index, raw in enumerate(stations) if index not in gone]
-    return Normalized(STATION_STATUS, ctx.system_id, ctx.version, ctx.last_updated, ctx.fetched_at,
-                      records, quarantined, +quirks, sources)  # type: ignore[arg-type]
+    normalized = Normalized(STATION_STATUS, ctx.system_id, ctx.version, ctx.last_updated, ctx.fetched_at,
+                            records, quarantined, +quirks, sources)  # type: ignore[arg-type]
+    learnable = all_dicts and all_planned and len(layouts) == 1 and not generic
+    return normalized, [plan for plan in plans.values() if plan is not None] if learnable else None
+
+
+def _check_columns(columns: dict[str, list[Any]], spelling: _StatusKeys, generic: set[int]) -> Counter[str]:
+    """Check each column's types (converting 0/1 flags and RFC 3339 times in place); add the records
+    only the generic path can take to ``generic``; return the quirk counts of the others."""
+    n = len(columns["station_id"])
+    station_ids = columns["station_id"]
+    if not set(map(type, station_ids)) <= {str} or not all(station_ids) or any(map(str.isspace, station_ids)):
+        generic.update(i for i, v in enumerate(station_ids) if type(v) is not str or not v or v.isspace())
+    _not_of_types(columns["num_bikes_available"], _INTS, generic)
+    for name in ("num_ebikes_available", "num_bikes_disabled", "num_docks_available", "num_docks_disabled"):
+        _not_of_types(columns[name], _INTS_OR_NONE, generic)
+    int_flags = _read_flags(columns, generic)
+    rfc3339 = _read_last_reported(columns["last_reported"], generic)
+    _read_vehicle_types(columns["vehicle_types_available"], generic)
+    quirks: Counter[str] = Counter()
+    fast = n - len(generic)
+    if int_flags:
+        quirks["int_as_bool"] = fast if int_flags is True else len(int_flags - generic)
+    if rfc3339:
+        quirks["rfc3339_time"] = len(rfc3339 - generic)
+    if fast and spelling.canonical[1] in _VEHICLE_NAMES:
+        quirks["vehicles_as_bikes"] = fast
+    return quirks
+
+
+_SHAPES: dict[str, _Shape] = {}
+"""The learned shape of each system's station_status records (per process)."""
+_MAX_SHAPES = 4096
+
+
+class _Shape:
+    """Decodes a station_status body straight into structs of the records' usual shape.
+
+    Learned from a snapshot whose records all took the fast path with one set of canonical keys
+    (:func:`_status_columns` returns its plans): a struct with every key any of them had, the
+    canonical ones and those every record had required, unknown keys refused, values of any type.
+    A body decoded this way is checked like the fast path's columns (:func:`_check_columns`) and
+    each record's set of keys must be one of the learned ones; if anything differs, ``normalize``
+    returns None and the body goes the usual way. ``extras`` and a quarantined record's ``raw``
+    keep the key order of the records the shape was learned from (the fast path keeps that of
+    the first record of each shape in the body: the same for a feed written the same way each time).
+    """
+
+    def __init__(self, plans: list[_ColumnPlan], version: str) -> None:
+        self.version, self.plans = version, [plan.keys for plan in plans]
+        self.spelling = _status_keys(version)
+        self.canonical = plans[0].canonical
+        every, some = set.intersection(*map(set, self.plans)), set().union(*self.plans)
+        extras = [key for keys in self.plans for key in keys if key not in self.canonical]
+        self.required = tuple(dict.fromkeys(key for key in extras if key in every))
+        self.optional = tuple(dict.fromkeys(key for key in extras if key not in every))
+        fields = [*self.canonical, *self.required, *self.optional]
+        position = {key: index for index, key in enumerate(fields)}
+        station = msgspec.defstruct(
+            "LearnedStation", [(f"f{i}", Any) for i in range(len(fields) - len(self.optional))]
+            + [(f"f{i}", Any, msgspec.UNSET) for i in range(len(fields) - len(self.optional), len(fields))],
+            rename={f"f{i}": key for i, key in enumerate(fields)}, forbid_unknown_fields=True, gc=False)
+        data = msgspec.defstruct("LearnedData", [("stations", list[station])], gc=False)  # type: ignore[valid-type]
+        document = msgspec.defstruct("LearnedDocument", [("data", data), ("last_updated", Any, None),
+                                                         ("ttl", Any, None), ("version", Any, "1.0")], gc=False)
+        self.decoder = msgspec.json.Decoder(document)
+        assert set(fields) == some
+        # Per set of optional keys present: the record's extras and its raw dict, from its row of values.
+        self.builders: dict[tuple[bool, ...], tuple[Callable[[tuple[Any, ...]], dict[str, Any]], ...]] = {}
+        for keys in self.plans:
+            present = tuple(key in keys for key in self.optional)
+            extra_keys = [key for key in keys if key not in self.canonical]
+            self.builders[present] = (_row_reader(extra_keys, position), _row_reader(list(keys), position))
+
+    def normalize(self, body: bytes, system_id: str, fetched_at: float) -> Normalized[StationStatus] | None:
+        try:
+            document = self.decoder.decode(body)
+            header = {"version": document.version, "last_updated": document.last_updated, "ttl": document.ttl}
+            feed_quirks: list[str] = []
+
+            def fail(reason: str, message: str) -> FeedError:
+                return FeedError(message, reason=reason, system_id=system_id, feed=STATION_STATUS)
+
+            version = _version(header, fail)
+            last_updated = _last_updated(header, feed_quirks, fail)
+            _ttl(header, feed_quirks)
+        except (msgspec.DecodeError, msgspec.ValidationError, FeedError, RecursionError, UnicodeDecodeError):
+            return None
+        if version != self.version:
+            return None
+        stations = document.data.stations
+        n = len(stations)
+        rows = list(map(msgspec.structs.astuple, stations))
+        values = list(map(list, zip(*rows))) if n else [[] for _ in range(len(self.canonical) + len(self.required)
+                                                                           + len(self.optional))]
+        if self.optional:
+            unset = msgspec.UNSET
+            presence = zip(*(map(is_not, column, repeat(unset)) for column in values[-len(self.optional):]))
+            try:
+                builders = list(map(self.builders.__getitem__, presence))
+            except KeyError:  # a set of keys not seen when learning
+                return None
+        else:
+            builders = [self.builders[()]] * n
+        read = dict(zip(self.canonical, values))
+        columns: dict[str, list[Any]] = {name: read[key] if key in read else [None] * n
+                                         for name, key in zip(STATUS_COLUMNS, self.spelling.canonical)}
+        columns["extras"] = [extras(row) for (extras, _), row in zip(builders, rows)]
+        generic: set[int] = set()
+        quirks = _check_columns(columns, self.spelling, generic)
+        if generic:
+            return None
+        quirks.update(f"feed:{quirk}" for quirk in feed_quirks)
+        records = StationStatusColumns(system_id=system_id, last_updated=last_updated, fetched_at=fetched_at,
+                                       **columns)
+        return Normalized(STATION_STATUS, system_id, version, last_updated, fetched_at, records,  # type: ignore[arg-type]
+                          [], +quirks, _RawRecords(rows, builders))
+
+
+def _row_reader(keys: list[str], position: dict[str, int]) -> Callable[[tuple[Any, ...]], dict[str, Any]]:
+    """``lambda row: {key: row[position[key]] for key in keys}``, compiled (see :func:`_dict_reader`)."""
+    return eval("lambda row: {" + "".join(f"{key!r}: row[{position[key]}], " for key in keys) + "}")  # noqa: S307
+
+
+class _RawRecords(Sequence[dict[str, Any]]):
+    """The raw records of a body decoded by a :class:`_Shape`, made only when asked for (validation
+    asks for those it quarantines)."""
+
+    def __init__(self, rows: list[tuple[Any, ...]], builders: list[tuple[Callable[..., dict[str, Any]], ...]]) -> None:
+        self._rows, self._builders = rows, builders
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self._builders[index][1](self._rows[index])
 
 
 def _no_extras(raw: Any) -> dict[str, Any]:
@@ -858,10 +985,42 @@ def normalize_status(parsed: ParsedFeed, system_id: str, fetched_at: float) -> N
 def normalize_status_columns(parsed: ParsedFeed, system_id: str, fetched_at: float) -> Normalized[StationStatus]:
     """Like :func:`normalize_status`, with the records as one :class:`StationStatusColumns` (what the pipeline uses)."""
     _require_feed(parsed, STATION_STATUS)
-    ctx = _Context(system_id, parsed.version, parsed.last_updated, fetched_at)
-    normalized = _status_columns(parsed.stations, ctx)
-    normalized.quirks.update(_feed_quirks(parsed))
+    return _normalize_status_columns(parsed, system_id, fetched_at)[0]
+
+
+def normalize_status_body(body: bytes, system_id: str, fetched_at: float) -> Normalized[StationStatus]:
+    """:func:`parse_feed` then :func:`normalize_status_columns`, faster for a system seen before.
+
+    Once a snapshot of a system had records of one regular shape (see :class:`_Shape`), the
+    next ones are decoded straight into structs of that shape; a body that is not of it (another
+    field, a value the fast path does not take, a broken feed...) goes the usual way, with the
+    same result and errors.
+    """
+    shape = _SHAPES.get(system_id)
+    if shape is not None:
+        normalized = shape.normalize(body, system_id, fetched_at)
+        if normalized is not None:
+            return normalized
+    parsed = parse_feed(body, STATION_STATUS, system_id=system_id)
+    normalized, plans = _normalize_status_columns(parsed, system_id, fetched_at)
+    if plans is not None and (shape is None or shape.plans != [plan.keys for plan in plans]
+                              or shape.version != parsed.version):
+        if len(_SHAPES) >= _MAX_SHAPES:
+            _SHAPES.clear()
+        try:
+            _SHAPES[system_id] = _Shape(plans, parsed.version)
+        except ValueError:  # a key msgspec cannot name a field by (a quote, a backslash, a control character)
+            _SHAPES.pop(system_id, None)
     return normalized
+
+
+def _normalize_status_columns(parsed: ParsedFeed, system_id: str, fetched_at: float
+                              ) -> tuple[Normalized[StationStatus], list[_ColumnPlan] | None]:
+    _require_feed(parsed, STATION_STATUS)
+    ctx = _Context(system_id, parsed.version, parsed.last_updated, fetched_at)
+    normalized, plans = _status_columns(parsed.stations, ctx)
+    normalized.quirks.update(_feed_quirks(parsed))
+    return normalized, plans
 
 
 def normalize_information(parsed: ParsedFeed, system_id: str, fetched_at: float, *,
