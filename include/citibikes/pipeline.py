@@ -46,7 +46,6 @@ from citibikes.lake.store import (
     LakeTable,
     encode_tables,
     quarantine_tables,
-    raw_file,
     station_information_tables,
     station_status_tables,
 )
@@ -352,8 +351,6 @@ def run_record(run_id: str, system_id: str, started_at: float, outcome: str, *,
 class Prepared(msgspec.Struct):
     """A snapshot validated and encoded, not yet published or landed (see :func:`prepare_snapshot`)."""
 
-    raw_files: list[LakeFile] = []
-    """The raw archive of the new bodies, when asked for (backfill); written before anything else."""
     validated: Validated | None = None
     files: dict[str, list[LakeFile]] = {}
     """Parquet files per table name (see :func:`validated_tables`)."""
@@ -365,9 +362,9 @@ class Prepared(msgspec.Struct):
 
 
 def prepare_snapshot(fetched: Fetched, state: SystemState, quality: QualityConfig, *,
-                     reference_time: float | None = None, archive: bool = False) -> Prepared:
+                     reference_time: float | None = None) -> Prepared:
     """The part of a step that needs neither Kafka nor the lake: bytes -> validated records (status in
-    columns) -> Parquet bytes, and with ``archive`` the zstd raw archive of the bodies first.
+    columns) -> Parquet bytes.
 
     A function of its arguments only, so it can run in another process (:class:`SnapshotWorker`).
     Errors do not escape: they are in ``error``. (Encoding Parquet in the pipeline's own process,
@@ -375,9 +372,6 @@ def prepare_snapshot(fetched: Fetched, state: SystemState, quality: QualityConfi
     """
     prepared = Prepared()
     try:
-        if archive:
-            prepared.raw_files = [raw_file(fetched.system_id, feed, fetched.last_updated[feed], body)
-                                  for feed, body in fetched.bodies.items()]
         if fetched.has_new_data:
             started = time.perf_counter()
             prepared.validated = validate_fetched(fetched, state, quality, reference_time=reference_time)
@@ -454,11 +448,11 @@ class SnapshotWorker:
         return self._process.pid if self._process is not None else None
 
     def submit(self, fetched: Fetched, state: SystemState | None, quality: QualityConfig, *,
-               reference_time: float | None = None, archive: bool = False) -> None:
+               reference_time: float | None = None) -> None:
         self.start()
         assert self._sender is not None
         self._in_flight += 1
-        self._sender.submit(self._send, self._connection, _dumps(_Job(fetched, state, quality, reference_time, archive)))
+        self._sender.submit(self._send, self._connection, _dumps(_Job(fetched, state, quality, reference_time)))
 
     @staticmethod
     def _send(connection: Any, data: bytes) -> None:
@@ -528,8 +522,8 @@ class InlinePreparer:
         self._chain = _Chain()
 
     def submit(self, fetched: Fetched, state: SystemState | None, quality: QualityConfig, *,
-               reference_time: float | None = None, archive: bool = False) -> None:
-        self._jobs.append(_Job(fetched, state, quality, reference_time, archive))
+               reference_time: float | None = None) -> None:
+        self._jobs.append(_Job(fetched, state, quality, reference_time))
 
     def result(self) -> Prepared:
         return self._chain.prepare(self._jobs.popleft())
@@ -549,7 +543,6 @@ class _Job(msgspec.Struct, array_like=True):
     """None: the state the job before leaves (the usual case: the state is not sent again)."""
     quality: QualityConfig
     reference_time: float | None
-    archive: bool
 
 
 class _Chain:
@@ -561,8 +554,7 @@ class _Chain:
 
     def prepare(self, job: _Job) -> Prepared:
         state = job.state if job.state is not None else self.state
-        prepared = prepare_snapshot(job.fetched, state, job.quality, reference_time=job.reference_time,
-                                    archive=job.archive)
+        prepared = prepare_snapshot(job.fetched, state, job.quality, reference_time=job.reference_time)
         ok = prepared.error is None and prepared.validated is not None
         self.state = advance_state(state, job.fetched, prepared.validated) if ok else state
         return prepared

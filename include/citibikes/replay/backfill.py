@@ -300,7 +300,7 @@ def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings:
             if carry is not None:
                 snapshot, carry = _carry_information(carry, snapshot), None
             preparer.submit(snapshot_fetched(snapshot, system_id), restart, settings.quality,
-                            reference_time=float(snapshot.status_last_updated), archive=True)
+                            reference_time=float(snapshot.status_last_updated))
             ahead.append(snapshot)
             restart = None
 
@@ -386,13 +386,14 @@ def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings:
 
 def _receive(snapshot: Snapshot, prepared: Prepared, system_id: str, run_id: str, state: SystemState, lake: Lake,
              writers: ThreadPoolExecutor) -> _Step:
-    """A prepared snapshot, its raw archive handed to the writer threads (the archive comes first,
-    whatever follows)."""
+    """A prepared snapshot, its raw bodies handed to the writer threads to be archived (compressed
+    there: zstd runs without the GIL; the archive comes first, whatever follows)."""
     fetched = snapshot_fetched(snapshot, system_id)
     ok = prepared.error is None and prepared.validated is not None
     return _Step(snapshot=snapshot, fetched=fetched, prepared=prepared, run_id=run_id, started=time.time(),
                  state_before=state, state_after=advance_state(state, fetched, prepared.validated) if ok else state,
-                 archived=[writers.submit(lake.write_files, [file]) for file in prepared.raw_files])
+                 archived=[writers.submit(lake.write_raw, system_id, feed, fetched.last_updated[feed], body)
+                           for feed, body in fetched.bodies.items()])
 
 
 def _land(step: _Step, delivery: BaseException | None, captures: Mapping[str, ChangeCapture], lake: Lake,

@@ -173,7 +173,6 @@ class Publisher:
             except BufferError:  # local queue full: the retrying path
                 self._produce(topic, key, value, headers)
             queued[topic] = queued.get(topic, 0) + 1
-        self._producer.poll(0)
 
     def _publish(self, feed: str, records: Sequence[Any]) -> None:
         self.send(self.messages(feed, records))
