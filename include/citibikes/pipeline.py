@@ -15,6 +15,7 @@ delivered, so a failed run is repeated rather than skipped.
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import os
@@ -24,8 +25,9 @@ import time
 import traceback
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import msgspec
 
@@ -587,17 +589,32 @@ def _enlarge_buffers(connection: Any, size: int = 4 * 1024 * 1024) -> None:
         pass
 
 
+@contextmanager
+def fewer_collections(threshold: int = 100_000) -> Iterator[None]:
+    """Run the cyclic garbage collector's young generation every ``threshold`` allocations instead of
+    700. A snapshot allocates hundreds of thousands of short-lived, acyclic objects (tuples, lists,
+    dicts), freed by reference counting; the default threshold ran a collection every ~700 of them,
+    about 6% of preparing a snapshot (measured in BENCHMARKS.md)."""
+    before = gc.get_threshold()
+    gc.set_threshold(threshold, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+
+
 def _prepare_forever(connection: Any) -> None:
     """The worker process: prepare each job received until told to stop (empty message) or the pipe closes."""
     chain = _Chain()
-    while True:
-        try:
-            data = connection.recv_bytes()
-        except (EOFError, OSError, KeyboardInterrupt):
-            return
-        if not data:
-            return
-        connection.send_bytes(_dumps(chain.prepare(_loads(data, _Job))))
+    with fewer_collections():
+        while True:
+            try:
+                data = connection.recv_bytes()
+            except (EOFError, OSError, KeyboardInterrupt):
+                return
+            if not data:
+                return
+            connection.send_bytes(_dumps(chain.prepare(_loads(data, _Job))))
 
 
 def no_data_outcome(fetched: Fetched, state: SystemState, quality: QualityConfig) -> tuple[str, str | None]:

@@ -43,6 +43,7 @@ from citibikes.pipeline import (
     SnapshotWorker,
     SystemState,
     advance_state,
+    fewer_collections,
     landed_files,
     one_line,
     run_record,
@@ -321,7 +322,7 @@ def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings:
     last_staged: Queued | None = None
     assumed = state  # the state the next snapshot to receive is prepared with
     with ThreadPoolExecutor(1, thread_name_prefix="kafka-flush") as flusher, \
-            ThreadPoolExecutor(3, thread_name_prefix="lake-write") as writers:
+            ThreadPoolExecutor(3, thread_name_prefix="lake-write") as writers, fewer_collections():
         try:
             top_up()
             while ahead or confirming is not None or sent or held:
