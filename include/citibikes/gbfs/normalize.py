@@ -25,7 +25,7 @@ from datetime import datetime
 from functools import cache
 from itertools import repeat
 from operator import call, is_not, itemgetter
-from typing import Any, Callable, Generic, NamedTuple, TypeVar
+from typing import Annotated, Any, Callable, Generic, NamedTuple, TypeVar
 
 import msgspec
 
@@ -773,18 +773,24 @@ class _Shape:
 
     Learned from a snapshot whose records all took the fast path with one set of canonical keys
     (:func:`_status_columns` returns its plans): a struct with every key any of them had, the
-    canonical ones and those every record had required, unknown keys refused, values of any type.
-    A body decoded this way is checked like the fast path's columns (:func:`_check_columns`) and
-    each record's set of keys must be one of the learned ones; if anything differs, ``normalize``
-    returns None and the body goes the usual way. ``extras`` and a quarantined record's ``raw``
+    canonical ones and those every record had required, unknown keys refused. The canonical
+    values are typed as the fast path takes them as they are (a text id, whole counts,
+    flags all booleans or all 0/1 as in the snapshot learned from, whole POSIX seconds), so msgspec
+    checks them while decoding; a shape learned from flags of both kinds or RFC 3339 times leaves
+    them to :func:`_check_columns`. Each record's set of keys must be one of the learned ones. If
+    anything differs, ``normalize`` returns None and the body goes the usual way. ``extras`` and a quarantined record's ``raw``
     keep the key order of the records the shape was learned from (the fast path keeps that of
     the first record of each shape in the body: the same for a feed written the same way each time).
     """
 
-    def __init__(self, plans: list[_ColumnPlan], version: str) -> None:
+    def __init__(self, plans: list[_ColumnPlan], version: str, learned_from: Normalized[StationStatus]) -> None:
         self.version, self.plans = version, [plan.keys for plan in plans]
         self.spelling = _status_keys(version)
         self.canonical = plans[0].canonical
+        n, quirks = len(learned_from.records), learned_from.quirks
+        self.int_flags = quirks["int_as_bool"] == n > 0
+        self.typed = (self.int_flags or not quirks["int_as_bool"]) and not quirks["rfc3339_time"]
+        types = _learned_types(self.spelling, self.int_flags) if self.typed else {}
         every, some = set.intersection(*map(set, self.plans)), set().union(*self.plans)
         extras = [key for keys in self.plans for key in keys if key not in self.canonical]
         self.required = tuple(dict.fromkeys(key for key in extras if key in every))
@@ -792,7 +798,7 @@ class _Shape:
         fields = [*self.canonical, *self.required, *self.optional]
         position = {key: index for index, key in enumerate(fields)}
         station = msgspec.defstruct(
-            "LearnedStation", [(f"f{i}", Any) for i in range(len(fields) - len(self.optional))]
+            "LearnedStation", [(f"f{i}", types.get(key, Any)) for i, key in enumerate(fields[:len(fields) - len(self.optional)])]
             + [(f"f{i}", Any, msgspec.UNSET) for i in range(len(fields) - len(self.optional), len(fields))],
             rename={f"f{i}": key for i, key in enumerate(fields)}, forbid_unknown_fields=True, gc=False)
         data = msgspec.defstruct("LearnedData", [("stations", list[station])], gc=False)  # type: ignore[valid-type]
@@ -842,7 +848,7 @@ class _Shape:
                                          for name, key in zip(STATUS_COLUMNS, self.spelling.canonical)}
         columns["extras"] = [extras(row) for (extras, _), row in zip(builders, rows)]
         generic: set[int] = set()
-        quirks = _check_columns(columns, self.spelling, generic)
+        quirks = self._typed_quirks(columns, generic) if self.typed else _check_columns(columns, self.spelling, generic)
         if generic:
             return None
         quirks.update(f"feed:{quirk}" for quirk in feed_quirks)
@@ -850,6 +856,34 @@ class _Shape:
                                        **columns)
         return Normalized(STATION_STATUS, system_id, version, last_updated, fetched_at, records,  # type: ignore[arg-type]
                           [], +quirks, _RawRecords(rows, builders))
+
+
+    def _typed_quirks(self, columns: dict[str, list[Any]], generic: set[int]) -> Counter[str]:
+        """What :func:`_check_columns` does for columns msgspec already checked: 0/1 flags to
+        booleans, vehicle type counts, and the quirk counts (every record has the same)."""
+        station_ids = columns["station_id"]
+        n = len(station_ids)
+        if not all(station_ids) or any(map(str.isspace, station_ids)):  # (a regex in msgspec costs more)
+            generic.update(i for i, v in enumerate(station_ids) if not v or v.isspace())
+        quirks: Counter[str] = Counter()
+        if self.int_flags:
+            for name in _FLAGS:
+                columns[name] = list(map(_ONE_EQ, columns[name]))
+            quirks["int_as_bool"] = n
+        _read_vehicle_types(columns["vehicle_types_available"], generic)
+        if n and self.spelling.canonical[1] in _VEHICLE_NAMES:
+            quirks["vehicles_as_bikes"] = n
+        return quirks
+
+
+def _learned_types(spelling: _StatusKeys, int_flags: bool) -> dict[str, Any]:
+    """The types msgspec checks the canonical keys with: what the fast path takes as it is (but blank
+    station ids: :meth:`_Shape._typed_quirks`)."""
+    count, flag = int | None, Annotated[int, msgspec.Meta(ge=0, le=1)] if int_flags else bool
+    station_id, bikes, ebikes, bikes_disabled, docks, docks_disabled, *flags, reported, _ = spelling.canonical
+    return {station_id: str, bikes: int, ebikes: count,
+            bikes_disabled: count, docks: count, docks_disabled: count, **dict.fromkeys(flags, flag),
+            reported: Annotated[int, msgspec.Meta(ge=0, le=MILLISECONDS_ABOVE)] | None}
 
 
 def _row_reader(keys: list[str], position: dict[str, int]) -> Callable[[tuple[Any, ...]], dict[str, Any]]:
@@ -1003,12 +1037,11 @@ def normalize_status_body(body: bytes, system_id: str, fetched_at: float) -> Nor
             return normalized
     parsed = parse_feed(body, STATION_STATUS, system_id=system_id)
     normalized, plans = _normalize_status_columns(parsed, system_id, fetched_at)
-    if plans is not None and (shape is None or shape.plans != [plan.keys for plan in plans]
-                              or shape.version != parsed.version):
+    if plans is not None:  # no shape yet, or it did not fit this body: learn this one's
         if len(_SHAPES) >= _MAX_SHAPES:
             _SHAPES.clear()
         try:
-            _SHAPES[system_id] = _Shape(plans, parsed.version)
+            _SHAPES[system_id] = _Shape(plans, parsed.version, normalized)
         except ValueError:  # a key msgspec cannot name a field by (a quote, a backslash, a control character)
             _SHAPES.pop(system_id, None)
     return normalized
