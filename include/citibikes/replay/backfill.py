@@ -23,6 +23,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -349,8 +350,9 @@ def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings:
                 if confirming is not None and (confirming.done() or not ahead or len(held) >= snapshots_per_flush):
                     delivery = confirming.exception()
                     confirming = None
-                    for step_ in flushing:
-                        record = _land(step_, delivery, captures, lake, writers)
+                    landings = [_land(step_, delivery, captures, lake, writers) for step_ in flushing]
+                    for step_, landed in zip(flushing, landings):
+                        record = landed()
                         runs.append(record)
                         if record.outcome != "failed":
                             state = step_.state_after
@@ -399,32 +401,37 @@ def _receive(snapshot: Snapshot, prepared: Prepared, system_id: str, run_id: str
 
 
 def _land(step: _Step, delivery: BaseException | None, captures: Mapping[str, ChangeCapture], lake: Lake,
-          writers: ThreadPoolExecutor) -> RunRecord:
-    """The run record of a step whose flush ended (``delivery``: its error, if any): when the step
-    failed neither before nor there, write its files and advance change capture."""
+          writers: ThreadPoolExecutor) -> Callable[[], RunRecord]:
+    """Land a step whose flush ended (``delivery``: its error, if any) unless it failed before or
+    there: advance change capture and hand its files to the writer threads. The function returned
+    waits for them and gives the step's run record (a flush's steps are all started, then finished)."""
     if step.failure is not None or step.queued is None:
-        return _failed(step, step.failure)
+        return partial(_failed, step, step.failure)
     validated = step.prepared.validated
     assert validated is not None
     durations = {"validate": step.prepared.validate_s, "write": step.prepared.encode_s, "produce": step.produce_s}
-    published = None
-    try:
-        if delivery is not None:
-            raise delivery
-        (published,) = step.queued.published
-        for captures_, selections in step.queued.selections:
-            for feed, selection in selections:
-                captures_[feed].commit(selection)
-        began = time.perf_counter()
-        for future in [*step.archived, *(writers.submit(lake.write_files, [file])
-                                         for file in landed_files(step.prepared, published))]:
-            future.result()
-        durations["write"] += time.perf_counter() - began
-        outcome, reason = success_outcome(validated)
-        return run_record(step.run_id, step.fetched.system_id, step.started, outcome, validated=validated,
-                          published=published, durations=durations, error=reason)
-    except Exception as exc:  # noqa: BLE001 - recorded and reported by the caller
-        return _failed(step, exc, durations, published)
+    if delivery is not None:
+        return partial(_failed, step, delivery, durations)
+    (published,) = step.queued.published
+    for captures_, selections in step.queued.selections:
+        for feed, selection in selections:
+            captures_[feed].commit(selection)
+    began = time.perf_counter()
+    writing = [*step.archived, *(writers.submit(lake.write_files, [file])
+                                 for file in landed_files(step.prepared, published))]
+
+    def landed() -> RunRecord:
+        try:
+            for future in writing:
+                future.result()
+            durations["write"] += time.perf_counter() - began
+            outcome, reason = success_outcome(validated)
+            return run_record(step.run_id, step.fetched.system_id, step.started, outcome, validated=validated,
+                              published=published, durations=durations, error=reason)
+        except Exception as exc:  # noqa: BLE001 - recorded and reported by the caller
+            return _failed(step, exc, durations, published)
+
+    return landed
 
 
 def _failed(step: _Step, exc: BaseException | None, durations: Mapping[str, float] | None = None,
