@@ -273,8 +273,9 @@ def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings:
     write the Parquet files and advance change capture and the state. Snapshots overlap, so that
     both cores and the broker work all the time:
 
-    * the next one is prepared (:func:`~citibikes.pipeline.prepare_snapshot`: raw archive
-      compressed, validated, Parquet encoded) by ``worker``, another process, if given;
+    * the next :data:`PREPARE_AHEAD` ones are prepared (:func:`~citibikes.pipeline.prepare_snapshot`:
+      validated, Parquet encoded) by ``worker``, another process, if given, each with the state
+      the one before leaves; the raw bodies are archived by writer threads as they arrive;
     * this one is staged - selected and encoded - and sent, unless the broker is still
       acknowledging earlier ones: then it is held and sent once those are confirmed and landed;
     * the broker is asked to acknowledge (a flush) every ``snapshots_per_flush`` sent snapshots
@@ -458,8 +459,8 @@ def backfill(folder: Path, system_id: str, *, settings: Settings, lake: Lake, pu
              worker: SnapshotWorker | None = None) -> BackfillReport:
     """Ingest every recorded snapshot of ``folder`` for ``system_id``; see the module docstring.
 
-    Two snapshots or more are prepared in a worker process (``worker``, or one started for this
-    backfill) while the previous one is published and landed.
+    Snapshots are prepared in a worker process (``worker``, or one started for this backfill)
+    while earlier ones are published and landed (see :func:`ingest_snapshots`).
     """
     found = scan(folder)
     pairs = pair(found.snapshots)
