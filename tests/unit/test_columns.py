@@ -17,6 +17,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
+import signal
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -363,6 +365,25 @@ def test_snapshots_acknowledged_together_give_what_one_at_a_time_gives(tmp_path:
     assert [run[1:] for run in runs[3:]] == [run[1:] for run in rest["runs"]]
     assert failing["files"].keys() >= rest["files"].keys()
     assert failing["captures"] == rest["captures"]
+
+
+def test_a_dead_worker_fails_the_snapshot_it_held_and_a_new_one_goes_on(tmp_path: Path) -> None:
+    """The worker process is killed before the backfill: the first snapshot fails with that reason
+    (one line), those submitted behind it are prepared again by a new worker process, and the rest
+    of the backfill is what it is when the first snapshot fails otherwise (here: not acknowledged)."""
+    with SnapshotWorker() as worker:
+        dead = worker.pid
+        assert dead is not None
+        os.kill(dead, signal.SIGKILL)
+        worker._process.join(5)  # dead before the backfill starts
+        killed = _ingest(tmp_path / "killed", worker, set(), partial(ingest_snapshots, snapshots_per_flush=2))
+        assert worker.pid != dead
+    unacknowledged = _ingest(tmp_path / "unacknowledged", None, {1}, partial(ingest_snapshots, snapshots_per_flush=1))
+    runs = killed["runs"]
+    assert runs[0][1] == "failed" and "worker process preparing the snapshot stopped (exit code -9)" in runs[0][2]
+    assert "\n" not in runs[0][2]
+    assert [run[1:] for run in runs[1:]] == [run[1:] for run in unacknowledged["runs"][1:]]
+    assert killed["states"] == unacknowledged["states"] and killed["captures"] == unacknowledged["captures"]
 
 # --------------------------------------------------------------------------- learned shapes (typed decoding)
 
