@@ -778,9 +778,10 @@ class _Shape:
     flags all booleans or all 0/1 as in the snapshot learned from, whole POSIX seconds), so msgspec
     checks them while decoding; a shape learned from flags of both kinds or RFC 3339 times leaves
     them to :func:`_check_columns`. Each record's set of keys must be one of the learned ones. If
-    anything differs, ``normalize`` returns None and the body goes the usual way. ``extras`` and a quarantined record's ``raw``
-    keep the key order of the records the shape was learned from (the fast path keeps that of
-    the first record of each shape in the body: the same for a feed written the same way each time).
+    anything differs, ``normalize`` returns None and the body goes the usual way. ``extras`` and a
+    quarantined record's ``raw`` keep the key order of the records the shape was learned from (the
+    fast path keeps that of the first record of each shape in the body: the same for a feed
+    written the same way each time).
     """
 
     def __init__(self, plans: list[_ColumnPlan], version: str, learned_from: Normalized[StationStatus]) -> None:
@@ -791,21 +792,22 @@ class _Shape:
         self.int_flags = quirks["int_as_bool"] == n > 0
         self.typed = (self.int_flags or not quirks["int_as_bool"]) and not quirks["rfc3339_time"]
         types = _learned_types(self.spelling, self.int_flags) if self.typed else {}
-        every, some = set.intersection(*map(set, self.plans)), set().union(*self.plans)
+        every = set.intersection(*map(set, self.plans))
         extras = [key for keys in self.plans for key in keys if key not in self.canonical]
         self.required = tuple(dict.fromkeys(key for key in extras if key in every))
         self.optional = tuple(dict.fromkeys(key for key in extras if key not in every))
         fields = [*self.canonical, *self.required, *self.optional]
         position = {key: index for index, key in enumerate(fields)}
-        station = msgspec.defstruct(
-            "LearnedStation", [(f"f{i}", types.get(key, Any)) for i, key in enumerate(fields[:len(fields) - len(self.optional)])]
-            + [(f"f{i}", Any, msgspec.UNSET) for i in range(len(fields) - len(self.optional), len(fields))],
+        first_optional = len(fields) - len(self.optional)
+        station = msgspec.defstruct(  # fields f0, f1... named by `rename`: any key is a field name
+            "LearnedStation",
+            [(f"f{i}", types.get(key, Any)) if i < first_optional else (f"f{i}", Any, msgspec.UNSET)
+             for i, key in enumerate(fields)],
             rename={f"f{i}": key for i, key in enumerate(fields)}, forbid_unknown_fields=True, gc=False)
         data = msgspec.defstruct("LearnedData", [("stations", list[station])], gc=False)  # type: ignore[valid-type]
         document = msgspec.defstruct("LearnedDocument", [("data", data), ("last_updated", Any, None),
                                                          ("ttl", Any, None), ("version", Any, "1.0")], gc=False)
         self.decoder = msgspec.json.Decoder(document)
-        assert set(fields) == some
         # Per set of optional keys present: the record's extras and its raw dict, from its row of values.
         self.builders: dict[tuple[bool, ...], tuple[Callable[[tuple[Any, ...]], dict[str, Any]], ...]] = {}
         for keys in self.plans:
@@ -857,7 +859,6 @@ class _Shape:
         return Normalized(STATION_STATUS, system_id, version, last_updated, fetched_at, records,  # type: ignore[arg-type]
                           [], +quirks, _RawRecords(rows, builders))
 
-
     def _typed_quirks(self, columns: dict[str, list[Any]], generic: set[int]) -> Counter[str]:
         """What :func:`_check_columns` does for columns msgspec already checked: 0/1 flags to
         booleans, vehicle type counts, and the quirk counts (every record has the same)."""
@@ -881,9 +882,8 @@ def _learned_types(spelling: _StatusKeys, int_flags: bool) -> dict[str, Any]:
     station ids: :meth:`_Shape._typed_quirks`)."""
     count, flag = int | None, Annotated[int, msgspec.Meta(ge=0, le=1)] if int_flags else bool
     station_id, bikes, ebikes, bikes_disabled, docks, docks_disabled, *flags, reported, _ = spelling.canonical
-    return {station_id: str, bikes: int, ebikes: count,
-            bikes_disabled: count, docks: count, docks_disabled: count, **dict.fromkeys(flags, flag),
-            reported: Annotated[int, msgspec.Meta(ge=0, le=MILLISECONDS_ABOVE)] | None}
+    return {station_id: str, bikes: int, ebikes: count, bikes_disabled: count, docks: count, docks_disabled: count,
+            **dict.fromkeys(flags, flag), reported: Annotated[int, msgspec.Meta(ge=0, le=MILLISECONDS_ABOVE)] | None}
 
 
 def _row_reader(keys: list[str], position: dict[str, int]) -> Callable[[tuple[Any, ...]], dict[str, Any]]:
