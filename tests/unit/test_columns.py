@@ -385,6 +385,27 @@ def test_a_dead_worker_fails_the_snapshot_it_held_and_a_new_one_goes_on(tmp_path
     assert [run[1:] for run in runs[1:]] == [run[1:] for run in unacknowledged["runs"][1:]]
     assert killed["states"] == unacknowledged["states"] and killed["captures"] == unacknowledged["captures"]
 
+
+def test_a_backfill_stopped_early_leaves_the_worker_ready_for_the_next(tmp_path: Path) -> None:
+    """Stopped after its first landed snapshots (as by Ctrl-C), with snapshots prepared ahead: the
+    next backfill on the same worker gets its own snapshots' results, not those left behind."""
+    lake = open_lake(str(tmp_path))
+    settings = load_settings({"CITIBIKES_FEED": "replay", "CITIBIKES_LAKE_URI": str(tmp_path)})
+    publisher = Publisher(FlakyProducer(set()), TOPICS)  # type: ignore[arg-type]
+
+    def ingest(snapshots: list[Snapshot], worker: SnapshotWorker) -> Any:
+        return ingest_snapshots(snapshots, "citibike", settings=settings, lake=lake, publisher=publisher,
+                                state=SystemState(), captures=new_change_capture(900), worker=worker,
+                                snapshots_per_flush=2)
+
+    with SnapshotWorker() as worker:
+        results = ingest(_snapshots(), worker)
+        _, first, _ = next(results)
+        results.close()
+        ((_, again, _),) = ingest(_snapshots()[:1], worker)
+    assert first.outcome == again.outcome == "success"
+    assert again.stations_information == first.stations_information > 2000  # minute 0's, not minute 2's
+
 # --------------------------------------------------------------------------- learned shapes (typed decoding)
 
 
