@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
@@ -156,16 +156,12 @@ def parse_feed(body: bytes, feed: str, *, system_id: str | None = None) -> Parse
     if feed not in STATION_FEEDS:
         raise ValueError(f"parse_feed handles {STATION_FEEDS}, not {feed!r}")
 
-    def fail(reason: str, message: str) -> FeedError:
-        return FeedError(message, reason=reason, system_id=system_id, feed=feed)
-
+    fail = _failure(feed, system_id)
     document, quirks = _decode(body, fail)
     if not isinstance(document, dict) or not isinstance(document.get("data"), dict):
         raise fail("wrong_content", f"{_describe_document(document)}, not a GBFS {feed} document; "
                    "check that the URL is the feed listed in gbfs.json")
-    version = _version(document, fail)
-    last_updated = _last_updated(document, quirks, fail)
-    ttl = _ttl(document, quirks)
+    version, last_updated, ttl = _header(document, quirks, fail)
     stations = _stations(document["data"], feed, fail)
     _check_content_matches(stations, feed, fail)
     return ParsedFeed(feed, version, last_updated, ttl, stations, tuple(quirks))
@@ -221,7 +217,20 @@ def _a_json(value: Any) -> str:
     return names.get(type(value), "null")
 
 
-def _version(document: dict[str, Any], fail: Callable[[str, str], FeedError]) -> str:
+def _failure(feed: str, system_id: str | None) -> Callable[[str, str], FeedError]:
+    """``fail(reason, message)``: the FeedError of this feed."""
+    def fail(reason: str, message: str) -> FeedError:
+        return FeedError(message, reason=reason, system_id=system_id, feed=feed)
+    return fail
+
+
+def _header(document: Mapping[str, Any], quirks: list[str], fail: Callable[[str, str], FeedError]
+            ) -> tuple[str, int, int | None]:
+    """The header's version, ``last_updated`` and ``ttl``; quirks smoothed over are added to ``quirks``."""
+    return _version(document, fail), _last_updated(document, quirks, fail), _ttl(document, quirks)
+
+
+def _version(document: Mapping[str, Any], fail: Callable[[str, str], FeedError]) -> str:
     version = document.get("version", "1.0")  # 1.0 had no version field (added in 1.1)
     if isinstance(version, str) and (version in SUPPORTED_VERSIONS or _LATER_3X.fullmatch(version)):
         return version
@@ -233,7 +242,7 @@ def _version(document: dict[str, Any], fail: Callable[[str, str], FeedError]) ->
                "3.x); point the system at a supported version in gbfs_versions.json")
 
 
-def _last_updated(document: dict[str, Any], quirks: list[str], fail: Callable[[str, str], FeedError]) -> int:
+def _last_updated(document: Mapping[str, Any], quirks: list[str], fail: Callable[[str, str], FeedError]) -> int:
     raw = document.get("last_updated")
     if raw is None:
         raise fail("bad_header", "the header has no last_updated; the feed cannot be dated, ask the vendor to add it")
@@ -250,7 +259,7 @@ def _last_updated(document: dict[str, Any], quirks: list[str], fail: Callable[[s
     return seconds
 
 
-def _ttl(document: dict[str, Any], quirks: list[str]) -> int | None:
+def _ttl(document: Mapping[str, Any], quirks: list[str]) -> int | None:
     ttl = document.get("ttl")
     if ttl is None:
         return None
@@ -621,11 +630,13 @@ def _column_plan(keys: tuple[str, ...], spelling: _StatusKeys) -> _ColumnPlan | 
     return _ColumnPlan(itemgetter(*canonical, *extra_keys), canonical, _dict_reader(extra_keys), keys)
 
 
-def _dict_reader(keys: tuple[str, ...]) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """``lambda raw: {key: raw[key] for key in keys}``, compiled for these keys (as namedtuple compiles
-    its class): a dict display runs twice as fast as a comprehension or ``dict(zip(...))`` and this
-    runs once per record. The keys appear as their ``repr``, so any text is safe."""
-    return eval("lambda raw: {" + "".join(f"{key!r}: raw[{key!r}], " for key in keys) + "}")  # noqa: S307
+def _dict_reader(keys: Sequence[str], position: Mapping[str, int] | None = None) -> Callable[[Any], dict[str, Any]]:
+    """``lambda raw: {key: raw[key] for key in keys}`` (``raw[position[key]]`` for a row of values
+    with ``position``), compiled for these keys (as namedtuple compiles its class): a dict display
+    runs twice as fast as a comprehension or ``dict(zip(...))`` and this runs once per record. The
+    keys appear as their ``repr``, so any text is safe."""
+    items = "".join(f"{key!r}: raw[{position[key] if position is not None else repr(key)}], " for key in keys)
+    return eval("lambda raw: {" + items + "}")  # noqa: S307
 
 
 def _vehicle_types_fast(value: Any) -> list[VehicleTypeCount] | None:
@@ -813,20 +824,14 @@ class _Shape:
         for keys in self.plans:
             present = tuple(key in keys for key in self.optional)
             extra_keys = [key for key in keys if key not in self.canonical]
-            self.builders[present] = (_row_reader(extra_keys, position), _row_reader(list(keys), position))
+            self.builders[present] = (_dict_reader(extra_keys, position), _dict_reader(keys, position))
 
     def normalize(self, body: bytes, system_id: str, fetched_at: float) -> Normalized[StationStatus] | None:
         try:
             document = self.decoder.decode(body)
             header = {"version": document.version, "last_updated": document.last_updated, "ttl": document.ttl}
             feed_quirks: list[str] = []
-
-            def fail(reason: str, message: str) -> FeedError:
-                return FeedError(message, reason=reason, system_id=system_id, feed=STATION_STATUS)
-
-            version = _version(header, fail)
-            last_updated = _last_updated(header, feed_quirks, fail)
-            _ttl(header, feed_quirks)
+            version, last_updated, _ = _header(header, feed_quirks, _failure(STATION_STATUS, system_id))
         except (msgspec.DecodeError, msgspec.ValidationError, FeedError, RecursionError, UnicodeDecodeError):
             return None
         if version != self.version:
@@ -853,7 +858,7 @@ class _Shape:
         quirks = self._typed_quirks(columns, generic) if self.typed else _check_columns(columns, self.spelling, generic)
         if generic:
             return None
-        quirks.update(f"feed:{quirk}" for quirk in feed_quirks)
+        quirks.update(_feed_quirks(feed_quirks))
         records = StationStatusColumns(system_id=system_id, last_updated=last_updated, fetched_at=fetched_at,
                                        **columns)
         return Normalized(STATION_STATUS, system_id, version, last_updated, fetched_at, records,  # type: ignore[arg-type]
@@ -884,11 +889,6 @@ def _learned_types(spelling: _StatusKeys, int_flags: bool) -> dict[str, Any]:
     station_id, bikes, ebikes, bikes_disabled, docks, docks_disabled, *flags, reported, _ = spelling.canonical
     return {station_id: str, bikes: int, ebikes: count, bikes_disabled: count, docks: count, docks_disabled: count,
             **dict.fromkeys(flags, flag), reported: Annotated[int, msgspec.Meta(ge=0, le=MILLISECONDS_ABOVE)] | None}
-
-
-def _row_reader(keys: list[str], position: dict[str, int]) -> Callable[[tuple[Any, ...]], dict[str, Any]]:
-    """``lambda row: {key: row[position[key]] for key in keys}``, compiled (see :func:`_dict_reader`)."""
-    return eval("lambda row: {" + "".join(f"{key!r}: row[{position[key]}], " for key in keys) + "}")  # noqa: S307
 
 
 class _RawRecords(Sequence[dict[str, Any]]):
@@ -1052,7 +1052,7 @@ def _normalize_status_columns(parsed: ParsedFeed, system_id: str, fetched_at: fl
     _require_feed(parsed, STATION_STATUS)
     ctx = _Context(system_id, parsed.version, parsed.last_updated, fetched_at)
     normalized, plans = _status_columns(parsed.stations, ctx)
-    normalized.quirks.update(_feed_quirks(parsed))
+    normalized.quirks.update(_feed_quirks(parsed.quirks))
     return normalized, plans
 
 
@@ -1073,16 +1073,16 @@ def _normalize_generic(parsed: ParsedFeed, ctx: _Context,
     records: list[Any] = []
     sources: list[Any] = []
     quarantined: list[QuarantinedRecord] = []
-    quirks: Counter[str] = Counter(_feed_quirks(parsed))
+    quirks: Counter[str] = Counter(_feed_quirks(parsed.quirks))
     for raw in parsed.stations:
         _add_generic(raw, normalize_one(raw, ctx), parsed.feed, ctx, records, sources, quarantined, quirks)
     return Normalized(parsed.feed, ctx.system_id, ctx.version, ctx.last_updated, ctx.fetched_at,
                       records, quarantined, quirks, sources)
 
 
-def _feed_quirks(parsed: ParsedFeed) -> list[str]:
+def _feed_quirks(quirks: Iterable[str]) -> list[str]:
     """Header quirks, counted once per feed under ``feed:<quirk>`` (record quirks count records)."""
-    return [f"feed:{quirk}" for quirk in parsed.quirks]
+    return [f"feed:{quirk}" for quirk in quirks]
 
 
 def _require_feed(parsed: ParsedFeed, feed: str) -> None:
