@@ -302,8 +302,13 @@ def land_validated(validated: Validated, lake: Lake, *, information_changed: boo
 
 def encode_validated(validated: Validated, *, information_changed: bool = True) -> list[LakeFile]:
     """The files :func:`land_validated` writes, encoded (Parquet bytes) but not written."""
-    return encode_tables(table for name, tables in validated_tables(validated).items()
-                         if name != "station_information" or information_changed for table in tables)
+    return encode_tables(_to_land(validated_tables(validated), information_changed))
+
+
+def _to_land(by_table: Mapping[str, list[T]], information_changed: bool) -> list[T]:
+    """Every table's files (or tables), station_information's only when its content changed."""
+    return [item for name, items in by_table.items()
+            if name != STATION_INFORMATION or information_changed for item in items]
 
 
 def validated_tables(validated: Validated) -> dict[str, list[LakeTable]]:
@@ -399,8 +404,7 @@ def stage_prepared(prepared: Prepared, captures: Mapping[str, ChangeCapture], pu
 def landed_files(prepared: Prepared, published: Published) -> list[LakeFile]:
     """The Parquet files of a prepared snapshot to write once its records are acknowledged:
     station_information only when its content changed (as :func:`land_validated`)."""
-    return [file for name, files in prepared.files.items()
-            if name != "station_information" or published.information_changed for file in files]
+    return _to_land(prepared.files, published.information_changed)
 
 
 class PrepareError(Exception):

@@ -1018,7 +1018,6 @@ def normalize_status(parsed: ParsedFeed, system_id: str, fetched_at: float) -> N
 
 def normalize_status_columns(parsed: ParsedFeed, system_id: str, fetched_at: float) -> Normalized[StationStatus]:
     """Like :func:`normalize_status`, with the records as one :class:`StationStatusColumns` (what the pipeline uses)."""
-    _require_feed(parsed, STATION_STATUS)
     return _normalize_status_columns(parsed, system_id, fetched_at)[0]
 
 
