@@ -495,22 +495,23 @@ class SnapshotWorker:
     def close(self) -> None:
         if self._process is not None:
             try:
-                self.drain()
+                self.drain()  # may find the process dead and discard it
                 if self._sender is not None:
                     self._sender.submit(self._send, self._connection, b"").result()
             except OSError:
                 pass
-            self._process.join(10)
+            if self._process is not None:
+                self._process.join(10)
             self._discard()
 
     def _discard(self) -> None:
         if self._process is not None and self._process.is_alive():
             self._process.terminate()
             self._process.join(5)
+        if self._sender is not None:  # before closing the connection it may be sending on
+            self._sender.shutdown(wait=True)
         if self._connection is not None:
             self._connection.close()
-        if self._sender is not None:
-            self._sender.shutdown(wait=True)
         self._process, self._connection, self._sender, self._in_flight = None, None, None, 0
 
     def __enter__(self) -> SnapshotWorker:

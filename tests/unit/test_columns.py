@@ -52,7 +52,7 @@ from citibikes.pipeline import (
     validate_fetched,
 )
 from citibikes.quality import ValidationResult, validate
-from citibikes.replay.backfill import Snapshot, ingest_snapshot, ingest_snapshots, new_change_capture
+from citibikes.replay.backfill import Snapshot, ingest_snapshot, ingest_snapshots, new_change_capture, snapshot_fetched
 from citibikes.replay.evolve import ReplayFeed, resolve_system
 from citibikes.replay.recordings import recorded
 from citibikes.stream.publish import ChangeCapture, Publisher, status_fingerprint, status_fingerprints
@@ -384,6 +384,17 @@ def test_a_dead_worker_fails_the_snapshot_it_held_and_a_new_one_goes_on(tmp_path
     assert "\n" not in runs[0][2]
     assert [run[1:] for run in runs[1:]] == [run[1:] for run in unacknowledged["runs"][1:]]
     assert killed["states"] == unacknowledged["states"] and killed["captures"] == unacknowledged["captures"]
+
+
+def test_closing_a_worker_that_died_with_answers_due(tmp_path: Path) -> None:
+    settings = load_settings({"CITIBIKES_FEED": "replay", "CITIBIKES_LAKE_URI": str(tmp_path)})
+    worker = SnapshotWorker().start()
+    worker.submit(snapshot_fetched(_snapshots()[1], "citibike"), SystemState(), settings.quality)
+    pid = worker.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    worker.close()  # drains an error answer, then nothing is left to stop
+    assert worker.pid is None
 
 
 def test_a_backfill_stopped_early_leaves_the_worker_ready_for_the_next(tmp_path: Path) -> None:
