@@ -281,11 +281,14 @@ def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings:
     * the broker is asked to acknowledge (a flush) every ``snapshots_per_flush`` sent snapshots
       at once: each flush costs the broker as much as a few thousand records.
 
-    Work ahead is done as if the snapshots before it succeed. When one fails instead (not
-    acknowledged: then all those of its flush fail), the work done for the later ones is dropped
-    and they are prepared again from the real state (carrying the station_information a failed
-    one brought), so a snapshot's result never depends on work done for a failed one. Run records
-    are written ``runs_per_file`` to a file.
+    Work ahead is done as if the snapshots before it succeed. When one fails instead (broken,
+    or not acknowledged: then all those of its flush fail), the work done for the later ones is
+    dropped and they are prepared again from the real state (carrying the station_information a
+    failed one brought), so a snapshot's result never depends on work done for a failed one. A
+    snapshot whose records were acknowledged but whose files could not be written fails alone:
+    its records are in Kafka and change capture counts them, so the later ones stand; the next
+    backfill ingests it again (same message ids) and writes its files. Run records are written
+    ``runs_per_file`` to a file.
     """
     preparer: SnapshotWorker | InlinePreparer = worker if worker is not None else InlinePreparer()
     run_id = run_id or (lambda snapshot: run_id_for(system_id, snapshot.status_last_updated))
