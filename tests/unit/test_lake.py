@@ -31,6 +31,7 @@ from citibikes.lake.tables import (
     STATION_STATUS_SCHEMA,
     RunRecord,
     parquet_bytes,
+    read_parquet_bytes,
     records_from_table,
     station_status_table,
 )
@@ -449,7 +450,23 @@ def test_status_parquet_is_an_order_of_magnitude_smaller_than_the_feed(first_sta
     assert per_row < 40, f"{per_row:.1f} bytes per status row"
     metadata = pq.ParquetFile(pa.BufferReader(parquet)).metadata
     assert metadata.num_row_groups == 1
-    assert metadata.row_group(0).column(0).compression == "ZSTD"
+    chunks = {chunk.path_in_schema: chunk for chunk in map(metadata.row_group(0).column, range(metadata.num_columns))}
+    assert chunks["station_id"].compression == chunks["extras"].compression == "ZSTD"
+    # one value per snapshot: zstd would only add its frame
+    assert chunks["system_id"].compression == chunks["last_updated"].compression == "UNCOMPRESSED"
+
+
+def test_status_parquet_has_statistics_of_ids_and_times(first_status: list[StationStatus]) -> None:
+    table = station_status_table(first_status)
+    parquet = parquet_bytes(table)
+    metadata = pq.ParquetFile(pa.BufferReader(parquet)).metadata
+    chunks = {chunk.path_in_schema: chunk for chunk in map(metadata.row_group(0).column, range(metadata.num_columns))}
+    ids = sorted(record.station_id for record in first_status)
+    assert (chunks["station_id"].statistics.min, chunks["station_id"].statistics.max) == (ids[0], ids[-1])
+    assert chunks["last_updated"].is_stats_set and chunks["last_reported"].is_stats_set
+    assert not chunks["num_bikes_available"].is_stats_set and not chunks["extras"].is_stats_set
+    assert b"ARROW:schema" not in (metadata.metadata or {})  # the lake's explicit schemas describe the files
+    assert read_parquet_bytes(parquet).equals(table)
 
 
 def test_encoded_files_are_the_bytes_the_writers_write(lake: Lake, tmp_path: Path,
