@@ -55,7 +55,7 @@ from citibikes.quality import ValidationResult, validate
 from citibikes.replay.backfill import Snapshot, ingest_snapshot, ingest_snapshots, new_change_capture, snapshot_fetched
 from citibikes.replay.evolve import ReplayFeed, resolve_system
 from citibikes.replay.recordings import recorded
-from citibikes.stream.publish import ChangeCapture, Publisher, status_fingerprint, status_fingerprints
+from citibikes.stream.publish import ChangeCapture, Publisher, encode_value, status_fingerprint, status_fingerprints
 from test_properties import _apply_edits, edit_lists, header_values
 from test_publish import TOPICS, FakeProducer
 
@@ -101,7 +101,7 @@ def as_reference_validated(result: ValidationResult, validated: Validated) -> Va
 
 def assert_same(result: ValidationResult, validated: Validated) -> None:
     """Same records, quarantine, summary, Parquet tables (content and bytes)."""
-    encode = msgspec.json.encode
+    encode = encode_value  # as the Publisher encodes message values
     status = validated.status.records() if validated.status is not None else []
     assert status == result.status
     assert [encode(r) for r in status] == [encode(r) for r in result.status]  # the Kafka values
@@ -117,7 +117,7 @@ def assert_same(result: ValidationResult, validated: Validated) -> None:
     # the DAG stages hand it over as msgpack: nothing is lost on the way (a tuple in the summary becomes a list)
     try:
         staged = msgspec.msgpack.encode(validated)
-    except OverflowError:  # an integer beyond 64 bits in some record's extras: msgpack has none (as before)
+    except OverflowError:  # an integer beyond 64 bits in station_information's extras: msgpack has none (status extras are text)
         return
     assert msgspec.msgpack.encode(msgspec.msgpack.decode(staged, type=Validated)) == staged
     assert msgspec.msgpack.decode(staged, type=Validated).status == validated.status
@@ -458,3 +458,52 @@ def test_a_learned_shape_falls_back_for_anything_else(plan: Any, header: Any) ->
         assert str(raised.value) == str(exc)
         return
     _same_normalized(normalize_status_body(body, "learner", 7.5), usual)
+
+
+def _learned_from_real(system: str) -> Any:
+    normalize._SHAPES.pop(system, None)
+    normalize_status_body(json.dumps(REAL_PAIR[1]).encode(), system, 7.5)
+    return normalize._SHAPES[system]
+
+
+@pytest.mark.parametrize("value", [1, 0, "yes", None, 2**70, 1.0, [1], {"a": 1}])
+def test_vendor_values_of_another_type_give_the_usual_extras_text(value: Any) -> None:
+    """The extras text is kept by the tuple of vendor values, where True and 1 (or 1 and 1.0) are one
+    key: only values of the types learned may use it; others take the usual way, text included."""
+    shape = _learned_from_real("vendor-types")
+    normalize_status_body(json.dumps(REAL_PAIR[1]).encode(), "vendor-types", 7.5)
+    assert shape.texts is not None and len(shape.texts) >= 2  # Citi Bike's vendor fields: one type each
+    document = copy.deepcopy(REAL_PAIR[1])
+    document["data"]["stations"][0]["eightd_has_available_keys"] = value
+    document["data"]["stations"][1]["legacy_id"] = value
+    body = json.dumps(document).encode()
+    fast, usual = normalize_status_body(body, "vendor-types", 7.5), _parsed_the_usual_way(body, "vendor-types")
+    _same_normalized(fast, usual)
+    assert fast.records.extras == usual.records.extras
+    assert json.loads(fast.records.extras[0])["eightd_has_available_keys"] == value
+
+
+def test_vendor_values_that_never_repeat_keep_the_text_cache_bounded() -> None:
+    shape = _learned_from_real("vendor-counter")
+    shape.max_texts = 50
+    for minute in range(1, 6):
+        document = copy.deepcopy(REAL_PAIR[1])
+        for index, station in enumerate(document["data"]["stations"]):
+            station["legacy_id"] = f"{minute}-{index}"  # a new value every time
+        body = json.dumps(document).encode()
+        fast = normalize_status_body(body, "vendor-counter", 7.5)
+        assert type(fast.sources) is not list, "the learned shape decoded it"
+        _same_normalized(fast, _parsed_the_usual_way(body, "vendor-counter"))
+        assert len(shape.texts) <= shape.max_texts
+
+
+def test_vendor_values_of_several_types_are_not_cached_and_still_right() -> None:
+    document = copy.deepcopy(REAL_PAIR[1])
+    document["data"]["stations"][0]["legacy_id"] = 466  # an int where the others have text
+    body = json.dumps(document).encode()
+    normalize._SHAPES.pop("vendor-mixed", None)
+    normalize_status_body(body, "vendor-mixed", 7.5)
+    assert normalize._SHAPES["vendor-mixed"].texts is None
+    again = normalize_status_body(body, "vendor-mixed", 7.5)
+    assert type(again.sources) is not list, "the learned shape decoded it"
+    _same_normalized(again, _parsed_the_usual_way(body, "vendor-mixed"))

@@ -80,6 +80,19 @@ class QuarantinedRecord(msgspec.Struct, kw_only=True, gc=False):
     fetched_at: float
 
 
+_SORTED_JSON = msgspec.json.Encoder(order="sorted")
+_EXTRAS = msgspec.json.Decoder(dict[str, Any])
+
+
+def extras_text(extras: dict[str, Any]) -> bytes:
+    """A record's ``extras`` as JSON text with sorted keys: stable bytes, what the lake stores."""
+    return _SORTED_JSON.encode(extras)
+
+
+def extras_from_text(text: bytes) -> dict[str, Any]:
+    return _EXTRAS.decode(text)
+
+
 STATUS_COLUMNS = tuple(name for name in StationStatus.__struct_fields__
                        if name not in ("system_id", "last_updated", "fetched_at"))
 """The per-station fields of :class:`StationStatus`, in its field order (the columns of
@@ -93,7 +106,9 @@ class StationStatusColumns(msgspec.Struct, kw_only=True, gc=False):
     every column and the snapshot's ``system_id``, ``last_updated`` and ``fetched_at``. The pipeline
     keeps a snapshot in this form from parsing to Parquet (validation rules, Arrow arrays and change
     capture all work on columns) and makes :class:`StationStatus` structs only for the records it
-    publishes. Column values have the types of the struct's fields.
+    publishes. Column values have the types of the struct's fields, but ``extras``: each record's
+    as JSON text (:func:`extras_text`), the form the lake stores and the cheapest to pass between
+    processes; a record made from the columns has it back as a dict.
     """
 
     system_id: str
@@ -110,7 +125,7 @@ class StationStatusColumns(msgspec.Struct, kw_only=True, gc=False):
     is_returning: list[bool] = []
     last_reported: list[int | None] = []
     vehicle_types_available: list[list[VehicleTypeCount] | None] = []
-    extras: list[dict[str, Any]] = []
+    extras: list[bytes] = []
 
     def __len__(self) -> int:
         return len(self.station_id)
@@ -120,12 +135,12 @@ class StationStatusColumns(msgspec.Struct, kw_only=True, gc=False):
         return {name: getattr(self, name) for name in STATUS_COLUMNS}
 
     def record(self, index: int) -> StationStatus:
-        return StationStatus(system_id=self.system_id, last_updated=self.last_updated, fetched_at=self.fetched_at,
-                             **{name: getattr(self, name)[index] for name in STATUS_COLUMNS})
+        return self.records((index,))[0]
 
     def records(self, indices: Iterable[int] | None = None) -> list[StationStatus]:
         """The records (all, or those at ``indices``) as structs, in that order."""
         system_id, last_updated, fetched_at = self.system_id, self.last_updated, self.fetched_at
+        decode_extras = _EXTRAS.decode
         columns = self.columns().values()
         if indices is not None:
             indices = list(indices)
@@ -136,7 +151,7 @@ class StationStatusColumns(msgspec.Struct, kw_only=True, gc=False):
                           num_docks_available=docks, num_docks_disabled=docks_disabled, is_installed=installed,
                           is_renting=renting, is_returning=returning, last_reported=reported,
                           vehicle_types_available=vehicle_types, last_updated=last_updated,
-                          fetched_at=fetched_at, extras=extras)
+                          fetched_at=fetched_at, extras=decode_extras(extras))
             for (station_id, bikes, ebikes, bikes_disabled, docks, docks_disabled, installed, renting, returning,
                  reported, vehicle_types, extras) in zip(*columns)
         ]
@@ -162,5 +177,6 @@ class StationStatusColumns(msgspec.Struct, kw_only=True, gc=False):
         """Records of one snapshot (they must all carry these ``system_id``, ``last_updated``, ``fetched_at``)."""
         if any((r.system_id, r.last_updated, r.fetched_at) != (system_id, last_updated, fetched_at) for r in records):
             raise ValueError("the records are not all of one snapshot (system_id, last_updated, fetched_at)")
-        return cls(system_id=system_id, last_updated=last_updated, fetched_at=fetched_at,
-                   **{name: [getattr(r, name) for r in records] for name in STATUS_COLUMNS})
+        columns = {name: [getattr(r, name) for r in records] for name in STATUS_COLUMNS}
+        columns["extras"] = list(map(extras_text, columns["extras"]))
+        return cls(system_id=system_id, last_updated=last_updated, fetched_at=fetched_at, **columns)

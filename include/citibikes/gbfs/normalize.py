@@ -39,6 +39,7 @@ from citibikes.gbfs.model import (
     StationStatus,
     StationStatusColumns,
     VehicleTypeCount,
+    extras_text,
 )
 
 SUPPORTED_VERSIONS = frozenset({"1.0", "1.1", "2.0", "2.1", "2.2", "2.3", "3.0"})
@@ -665,9 +666,9 @@ def _status_columns(stations: list[Any], ctx: _Context
     checked with a set of its value types. Records of another shape, or with a value the fast path
     does not take as it is (a problem, a float count, a numeric id, mixed flags...), go through
     :func:`_status_generic`, the reference, and its result is put in their place. Both give the
-    same records, quarantine and quirk counts (a property test holds them to it); ``extras`` keep
-    the key order of the first record of their shape. The plans come back too when every record
-    was read by one and needed no generic path (a :class:`_Shape` is learned from them).
+    same records, quarantine and quirk counts (a property test holds them to it). The plans come
+    back too when every record was read by one and needed no generic path (a :class:`_Shape` is
+    learned from them).
     """
     n = len(stations)
     spelling = _status_keys(ctx.version)
@@ -737,6 +738,7 @@ def _status_columns(stations: list[Any], ctx: _Context
         quirks.update(record_quirks)
         for name, column in columns.items():
             column[index] = getattr(record, name)
+    columns["extras"] = list(map(extras_text, columns["extras"]))
     records = StationStatusColumns(system_id=ctx.system_id, last_updated=ctx.last_updated,
                                    fetched_at=ctx.fetched_at, **columns)
     sources = list(stations)
@@ -788,10 +790,12 @@ class _Shape:
     values are typed as the fast path takes them as they are (a text id, whole counts,
     flags all booleans or all 0/1 as in the snapshot learned from, whole POSIX seconds), so msgspec
     checks them while decoding; a shape learned from flags of both kinds or RFC 3339 times leaves
-    them to :func:`_check_columns`. Each record's set of keys must be one of the learned ones. If
-    anything differs, ``normalize`` returns None and the body goes the usual way. ``extras`` and a
-    quarantined record's ``raw`` keep the key order of the records the shape was learned from (the
-    fast path keeps that of the first record of each shape in the body: the same for a feed
+    them to :func:`_check_columns`. The vendor keys are typed too when each had values of one type
+    (text, boolean or whole number, or that or null): then a record's ``extras`` text is kept per
+    tuple of its vendor values (:meth:`_extras_texts`). Each record's set of keys must be one of the
+    learned ones. If anything differs, ``normalize`` returns None and the body goes the usual way.
+    A quarantined record's ``raw`` keeps the key order of the records the shape was learned from
+    (the fast path keeps that of the first record of each shape in the body: the same for a feed
     written the same way each time).
     """
 
@@ -807,12 +811,21 @@ class _Shape:
         extras = [key for keys in self.plans for key in keys if key not in self.canonical]
         self.required = tuple(dict.fromkeys(key for key in extras if key in every))
         self.optional = tuple(dict.fromkeys(key for key in extras if key not in every))
+        extra_types = {key: _learned_extra_type(learned_from.sources, key) for key in (*self.required, *self.optional)}
+        # extras text by the extras' values, when each extra key's values have one type (see `normalize`)
+        self.texts: dict[tuple[Any, ...], bytes] | None = None
+        if all(extra_types.values()):
+            types.update(extra_types)
+            self.texts = {}
+        self.max_texts = max(_MIN_TEXTS, 4 * n)
         fields = [*self.canonical, *self.required, *self.optional]
+        self.first_extra = len(self.canonical)
         position = {key: index for index, key in enumerate(fields)}
         first_optional = len(fields) - len(self.optional)
         station = msgspec.defstruct(  # fields f0, f1... named by `rename`: any key is a field name
             "LearnedStation",
-            [(f"f{i}", types.get(key, Any)) if i < first_optional else (f"f{i}", Any, msgspec.UNSET)
+            [(f"f{i}", types.get(key, Any)) if i < first_optional
+             else (f"f{i}", types[key] | msgspec.UnsetType if key in types else Any, msgspec.UNSET)
              for i, key in enumerate(fields)],
             rename={f"f{i}": key for i, key in enumerate(fields)}, forbid_unknown_fields=True, gc=False)
         data = msgspec.defstruct("LearnedData", [("stations", list[station])], gc=False)  # type: ignore[valid-type]
@@ -853,7 +866,7 @@ class _Shape:
         read = dict(zip(self.canonical, values))
         columns: dict[str, list[Any]] = {name: read[key] if key in read else [None] * n
                                          for name, key in zip(STATUS_COLUMNS, self.spelling.canonical)}
-        columns["extras"] = [extras(row) for (extras, _), row in zip(builders, rows)]
+        columns["extras"] = self._extras_texts(rows, builders)
         generic: set[int] = set()
         quirks = self._typed_quirks(columns, generic) if self.typed else _check_columns(columns, self.spelling, generic)
         if generic:
@@ -863,6 +876,23 @@ class _Shape:
                                        **columns)
         return Normalized(STATION_STATUS, system_id, version, last_updated, fetched_at, records,  # type: ignore[arg-type]
                           [], +quirks, _RawRecords(rows, builders))
+
+    def _extras_texts(self, rows: list[tuple[Any, ...]],
+                      builders: list[tuple[Callable[..., dict[str, Any]], ...]]) -> list[bytes]:
+        """Each record's ``extras`` as JSON text. Vendor fields mostly repeat (an id, a flag), so the
+        text is kept per tuple of extras values: a lookup instead of a dict and its encoding per
+        record. The values' types are fixed by the learned struct (True and 1 would be one key)."""
+        texts = self.texts
+        if texts is None:
+            return [extras_text(extras(row)) for (extras, _), row in zip(builders, rows)]
+        keys = list(map(itemgetter(slice(self.first_extra, None)), rows))  # the extras values, UNSET if absent
+        found = list(map(texts.get, keys))
+        if None in found:
+            if len(texts) + len(rows) > self.max_texts:  # values that do not repeat (a counter): start over
+                texts.clear()
+            for index in [index for index, text in enumerate(found) if text is None]:
+                found[index] = texts[keys[index]] = extras_text(builders[index][0](rows[index]))
+        return found
 
     def _typed_quirks(self, columns: dict[str, list[Any]], generic: set[int]) -> Counter[str]:
         """What :func:`_check_columns` does for columns msgspec already checked: 0/1 flags to
@@ -880,6 +910,25 @@ class _Shape:
         if n and self.spelling.canonical[1] in _VEHICLE_NAMES:
             quirks["vehicles_as_bikes"] = n
         return quirks
+
+
+_MIN_TEXTS = 4096
+"""A learned shape keeps the extras text of at least this many value tuples (4 per station of the
+snapshot it was learned from if more)."""
+
+
+def _learned_extra_type(records: Sequence[dict[str, Any]], key: str) -> Any:
+    """The type a vendor key's values had in every record (``str``, ``bool`` or ``int``, or that or None),
+    or None if another or several (a float is equal to an int: they could not share the text cache)."""
+    kinds = set(type(record[key]) for record in records if key in record)
+    nullable = type(None) in kinds
+    kinds.discard(type(None))
+    if len(kinds) != 1:
+        return None
+    (kind,) = kinds
+    if kind not in (str, bool, int):
+        return None
+    return kind | None if nullable else kind
 
 
 def _learned_types(spelling: _StatusKeys, int_flags: bool) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from citibikes.gbfs.model import (
     StationInformation,
     StationStatus,
     StationStatusColumns,
+    extras_text,
 )
 from citibikes.lake.errors import LakeError
 from citibikes.lake.layout import check_system_id
@@ -192,13 +193,6 @@ class RunRecord:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
-_SORTED_JSON = msgspec.json.Encoder(order="sorted")
-
-
-def encode_json(value: Any) -> str:
-    return _SORTED_JSON.encode(value).decode()
-
-
 def as_milliseconds(values: Sequence[float | None]) -> pa.Array:
     """POSIX seconds (int or float) as whole milliseconds (int64), rounded half to even like
     Python's ``round``; finer fractions are rounded away."""
@@ -208,8 +202,7 @@ def as_milliseconds(values: Sequence[float | None]) -> pa.Array:
 
 def as_json_text(values: Sequence[Any]) -> list[bytes]:
     """JSON with sorted keys (stable text), as UTF-8 bytes: Arrow takes them for a string column."""
-    encode = _SORTED_JSON.encode
-    return [encode(v) for v in values]
+    return list(map(extras_text, values))
 
 
 def as_vehicle_type_rows(values: Sequence[Any]) -> list[list[dict[str, Any]] | None]:
@@ -222,6 +215,8 @@ COLUMN_CONVERTERS: dict[str, Callable[[Sequence[Any]], Sequence[Any]]] = {
 }
 """Columns whose Python values need converting first; times (POSIX seconds) are converted by
 :func:`column_array` for every timestamp column; all other columns are taken as they are."""
+SNAPSHOT_COLUMN_CONVERTERS = {name: convert for name, convert in COLUMN_CONVERTERS.items() if name != "extras"}
+"""The same for a snapshot in columns (:class:`StationStatusColumns`): it holds ``extras`` as JSON text already."""
 
 
 def record_columns(records: Sequence[Any], names: Sequence[str]) -> dict[str, Sequence[Any]]:
@@ -255,15 +250,17 @@ def build_table(table: str, records: Sequence[Any] | StationStatusColumns) -> pa
     station_status snapshot already in columns (:class:`StationStatusColumns`)."""
     schema = SCHEMAS[table]
     names = [name for name in schema.names if name != "schema_version"]
-    columns = snapshot_columns(records) if isinstance(records, StationStatusColumns) else record_columns(records, names)
+    columnar = isinstance(records, StationStatusColumns)
+    columns = snapshot_columns(records) if columnar else record_columns(records, names)
+    converters = SNAPSHOT_COLUMN_CONVERTERS if columnar else COLUMN_CONVERTERS
     arrays = []
     for column in schema:
         values: Any = Repeated(SCHEMA_VERSION, len(records)) if column.name == "schema_version" else columns[column.name]
         if isinstance(values, Repeated):
             arrays.append(pa.repeat(column_array(table, column, [values.value])[0], values.rows))
             continue
-        if column.name in COLUMN_CONVERTERS:
-            values = COLUMN_CONVERTERS[column.name](values)
+        if column.name in converters:
+            values = converters[column.name](values)
         arrays.append(column_array(table, column, values))
     result = pa.Table.from_arrays(arrays, schema=schema)
     return result.sort_by("station_id") if "station_id" in schema.names else result

@@ -81,6 +81,11 @@ def make_producer(bootstrap: str | None = None, **overrides: Any) -> Producer:
     return Producer({**producer_config(bootstrap, **overrides), "logger": logging.getLogger("citibikes.kafka")})
 
 
+encode_value = msgspec.json.Encoder(order="deterministic").encode
+"""A record as a message value: JSON, the keys of its dicts (``extras``) sorted as the lake stores them,
+so a record has the same bytes whatever the order of the feed's keys."""
+
+
 def message_key(system_id: str, station_id: str) -> bytes:
     return f"{system_id}:{station_id}".encode()
 
@@ -120,7 +125,6 @@ class Publisher:
         self._producer = producer
         self._topics = {key: topic.name for key, topic in topics.items()}
         self._flush_timeout_s = flush_timeout_s
-        self._encoder = msgspec.json.Encoder()
         self._queued: dict[str, int] = {}
         self._errors: list[str] = []
         self._skipped = 0
@@ -141,7 +145,7 @@ class Publisher:
         """The Kafka messages of ``records`` of ``feed`` (``station_information``, ``station_status`` or
         ``quarantine``), encoded but not produced (see :meth:`send`)."""
         topic = self._topics[feed]
-        encode = self._encoder.encode
+        encode = encode_value
         schema, feed_header = str(SCHEMA_VERSION).encode(), feed.encode()
         snapshot: tuple[Any, ...] | None = None
         common: list[tuple[str, bytes]] = []
