@@ -137,10 +137,12 @@ class StationStatusColumns(msgspec.Struct, kw_only=True, gc=False):
     def record(self, index: int) -> StationStatus:
         return self.records((index,))[0]
 
-    def records(self, indices: Iterable[int] | None = None) -> list[StationStatus]:
-        """The records (all, or those at ``indices``) as structs, in that order."""
+    def records(self, indices: Iterable[int] | None = None, *, raw_extras: bool = False) -> list[StationStatus]:
+        """The records (all, or those at ``indices``) as structs, in that order. With ``raw_extras``,
+        ``extras`` stays JSON text, as a :class:`msgspec.Raw` (a JSON encoder writes it as it is):
+        for records that are only to be encoded (Kafka messages)."""
         system_id, last_updated, fetched_at = self.system_id, self.last_updated, self.fetched_at
-        decode_extras = _EXTRAS.decode
+        decode_extras = msgspec.Raw if raw_extras else _EXTRAS.decode
         columns = self.columns().values()
         if indices is not None:
             indices = list(indices)

@@ -269,7 +269,7 @@ class Selection:
     """What change capture let through for one snapshot of one feed (see :meth:`ChangeCapture.select`)."""
 
     records: list[Any]
-    """The records to publish, in feed order."""
+    """The records to publish, in feed order (of a snapshot in columns: ``extras`` as raw JSON text)."""
     station_ids: list[str]
     fingerprints: list[Any]
     """The fingerprint of each selected record (what :meth:`ChangeCapture.commit` remembers)."""
@@ -331,7 +331,7 @@ class ChangeCapture:
             chosen = list(compress(range(len(station_ids)),
                                    map(ne, map(known.get, station_ids), fingerprints)))
         if isinstance(records, StationStatusColumns):
-            selected = records.records(chosen)
+            selected = records.records(chosen, raw_extras=True)  # only encoded into messages
         else:
             selected = list(records) if full else [records[i] for i in chosen]
         if not full:
