@@ -89,10 +89,6 @@ def extras_text(extras: dict[str, Any]) -> bytes:
     return _SORTED_JSON.encode(extras)
 
 
-def extras_from_text(text: bytes) -> dict[str, Any]:
-    return _EXTRAS.decode(text)
-
-
 STATUS_COLUMNS = tuple(name for name in StationStatus.__struct_fields__
                        if name not in ("system_id", "last_updated", "fetched_at"))
 """The per-station fields of :class:`StationStatus`, in its field order (the columns of
