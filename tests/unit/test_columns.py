@@ -40,7 +40,7 @@ from citibikes.gbfs.normalize import (
     parse_feed,
 )
 from citibikes.gbfs import normalize
-from citibikes.lake import open_lake
+from citibikes.lake import filesystem, open_lake
 from citibikes.lake.tables import build_table, parquet_bytes
 from citibikes.pipeline import (
     Fetched,
@@ -365,6 +365,33 @@ def test_snapshots_acknowledged_together_give_what_one_at_a_time_gives(tmp_path:
     assert [run[1:] for run in runs[3:]] == [run[1:] for run in rest["runs"]]
     assert failing["files"].keys() >= rest["files"].keys()
     assert failing["captures"] == rest["captures"]
+
+
+def test_files_that_cannot_be_written_fail_only_their_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flush's files are written as one group; when one cannot be, the snapshots are written one
+    by one: only the snapshot whose file failed fails (its records are in Kafka: the others stand),
+    and every snapshot's raw archive is written, the broken feed's and the failed one's too."""
+    minute_2 = _snapshots()[2].status_last_updated
+    real_replace = filesystem.os.replace
+
+    def replace(source: str, target: str) -> None:
+        if "curated/station_status" in str(target) and str(target).endswith(f"/{minute_2}.parquet"):
+            raise OSError(28, "No space left on device")
+        real_replace(source, target)
+
+    reference = _ingest(tmp_path / "reference", None, set())
+    monkeypatch.setattr(filesystem.os, "replace", replace)
+    failing = _ingest(tmp_path / "failing", None, set())
+    outcomes = [outcome for _, outcome, *_ in failing["runs"]]
+    assert outcomes == ["success", "success", "failed", "success", "success", "failed", "success"]
+    assert "cannot write" in failing["runs"][2][2] and "No space left on device" in failing["runs"][2][2]
+    assert [run[3:] for run in failing["runs"]] == [run[3:] for run in reference["runs"]]
+    assert failing["messages"] == reference["messages"] and failing["captures"] == reference["captures"]
+    raw = [key for key in failing["files"] if key.startswith("raw/") and "station_status" in key]
+    assert len(raw) == 7
+    missing = reference["files"].keys() - failing["files"].keys()
+    assert missing and all(str(minute_2) in key for key in missing)
+    assert not [key for key in failing["files"] if key.endswith(".tmp")]
 
 
 def test_a_dead_worker_fails_the_snapshot_it_held_and_a_new_one_goes_on(tmp_path: Path) -> None:

@@ -341,6 +341,50 @@ def test_a_failed_write_leaves_the_old_file_and_no_debris(lake: Lake, tmp_path: 
     assert lake.read_table("station_status").num_rows == 5
 
 
+def test_files_written_together_are_one_group_commit(lake: Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """All written, then all fsync'd, then renamed in order, then each folder fsync'd once."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = filesystem.os.fsync, filesystem.os.replace
+
+    def fsync(descriptor: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{descriptor}")))
+        real_fsync(descriptor)
+
+    def replace(source: str, target: str) -> None:
+        events.append(("rename", str(target)))
+        real_replace(source, target)
+
+    monkeypatch.setattr(filesystem.os, "fsync", fsync)
+    monkeypatch.setattr(filesystem.os, "replace", replace)
+    files = [(f"a/{name}.bin", name.encode()) for name in ("one", "two")] + [("b/three.bin", b"three")]
+    assert lake.write_files(files) == [key for key, _ in files]
+    root = tmp_path / "lake"
+    assert [(root / key).read_bytes() for key, _ in files] == [data for _, data in files]
+    kinds = [kind for kind, _ in events]
+    assert kinds == ["fsync"] * 3 + ["rename"] * 3 + ["fsync"] * 2
+    assert all(Path(path).name.startswith(".") and path.endswith(".tmp") for _, path in events[:3])
+    assert [path for _, path in events[3:6]] == [str(root / key) for key, _ in files]
+    assert {path for _, path in events[6:]} == {str(root / "a"), str(root / "b")}
+    assert not list(root.rglob("*.tmp"))
+
+
+def test_a_failed_file_in_a_group_keeps_those_before_and_leaves_no_debris(lake: Lake, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    real_replace = filesystem.os.replace
+
+    def replace(source: str, target: str) -> None:
+        if str(target).endswith("two.bin"):
+            raise OSError(28, "No space left on device")
+        real_replace(source, target)
+
+    monkeypatch.setattr(filesystem.os, "replace", replace)
+    files = [("a/one.bin", b"1"), ("a/two.bin", b"2"), ("b/three.bin", b"3")]
+    with pytest.raises(LakeError, match=r"cannot write .*/a/two\.bin: .*No space left on device"):
+        lake.write_files(files)
+    root = tmp_path / "lake"
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) == ["a/one.bin"]
+
+
 def read_every_visible_file(pattern: str) -> int:
     """What a reader does: glob, then read each file whole. Raises on a partial file.
 

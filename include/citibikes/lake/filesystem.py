@@ -3,7 +3,9 @@
 Readers must never see half a file. Locally every object is written to a hidden temporary file in
 the same folder (``.<name>.<random>.tmp``: no ``*.parquet`` glob matches it and pyarrow datasets
 skip dot files), flushed to disk with fsync and renamed over the final name, which POSIX makes
-atomic. On S3 the complete object is handed to the client in one write. With
+atomic; the folder is fsync'd after the rename. Files written together (:meth:`Storage.put_many`)
+share that work as a group commit: all written, then all fsync'd, then renamed, then each folder
+fsync'd once - about half the cost of one by one (BENCHMARKS.md). On S3 the complete object is handed to the client in one write. With
 ``allow_delayed_open`` (set by :func:`s3_filesystem`; pass it too when handing in a ready
 filesystem) pyarrow sends objects up to its part size (10 MiB; a status snapshot is ~65 KB) as
 one PUT, which S3 applies atomically; larger objects go up as a multipart upload, which S3 shows
@@ -19,6 +21,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Sequence
 from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
@@ -165,15 +168,28 @@ class Storage:
 
     def put(self, key: str, data: bytes) -> str:
         """Write ``data`` as the whole object ``key``, replacing it atomically; returns the key."""
-        try:
-            if self.local:
-                write_local_atomically(Path(self.path(key)), data)
-            else:
+        return self.put_many([(key, data)])[0]
+
+    def put_many(self, files: Sequence[tuple[str, bytes]]) -> list[str]:
+        """:meth:`put` each ``(key, data)``, in order; locally as one group commit (see the module doc).
+
+        Each file is replaced atomically; when one fails (a one-line LakeError naming it), those
+        before it may be written, and nothing of it or those after it is (no temporary file is left).
+        """
+        if self.local:
+            paths = {Path(self.path(key)): key for key, _ in files}
+            try:
+                write_local_atomically([(Path(self.path(key)), data) for key, data in files])
+            except LocalWriteError as exc:
+                raise self.error(exc.cause, f"cannot write {self.uri(paths[exc.path])}") from None
+            return [key for key, _ in files]
+        for key, data in files:
+            try:
                 with self.filesystem.open_output_stream(self.path(key), compression=None) as out:
                     out.write(data)
-        except OSError as exc:
-            raise self.error(exc, f"cannot write {self.uri(key)}") from None
-        return key
+            except OSError as exc:
+                raise self.error(exc, f"cannot write {self.uri(key)}") from None
+        return [key for key, _ in files]
 
     def get(self, key: str) -> bytes | None:
         """The object's bytes, or None when it does not exist."""
@@ -240,20 +256,48 @@ def ensure_local_folder(folder: Path) -> None:
         raise LakeError(f"lake folder {folder} is not writable; fix its permissions or choose another lake URI")
 
 
-def write_local_atomically(path: Path, data: bytes) -> None:
-    """Temp file beside ``path`` -> fsync -> rename over ``path`` -> fsync the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+class LocalWriteError(Exception):
+    """Writing ``path`` (one of a group, see :func:`write_local_atomically`) failed with ``cause``."""
+
+    def __init__(self, path: Path, cause: OSError) -> None:
+        super().__init__(f"{path}: {cause}")
+        self.path, self.cause = path, cause
+
+
+def write_local_atomically(files: Sequence[tuple[Path, bytes]]) -> None:
+    """Each ``(path, data)`` to a temporary file beside its path; all fsync'd; each renamed over its
+    path, in order; then each folder fsync'd once (the renames are durable on return).
+
+    Writing every file before the first fsync lets the file system commit them together (measured:
+    about half the time of writing, fsyncing and renaming one file after the other). On failure
+    (:class:`LocalWriteError`, naming the file) the files renamed before it stay (maybe not durable yet),
+    the others' temporary files are removed.
+    """
+    opened: list[tuple[Path, Path, BinaryIO]] = []  # temporary, path, open temporary file
+    renamed = 0
+    current = files[0][0] if files else Path()
     try:
-        with open(temporary, "wb") as out:
+        for current, data in files:
+            current.parent.mkdir(parents=True, exist_ok=True)
+            temporary = current.with_name(f".{current.name}.{uuid.uuid4().hex[:12]}.tmp")
+            out = open(temporary, "wb")
+            opened.append((temporary, current, out))
             out.write(data)
             out.flush()
+        for _, current, out in opened:
             os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    fsync_folder(path.parent)
+            out.close()
+        for temporary, current, _ in opened:
+            os.replace(temporary, current)
+            renamed += 1
+        for folder, current in {path.parent: path for _, path, _ in opened}.items():
+            fsync_folder(folder)
+    except OSError as exc:
+        raise LocalWriteError(current, exc) from exc
+    finally:
+        for temporary, _, out in opened[renamed:]:
+            out.close()
+            temporary.unlink(missing_ok=True)
 
 
 def fsync_folder(folder: Path) -> None:

@@ -200,8 +200,10 @@ class Lake:
         return self.write_files(encode_quarantine(records))
 
     def write_files(self, files: Iterable[LakeFile]) -> list[str]:
-        """Write encoded files (see ``encode_*``) in order, each atomically; returns their keys."""
-        return [self.storage.put(key, data) for key, data in files]
+        """Write encoded files (see ``encode_*``) in order, each atomically, as one group (see
+        :meth:`Storage.put_many`: give the files of several snapshots at once where they can be);
+        returns their keys."""
+        return self.storage.put_many(list(files))
 
     def write_raw(self, system_id: str, feed: str, last_updated: int, payload: bytes) -> str:
         """Archive the feed's bytes exactly as fetched, zstd-compressed (same input, same bytes)."""

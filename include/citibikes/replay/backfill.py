@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Generator, Iterable, Iterator, Mapping
 
 import msgspec
 
@@ -34,7 +34,7 @@ from citibikes.gbfs.discovery import DEFAULT_MAX_BYTES, read_header, read_local_
 from citibikes.gbfs.errors import FeedError
 from citibikes.gbfs.model import STATION_INFORMATION, STATION_STATUS
 from citibikes.lake import Lake, LakeError, RunRecord
-from citibikes.lake.store import ZSTD_MAGIC, decompress_raw
+from citibikes.lake.store import ZSTD_MAGIC, LakeFile, decompress_raw, raw_file
 from citibikes.pipeline import (
     Fetched,
     InlinePreparer,
@@ -250,8 +250,8 @@ class _Step:
     started: float
     state_after: SystemState
     """The state once this snapshot is landed (the state before it, if preparing it failed)."""
-    archived: list[Future[Any]]
-    """Writing the raw archive of the bodies."""
+    archived: list[Future[LakeFile]]
+    """The raw archive files of the bodies, being compressed (written with the flush's files)."""
     state_before: SystemState
     """The state it was prepared with."""
     queued: Queued | None = None
@@ -275,11 +275,17 @@ def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings:
 
     * the next :data:`PREPARE_AHEAD` ones are prepared (:func:`~citibikes.pipeline.prepare_snapshot`:
       validated, Parquet encoded) by ``worker``, another process, if given, each with the state
-      the one before leaves; the raw bodies are archived by writer threads as they arrive;
+      the one before leaves; the raw bodies are compressed for the archive by writer threads as
+      they arrive;
     * this one is staged - selected and encoded - and sent, unless the broker is still
-      acknowledging earlier ones: then it is held and sent once those are confirmed and landed;
+      acknowledging earlier ones: then it is held and sent once those are confirmed;
     * the broker is asked to acknowledge (a flush) every ``snapshots_per_flush`` sent snapshots
-      at once: each flush costs the broker as much as a few thousand records.
+      at once: each flush costs the broker as much as a few thousand records;
+    * a confirmed flush's raw archives and Parquet files are written by a writer thread as one
+      group (one group commit: :meth:`~citibikes.lake.Lake.write_files`) while the next flush is
+      sent; its snapshots' run records come once that is done (when the next flush is confirmed,
+      or at the end). Stopped early, the snapshots sent and not landed are ingested again by
+      the next backfill (their raw archives too).
 
     Work ahead is done as if the snapshots before it succeed. When one fails instead (broken,
     or not acknowledged: then all those of its flush fail), the work done for the later ones is
@@ -325,6 +331,7 @@ def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings:
     confirming: Future[Any] | None = None
     sent: list[_Step] = []  # sent, not flushed yet
     held: list[_Step] = []  # staged while `flushing` is acknowledged
+    landing: list[tuple[_Step, Callable[[], RunRecord]]] = []  # acknowledged (or not), their files being written
     last_staged: Queued | None = None
     assumed = state  # the state the next snapshot to receive is prepared with
     with ThreadPoolExecutor(1, thread_name_prefix="kafka-flush") as flusher, \
@@ -354,13 +361,8 @@ def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings:
                 if confirming is not None and (confirming.done() or not ahead or len(held) >= snapshots_per_flush):
                     delivery = confirming.exception()
                     confirming = None
-                    landings = [_land(step_, delivery, captures, lake, writers) for step_ in flushing]
-                    for step_, landed in zip(flushing, landings):
-                        record = landed()
-                        runs.append(record)
-                        if record.outcome != "failed":
-                            state = step_.state_after
-                        yield step_.snapshot, record, state
+                    state = yield from _results(landing, runs, state)  # the flush before, written meanwhile
+                    landing = list(zip(flushing, _land(flushing, delivery, captures, lake, writers)))
                     if delivery is not None:  # everything after these was done as if they succeeded: again
                         carried = next((step_.snapshot for step_ in reversed(flushing)
                                         if step_.snapshot.information_body is not None), None)
@@ -381,6 +383,7 @@ def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings:
                 if len(runs) >= runs_per_file:
                     lake.write_runs(runs)
                     runs = []
+            yield from _results(landing, runs, state)
         finally:
             preparer.drain()  # nothing of this call may be left for the worker's next user
             if confirming is not None:  # stopped early: never leave a flush behind
@@ -392,56 +395,97 @@ def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings:
                 lake.write_runs(runs)
 
 
+def _results(landing: list[tuple[_Step, Callable[[], RunRecord]]], runs: list[RunRecord],
+             state: SystemState) -> Generator[tuple[Snapshot, RunRecord, SystemState], None, SystemState]:
+    """Each landed step's snapshot, run record (also added to ``runs``) and the state after it; returns the last state."""
+    for step, landed in landing:
+        record = landed()
+        runs.append(record)
+        if record.outcome != "failed":
+            state = step.state_after
+        yield step.snapshot, record, state
+    return state
+
+
 def _receive(snapshot: Snapshot, prepared: Prepared, system_id: str, run_id: str, state: SystemState, lake: Lake,
              writers: ThreadPoolExecutor) -> _Step:
-    """A prepared snapshot, its raw bodies handed to the writer threads to be archived (compressed
-    there: zstd runs without the GIL; the archive comes first, whatever follows)."""
+    """A prepared snapshot, its raw bodies handed to the writer threads to be compressed (zstd runs
+    without the GIL) for the archive, which is written with its flush's files, whatever happens to it."""
     fetched = snapshot_fetched(snapshot, system_id)
     ok = prepared.error is None and prepared.validated is not None
     return _Step(snapshot=snapshot, fetched=fetched, prepared=prepared, run_id=run_id, started=time.time(),
                  state_before=state, state_after=advance_state(state, fetched, prepared.validated) if ok else state,
-                 archived=[writers.submit(lake.write_raw, system_id, feed, fetched.last_updated[feed], body)
+                 archived=[writers.submit(raw_file, system_id, feed, fetched.last_updated[feed], body)
                            for feed, body in fetched.bodies.items()])
 
 
-def _land(step: _Step, delivery: BaseException | None, captures: Mapping[str, ChangeCapture], lake: Lake,
-          writers: ThreadPoolExecutor) -> Callable[[], RunRecord]:
-    """Land a step whose flush ended (``delivery``: its error, if any) unless it failed before or
-    there: advance change capture and hand its files to the writer threads. The function returned
-    waits for them and gives the step's run record (a flush's steps are all started, then finished)."""
-    if step.failure is not None or step.queued is None:
-        return partial(_failed, step, step.failure)
-    validated = step.prepared.validated
-    assert validated is not None
-    durations = {"validate": step.prepared.validate_s, "write": step.prepared.encode_s, "produce": step.produce_s}
-    if delivery is not None:
-        return partial(_failed, step, delivery, durations)
-    (published,) = step.queued.published
-    for captures_, selections in step.queued.selections:
-        for feed, selection in selections:
-            captures_[feed].commit(selection)
+def _land(steps: list[_Step], delivery: BaseException | None, captures: Mapping[str, ChangeCapture], lake: Lake,
+          writers: ThreadPoolExecutor) -> list[Callable[[], RunRecord]]:
+    """Land the steps of a flush that ended (``delivery``: its error, if any): advance change capture
+    for those acknowledged and write every step's raw archive and the acknowledged ones' files as
+    one group (:meth:`Lake.write_files`: one group commit for the flush) in a writer thread. Returns
+    per step a function that waits for the writing and gives the step's run record."""
+    landing: list[tuple[Published, dict[str, float]] | None] = []  # None: the step failed before the writing
+    parts: list[tuple[list[Future[LakeFile]], list[LakeFile]]] = []
+    for step in steps:
+        files: list[LakeFile] = []
+        if step.failure is None and step.queued is not None and delivery is None:
+            (published,) = step.queued.published
+            for captures_, selections in step.queued.selections:
+                for feed, selection in selections:
+                    captures_[feed].commit(selection)
+            files = landed_files(step.prepared, published)
+            landing.append((published, _durations(step)))
+        else:
+            landing.append(None)
+        parts.append((step.archived, files))
     began = time.perf_counter()
-    writing = [*step.archived, *(writers.submit(lake.write_files, [file])
-                                 for file in landed_files(step.prepared, published))]
+    writing = writers.submit(_write_flush, lake, parts)
 
-    def landed() -> RunRecord:
-        try:
-            for future in writing:
-                future.result()
-            durations["write"] += time.perf_counter() - began
-            outcome, reason = success_outcome(validated)
-            return run_record(step.run_id, step.fetched.system_id, step.started, outcome, validated=validated,
-                              published=published, durations=durations, error=reason)
-        except Exception as exc:  # noqa: BLE001 - recorded and reported by the caller
-            return _failed(step, exc, durations, published)
+    def landed(index: int) -> RunRecord:
+        step, landed_ = steps[index], landing[index]
+        error = writing.result()[index]  # a step's raw archive is written whatever happened to it
+        if landed_ is None:
+            if step.failure is not None or step.queued is None:
+                return _failed(step, step.failure)
+            return _failed(step, delivery, _durations(step))
+        published, durations = landed_
+        durations["write"] += time.perf_counter() - began
+        if error is not None:
+            return _failed(step, error, durations, published)
+        validated = step.prepared.validated
+        assert validated is not None
+        outcome, reason = success_outcome(validated)
+        return run_record(step.run_id, step.fetched.system_id, step.started, outcome, validated=validated,
+                          published=published, durations=durations, error=reason)
 
-    return landed
+    return [partial(landed, index) for index in range(len(steps))]
+
+
+def _durations(step: _Step) -> dict[str, float]:
+    return {"validate": step.prepared.validate_s, "write": step.prepared.encode_s, "produce": step.produce_s}
+
+
+def _write_flush(lake: Lake, parts: list[tuple[list[Future[LakeFile]], list[LakeFile]]]) -> list[BaseException | None]:
+    """Write each step's raw archive and files (``parts``), all as one group; if that fails, step by
+    step, so that only the steps whose files cannot be written fail. Returns each step's error."""
+    try:
+        lake.write_files([future.result() for archived, _ in parts for future in archived]
+                         + [file for _, files in parts for file in files])
+        return [None] * len(parts)
+    except Exception:  # noqa: BLE001 - found out step by step below
+        errors: list[BaseException | None] = []
+        for archived, files in parts:
+            try:
+                lake.write_files([*(future.result() for future in archived), *files])
+                errors.append(None)
+            except Exception as exc:  # noqa: BLE001 - this step fails with it
+                errors.append(exc)
+        return errors
 
 
 def _failed(step: _Step, exc: BaseException | None, durations: Mapping[str, float] | None = None,
             published: Published | None = None) -> RunRecord:
-    for future in step.archived:  # the raw archive is kept whatever happens after it
-        future.exception()
     log.error("%s: %s", step.fetched.system_id, exc)
     log.debug("%s failed: %s", step.fetched.system_id, getattr(exc, "detail", None) or "", exc_info=exc)
     return run_record(step.run_id, step.fetched.system_id, step.started, "failed", validated=step.prepared.validated,
