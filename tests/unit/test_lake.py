@@ -496,8 +496,9 @@ def test_status_parquet_is_an_order_of_magnitude_smaller_than_the_feed(first_sta
     assert metadata.num_row_groups == 1
     chunks = {chunk.path_in_schema: chunk for chunk in map(metadata.row_group(0).column, range(metadata.num_columns))}
     assert chunks["station_id"].compression == chunks["extras"].compression == "ZSTD"
-    # one value per snapshot: zstd would only add its frame
+    # one value per snapshot: zstd would only add its frame; counts and flags: a few bits per value
     assert chunks["system_id"].compression == chunks["last_updated"].compression == "UNCOMPRESSED"
+    assert chunks["num_docks_available"].compression == chunks["is_installed"].compression == "UNCOMPRESSED"
 
 
 def test_status_parquet_has_statistics_of_ids_and_times(first_status: list[StationStatus]) -> None:
@@ -535,8 +536,33 @@ def test_unique_columns_skip_the_dictionary(first_status: list[StationStatus]) -
     encodings = {metadata.row_group(0).column(i).path_in_schema: metadata.row_group(0).column(i).encodings
                  for i in range(metadata.num_columns)}
     assert "RLE_DICTIONARY" not in encodings["station_id"] and "RLE_DICTIONARY" not in encodings["extras"]
-    assert "RLE_DICTIONARY" in encodings["num_bikes_available"]
     assert "RLE_DICTIONARY" in encodings["vehicle_types_available.list.element.vehicle_type_id"]
+    assert "DELTA_BINARY_PACKED" in encodings["num_bikes_available"]  # whole numbers: delta-encoded instead
+    assert "DELTA_BINARY_PACKED" in encodings["vehicle_types_available.list.element.count"]
+
+
+def test_delta_encoded_counts_read_the_same_in_duckdb(tmp_path: Path, first_status: list[StationStatus]) -> None:
+    """Counts (delta-encoded, uncompressed) and flags (bit-packed) as pyarrow and DuckDB read them,
+    nulls and nested vehicle type counts included."""
+    records = [msgspec.structs.replace(record, num_ebikes_available=None if i % 7 == 0 else record.num_ebikes_available,
+                                       is_renting=i % 3 != 0,
+                                       vehicle_types_available=[VehicleTypeCount("classic", i % 40),
+                                                                VehicleTypeCount("ebike", 2**31 - 1 - i)]
+                                       if i % 5 == 0 else None)
+               for i, record in enumerate(first_status)]
+    table = station_status_table(records)
+    path = tmp_path / "status.parquet"
+    path.write_bytes(parquet_bytes(table))
+    metadata = pq.ParquetFile(path).metadata
+    chunks = {chunk.path_in_schema: chunk for chunk in map(metadata.row_group(0).column, range(metadata.num_columns))}
+    assert chunks["num_bikes_available"].compression == chunks["is_renting"].compression == "UNCOMPRESSED"
+    assert chunks["last_reported"].compression == "ZSTD"
+    assert pq.read_table(path).equals(table)
+    names = ["station_id", "num_bikes_available", "num_ebikes_available", "num_docks_available", "is_renting",
+             "vehicle_types_available"]
+    expected = sorted(zip(*(table.column(name).to_pylist() for name in names)), key=lambda row: row[0])
+    read = duckdb.sql(f"SELECT {', '.join(names)} FROM read_parquet('{path}') ORDER BY station_id").fetchall()
+    assert read == expected
 
 
 # -- pipeline runs ------------------------------------------------------------------------------

@@ -46,6 +46,9 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable.idempotence": True,  # no duplicates or reordering from the producer's own retries
     "acks": "all",
     "compression.type": "zstd",
+    # Level 1 (librdkafka's default is 3): a third less of the producer thread's CPU, and smaller batches
+    # of these JSON records (BENCHMARKS.md).
+    "compression.level": 1,
     "linger.ms": 50,
     "delivery.report.only.error": True,  # see the module doc: flush() tells the rest
     "batch.size": 1_000_000,
