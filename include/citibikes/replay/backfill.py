@@ -439,18 +439,18 @@ def _land(steps: list[_Step], delivery: BaseException | None, captures: Mapping[
         else:
             landing.append(None)
         parts.append((step.archived, files))
-    began = time.perf_counter()
     writing = writers.submit(_write_flush, lake, parts)
 
     def landed(index: int) -> RunRecord:
         step, landed_ = steps[index], landing[index]
-        error = writing.result()[index]  # a step's raw archive is written whatever happened to it
+        errors, seconds = writing.result()  # a step's raw archive is written whatever happened to it
+        error = errors[index]
         if landed_ is None:
             if step.failure is not None or step.queued is None:
                 return _failed(step, step.failure)
             return _failed(step, delivery, _durations(step))
         published, durations = landed_
-        durations["write"] += time.perf_counter() - began
+        durations["write"] += seconds
         if error is not None:
             return _failed(step, error, durations, published)
         validated = step.prepared.validated
@@ -466,13 +466,16 @@ def _durations(step: _Step) -> dict[str, float]:
     return {"validate": step.prepared.validate_s, "write": step.prepared.encode_s, "produce": step.produce_s}
 
 
-def _write_flush(lake: Lake, parts: list[tuple[list[Future[LakeFile]], list[LakeFile]]]) -> list[BaseException | None]:
+def _write_flush(lake: Lake, parts: list[tuple[list[Future[LakeFile]], list[LakeFile]]]
+                 ) -> tuple[list[BaseException | None], float]:
     """Write each step's raw archive and files (``parts``), all as one group; if that fails, step by
-    step, so that only the steps whose files cannot be written fail. Returns each step's error."""
+    step, so that only the steps whose files cannot be written fail. Returns each step's error and
+    the seconds the writing took."""
+    began = time.perf_counter()
     try:
         lake.write_files([future.result() for archived, _ in parts for future in archived]
                          + [file for _, files in parts for file in files])
-        return [None] * len(parts)
+        return [None] * len(parts), time.perf_counter() - began
     except Exception:  # noqa: BLE001 - found out step by step below
         errors: list[BaseException | None] = []
         for archived, files in parts:
@@ -481,7 +484,7 @@ def _write_flush(lake: Lake, parts: list[tuple[list[Future[LakeFile]], list[Lake
                 errors.append(None)
             except Exception as exc:  # noqa: BLE001 - this step fails with it
                 errors.append(exc)
-        return errors
+        return errors, time.perf_counter() - began
 
 
 def _failed(step: _Step, exc: BaseException | None, durations: Mapping[str, float] | None = None,
