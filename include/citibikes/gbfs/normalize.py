@@ -416,6 +416,7 @@ def _as_str_list(value: Any, quirks: set[str]) -> list[str]:
     raise _WrongType
 
 
+@cache
 def _localized_text(language: str | None) -> Callable[[Any, set[str]], str]:
     """Plain text, or the best entry of a 3.x localized list ``[{"text": .., "language": ..}]``."""
 
@@ -484,10 +485,14 @@ class _RecordReader:
         Absent or null gives None (and ``missing_field:<first name>`` if required); a value that
         cannot be converted gives None and ``invalid_type:<key>`` or ``invalid_value:<key>``.
         """
-        name = next((candidate for candidate in names if candidate in self.record), names[0])
-        value = self.record.get(name)
-        if name in self.record:
-            self.used.add(name)
+        record = self.record
+        for name in names:
+            if name in record:
+                self.used.add(name)
+                value = record[name]
+                break
+        else:
+            name, value = names[0], None
         if value is None:
             if required:
                 self.reasons.append(f"missing_field:{name}")
