@@ -22,7 +22,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from citibikes.config import load_settings
-from citibikes.gbfs.model import QuarantinedRecord, StationInformation, StationStatus, VehicleTypeCount
+from citibikes.gbfs.model import (
+    QuarantinedRecord,
+    StationInformation,
+    StationStatus,
+    StationStatusColumns,
+    VehicleTypeCount,
+)
 from citibikes.lake import filesystem, layout
 from citibikes.lake.errors import LakeError
 from citibikes.lake.store import Lake, compress_raw, decompress_raw, encode_station_status, lake_from_settings, open_lake
@@ -499,6 +505,18 @@ def test_status_parquet_is_an_order_of_magnitude_smaller_than_the_feed(first_sta
     # one value per snapshot: zstd would only add its frame; counts and flags: a few bits per value
     assert chunks["system_id"].compression == chunks["last_updated"].compression == "UNCOMPRESSED"
     assert chunks["num_docks_available"].compression == chunks["is_installed"].compression == "UNCOMPRESSED"
+
+
+def test_rows_are_sorted_by_station_id_whatever_the_order_before(first_status: list[StationStatus]) -> None:
+    """The order found for one list of stations is reused for the same list, never for another."""
+    first = first_status[0]
+    for records in (first_status, first_status, first_status[::-1], first_status[1:], first_status[::-1]):
+        columns = StationStatusColumns.from_records(records, system_id=first.system_id, last_updated=first.last_updated,
+                                                    fetched_at=first.fetched_at)
+        by_id = {record.station_id: record for record in records}
+        for table in (station_status_table(columns), station_status_table(records)):
+            assert table["station_id"].to_pylist() == sorted(by_id)
+            assert table["num_docks_available"].to_pylist() == [by_id[i].num_docks_available for i in sorted(by_id)]
 
 
 def test_status_parquet_has_statistics_of_ids_and_times(first_status: list[StationStatus]) -> None:
