@@ -7,7 +7,7 @@ acknowledgements, write the Parquet snapshot, advance the state and record the r
 ``citibikes backfill``, a worker process (:class:`citibikes.pipeline.SnapshotWorker`, started once
 before the passes, like the producer) prepares the next snapshots - validation, Parquet bytes -
 while this process stages and sends one snapshot and the broker acknowledges earlier ones (one
-flush per 8 snapshots); ``--no-worker`` prepares in this process instead. Records are
+flush per 16 snapshots); ``--no-worker`` prepares in this process instead. Records are
 station_status observations (one per station per snapshot); ms per snapshot is the time between
 two landed snapshots (snapshots land a flush at a time: the p50 is small, the p95 a flush's wait).
 

@@ -229,14 +229,15 @@ def ingest_snapshot(snapshot: Snapshot, system_id: str, *, settings: Settings, l
 RUNS_PER_FILE = 500
 """Backfill's run records are written to the lake in files of this many runs (and at the end)."""
 
-PREPARE_AHEAD = 4
+PREPARE_AHEAD = 8
 """Snapshots handed to the preparer ahead of the one being staged, so that the worker process
-always has work while this one lands a flush's worth of snapshots (2 left it idle about 2 ms per
-snapshot; BENCHMARKS.md)."""
+always has work while this one waits for the broker (2 left it idle about 2 ms per snapshot; 8
+with flushes of 16 gave 3% more than 4 with flushes of 8; BENCHMARKS.md)."""
 
-SNAPSHOTS_PER_FLUSH = 8
+SNAPSHOTS_PER_FLUSH = 16
 """Backfill asks the broker to acknowledge this many snapshots' records at once (measured in
-BENCHMARKS.md: a flush per snapshot took the broker about as much CPU as the whole Python pipeline)."""
+BENCHMARKS.md: a flush per snapshot took the broker about as much CPU as the whole Python pipeline).
+A flush that is not acknowledged fails all of its snapshots (they are done again)."""
 
 
 @dataclass
