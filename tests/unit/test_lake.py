@@ -19,7 +19,10 @@ import msgspec
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+import pyarrow.compute as pc
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from citibikes.config import load_settings
 from citibikes.gbfs.model import (
@@ -33,9 +36,12 @@ from citibikes.lake import filesystem, layout
 from citibikes.lake.errors import LakeError
 from citibikes.lake.store import Lake, compress_raw, decompress_raw, encode_station_status, lake_from_settings, open_lake
 from citibikes.lake.tables import (
+    FEW_VALUES,
     PIPELINE_RUNS_SCHEMA,
     STATION_STATUS_SCHEMA,
     RunRecord,
+    as_milliseconds,
+    build_table,
     parquet_bytes,
     read_parquet_bytes,
     records_from_table,
@@ -505,6 +511,28 @@ def test_status_parquet_is_an_order_of_magnitude_smaller_than_the_feed(first_sta
     # one value per snapshot: zstd would only add its frame; counts and flags: a few bits per value
     assert chunks["system_id"].compression == chunks["last_updated"].compression == "UNCOMPRESSED"
     assert chunks["num_docks_available"].compression == chunks["is_installed"].compression == "UNCOMPRESSED"
+
+
+SECONDS = st.one_of(st.none(), st.integers(0, 4_000_000_000), st.floats(0, 4e9),
+                    st.integers(0, 4_000_000).map(lambda n: n / 2000))  # halves of a millisecond
+
+
+@given(st.lists(SECONDS, max_size=2 * FEW_VALUES))
+def test_times_become_milliseconds_rounded_half_to_even(values: list[float | None]) -> None:
+    """Few values are converted in Python, a snapshot's repeated time from one value, many in
+    Arrow: all as Arrow rounds the float product half to even."""
+    reference = pc.round(pc.multiply(pa.array(values, type=pa.float64()), 1000.0),
+                         round_mode="half_to_even").cast(pa.int64()).to_pylist()
+    assert as_milliseconds(values).to_pylist() == reference
+    if values and values[0] is not None:
+        columns = StationStatusColumns(system_id="s", last_updated=int(values[0]), fetched_at=values[0],
+                                       station_id=["a"], num_bikes_available=[1], num_ebikes_available=[None],
+                                       num_bikes_disabled=[None], num_docks_available=[None],
+                                       num_docks_disabled=[None], is_installed=[True], is_renting=[True],
+                                       is_returning=[True], last_reported=[None], vehicle_types_available=[None],
+                                       extras=[b"{}"])
+        fetched = build_table("station_status", columns)["fetched_at"].cast(pa.timestamp("ms")).cast(pa.int64())
+        assert fetched.to_pylist() == reference[:1]
 
 
 def test_rows_are_sorted_by_station_id_whatever_the_order_before(first_status: list[StationStatus]) -> None:

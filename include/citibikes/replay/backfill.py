@@ -451,7 +451,7 @@ def _land(steps: list[_Step], delivery: BaseException | None, captures: Mapping[
                 return _failed(step, step.failure)
             return _failed(step, delivery, _durations(step))
         published, durations = landed_
-        durations["write"] += seconds
+        durations["write"] += seconds / len(steps)  # its share of the flush's group
         if error is not None:
             return _failed(step, error, durations, published)
         validated = step.prepared.validated
