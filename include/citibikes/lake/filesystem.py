@@ -5,12 +5,13 @@ the same folder (``.<name>.<random>.tmp``: no ``*.parquet`` glob matches it and 
 skip dot files), flushed to disk with fsync and renamed over the final name, which POSIX makes
 atomic; the folder is fsync'd after the rename. Files written together (:meth:`Storage.put_many`)
 share that work as a group commit: all written, then all fsync'd, then renamed, then each folder
-fsync'd once - about half the cost of one by one (BENCHMARKS.md). On S3 the complete object is handed to the client in one write. With
-``allow_delayed_open`` (set by :func:`s3_filesystem`; pass it too when handing in a ready
-filesystem) pyarrow sends objects up to its part size (10 MiB; a status snapshot is ~65 KB) as
-one PUT, which S3 applies atomically; larger objects go up as a multipart upload, which S3 shows
-only after CompleteMultipartUpload, sent only when every part arrived. Without the option pyarrow
-starts a multipart upload when the stream opens, whatever the size. Storage errors become
+fsync'd once - about half the cost of one by one (BENCHMARKS.md). On S3 the complete object is
+handed to the client in one write. With ``allow_delayed_open`` (set by :func:`s3_filesystem`;
+pass it too when handing in a ready filesystem) pyarrow sends objects up to its part size (10 MiB;
+a status snapshot is ~65 KB) as one PUT, which S3 applies atomically; larger objects go up as a
+multipart upload, which S3 shows only after CompleteMultipartUpload, sent only when every part
+arrived. Without the option pyarrow starts a multipart upload when the stream opens, whatever the
+size. Storage errors become
 :class:`LakeError` with the cause and the fix.
 """
 

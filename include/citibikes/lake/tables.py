@@ -207,6 +207,7 @@ def as_milliseconds(values: Sequence[float | None]) -> pa.Array:
 
 
 FEW_VALUES = 64
+"""Up to this many times, :func:`as_milliseconds` converts them in Python (fewer calls than Arrow's four)."""
 
 
 def _milliseconds(seconds: float) -> int:
