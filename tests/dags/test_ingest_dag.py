@@ -113,6 +113,11 @@ def test_ingest_dag_lands_every_record_in_kafka_and_the_lake(pipeline_env, kafka
     status_after = read_topic(kafka_bootstrap, topics["station_status"])
     changed = len(status_after) - len(status)
     assert 0 < changed < len(status) // 2, changed
-    assert lake.read_table("station_status").num_rows == 2 * len(status)
+    runs = sorted(lake.read_runs(), key=lambda r: r.started_at)
+    assert [r.outcome for r in runs] == ["success", "success"]
+    # every valid observation of both minutes (a station may pass one minute and be quarantined the next)
+    assert runs[0].stations_valid == len(status)
+    assert runs[1].stations_status == len(feed_ids) and runs[1].stations_valid > len(feed_ids) - 100
+    assert lake.read_table("station_status").num_rows == len(status) + runs[1].stations_valid
+    assert lake.read_table("quarantine").num_rows == runs[0].stations_quarantined + runs[1].stations_quarantined
     assert len(lake.files("station_status")) == 2
-    assert [r.outcome for r in sorted(lake.read_runs(), key=lambda r: r.started_at)] == ["success", "success"]
