@@ -199,7 +199,8 @@ def as_milliseconds(values: Sequence[float | None]) -> pa.Array:
     Python's ``round``; finer fractions are rounded away."""
     if len(values) <= FEW_VALUES:  # (a quarantine file's times): Python does the same without 4 Arrow calls
         try:
-            return pa.array([None if value is None else _milliseconds(value) for value in values], type=pa.int64())
+            return pa.array([None if value is None else round(float(value) * 1000.0) for value in values],
+                            type=pa.int64())
         except (TypeError, ValueError, OverflowError):  # not a finite number: the Arrow path says why
             pass
     seconds = pa.array(values, type=pa.float64())
@@ -208,22 +209,6 @@ def as_milliseconds(values: Sequence[float | None]) -> pa.Array:
 
 FEW_VALUES = 64
 """Up to this many times, :func:`as_milliseconds` converts them in Python (fewer calls than Arrow's four)."""
-
-
-def _milliseconds(seconds: float) -> int:
-    """What :func:`as_milliseconds` makes of one value (the float product rounded half to even)."""
-    return round(float(seconds) * 1000.0)
-
-
-def _repeated(table: str, column: pa.Field, value: Any, rows: int) -> pa.Array:
-    """``rows`` times ``value`` as an array of the column's type (a snapshot's time: its milliseconds
-    computed here as :func:`as_milliseconds` does, without an array for one value)."""
-    if pa.types.is_timestamp(column.type) and type(value) in (int, float):
-        try:
-            return pa.repeat(pa.scalar(_milliseconds(value), column.type), rows)
-        except (ValueError, OverflowError, pa.ArrowInvalid):  # not finite, out of range: column_array says why
-            pass
-    return pa.repeat(column_array(table, column, [value])[0], rows)
 
 
 def as_json_text(values: Sequence[Any]) -> list[bytes]:
@@ -283,7 +268,7 @@ def build_table(table: str, records: Sequence[Any] | StationStatusColumns) -> pa
     for column in schema:
         values: Any = Repeated(SCHEMA_VERSION, len(records)) if column.name == "schema_version" else columns[column.name]
         if isinstance(values, Repeated):
-            arrays.append(_repeated(table, column, values.value, values.rows))
+            arrays.append(pa.repeat(column_array(table, column, [values.value])[0], values.rows))
             continue
         if column.name in converters:
             values = converters[column.name](values)
