@@ -32,7 +32,7 @@ from citibikes.gbfs.model import (
     StationStatusColumns,
     VehicleTypeCount,
 )
-from citibikes.lake import filesystem, layout
+from citibikes.lake import filesystem, layout, tables
 from citibikes.lake.errors import LakeError
 from citibikes.lake.store import Lake, compress_raw, decompress_raw, encode_station_status, lake_from_settings, open_lake
 from citibikes.lake.tables import (
@@ -545,6 +545,21 @@ def test_rows_are_sorted_by_station_id_whatever_the_order_before(first_status: l
         for table in (station_status_table(columns), station_status_table(records)):
             assert table["station_id"].to_pylist() == sorted(by_id)
             assert table["num_docks_available"].to_pylist() == [by_id[i].num_docks_available for i in sorted(by_id)]
+
+
+def test_each_table_keeps_its_own_station_order(first_status: list[StationStatus]) -> None:
+    """A snapshot's quarantine file is built between two status files: it must not make the next
+    status file sort its stations again (one remembered order per table)."""
+    first = first_status[0]
+    columns = StationStatusColumns.from_records(first_status, system_id=first.system_id,
+                                                last_updated=first.last_updated, fetched_at=first.fetched_at)
+    quarantined = [QuarantinedRecord(system_id="citibike", feed="station_status", station_id=f"s{i}", reasons=["x"],
+                                     raw="{}", last_updated=SNAPSHOT_AT, fetched_at=SNAPSHOT_AT) for i in (2, 1)]
+    station_status_table(columns)
+    remembered = tables._last_orders["station_status"][1]
+    assert build_table("quarantine", quarantined)["station_id"].to_pylist() == ["s1", "s2"]
+    station_status_table(columns)
+    assert tables._last_orders["station_status"][1] is remembered
 
 
 def test_status_parquet_has_statistics_of_ids_and_times(first_status: list[StationStatus]) -> None:

@@ -276,21 +276,23 @@ def build_table(table: str, records: Sequence[Any] | StationStatusColumns) -> pa
     result = pa.Table.from_arrays(arrays, schema=schema)
     if "station_id" not in schema.names:
         return result
-    return result.take(_station_order(columns["station_id"], result))  # type: ignore[arg-type]
+    return result.take(_station_order(table, columns["station_id"], result))  # type: ignore[arg-type]
 
 
-_last_order: list[tuple[list[str], pa.Array]] = []
+_last_orders: dict[str, tuple[list[str], pa.Array]] = {}
 
 
-def _station_order(station_ids: Sequence[str], table: pa.Table) -> pa.Array:
-    """The rows' order by ``station_id``; kept for the next call, since a feed lists its stations
-    in the same order each time (comparing the ids costs a third of sorting them again)."""
+def _station_order(table_name: str, station_ids: Sequence[str], table: pa.Table) -> pa.Array:
+    """The rows' order by ``station_id``; kept per table for its next call, since a feed lists its
+    stations in the same order each time (comparing the ids costs a third of sorting them again).
+    Per table: a snapshot's quarantine file, built between two status files, must not evict the
+    status order (it did, and every status file was sorted again)."""
     ids = station_ids if type(station_ids) is list else list(station_ids)
-    last = _last_order[0] if _last_order else None
+    last = _last_orders.get(table_name)
     if last is not None and last[0] == ids:
         return last[1]
     order = pc.sort_indices(table, sort_keys=[("station_id", "ascending")])
-    _last_order[:] = [(ids.copy(), order)]
+    _last_orders[table_name] = (ids.copy(), order)
     return order
 
 
