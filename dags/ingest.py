@@ -11,7 +11,7 @@
 | `validate` | normalizes every GBFS version to one model and applies the quality rules; rejected records are quarantined with reason codes |
 | `produce` | publishes changed stations (and a full snapshot every 15 min) to `bikes-station-status`, station descriptions to the compacted `bikes-station-information`, rejects to `bikes-quarantine`; one flush, any delivery failure fails the task |
 | `write` | curated Parquet (`curated/<table>/system=/date=/hour=`), quarantine, and a row per system in `pipeline_runs` |
-| `report` | one line per system; **fails when a system failed or is stale** (its feed stopped advancing, or arrived older than 5 minutes), naming it and why, after the others landed |
+| `report` | one line per system; **fails when a system failed or is stale** (its station_status stopped advancing, or arrived older than 5 minutes), naming it and why, after the others landed |
 
 A broken or slow system is isolated: it is marked failed in its stage and left out of the later
 ones, the others go on. Connections: `kafka_default` (Kafka), `citibikes_lake` (a folder or S3).

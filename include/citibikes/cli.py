@@ -23,6 +23,7 @@ from citibikes.gbfs.errors import FeedError
 from citibikes.stack.process import StackError
 
 LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, FeedError, StackError)
 
 
@@ -337,7 +338,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
              "%d records, %d published, %d quarantined in %.1f s (%.0f records/s)%s",
              args.system, args.folder, report.snapshots, report.processed, report.already_done, report.failed,
              report.records, report.published, report.quarantined, elapsed, report.records / elapsed if elapsed else 0,
-             f"; files skipped: {report.skipped_files}" if report.skipped_files else "")
+             "; files skipped: " + ", ".join(f"{count} {reason}" for reason, count in sorted(report.skipped_files.items()))
+             if report.skipped_files else "")
     for error in report.errors[:10]:
         log.error(error)
     return 1 if report.failed else 0
@@ -354,6 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    def add_log_level(p: argparse.ArgumentParser) -> None:
+        """``--log-level``, any case; a bad value is an argparse error listing the choices, not a traceback."""
+        p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default=None, metavar="LEVEL",
+                       help="DEBUG, INFO, WARNING or ERROR, any case (default: LOG_LEVEL or INFO)")
+
     add("up", cmd_up, "start Kafka, the feed, Airflow (only what is not running) and unpause the DAGs")
     add("down", cmd_down, "stop everything `up` started")
     add("status", cmd_status, "show which local services run")
@@ -362,28 +369,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--tick", type=float, default=15.0, help="seconds between feed updates (default 15)")
-    p.add_argument("--log-level", default=None)
+    add_log_level(p)
     p = add("run", cmd_run, "run the pipeline (fetch -> validate -> Kafka -> lake) without Airflow")
     p.add_argument("--mode", choices=("single", "continuous"), default="single",
                    help="one step and exit, or one step every --interval seconds until Ctrl-C")
     p.add_argument("--interval", type=int, default=None, help="seconds between runs (default: PIPELINE_INTERVAL or 60)")
-    p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR (default: LOG_LEVEL or INFO)")
+    add_log_level(p)
     p.add_argument("--log-file", default="citibikes_pipeline.log")
     p = add("consume", cmd_consume, "keep the live state of every station from the Kafka topics")
     p.add_argument("--test-mode", action="store_true", help="read everything there is, print a summary, exit")
     p.add_argument("--interval", type=int, default=None, help="seconds between summaries (default: PIPELINE_INTERVAL)")
-    p.add_argument("--log-level", default=None)
+    add_log_level(p)
     p.add_argument("--log-file", default="citibikes_consumer.log")
     p = add("validate", cmd_validate, "check a GBFS system's feeds: a gbfs.json URL or a folder of feed files")
     p.add_argument("source", help="discovery URL (https://.../gbfs.json) or folder with station_status.json etc.")
     p.add_argument("--system", default=None, help="system id to label records with")
     p.add_argument("--language", default="en")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p = add("backfill", cmd_backfill, "ingest a folder of recorded GBFS snapshots (any names, any order)")
+    p = add("backfill", cmd_backfill, "ingest a folder of recorded GBFS snapshots (.json, .gz or .zst files; any names, any order)")
     p.add_argument("folder")
     p.add_argument("--system", required=True, help="system id the snapshots belong to")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--log-level", default=None)
+    add_log_level(p)
     p.add_argument("--log-file", default="citibikes_pipeline.log")
     p = add("tail", cmd_tail, "print the latest messages of a topic as JSON lines")
     p.add_argument("topic")

@@ -639,7 +639,8 @@ def no_data_outcome(fetched: Fetched, state: SystemState, quality: QualityConfig
 
 
 def success_outcome(validated: Validated) -> tuple[str, str | None]:
-    """``stale`` when a feed arrived older than ``max_feed_age_s`` (its records are quarantined), else ``success``."""
+    """``stale`` when station_status arrived older than ``max_feed_age_s`` (its records are quarantined),
+    else ``success`` (an old station_information is not stale: descriptions rarely change)."""
     stale = validated.summary.get("stale_feeds") or ()
     if stale:
         return "stale", f"{', '.join(stale)} arrived {validated.summary.get('feed_age_s', 0):.0f} s old; records quarantined"

@@ -9,7 +9,10 @@ orphans, feed age), JSON-ready for logs and metrics.
 Design choices:
 
 * Known vendor quirks are normalized and counted upstream, never rejected wholesale; a rule rejects
-  one record, never a feed. Only a stale feed quarantines all its records (``stale_feed``).
+  one record, never a feed. Only a stale station_status quarantines all its records (``stale_feed``).
+* Staleness applies to station_status alone: GBFS requires it current, while many systems publish
+  station_information with a ``last_updated`` hours or days old, because descriptions rarely change.
+  Its age is still reported (``QualitySummary.feed_ages_s``).
 * Duplicates: the first copy of a ``station_id`` in a feed is kept, later copies are quarantined
   (``duplicate_station_id``); feeds with duplicates usually repeat a record, and keeping the first
   keeps the station visible. Duplicates and orphans are judged among well-formed records.
@@ -84,7 +87,8 @@ REASONS: dict[str, str] = {
     "duplicate_station_id": "a later copy of a station_id already seen in the same feed",
     "unknown_station": "status for a station that station_information (or known_station_ids) does not list",
     "no_status": "station_information lists a station that the status feed does not report",
-    "stale_feed": "the whole feed is older than QualityConfig.max_feed_age_s at the reference time",
+    "stale_feed": "the whole station_status feed is older than QualityConfig.max_feed_age_s at the reference time "
+                  "(station_information may be older: descriptions rarely change)",
 }
 """Every reason code a quarantined record can carry, with its meaning."""
 
@@ -107,10 +111,13 @@ class QualitySummary:
     orphans: dict[str, int | None]
     """``status_without_information`` and ``information_without_status``; None when not checked."""
     feed_age_s: float | None
-    """Age of the oldest given feed at the reference time."""
+    """Age of station_status at the reference time (of station_information when only that is given)."""
     feed_ages_s: dict[str, float]
+    """Age of each given feed at the reference time."""
     feed_stale: bool
+    """station_status is older than ``max_feed_age_s`` (its records are quarantined)."""
     stale_feeds: tuple[str, ...]
+    """``("station_status",)`` when stale, else empty (station_information is never stale)."""
     not_advancing: bool
     """``last_updated`` did not move past ``previous_last_updated`` (the status feed's, if given)."""
 
@@ -162,7 +169,7 @@ def validate(
     """Apply every rule to one system's normalized feeds.
 
     ``reference_time`` (POSIX seconds) is "now" for feed age and future timestamps; None means each
-    feed's ``fetched_at``. ``known_station_ids`` replaces station_information for the orphan check
+    feed's ``fetched_at``. Only station_status can be stale (see the module doc). ``known_station_ids`` replaces station_information for the orphan check
     when only the status feed is given; if it is a mapping, its values are the capacities (int or None).
     """
     if information is None and status is None:
@@ -185,8 +192,8 @@ def validate(
         feed.feed: (feed.fetched_at if reference_time is None else reference_time) - feed.last_updated
         for feed in (information, status) if feed is not None
     }
-    stale_feeds = tuple(name for name, age in ages.items() if age > config.max_feed_age_s)
-    valid_info, quarantined_info = _split(information, info_rejections, STATION_INFORMATION in stale_feeds)
+    stale_feeds = (STATION_STATUS,) if ages.get(STATION_STATUS, 0.0) > config.max_feed_age_s else ()
+    valid_info, quarantined_info = _split(information, info_rejections, False)
     valid_status, quarantined_status = _split(status, status_rejections, STATION_STATUS in stale_feeds)
     quarantined = quarantined_info + quarantined_status
     summary = _summarize(
@@ -213,7 +220,7 @@ def _summarize(information: Normalized[StationInformation] | None, status: Norma
             reason for records in quarantined.values() for record in records for reason in record.reasons)),
         quirks=dict(sum((feed.quirks for feed in given), Counter())),
         orphans=orphans,
-        feed_age_s=max(ages.values()),
+        feed_age_s=ages[newest.feed],
         feed_ages_s=ages,
         feed_stale=bool(stale_feeds),
         stale_feeds=stale_feeds,

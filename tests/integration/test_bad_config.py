@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from citibikes.cli import build_parser
 from citibikes.stack.kafka import install
 from citibikes.stack.process import StackError, free_port
 
@@ -86,3 +87,20 @@ def test_bad_systems_file_points_at_the_entry(tmp_path: Path) -> None:
     systems.write_text("systems:\n  - id: Citi Bike\n    discovery_url: https://example.com/gbfs.json\n")
     result = _run("run", "--log-file", str(tmp_path / "p.log"), env={"CITIBIKES_SYSTEMS_FILE": str(systems)})
     _one_line_error(result, "entry 1", "'Citi Bike'", "lowercase")
+
+
+
+@pytest.mark.parametrize("command", [("run", "--mode", "single"), ("consume", "--test-mode"),
+                                     ("backfill", ".", "--system", "x")])
+def test_bad_log_level_option_lists_the_choices(command: tuple[str, ...], tmp_path: Path) -> None:
+    log = tmp_path / "p.log"
+    result = _run(*command, "--log-file", str(log), "--log-level", "loud", timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1].endswith(
+        "error: argument --log-level: invalid choice: 'LOUD' (choose from 'DEBUG', 'INFO', 'WARNING', 'ERROR')")
+    assert not log.exists()  # refused before anything started
+
+
+def test_log_level_option_takes_any_case() -> None:
+    for command in (["run"], ["consume"], ["backfill", ".", "--system", "x"], ["replay"]):
+        assert build_parser().parse_args([*command, "--log-level", "warning"]).log_level == "WARNING"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
+import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 import uuid
 from pathlib import Path
@@ -17,6 +21,7 @@ from confluent_kafka.admin import AdminClient
 
 from citibikes.config import load_settings
 from citibikes.lake import open_lake
+from citibikes.replay.backfill import run_id_for
 from citibikes.replay.recordings import recorded
 from citibikes.replay.server import make_server
 from citibikes.stream.topics import ensure_topics
@@ -25,6 +30,8 @@ from support.kafka_read import read_topic
 pytestmark = pytest.mark.kafka
 CLI = [sys.executable, "-m", "citibikes.cli"]
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} - [\w.]+ - (DEBUG|INFO|WARNING|ERROR) - .+$")
+CONSUMER_SUMMARY = re.compile(r" - citibikes\.consumer - INFO - \d+ messages consumed \(\d+ applied, \d+ duplicates\); "
+                              r"(\d+) stations live, \d+ empty, \d+ full, lag \d+$")
 
 
 @pytest.fixture
@@ -35,7 +42,8 @@ def cli_env(tmp_path: Path, kafka_bootstrap: str):
         f"  {key}: {{name: {prefix}-{key}}}\n" for key in ("station_information", "station_status", "quarantine")))
     (tmp_path / "systems.yaml").write_text(
         f"systems:\n  - id: citibike\n    discovery_url: {server.url}/citibike/gbfs.json\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CITIBIKES_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("CITIBIKES_") and k not in ("LOG_LEVEL", "PIPELINE_INTERVAL")}
     env.update({
         "CITIBIKES_STATE_DIR": str(tmp_path / "state"),
         "CITIBIKES_SYSTEMS_FILE": str(tmp_path / "systems.yaml"),
@@ -53,12 +61,49 @@ def _run(env, *args, cwd: Path, timeout: float = 120) -> subprocess.CompletedPro
     return subprocess.run([*CLI, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
+def _run_in_terminal(env, *args, cwd: Path, timeout: float = 120) -> tuple[int, str]:
+    """The CLI with stderr on a pseudo-terminal, as in a shell: its exit code and what it wrote there."""
+    controller, terminal = os.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 24 x 100, not 0 x 0
+    process = subprocess.Popen([*CLI, *args], env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=terminal)
+    os.close(terminal)
+    output, deadline = b"", time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if select.select([controller], [], [], 1.0)[0]:
+                try:
+                    chunk = os.read(controller, 65536)
+                except OSError:  # EIO: every writer closed the terminal
+                    break
+                if not chunk:
+                    break
+                output += chunk
+        return process.wait(max(1.0, deadline - time.monotonic())), output.decode(errors="replace")
+    finally:
+        os.close(controller)
+        if process.poll() is None:
+            process.kill()
+
+
+def _wait_for(path: Path, text: str, timeout: float = 60) -> str:
+    """The file's content once it contains ``text``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = path.read_text() if path.exists() else ""
+        if text in content:
+            return content
+        time.sleep(0.1)
+    raise AssertionError(f"{path.name} does not say {text!r} after {timeout:.0f} s:\n{content}")
+
+
 def test_run_single_logs_one_summary_and_lands_data(cli_env, tmp_path: Path, kafka_bootstrap: str) -> None:
     env, settings = cli_env
     result = _run(env, "run", "--mode", "single", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     log = (tmp_path / "citibikes_pipeline.log").read_text().splitlines()
     assert log and all(LOG_LINE.match(line) for line in log), log
+    assert not any(" - DEBUG - " in line for line in log)  # LOG_LEVEL unset: INFO
     (summary,) = [line for line in log if "Run 1 done" in line]
     processed, sent, quarantined = map(int, re.search(r"(\d+) records processed, (\d+) sent, (\d+) quarantined", summary).groups())
     assert processed == 2208 and quarantined > 0
@@ -84,6 +129,48 @@ def test_run_continuous_stops_cleanly_on_ctrl_c(cli_env, tmp_path: Path) -> None
     assert " - DEBUG - " in text
 
 
+def test_pipeline_interval_and_log_level_come_from_the_environment(cli_env, tmp_path: Path) -> None:
+    env, _ = cli_env
+    process = subprocess.Popen([*CLI, "run", "--mode", "continuous"], env={**env, "PIPELINE_INTERVAL": "7", "LOG_LEVEL": "DEBUG"},
+                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        text = _wait_for(tmp_path / "citibikes_pipeline.log", "Next execution in")
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = process.wait(30)
+    assert code == 0
+    assert "mode=continuous, interval=7s" in text
+    (wait,) = map(int, re.findall(r" - INFO - Next execution in (\d+) seconds$", text, re.MULTILINE))
+    assert 0 < wait <= 7  # the interval less the run's own time (the default would say 59 or so)
+    assert re.search(r" - citibikes\.run - DEBUG - ", text), text
+
+
+def test_ctrl_c_during_a_step_lets_it_finish_and_land(cli_env, tmp_path: Path, kafka_bootstrap: str) -> None:
+    """SIGINT while the feed is still answering: the step completes, is flushed to Kafka and landed, exit 0."""
+    env, settings = cli_env
+    base = settings.systems[0].discovery_url.removesuffix("/citibike/gbfs.json")
+    (tmp_path / "slow.yaml").write_text(  # station_status answers after 4 s
+        f"systems:\n  - id: citibike\n    discovery_url: {base}/fault-slow/gbfs.json?delay=4\n")
+    process = subprocess.Popen([*CLI, "run", "--mode", "continuous", "--interval", "2"],
+                               env={**env, "CITIBIKES_SYSTEMS_FILE": str(tmp_path / "slow.yaml")},
+                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "citibikes_pipeline.log"
+    _wait_for(log, "Pipeline started")
+    time.sleep(1.5)  # into the step: fetching station_status
+    assert " done in " not in log.read_text()
+    process.send_signal(signal.SIGINT)
+    assert process.wait(60) == 0, process.stderr.read()
+    text = log.read_text()
+    assert text.index("Stopping after the current step") < text.index("Run 1 done")
+    (summary,) = [line for line in text.splitlines() if "Run 1 done" in line]
+    processed, sent, quarantined = map(int, re.search(r"(\d+) records processed, (\d+) sent, (\d+) quarantined",
+                                                      summary).groups())
+    assert processed == 2208 and "systems: 1 success" in summary
+    assert sent == sum(len(read_topic(kafka_bootstrap, t.name)) for t in settings.topics.values())
+    assert open_lake(settings.lake_uri).read_table("station_status").num_rows == processed - quarantined
+    assert "Next execution in" not in text and "Pipeline stopped after 1 runs" in text
+
+
 def test_consume_test_mode_builds_the_live_state(cli_env, tmp_path: Path) -> None:
     env, settings = cli_env
     assert _run(env, "run", "--mode", "single", cwd=tmp_path).returncode == 0
@@ -94,7 +181,10 @@ def test_consume_test_mode_builds_the_live_state(cli_env, tmp_path: Path) -> Non
     assert summary["stations"] == valid
     assert summary["described"] >= valid
     assert 0 < summary["empty"] < valid and 0 < summary["full"] < valid
-    assert (tmp_path / "citibikes_consumer.log").exists()
+    log = (tmp_path / "citibikes_consumer.log").read_text().splitlines()
+    assert log and all(LOG_LINE.match(line) for line in log), log
+    summaries = [int(m.group(1)) for m in map(CONSUMER_SUMMARY.search, log) if m]
+    assert summaries and summaries[-1] == valid, log  # the last summary: every valid station live
 
 
 def test_backfill_is_idempotent(cli_env, tmp_path: Path, kafka_bootstrap: str) -> None:
@@ -120,6 +210,65 @@ def test_backfill_is_idempotent(cli_env, tmp_path: Path, kafka_bootstrap: str) -
     assert "0 ingested, 4 already done" in second.stderr
     assert len(read_topic(kafka_bootstrap, status_topic)) == published
     assert lake.read_table("station_status").num_rows == rows
+
+
+def test_backfill_with_hours_old_station_information_is_done_once(cli_env, tmp_path: Path, kafka_bootstrap: str) -> None:
+    """Many systems publish station_information hours old: its stations are valid, every snapshot
+    succeeds, and a second backfill finds them all done."""
+    env, settings = cli_env
+    statuses = recorded("station_status")
+    (information,) = recorded("station_information")
+    document = json.loads(information.read_bytes())
+    document["last_updated"] = statuses[0].last_updated - 3600
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "information.json").write_text(json.dumps(document))
+    for recording in statuses:
+        (archive / f"status-{recording.last_updated}.json").write_bytes(recording.read_bytes())
+    first = _run(env, "backfill", str(archive), "--system", "old-info", "--no-progress", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "4 snapshots, 4 ingested, 0 already done, 0 failed" in first.stderr
+    lake = open_lake(settings.lake_uri)
+    assert [run.outcome for run in lake.read_runs("old-info")] == ["success"] * 4
+    assert lake.read_table("station_information", "old-info").num_rows > 2000
+    reasons = lake.read_table("quarantine", "old-info").column("reasons").to_pylist()
+    assert reasons and not any("stale_feed" in r or "unknown_station" in r for r in reasons)
+    messages = {t.name: len(read_topic(kafka_bootstrap, t.name)) for t in settings.topics.values()}
+
+    second = _run(env, "backfill", str(archive), "--system", "old-info", "--no-progress", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "4 snapshots, 0 ingested, 4 already done, 0 failed" in second.stderr
+    assert {t.name: len(read_topic(kafka_bootstrap, t.name)) for t in settings.topics.values()} == messages
+    assert len(lake.read_runs("old-info")) == 4
+
+
+def test_backfill_follows_last_updated_whatever_the_names(cli_env, tmp_path: Path, kafka_bootstrap: str) -> None:
+    """Names and folders sort newest first; ingestion still goes oldest first. On a terminal the
+    backfill draws a progress bar, and its report counts the files it skipped."""
+    env, settings = cli_env
+    statuses = recorded("station_status")  # oldest first
+    archive = tmp_path / "archive"
+    places = ["a.json", "b/status.json", "c/d/x.json", "c/e/y.json"]  # the order a walk meets them
+    for recording, place in zip(reversed(statuses), places):
+        (archive / place).parent.mkdir(parents=True, exist_ok=True)
+        (archive / place).write_bytes(recording.read_bytes())
+    (information,) = recorded("station_information")
+    (archive / "z" / "information.json").parent.mkdir()
+    (archive / "z" / "information.json").write_bytes(information.read_bytes())
+    (archive / "README.md").write_text("# scraped every 15 minutes\n")
+    code, output = _run_in_terminal(env, "backfill", str(archive), "--system", "renamed", cwd=tmp_path)
+    assert code == 0, output
+    assert "4 snapshots, 4 ingested, 0 already done, 0 failed" in output
+    assert "files skipped: 1 unsupported_suffix" in output
+    assert re.search(r"\| 4/4 \[", output), output  # tqdm's bar
+
+    runs = sorted(open_lake(settings.lake_uri).read_runs("renamed"), key=lambda run: run.started_at)
+    assert [run.run_id for run in runs] == [run_id_for("renamed", r.last_updated) for r in statuses]
+    in_partitions: dict[int, list[int]] = {}
+    for message in read_topic(kafka_bootstrap, settings.topics["station_status"].name):
+        in_partitions.setdefault(message["partition"], []).append(int(message["headers"]["last_updated"]))
+    assert {t for times in in_partitions.values() for t in times} == {r.last_updated for r in statuses}
+    assert all(times == sorted(times) for times in in_partitions.values())  # produced oldest first
 
 
 def test_validate_a_folder_as_json(tmp_path: Path) -> None:

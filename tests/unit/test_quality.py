@@ -263,20 +263,39 @@ def test_every_reason_code_is_documented() -> None:
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
-def test_stale_feed_quarantines_every_record_of_that_feed(dataset: str) -> None:
+def test_stale_status_quarantines_every_record_of_that_feed(dataset: str) -> None:
     information, status = DATASETS[dataset]()
     status["data"]["stations"][0].pop("station_id")  # one record normalize already quarantined
     late = header_time(status) + CONFIG.max_feed_age_s + 1
     result = run(information, status, fetched_at=late)
-    assert result.summary.feed_stale and result.information == [] and result.status == []
-    assert set(result.summary.stale_feeds) == {STATION_INFORMATION, STATION_STATUS}
-    assert len(result.quarantined) == len(information["data"]["stations"]) + len(status["data"]["stations"])
-    assert all(q.reasons[-1] == "stale_feed" for q in result.quarantined)
+    assert result.summary.feed_stale and result.status == []
+    assert result.summary.stale_feeds == (STATION_STATUS,)
+    assert len(result.quarantined) == len(status["data"]["stations"]) + result.summary.quarantined[STATION_INFORMATION]
+    stale = [q for q in result.quarantined if q.feed == STATION_STATUS]
+    assert len(stale) == len(status["data"]["stations"]) and all(q.reasons[-1] == "stale_feed" for q in stale)
     assert [q.reasons for q in result.quarantined if q.station_id is None] == [["missing_field:station_id",
                                                                                  "stale_feed"]]
     assert result.summary.feed_age_s == pytest.approx(late - header_time(status))
     on_time = run(information, status, fetched_at=header_time(status) + CONFIG.max_feed_age_s)
     assert not on_time.summary.feed_stale and on_time.status
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_old_station_information_is_not_stale(dataset: str) -> None:
+    """Descriptions rarely change: many systems publish station_information hours or days old."""
+    information, status = DATASETS[dataset]()
+    fresh = run(information, status, reference_time=header_time(status))
+    hours_before = int(header_time(status)) - 6 * 3600
+    information["last_updated"] = (hours_before if isinstance(information["last_updated"], int)
+                                   else datetime.fromtimestamp(hours_before, timezone.utc).isoformat())
+    old = run(information, status, reference_time=header_time(status))
+    assert not old.summary.feed_stale and old.summary.stale_feeds == ()
+    assert "stale_feed" not in old.summary.quarantined_by_reason
+    assert old.summary.feed_ages_s[STATION_INFORMATION] == 6 * 3600  # its age is still reported
+    assert old.summary.feed_age_s == old.summary.feed_ages_s[STATION_STATUS] == 0
+    ids = [record.station_id for record in fresh.information]
+    assert ids and [record.station_id for record in old.information] == ids  # valid, not quarantined
+    assert len(old.status) == len(fresh.status) and old.summary.orphans == fresh.summary.orphans
 
 
 def test_reference_time_overrides_fetched_at() -> None:

@@ -160,7 +160,7 @@ class RunRecord:
     system_id: str
     started_at: float
     outcome: str
-    """One of ``success``, ``no_new_data``, ``stale`` (the feed stopped advancing or arrived too old), ``failed``, ``skipped``."""
+    """One of ``success``, ``no_new_data``, ``stale`` (station_status stopped advancing or arrived too old), ``failed``, ``skipped``."""
     finished_at: float | None = None
     stations_information: int | None = None
     stations_status: int | None = None

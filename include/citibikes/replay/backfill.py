@@ -3,7 +3,10 @@
 Public "git-scraping" archives keep years of GBFS files, usually under names that say nothing
 about their content. Files are therefore recognized by what they hold (a station_status or a
 station_information document; anything else is skipped and counted), ordered by their own
-``last_updated``, and each status snapshot is paired with the latest information at or before it.
+``last_updated`` whatever their names and folders, and each status snapshot is paired with the
+latest information at or before it. Only names ending in one of :data:`FILE_SUFFIXES` are read;
+other files are counted as ``unsupported_suffix``, hidden files and folders (``.git``) are not
+looked at.
 Every snapshot then goes through the same validate -> publish -> land path as live runs
 (:func:`ingest_snapshots`).
 
@@ -118,7 +121,7 @@ class SnapshotFile:
 class Scan:
     snapshots: list[SnapshotFile] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
-    """Files not used, by reason (``not_gbfs_station_feed``, ``unreadable``, ``duplicate``...)."""
+    """Files not used, by reason (``unsupported_suffix``, ``unreadable``, ``not_gbfs_station_feed``, ``duplicate``)."""
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -133,7 +136,10 @@ def scan(folder: Path) -> Scan:
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
+            if name.startswith("."):
+                continue
             if not name.endswith(FILE_SUFFIXES):
+                result.skip("unsupported_suffix")
                 continue
             try:
                 body = read_snapshot_file(Path(root) / name)
