@@ -48,6 +48,7 @@ from citibikes.lake.store import (
     LakeTable,
     encode_tables,
     quarantine_tables,
+    raw_file,
     station_information_tables,
     station_status_tables,
 )
@@ -360,7 +361,9 @@ class Prepared(msgspec.Struct):
 
     validated: Validated | None = None
     files: dict[str, list[LakeFile]] = {}
-    """Parquet files per table name (see :func:`validated_tables`)."""
+    """Parquet files per table name (see :func:`encode_information`)."""
+    archives: list[LakeFile] = []
+    """The raw archive of each body (zstd; made first, so that a snapshot that fails has one too)."""
     error: str | None = None
     """Why preparing failed, in one line (then the step fails with it); ``detail`` has the traceback."""
     detail: str | None = None
@@ -371,19 +374,22 @@ class Prepared(msgspec.Struct):
 def prepare_snapshot(fetched: Fetched, state: SystemState, quality: QualityConfig, *,
                      reference_time: float | None = None) -> Prepared:
     """The part of a step that needs neither Kafka nor the lake: bytes -> validated records (status in
-    columns) -> Parquet bytes.
+    columns), the Parquet bytes of its station_information (:func:`encode_information`) and the raw
+    archive of its bodies.
 
     A function of its arguments only, so it can run in another process (:class:`SnapshotWorker`).
-    Errors do not escape: they are in ``error``. (Encoding Parquet in the pipeline's own process,
-    in threads, was measured slower: the GIL hand-offs cost more than the encoding.)
+    Errors do not escape: they are in ``error``. The station_status rows are encoded when they
+    land, many snapshots to a file (:func:`citibikes.replay.backfill.ingest_snapshots`).
     """
     prepared = Prepared()
     try:
+        prepared.archives = [raw_file(fetched.system_id, feed, fetched.last_updated[feed], body)
+                             for feed, body in fetched.bodies.items()]
         if fetched.has_new_data:
             started = time.perf_counter()
             prepared.validated = validate_fetched(fetched, state, quality, reference_time=reference_time)
             encoding = time.perf_counter()
-            prepared.files = {name: encode_tables(tables) for name, tables in validated_tables(prepared.validated).items()}
+            prepared.files = encode_information(prepared.validated)
             prepared.validate_s, prepared.encode_s = encoding - started, time.perf_counter() - encoding
     except Exception as exc:  # noqa: BLE001 - the step fails with it (see stage_prepared)
         prepared.error, prepared.detail = one_line(exc), traceback.format_exc()
@@ -399,6 +405,17 @@ def stage_prepared(prepared: Prepared, captures: Mapping[str, ChangeCapture], pu
     if prepared.validated is None:
         raise PrepareError("the snapshot holds no new station_status or station_information")
     return stage_validated([(prepared.validated, captures)], publisher, after=after)
+
+
+def encode_information(validated: Validated) -> dict[str, list[LakeFile]]:
+    """A snapshot's station_information files and its rejected station_information records, encoded
+    (backfill writes station_status and its rejections a span of snapshots at a time)."""
+    rejected = [record for record in validated.quarantined if record.feed == STATION_INFORMATION]
+    return {
+        "station_information": encode_tables(station_information_tables(validated.information))
+        if validated.information else [],
+        "quarantine": encode_tables(quarantine_tables(rejected)) if rejected else [],
+    }
 
 
 def landed_files(prepared: Prepared, published: Published) -> list[LakeFile]:
@@ -417,7 +434,7 @@ class PrepareError(Exception):
 
 class SnapshotWorker:
     """Another process that runs :func:`prepare_snapshot`, so that preparing the next snapshots
-    (decoding, validation, Parquet and zstd encoding) uses the second core while this process
+    (decoding, validation, the raw archive's zstd) uses the second core while this process
     publishes and lands the current one. Jobs are answered in the order they were submitted; a job
     submitted without a state is prepared with the state the job before it leaves (see
     :class:`_Chain`), so several can be submitted ahead. Jobs are sent by a thread: submitting never

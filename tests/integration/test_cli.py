@@ -201,9 +201,11 @@ def test_backfill_is_idempotent(cli_env, tmp_path: Path, kafka_bootstrap: str) -
     status_topic = settings.topics["station_status"].name
     published = len(read_topic(kafka_bootstrap, status_topic))
     lake = open_lake(settings.lake_uri)
-    rows = lake.read_table("station_status").num_rows
-    times = sorted(int(Path(f).stem) for f in lake.files("station_status"))
-    assert times == [r.last_updated for r in recorded("station_status")]
+    table = lake.read_table("station_status")
+    rows = table.num_rows
+    times = [r.last_updated for r in recorded("station_status")]  # one hour: one file for the four
+    assert sorted({int(t.timestamp()) for t in table.column("last_updated").to_pylist()}) == times
+    assert [Path(f).name for f in lake.files("station_status")] == [f"{times[0]}-{times[-1]}.parquet"]
 
     second = _run(env, "backfill", str(tmp_path / "archive"), "--system", "citibike-history", "--no-progress", cwd=tmp_path)
     assert second.returncode == 0

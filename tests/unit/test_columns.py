@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -319,10 +320,27 @@ def _ingest(tmp_path: Path, worker: SnapshotWorker | None, failing_flushes: set[
                      record.stations_published))
         states.append(state)
     files = {str(p.relative_to(tmp_path)): p.read_bytes() for p in sorted(tmp_path.rglob("*"))
-             if p.is_file() and "pipeline_runs" not in p.parts}
+             if p.is_file() and "pipeline_runs" not in p.parts and not _spanned(p.relative_to(tmp_path))}
     messages = [{k: v for k, v in m.items() if k != "on_delivery"} for m in producer.produced]
-    return {"runs": runs, "states": states, "files": files, "messages": messages,
+    return {"runs": runs, "states": states, "files": files, "rows": _spanned_rows(tmp_path), "messages": messages,
             "captures": {feed: capture.dumps() for feed, capture in captures.items()}}
+
+
+def _spanned(key: Path) -> bool:
+    """station_status rows and their rejections: written a span of snapshots to a file."""
+    return key.parts[:2] == ("curated", "station_status") or (key.parts[0] == "quarantine"
+                                                              and key.name.startswith("station_status-"))
+
+
+def _spanned_rows(lake: Path) -> dict[str, list[str]]:
+    """The rows of the span files, as sorted JSON lines, by table: what the lake holds, however spanned."""
+    rows: dict[str, list[str]] = {}
+    for path in sorted(lake.rglob("*.parquet")):
+        key = path.relative_to(lake)
+        if _spanned(key):
+            rows.setdefault(key.parts[0], []).extend(
+                json.dumps(row, sort_keys=True, default=str) for row in pq.read_table(path).to_pylist())
+    return {table: sorted(lines) for table, lines in rows.items()}
 
 
 def test_the_chained_backfill_gives_what_one_snapshot_at_a_time_gives(tmp_path: Path) -> None:
@@ -364,18 +382,18 @@ def test_snapshots_acknowledged_together_give_what_one_at_a_time_gives(tmp_path:
     rest = _ingest(tmp_path / "rest", None, set(), _one_at_a_time, first=3)
     assert [run[1:] for run in runs[3:]] == [run[1:] for run in rest["runs"]]
     assert failing["files"].keys() >= rest["files"].keys()
+    assert failing["rows"] == rest["rows"], "the failed flush's snapshots landed nothing"
     assert failing["captures"] == rest["captures"]
 
 
-def test_files_that_cannot_be_written_fail_only_their_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A flush's files are written as one group; when one cannot be, the snapshots are written one
-    by one: only the snapshot whose file failed fails (its records are in Kafka: the others stand),
-    and every snapshot's raw archive is written, the broken feed's and the failed one's too."""
-    minute_2 = _snapshots()[2].status_last_updated
+def test_a_span_whose_file_cannot_be_written_fails_its_snapshots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flush's files are written as one group; when that fails, the snapshots of the span whose
+    file could not be written fail together (their records are in Kafka: change capture and the
+    messages stand), and every snapshot's raw archive is written, the broken feed's too."""
     real_replace = filesystem.os.replace
 
     def replace(source: str, target: str) -> None:
-        if "curated/station_status" in str(target) and str(target).endswith(f"/{minute_2}.parquet"):
+        if "curated/station_status" in str(target):
             raise OSError(28, "No space left on device")
         real_replace(source, target)
 
@@ -383,15 +401,29 @@ def test_files_that_cannot_be_written_fail_only_their_snapshot(tmp_path: Path, m
     monkeypatch.setattr(filesystem.os, "replace", replace)
     failing = _ingest(tmp_path / "failing", None, set())
     outcomes = [outcome for _, outcome, *_ in failing["runs"]]
-    assert outcomes == ["success", "success", "failed", "success", "success", "failed", "success"]
-    assert "cannot write" in failing["runs"][2][2] and "No space left on device" in failing["runs"][2][2]
+    assert outcomes == ["failed"] * 7
+    assert all("cannot write" in run[2] and "No space left on device" in run[2]
+               for i, run in enumerate(failing["runs"]) if i != 5)
     assert [run[3:] for run in failing["runs"]] == [run[3:] for run in reference["runs"]]
     assert failing["messages"] == reference["messages"] and failing["captures"] == reference["captures"]
     raw = [key for key in failing["files"] if key.startswith("raw/") and "station_status" in key]
     assert len(raw) == 7
-    missing = reference["files"].keys() - failing["files"].keys()
-    assert missing and all(str(minute_2) in key for key in missing)
+    assert not failing["rows"] and reference["rows"]["curated"]
     assert not [key for key in failing["files"] if key.endswith(".tmp")]
+
+
+def test_snapshots_of_an_hour_share_their_files(tmp_path: Path) -> None:
+    """A span holds consecutive acknowledged snapshots of one hour, at most ``span_snapshots``: the
+    rows are those of a file per snapshot, in fewer files named after their first and last snapshot."""
+    reference = _ingest(tmp_path / "one-at-a-time", None, set(), _one_at_a_time)
+    spans = _ingest(tmp_path / "spans", None, set(), partial(ingest_snapshots, span_snapshots=4))
+    assert spans["rows"] == reference["rows"] and spans["runs"] == reference["runs"]
+    times = [snapshot.status_last_updated for snapshot in _snapshots()]
+    landed = times[:5] + times[6:]  # minute 5 is an error page
+    assert sorted(path.name for path in (tmp_path / "spans").rglob("*.parquet")
+                  if path.parts[-6:-4] == ("curated", "station_status")) == [
+        f"{landed[0]}-{landed[3]}.parquet", f"{landed[4]}-{landed[5]}.parquet"]
+    assert len(list((tmp_path / "one-at-a-time").glob("curated/station_status/**/*.parquet"))) == 6
 
 
 def test_a_dead_worker_fails_the_snapshot_it_held_and_a_new_one_goes_on(tmp_path: Path) -> None:
@@ -434,7 +466,7 @@ def test_a_backfill_stopped_early_leaves_the_worker_ready_for_the_next(tmp_path:
     def ingest(snapshots: list[Snapshot], worker: SnapshotWorker) -> Any:
         return ingest_snapshots(snapshots, "citibike", settings=settings, lake=lake, publisher=publisher,
                                 state=SystemState(), captures=new_change_capture(900), worker=worker,
-                                snapshots_per_flush=2)
+                                snapshots_per_flush=2, span_snapshots=1)
 
     with SnapshotWorker() as worker:
         results = ingest(_snapshots(), worker)

@@ -5,11 +5,16 @@ this pipeline ran, so a retried or repeated run writes the same key again and ov
 of adding a duplicate. ``date``/``hour`` are the UTC date and hour of ``last_updated``::
 
     curated/station_status/system=citibike/date=2024-03-13/hour=13/1710335271.parquet
+    curated/station_status/system=citibike/date=2024-03-13/hour=13/1710335271-1710338811.parquet
     curated/station_information/system=citibike/date=2024-03-13/hour=13/1710335271.parquet
     quarantine/system=citibike/date=2024-03-13/hour=13/station_status-1710335271.parquet
     raw/system=citibike/feed=station_status/date=2024-03-13/hour=13/1710335271.json.zst
     pipeline_runs/date=2024-03-13/scheduled__2024-03-13T13_00_00_00_00-citibike.parquet
     _state/<key>
+
+A backfill writes the snapshots of an hour together: the second name holds the station_status rows
+of several snapshots, the first to the last ``last_updated`` of its name (:func:`curated_key` with
+``last``; the quarantine likewise). The same snapshots give the same name again.
 
 Names starting with ``.`` or ``_`` are never data: temporary files and the state store use them,
 and readers (pyarrow datasets, the ``*.parquet`` glob) skip them.
@@ -83,16 +88,21 @@ def hive_partition(system_id: str, last_updated: int) -> str:
     return f"system={check_system_id(system_id)}/date={date}/hour={hour}"
 
 
-def curated_key(table: str, system_id: str, last_updated: int) -> str:
-    """The curated Parquet file of one snapshot of ``station_status`` or ``station_information``."""
+def curated_key(table: str, system_id: str, last_updated: int, last: int | None = None) -> str:
+    """The curated Parquet file of one snapshot of ``station_status`` or ``station_information``, or
+    of the snapshots from ``last_updated`` to ``last`` (one hour partition: that of the first)."""
     if table not in ("station_status", "station_information"):
         raise LakeError(f"no curated table {table!r}; use station_status or station_information")
-    return f"{TABLES[table].prefix}/{hive_partition(system_id, last_updated)}/{int(last_updated)}.parquet"
+    return f"{TABLES[table].prefix}/{hive_partition(system_id, last_updated)}/{_span(last_updated, last)}.parquet"
 
 
-def quarantine_key(system_id: str, feed: str, last_updated: int) -> str:
-    """The quarantine Parquet file of one snapshot of one feed."""
-    return f"quarantine/{hive_partition(system_id, last_updated)}/{check_feed(feed)}-{int(last_updated)}.parquet"
+def quarantine_key(system_id: str, feed: str, last_updated: int, last: int | None = None) -> str:
+    """The quarantine Parquet file of one snapshot of one feed (or of several: see :func:`curated_key`)."""
+    return f"quarantine/{hive_partition(system_id, last_updated)}/{check_feed(feed)}-{_span(last_updated, last)}.parquet"
+
+
+def _span(first: int, last: int | None) -> str:
+    return f"{int(first)}" if last is None or int(last) == int(first) else f"{int(first)}-{int(last)}"
 
 
 def raw_key(system_id: str, feed: str, last_updated: int, suffix: str = ".json.zst") -> str:

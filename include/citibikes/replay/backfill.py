@@ -26,7 +26,6 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterable, Iterator, Mapping
 
@@ -37,7 +36,15 @@ from citibikes.gbfs.discovery import DEFAULT_MAX_BYTES, read_header, read_local_
 from citibikes.gbfs.errors import FeedError
 from citibikes.gbfs.model import STATION_INFORMATION, STATION_STATUS
 from citibikes.lake import Lake, LakeError, RunRecord
-from citibikes.lake.store import ZSTD_MAGIC, LakeFile, decompress_raw, raw_file
+from citibikes.lake.layout import hive_partition, raw_key
+from citibikes.lake.store import (
+    ZSTD_MAGIC,
+    LakeFile,
+    decompress_raw,
+    encode_quarantine_span,
+    encode_status_span,
+    raw_file,
+)
 from citibikes.pipeline import (
     Fetched,
     InlinePreparer,
@@ -232,8 +239,9 @@ def ingest_snapshot(snapshot: Snapshot, system_id: str, *, settings: Settings, l
     return record, state
 
 
-RUNS_PER_FILE = 500
-"""Backfill's run records are written to the lake in files of this many runs (and at the end)."""
+SPAN_SNAPSHOTS = 60
+"""At most this many consecutive snapshots of one hour partition share a station_status file (and
+a quarantine file): an hour of minute snapshots (:func:`~citibikes.lake.store.encode_status_span`)."""
 
 PREPARE_AHEAD = 8
 """Snapshots handed to the preparer ahead of the one being staged, so that the worker process
@@ -258,7 +266,7 @@ class _Step:
     state_after: SystemState
     """The state once this snapshot is landed (the state before it, if preparing it failed)."""
     archived: list[Future[LakeFile]]
-    """The raw archive files of the bodies, being compressed (written with the flush's files)."""
+    """The raw archive files of the bodies (written with the flush's files)."""
     state_before: SystemState
     """The state it was prepared with."""
     queued: Queued | None = None
@@ -266,13 +274,32 @@ class _Step:
     failure: BaseException | None = None
     """Why staging it failed (then it is not sent)."""
     produce_s: float = 0.0
+    published: Published | None = None
+    """What was acknowledged, once its flush is (then its rows wait in ``span`` for their file)."""
+    span: _Span | None = None
+    landing: Future[dict[int, RunRecord]] | None = None
+    """The writing that gives its run record (by ``id`` of the step): its flush's when it failed
+    there, its span's when it was acknowledged."""
+
+    def written(self) -> Future[dict[int, RunRecord]] | None:
+        return self.landing or (self.span.written if self.span is not None else None)
+
+
+@dataclass
+class _Span:
+    """Acknowledged snapshots of one hour partition whose station_status rows (and their quarantine)
+    go in one file each; written with the flush that closes the span, their run records right after."""
+
+    partition: str
+    steps: list[_Step] = field(default_factory=list)
+    written: Future[dict[int, RunRecord]] | None = None
 
 
 def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings: Settings, lake: Lake,
                      publisher: Publisher, state: SystemState, captures: dict[str, ChangeCapture],
                      run_id: Callable[[Snapshot], str] | None = None, worker: SnapshotWorker | None = None,
-                     runs_per_file: int = RUNS_PER_FILE,
-                     snapshots_per_flush: int = SNAPSHOTS_PER_FLUSH) -> Iterator[tuple[Snapshot, RunRecord, SystemState]]:
+                     snapshots_per_flush: int = SNAPSHOTS_PER_FLUSH,
+                     span_snapshots: int = SPAN_SNAPSHOTS) -> Iterator[tuple[Snapshot, RunRecord, SystemState]]:
     """Ingest the snapshots in order; yield each one's run record and the state after it.
 
     Each snapshot goes through the live path's steps: archive the raw bodies, validate, select the
@@ -281,27 +308,30 @@ def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings:
     both cores and the broker work all the time:
 
     * the next :data:`PREPARE_AHEAD` ones are prepared (:func:`~citibikes.pipeline.prepare_snapshot`:
-      validated, Parquet encoded) by ``worker``, another process, if given, each with the state
-      the one before leaves; the raw bodies are compressed for the archive by writer threads as
-      they arrive;
+      validated) by ``worker``, another process, if given, each with the state the one before
+      leaves; the raw bodies are compressed for the archive by writer threads as they arrive;
     * this one is staged - selected and encoded - and sent, unless the broker is still
       acknowledging earlier ones: then it is held and sent once those are confirmed;
     * the broker is asked to acknowledge (a flush) every ``snapshots_per_flush`` sent snapshots
       at once: each flush costs the broker as much as a few thousand records;
-    * a confirmed flush's raw archives and Parquet files are written by a writer thread as one
-      group (one group commit: :meth:`~citibikes.lake.Lake.write_files`) while the next flush is
-      sent; its snapshots' run records come once that is done (when the next flush is confirmed,
-      or at the end). Stopped early, the snapshots sent and not landed are ingested again by
-      the next backfill (their raw archives too).
+    * the station_status rows of acknowledged snapshots wait in a span: up to ``span_snapshots``
+      consecutive ones of one hour partition, written as one Parquet file (and their rejected
+      records as one quarantine file) once the span closes - at the next hour, when it is full,
+      or at the end. A confirmed flush's raw archives, station_information files and closed
+      spans are written by a writer thread as one group (one group commit:
+      :meth:`~citibikes.lake.Lake.write_files`) while the next flush is sent, then the run
+      records of the snapshots that landed (or failed) with it. Run records are yielded in order
+      as they are written. Stopped early, the snapshots not landed yet are ingested again by the
+      next backfill, into the same spans (a span's snapshots are recorded together, just after
+      their file: the next backfill starts at the first of a span).
 
     Work ahead is done as if the snapshots before it succeed. When one fails instead (broken,
     or not acknowledged: then all those of its flush fail), the work done for the later ones is
     dropped and they are prepared again from the real state (carrying the station_information a
-    failed one brought), so a snapshot's result never depends on work done for a failed one. A
-    snapshot whose records were acknowledged but whose files could not be written fails alone:
-    its records are in Kafka and change capture counts them, so the later ones stand; the next
-    backfill ingests it again (same message ids) and writes its files. Run records are written
-    ``runs_per_file`` to a file.
+    failed one brought), so a snapshot's result never depends on work done for a failed one. The
+    snapshots of a span whose file could not be written fail together: their records are in Kafka
+    and change capture counts them, so the later ones stand; the next backfill ingests them again
+    (same message ids) and writes their files.
     """
     preparer: SnapshotWorker | InlinePreparer = worker if worker is not None else InlinePreparer()
     run_id = run_id or (lambda snapshot: run_id_for(system_id, snapshot.status_last_updated))
@@ -333,14 +363,15 @@ def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings:
         restart, carry, assumed = state_, carried, state_
         top_up()
 
-    runs: list[RunRecord] = []
     flushing: list[_Step] = []  # sent and being acknowledged by `confirming`
     confirming: Future[Any] | None = None
     sent: list[_Step] = []  # sent, not flushed yet
     held: list[_Step] = []  # staged while `flushing` is acknowledged
-    landing: list[tuple[_Step, Callable[[], RunRecord]]] = []  # acknowledged (or not), their files being written
+    landing: deque[_Step] = deque()  # flushed (acknowledged or not), until their run records are yielded
+    spans: list[_Span] = []  # the open span (at most one)
     last_staged: Queued | None = None
     assumed = state  # the state the next snapshot to receive is prepared with
+    confirmed = state  # the state after the last acknowledged snapshot: where to start again after a failure
     with ThreadPoolExecutor(1, thread_name_prefix="kafka-flush") as flusher, \
             ThreadPoolExecutor(3, thread_name_prefix="lake-write") as writers, fewer_collections():
         try:
@@ -348,7 +379,7 @@ def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings:
             while ahead or confirming is not None or sent or held:
                 if ahead:
                     current = ahead.popleft()
-                    step = _receive(current, preparer.result(), system_id, run_id(current), assumed, lake, writers)
+                    step = _receive(current, preparer.result(), system_id, run_id(current), assumed, writers)
                     assumed = step.state_after
                     if step.prepared.error is not None:  # the next were prepared as if it succeeded, without its information
                         if ahead:
@@ -368,12 +399,14 @@ def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings:
                 if confirming is not None and (confirming.done() or not ahead or len(held) >= snapshots_per_flush):
                     delivery = confirming.exception()
                     confirming = None
-                    state = yield from _results(landing, runs, state)  # the flush before, written meanwhile
-                    landing = list(zip(flushing, _land(flushing, delivery, captures, lake, writers)))
+                    state = yield from _results(landing, state)  # those written meanwhile
+                    confirmed = _land(flushing, delivery, captures, spans, span_snapshots, system_id, lake, writers,
+                                      confirmed, last=delivery is None and not (ahead or held or sent))
+                    landing += flushing
                     if delivery is not None:  # everything after these was done as if they succeeded: again
                         carried = next((step_.snapshot for step_ in reversed(flushing)
                                         if step_.snapshot.information_body is not None), None)
-                        again_from(state, carried, *held)
+                        again_from(confirmed, carried, *held)
                         held, last_staged = [], None
                     flushing = []
                 if confirming is None:
@@ -387,10 +420,9 @@ def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings:
                     if sent and (len(sent) >= snapshots_per_flush or not ahead):
                         flushing, sent = sent, []
                         confirming = flusher.submit(publisher.flush)
-                if len(runs) >= runs_per_file:
-                    lake.write_runs(runs)
-                    runs = []
-            yield from _results(landing, runs, state)
+            if spans:  # the last span (usually closed with the last flush already)
+                _land([], None, captures, spans, span_snapshots, system_id, lake, writers, confirmed, last=True)
+            yield from _results(landing, state, wait=True)
         finally:
             preparer.drain()  # nothing of this call may be left for the worker's next user
             if confirming is not None:  # stopped early: never leave a flush behind
@@ -398,100 +430,135 @@ def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings:
             if sent:  # produced, never to be landed: delivered now, so that the next flush is not theirs
                 with contextlib.suppress(Exception):
                     publisher.flush()
-            if runs:
-                lake.write_runs(runs)
 
 
-def _results(landing: list[tuple[_Step, Callable[[], RunRecord]]], runs: list[RunRecord],
-             state: SystemState) -> Generator[tuple[Snapshot, RunRecord, SystemState], None, SystemState]:
-    """Each landed step's snapshot, run record (also added to ``runs``) and the state after it; returns the last state."""
-    for step, landed in landing:
-        record = landed()
-        runs.append(record)
+def _results(landing: deque[_Step], state: SystemState, *, wait: bool = False
+             ) -> Generator[tuple[Snapshot, RunRecord, SystemState], None, SystemState]:
+    """The snapshots whose run records are written (or being written; all of them with ``wait``), in
+    order: each one's snapshot, run record and the state after it. Returns the last state."""
+    while landing and (landing[0].written() is not None or wait):
+        step = landing.popleft()
+        writing = step.written()
+        assert writing is not None, "every span is closed before the last results"
+        record = writing.result()[id(step)]
         if record.outcome != "failed":
             state = step.state_after
         yield step.snapshot, record, state
     return state
 
 
-def _receive(snapshot: Snapshot, prepared: Prepared, system_id: str, run_id: str, state: SystemState, lake: Lake,
+def _receive(snapshot: Snapshot, prepared: Prepared, system_id: str, run_id: str, state: SystemState,
              writers: ThreadPoolExecutor) -> _Step:
-    """A prepared snapshot, its raw bodies handed to the writer threads to be compressed (zstd runs
-    without the GIL) for the archive, which is written with its flush's files, whatever happens to it."""
+    """A prepared snapshot. Its raw archive is written with its flush's files, whatever happens to it:
+    the preparer made it, or else (the worker process died) the writer threads compress it."""
     fetched = snapshot_fetched(snapshot, system_id)
     ok = prepared.error is None and prepared.validated is not None
+    archived: list[Future[LakeFile]] = []
+    for feed, body in fetched.bodies.items():
+        made = next((file for file in prepared.archives if file[0] == raw_key(system_id, feed, fetched.last_updated[feed])), None)
+        archived.append(_completed(made) if made is not None
+                        else writers.submit(raw_file, system_id, feed, fetched.last_updated[feed], body))
     return _Step(snapshot=snapshot, fetched=fetched, prepared=prepared, run_id=run_id, started=time.time(),
                  state_before=state, state_after=advance_state(state, fetched, prepared.validated) if ok else state,
-                 archived=[writers.submit(raw_file, system_id, feed, fetched.last_updated[feed], body)
-                           for feed, body in fetched.bodies.items()])
+                 archived=archived)
 
 
-def _land(steps: list[_Step], delivery: BaseException | None, captures: Mapping[str, ChangeCapture], lake: Lake,
-          writers: ThreadPoolExecutor) -> list[Callable[[], RunRecord]]:
+def _completed(value: LakeFile) -> Future[LakeFile]:
+    future: Future[LakeFile] = Future()
+    future.set_result(value)
+    return future
+
+
+def _land(steps: list[_Step], delivery: BaseException | None, captures: Mapping[str, ChangeCapture],
+          spans: list[_Span], span_snapshots: int, system_id: str, lake: Lake, writers: ThreadPoolExecutor,
+          confirmed: SystemState, *, last: bool) -> SystemState:
     """Land the steps of a flush that ended (``delivery``: its error, if any): advance change capture
-    for those acknowledged and write every step's raw archive and the acknowledged ones' files as
-    one group (:meth:`Lake.write_files`: one group commit for the flush) in a writer thread. Returns
-    per step a function that waits for the writing and gives the step's run record."""
-    landing: list[tuple[Published, dict[str, float]] | None] = []  # None: the step failed before the writing
-    parts: list[tuple[list[Future[LakeFile]], list[LakeFile]]] = []
+    for those acknowledged and put them in spans; hand a writer thread, as one group, every step's raw
+    archive, the acknowledged ones' station_information files and the spans that closed (all of
+    them when this is the ``last`` flush), then the run records of the steps that landed or failed.
+    Returns the state after the last acknowledged step."""
+    failed: list[_Step] = []
+    closed: list[_Span] = []
     for step in steps:
-        files: list[LakeFile] = []
         if step.failure is None and step.queued is not None and delivery is None:
-            (published,) = step.queued.published
+            (step.published,) = step.queued.published
             for captures_, selections in step.queued.selections:
                 for feed, selection in selections:
                     captures_[feed].commit(selection)
-            files = landed_files(step.prepared, published)
-            landing.append((published, _durations(step)))
+            partition = hive_partition(system_id, step.snapshot.status_last_updated)
+            if spans and (spans[0].partition != partition or len(spans[0].steps) >= span_snapshots):
+                closed.append(spans.pop())
+            if not spans:
+                spans.append(_Span(partition))
+            spans[0].steps.append(step)
+            step.span = spans[0]
+            confirmed = step.state_after
         else:
-            landing.append(None)
-        parts.append((step.archived, files))
-    writing = writers.submit(_write_flush, lake, parts)
+            failed.append(step)
+    if last and spans:
+        closed.append(spans.pop())
+    writing = writers.submit(_write_landing, lake, system_id, steps, failed, closed, delivery)
+    for step in failed:
+        step.landing = writing
+    for span in closed:
+        span.written = writing
+    return confirmed
 
-    def landed(index: int) -> RunRecord:
-        step, landed_ = steps[index], landing[index]
-        errors, seconds = writing.result()  # a step's raw archive is written whatever happened to it
-        error = errors[index]
-        if landed_ is None:
-            if step.failure is not None or step.queued is None:
-                return _failed(step, step.failure)
-            return _failed(step, delivery, _durations(step))
-        published, durations = landed_
-        durations["write"] += seconds / len(steps)  # its share of the flush's group
+
+def _write_landing(lake: Lake, system_id: str, steps: list[_Step], failed: list[_Step], closed: list[_Span],
+                   delivery: BaseException | None) -> dict[int, RunRecord]:
+    """Write a flush's raw archives, its acknowledged steps' station_information files and the closed
+    spans' files, all as one group; if that fails, the raw archives alone, and every step of those
+    files fails. Then the run records of the failed steps and of the closed spans' steps, as one
+    file. Returns the run records by ``id`` of their step."""
+    began = time.perf_counter()
+    archives = [future.result() for step in steps for future in step.archived]
+    landed = [step for span in closed for step in span.steps]
+    error: BaseException | None = None
+    try:
+        files = [file for step in steps if step.published is not None
+                 for file in landed_files(step.prepared, step.published)]
+        for span in closed:
+            files += _span_files(system_id, span)
+        lake.write_files(archives + files)
+    except Exception as exc:  # noqa: BLE001 - the steps with files fail with it; the archives are written alone
+        error = exc
+        with contextlib.suppress(Exception):
+            lake.write_files(archives)
+    seconds = (time.perf_counter() - began) / max(1, len(landed) + len(steps) - len(failed))
+    records: dict[int, RunRecord] = {}
+    for step in failed:
+        durations = _durations(step) if step.failure is None and step.queued is not None else None
+        records[id(step)] = _failed(step, step.failure or delivery, durations)
+    for step in landed:
+        published, durations = step.published, _durations(step)
+        assert published is not None
+        durations["write"] += seconds
         if error is not None:
-            return _failed(step, error, durations, published)
+            records[id(step)] = _failed(step, error, durations, published)
+            continue
         validated = step.prepared.validated
         assert validated is not None
         outcome, reason = success_outcome(validated)
-        return run_record(step.run_id, step.fetched.system_id, step.started, outcome, validated=validated,
-                          published=published, durations=durations, error=reason)
+        records[id(step)] = run_record(step.run_id, step.fetched.system_id, step.started, outcome,
+                                       validated=validated, published=published, durations=durations, error=reason)
+    if records:
+        lake.write_runs(list(records.values()))
+    return records
 
-    return [partial(landed, index) for index in range(len(steps))]
+
+def _span_files(system_id: str, span: _Span) -> list[LakeFile]:
+    """A span's station_status rows as one file and its rejected station_status records as another."""
+    validated = [step.prepared.validated for step in span.steps]
+    first, last = span.steps[0].snapshot.status_last_updated, span.steps[-1].snapshot.status_last_updated
+    status = [v.status for v in validated if v is not None and v.status is not None]
+    rejected = [record for v in validated if v is not None for record in v.quarantined if record.feed == STATION_STATUS]
+    return (encode_status_span(system_id, first, last, status)
+            + encode_quarantine_span(system_id, STATION_STATUS, first, last, rejected))
 
 
 def _durations(step: _Step) -> dict[str, float]:
     return {"validate": step.prepared.validate_s, "write": step.prepared.encode_s, "produce": step.produce_s}
-
-
-def _write_flush(lake: Lake, parts: list[tuple[list[Future[LakeFile]], list[LakeFile]]]
-                 ) -> tuple[list[BaseException | None], float]:
-    """Write each step's raw archive and files (``parts``), all as one group; if that fails, step by
-    step, so that only the steps whose files cannot be written fail. Returns each step's error and
-    the seconds the writing took."""
-    began = time.perf_counter()
-    try:
-        lake.write_files([future.result() for archived, _ in parts for future in archived]
-                         + [file for _, files in parts for file in files])
-        return [None] * len(parts), time.perf_counter() - began
-    except Exception:  # noqa: BLE001 - found out step by step below
-        errors: list[BaseException | None] = []
-        for archived, files in parts:
-            try:
-                lake.write_files([*(future.result() for future in archived), *files])
-                errors.append(None)
-            except Exception as exc:  # noqa: BLE001 - this step fails with it
-                errors.append(exc)
-        return errors, time.perf_counter() - began
 
 
 def _failed(step: _Step, exc: BaseException | None, durations: Mapping[str, float] | None = None,
