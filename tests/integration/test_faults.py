@@ -1,12 +1,16 @@
-"""Faults against real components: a broker that dies mid-run, and systems that are broken or slow."""
+"""Faults against real components: a broker that hangs and dies mid-flush, and systems that are broken or slow."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import time
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
 from citibikes import stages
@@ -14,8 +18,9 @@ from citibikes.config import load_settings
 from citibikes.lake import open_lake
 from citibikes.replay.server import make_server
 from citibikes.stack.kafka import KafkaBroker
-from citibikes.stack.process import free_port
-from citibikes.stream.publish import DeliveryError, Publisher, make_producer
+from citibikes.stack.process import free_port, pid_alive
+from citibikes.stream.consume import LiveConsumer, consumer_config
+from citibikes.stream.publish import DeliveryError, Publisher, make_producer, message_id, producer_config
 from citibikes.stream.topics import ensure_topics
 from support.kafka_read import read_topic
 
@@ -38,42 +43,125 @@ def _settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bootstrap: str, s
     return load_settings()
 
 
-def test_broker_down_fails_produce_in_bounded_time_and_the_retry_delivers_once(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replay, kafka_broker) -> None:
+TIMEOUT_CHECK_S = 1.0
+"""librdkafka looks for timed-out messages once a second: a failed flush may end that much after
+``message.timeout.ms``."""
+
+
+def _until_gone(pid: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while pid_alive(pid):
+        assert time.monotonic() < deadline, f"process {pid} outlived SIGKILL"
+        time.sleep(0.1)
+
+
+@pytest.mark.airflow
+def test_broker_lost_mid_flush_fails_produce_in_bounded_time_and_the_airflow_retry_delivers_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replay, kafka_broker, airflow_db) -> None:
+    """The real minute DAG (``dag.test()``, which retries failed tasks) against a broker of its own that
+    hangs in the middle of the produce task's flush, after acknowledging part of the records, and then
+    dies and comes back: the task fails with the one-line DeliveryError within the producer's
+    ``message.timeout.ms``, nothing of the run is landed, and Airflow's retry delivers every record."""
     broker = KafkaBroker(tmp_path / "kafka", tmp_path / "run", port=free_port(), controller_port=free_port(),
                          lib_dir=kafka_broker.lib)
     broker.start()
     try:
-        settings = _settings(tmp_path, monkeypatch, broker.bootstrap,
-                             f"systems:\n  - id: citibike\n    discovery_url: {replay.url}/citibike/gbfs.json\n")
+        _settings(tmp_path, monkeypatch, broker.bootstrap,
+                  f"systems:\n  - id: citibike\n    discovery_url: {replay.url}/citibike/gbfs.json\n")
+        # A short message timeout keeps the test short; small batches make the flush many requests,
+        # so the broker can acknowledge some before it hangs.
+        extra = {"bootstrap.servers": broker.bootstrap, "message.timeout.ms": 8000, "batch.size": 16384}
+        timeout_s = producer_config(**extra)["message.timeout.ms"] / 1000
+        monkeypatch.setenv("AIRFLOW_CONN_KAFKA_DEFAULT", json.dumps({"conn_type": "kafka", "extra": extra}))
+        monkeypatch.setenv("AIRFLOW_CONN_CITIBIKES_LAKE",
+                           json.dumps({"conn_type": "fs", "extra": {"path": str(tmp_path / "lake")}}))
+        settings = load_settings()
         ensure_topics(AdminClient({"bootstrap.servers": broker.bootstrap}), settings.topics.values())
         lake = open_lake(settings.lake_uri)
-        run_id = "fault-run"
-        fetched = stages.fetch(settings, lake)
-        validated = stages.validate(settings, lake, run_id, fetched)
-        valid = validated["citibike"]["valid"]
 
-        broker.stop()
-        publisher = Publisher(make_producer(broker.bootstrap, **{"message.timeout.ms": 5000}), settings.topics,
-                              flush_timeout_s=20)
-        started = time.monotonic()
-        with pytest.raises(DeliveryError, match="did not acknowledge .* check the broker"):
-            stages.produce(settings, lake, publisher, validated)
-        assert time.monotonic() - started < 20, "a dead broker must fail the task within a bounded time"
-        assert not lake.files("station_status"), "nothing may land before the records were delivered"
+        fault: dict = {}
+        real_flush = Publisher.flush
 
-        broker.start()  # the task's retry: same staged records, a fresh producer
-        retry = Publisher(make_producer(broker.bootstrap), settings.topics)
-        produced = stages.produce(settings, lake, retry, validated)
-        stages.write(settings, lake, run_id, fetched, validated, produced)
-        # A retry of the write task after a crash overwrites, never duplicates.
-        stages.write(settings, lake, run_id, fetched, validated, produced)
+        def flush_while_the_broker_dies(publisher: Publisher):
+            if fault:  # Airflow's retry: a plain flush
+                return real_flush(publisher)
+            producer = publisher._producer
+            queued = len(producer)
+            deadline = time.monotonic() + timeout_s
+            # Until the broker acknowledged a tenth of the records: more than the few quarantined ones, so
+            # status or information records are among them.
+            while queued - len(producer) < queued // 10 and time.monotonic() < deadline:
+                producer.poll(0.001)
+            fault["queued"], fault["unacknowledged"] = queued, len(producer)
+            pid = broker.pid()
+            os.kill(pid, signal.SIGSTOP)  # the broker hangs: connections open, no answers
+            started = time.monotonic()
+            try:
+                return real_flush(publisher)
+            except DeliveryError as exc:
+                fault["error"], fault["elapsed_s"] = str(exc), time.monotonic() - started
+                fault["landed"] = [key for table in ("station_status", "station_information", "quarantine")
+                                   for key in lake.files(table)]
+                fault["change_capture"] = [lake.read_state(f"citibike/changes-{feed}.json")
+                                           for feed in ("station_status", "station_information")]
+                raise
+            finally:  # then it dies, and is back before Airflow retries the task
+                os.kill(pid, signal.SIGKILL)
+                _until_gone(pid)
+                broker.start()
 
-        messages = read_topic(broker.bootstrap, settings.topics["station_status"].name)
-        assert len(messages) == valid
-        assert len({m["headers"]["message_id"] for m in messages}) == valid
-        assert len(lake.files("station_status")) == 1
-        assert lake.read_table("station_status").num_rows == valid
+        monkeypatch.setattr(Publisher, "flush", flush_while_the_broker_dies)
+        from airflow.dag_processing.dagbag import DagBag
+
+        dag = DagBag(dag_folder=str(ROOT / "dags" / "ingest.py")).dags["citibikes_ingest"]
+        run = dag.test()
+        tries = {ti.task_id: (ti.state, ti.try_number) for ti in run.get_task_instances()}
+        assert run.state == "success", tries
+        assert tries["produce"] == ("success", 2), tries  # failed once, retried once
+
+        assert 0 < fault["unacknowledged"] <= fault["queued"] * 0.9, "the broker must hang after acknowledging a part"
+        assert re.fullmatch(r"Kafka did not acknowledge \d+ records \(.*Message timed out\); check the broker .*",
+                            fault["error"]), fault["error"]
+        assert "\n" not in fault["error"]
+        assert fault["elapsed_s"] <= timeout_s + TIMEOUT_CHECK_S, fault["elapsed_s"]
+        assert fault["landed"] == [], "nothing may land before the broker acknowledged the records"
+        assert fault["change_capture"] == [None, None], "change capture advanced for records never acknowledged"
+
+        topics = {key: t.name for key, t in settings.topics.items()}
+        kafka = {key: read_topic(broker.bootstrap, name) for key, name in topics.items()}
+        # Every record is in Kafka; records the broker had acknowledged before it hung were sent again
+        # by the retry, as identical copies with the same message_id.
+        duplicates = 0
+        for messages in kafka.values():
+            by_id: dict[str, list] = {}
+            for message in messages:
+                by_id.setdefault(message["headers"]["message_id"], []).append(message)
+            for copies in by_id.values():
+                assert all((c["key"], c["value"]) == (copies[0]["key"], copies[0]["value"]) for c in copies), copies
+                duplicates += len(copies) - 1
+        assert duplicates > 0, "the records acknowledged before the broker hung must be there twice"
+        status = lake.read_table("station_status")
+        assert {m["headers"]["message_id"] for m in kafka["station_status"]} == {
+            message_id("station_status", system, station, int(last_updated.timestamp())) for system, station, last_updated
+            in zip(status["system_id"].to_pylist(), status["station_id"].to_pylist(), status["last_updated"].to_pylist())}
+        assert len({m["headers"]["message_id"] for m in kafka["quarantine"]}) == lake.read_table("quarantine").num_rows
+
+        # The project's consumer drops the copies and ends with every station once.
+        consumer = LiveConsumer(Consumer(consumer_config(broker.bootstrap, **{"group.id": "fault-check"})),
+                                topics["station_status"], topics["station_information"])
+        deadline = time.monotonic() + 60
+        consumer.run(should_stop=lambda: time.monotonic() > deadline, until_caught_up=True)
+        consumer.consumer.close()
+        unique = {m["headers"]["message_id"] for key in ("station_status", "station_information") for m in kafka[key]}
+        assert consumer.stats.consumed == len(kafka["station_status"]) + len(kafka["station_information"])
+        assert consumer.stats.duplicates == consumer.stats.consumed - len(unique) > 0
+        assert len(consumer.state.status) == status.num_rows
+        assert len(consumer.state.information) == lake.read_table("station_information").num_rows
+
+        # The lake: one file per snapshot and table, each record once.
+        assert [len(lake.files(t)) for t in ("station_status", "station_information", "quarantine")] == [1, 1, 1]
+        assert status.num_rows == len(set(status["station_id"].to_pylist()))
+        assert [r.outcome for r in lake.read_runs()] == ["success"]
     finally:
         broker.stop()
 

@@ -1,17 +1,24 @@
-"""The project's Kafka broker is a real Apache Kafka: produce, consume in a group, offsets survive restarts."""
+"""The project's Kafka broker is a real Apache Kafka: produce, consume in a group, offsets survive restarts;
+the project's topics get the settings config/pipeline.yaml declares."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
+import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource
+from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource
 
 from citibikes.config import TopicConfig
 from citibikes.stream.topics import ensure_topics
 
 pytestmark = pytest.mark.kafka
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _consume(consumer: Consumer, count: int, timeout_s: float = 20.0) -> list:
@@ -99,3 +106,34 @@ def test_topics_are_created_idempotently_and_drift_is_repaired(kafka_bootstrap: 
     configs = admin.describe_configs([resource])[resource].result()
     assert configs["cleanup.policy"].value == "compact"
     assert configs["retention.ms"].value == "3600000"
+
+
+def test_citibikes_topics_gives_the_broker_the_topics_of_pipeline_yaml(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """``citibikes topics`` with the shipped config/pipeline.yaml, read back from the broker: partitions,
+    replicas and every declared config, set on the topic itself (not inherited from a broker default)."""
+    declared = yaml.safe_load((ROOT / "config" / "pipeline.yaml").read_text())["topics"]
+    # What the pipeline relies on: the latest description per station survives, status and rejects expire.
+    assert declared["station_information"]["config"]["cleanup.policy"] == "compact"
+    assert declared["station_status"]["config"]["cleanup.policy"] == "delete"
+    assert declared["quarantine"]["config"]["cleanup.policy"] == "delete"
+    assert {"retention.ms"} <= declared["station_status"]["config"].keys() & declared["quarantine"]["config"].keys()
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CITIBIKES_")}
+    env.update({"CITIBIKES_KAFKA_BOOTSTRAP": kafka_bootstrap, "CITIBIKES_STATE_DIR": str(tmp_path)})
+    result = subprocess.run([sys.executable, "-m", "citibikes.cli", "topics"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    metadata = admin.list_topics(timeout=10).topics
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, topic["name"]) for topic in declared.values()]
+    described = {resource.name: future.result() for resource, future in admin.describe_configs(resources).items()}
+    for topic in declared.values():
+        name = topic["name"]
+        assert f"{name}: " in result.stdout
+        partitions = metadata[name].partitions.values()
+        assert len(partitions) == topic["partitions"]
+        assert all(len(p.replicas) == topic["replication_factor"] for p in partitions)
+        for key, value in topic["config"].items():
+            entry = described[name][key]
+            assert (entry.value, entry.source) == (str(value), ConfigSource.DYNAMIC_TOPIC_CONFIG.value), (name, key)

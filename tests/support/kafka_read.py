@@ -1,8 +1,10 @@
-"""Read back what a test published: every message of a topic, from the beginning to its end offsets."""
+"""Read back what a test published: every message of a topic, and the record batches the broker stored."""
 
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
@@ -40,3 +42,18 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 20.0) -> list[dict
         return messages
     finally:
         consumer.close()
+
+
+def stored_batches(broker: Any, topic: str) -> list[dict[str, str]]:
+    """The record batches the broker wrote for ``topic``, as Kafka's own ``DumpLogSegments`` describes them
+    (``producerId``, ``baseSequence``, ``compresscodec``, ...; a producerId of -1 is a non-idempotent producer)."""
+    from citibikes.stack.kafka import require_java
+
+    partitions = [d for d in broker.data_dir.iterdir() if re.fullmatch(re.escape(topic) + r"-\d+", d.name)]
+    segments = sorted(str(segment) for d in partitions for segment in d.glob("*.log"))
+    assert segments, f"no log segments of {topic} in {broker.data_dir}"
+    result = subprocess.run(
+        [require_java(), "-cp", f"{broker.lib}/*", "kafka.tools.DumpLogSegments", "--files", ",".join(segments)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    return [dict(re.findall(r"(\w+): (\S+)", line)) for line in result.stdout.splitlines() if line.startswith("baseOffset:")]

@@ -10,7 +10,7 @@ import pytest
 
 from citibikes.config import TopicConfig
 from citibikes.gbfs.model import StationStatus
-from citibikes.stream.publish import _NAMESPACE, DeliveryError, Publisher, message_id
+from citibikes.stream.publish import _NAMESPACE, DeliveryError, ProducerConfigError, Publisher, message_id, producer_config
 
 
 class FakeProducer:
@@ -94,3 +94,14 @@ def test_an_unacknowledged_record_fails_the_flush(failures: int, remaining: int,
     with pytest.raises(DeliveryError, match=cause):
         publisher.flush()
     assert producer.purged
+
+
+def test_producer_settings_may_tune_but_not_weaken_the_guarantees() -> None:
+    config = producer_config("broker:9092", **{"acks": -1, "enable.idempotence": "true", "compression.type": "zstd",
+                                               "linger.ms": 5})
+    assert config["linger.ms"] == 5 and config["acks"] == -1
+    for setting, value in [("acks", 1), ("request.required.acks", "0"), ("enable.idempotence", "false"),
+                           ("compression.codec", "lz4")]:
+        with pytest.raises(ProducerConfigError, match=rf"^Kafka producer setting {setting}={value} is not allowed: "
+                                                      rf".*; remove {setting} from the producer settings"):
+            producer_config("broker:9092", **{setting: value})

@@ -71,7 +71,32 @@ class DeliveryError(RuntimeError):
     """Some records were not acknowledged by the broker; the step must fail and be retried."""
 
 
+GUARANTEES: tuple[tuple[tuple[str, ...], frozenset[str]], ...] = (
+    # (a setting with its librdkafka alias, the values that keep it, lower-cased)
+    (("enable.idempotence",), frozenset({"true"})),
+    (("acks", "request.required.acks"), frozenset({"all", "-1"})),
+    (("compression.type", "compression.codec"), frozenset({"zstd"})),
+)
+"""The producer settings no override may change. Idempotence with acks=all is what lets a retried
+step neither lose nor duplicate records within a producer session; zstd is the compression the
+README and BENCHMARKS.md promise. Other settings (``linger.ms``, security, ...) may be tuned."""
+
+
+class ProducerConfigError(ValueError):
+    """A producer setting would weaken the pipeline's guarantees (idempotence, acks=all, zstd)."""
+
+
 def producer_config(bootstrap: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """The pipeline's producer settings with ``overrides`` (tuning, security); raises
+    ProducerConfigError when an override would weaken a guarantee (see :data:`GUARANTEES`)."""
+    for names, keeps in GUARANTEES:
+        for name in names:
+            if name in overrides and str(overrides[name]).lower() not in keeps:
+                needs = ", ".join(f"{n[0]}={str(PRODUCER_DEFAULTS[n[0]]).lower()}" for n, _ in GUARANTEES)
+                raise ProducerConfigError(
+                    f"Kafka producer setting {name}={overrides[name]} is not allowed: the pipeline's producer "
+                    f"needs {needs}; remove {name} from the producer settings (in Airflow: the Kafka connection's extra)"
+                )
     config = dict(PRODUCER_DEFAULTS)
     if bootstrap:
         config["bootstrap.servers"] = bootstrap
