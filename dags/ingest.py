@@ -9,13 +9,16 @@
 |---|---|
 | `fetch` | discovery + `station_information` + `station_status` of each system, concurrently (timeouts, retries with backoff, 429, conditional GET, ttl); new bodies are archived in the lake under `raw/` |
 | `validate` | normalizes every GBFS version to one model and applies the quality rules; rejected records are quarantined with reason codes |
-| `produce` | publishes changed stations (and a full snapshot every 15 min) to `bikes-station-status`, station descriptions to the compacted `bikes-station-information`, rejects to `bikes-quarantine`; one flush, any delivery failure fails the task |
+| `produce` | publishes changed stations (and a full snapshot every 15 min) to `bikes-station-status`, station descriptions to the compacted `bikes-station-information`, rejects to `bikes-quarantine`; one flush for all systems, any delivery failure fails (and retries) the task |
 | `write` | curated Parquet (`curated/<table>/system=/date=/hour=`), quarantine, and a row per system in `pipeline_runs` |
 | `report` | one line per system; **fails when a system failed or is stale** (its feed stopped advancing, or arrived older than 5 minutes), naming it and why, after the others landed |
 
-A broken or slow system is isolated: it is marked failed in its stage and left out of the later
-ones, the others go on. Connections: `kafka_default` (Kafka), `citibikes_lake` (a folder or S3).
-Logic lives in `include/citibikes/stages.py`; this file only wires it.
+A broken or slow system is isolated in every stage: one whose feed, records, messages or lake
+files fail is marked failed in that stage and left out of the later ones, the others go on. A
+task itself fails (and is retried) when the broker does not acknowledge the flush, or when
+every system failed in `fetch`, `produce` or `write` (more likely an outage than broken data).
+Connections: `kafka_default` (Kafka), `citibikes_lake` (a folder or S3). Logic lives in
+`include/citibikes/stages.py`; this file only wires it.
 """
 
 from __future__ import annotations
@@ -47,6 +50,13 @@ def _run_id() -> str:
     return get_current_context()["run_id"]
 
 
+def _unless_all_failed(results: dict) -> dict:
+    """A stage's results, or an error (the task is retried) when every system failed in it: an outage."""
+    if error := stages.all_failed(results):
+        raise RuntimeError(error)
+    return results
+
+
 @dag(
     dag_id="citibikes_ingest",
     schedule="* * * * *",
@@ -62,10 +72,7 @@ def citibikes_ingest():
     @task
     def fetch() -> dict:
         """Fetch every system; fail (and retry) only when no system could be fetched."""
-        results = stages.fetch(load_settings(), LakeHook().get_lake())
-        if results and not any(r["ok"] for r in results.values()):
-            raise RuntimeError("; ".join(f"{sid}: {r['error']}" for sid, r in results.items()))
-        return results
+        return _unless_all_failed(stages.fetch(load_settings(), LakeHook().get_lake()))
 
     @task
     def validate(fetched: dict) -> dict:
@@ -75,11 +82,12 @@ def citibikes_ingest():
     def produce(validated: dict) -> dict:
         settings = load_settings()
         publisher = Publisher(PipelineProducerHook(kafka_config_id="kafka_default").get_producer(), settings.topics)
-        return stages.produce(settings, LakeHook().get_lake(), publisher, validated)
+        return _unless_all_failed(stages.produce(settings, LakeHook().get_lake(), publisher, validated))
 
     @task(outlets=[STATION_STATUS, STATION_INFORMATION, PIPELINE_RUNS])
     def write(fetched: dict, validated: dict, produced: dict) -> dict:
-        return stages.write(load_settings(), LakeHook().get_lake(), _run_id(), fetched, validated, produced)
+        return _unless_all_failed(
+            stages.write(load_settings(), LakeHook().get_lake(), _run_id(), fetched, validated, produced))
 
     @task(trigger_rule="all_done", retries=0)
     def report(fetched: dict | None, validated: dict | None, produced: dict | None, written: dict | None) -> list[str]:

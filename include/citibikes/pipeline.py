@@ -277,6 +277,14 @@ class Queued:
     latest: dict[int, Selection] = field(default_factory=dict)
     """The last selection made per change capture (by ``id``), this batch's or one staged before it."""
 
+    def extend(self, other: Queued) -> None:
+        """Add the systems of ``other`` (staged apart, so one that fails to stage stops no other) to this batch."""
+        self.published += other.published
+        self.selections += other.selections
+        self.messages += other.messages
+        self.skipped += other.skipped
+        self.latest.update(other.latest)
+
     def send(self) -> None:
         self.publisher.send(self.messages)
         self.publisher.note_skipped(self.skipped)
