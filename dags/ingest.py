@@ -10,13 +10,14 @@
 | `fetch` | discovery + `station_information` + `station_status` of each system, concurrently (timeouts, retries with backoff, 429, conditional GET, ttl); new bodies are archived in the lake under `raw/` |
 | `validate` | normalizes every GBFS version to one model and applies the quality rules; rejected records are quarantined with reason codes |
 | `produce` | publishes changed stations (and a full snapshot every 15 min) to `bikes-station-status`, station descriptions to the compacted `bikes-station-information`, rejects to `bikes-quarantine`; one flush for all systems, any delivery failure fails (and retries) the task |
-| `write` | curated Parquet (`curated/<table>/system=/date=/hour=`), quarantine, and a row per system in `pipeline_runs` |
+| `write` | curated Parquet (`curated/<table>/system=/date=/hour=`), quarantine, and a row per system in `pipeline_runs`; an asset event for each of `citibikes.station_status`, `citibikes.station_information`, `citibikes.pipeline_runs` that got files this run (through the alias `citibikes.lake_writes`; `extra`: `rows`, rows per system) |
 | `report` | one line per system; **fails when a system failed or is stale** (its feed stopped advancing, or arrived older than 5 minutes), naming it and why, after the others landed |
 
 A broken or slow system is isolated in every stage: one whose feed, records, messages or lake
 files fail is marked failed in that stage and left out of the later ones, the others go on. A
 task itself fails (and is retried) when the broker does not acknowledge the flush, or when
-every system failed in `fetch`, `produce` or `write` (more likely an outage than broken data).
+every system failed in `fetch`, `produce` or `write` (more likely an outage than broken data). A
+downstream DAG scheduled on `citibikes.station_status` runs only when new status data landed.
 Connections: `kafka_default` (Kafka), `citibikes_lake` (a folder or S3). Logic lives in
 `include/citibikes/stages.py`; this file only wires it.
 """
@@ -32,7 +33,7 @@ from airflow.sdk import dag, get_current_context, task
 from citibikes import stages
 from citibikes.config import load_settings
 from citibikes.stream.publish import Publisher
-from citibikes_airflow.assets import PIPELINE_RUNS, STATION_INFORMATION, STATION_STATUS
+from citibikes_airflow.assets import LAKE_WRITES, TABLE_ASSETS
 from citibikes_airflow.hooks.kafka import PipelineProducerHook
 from citibikes_airflow.hooks.lake import LakeHook
 
@@ -84,10 +85,14 @@ def citibikes_ingest():
         publisher = Publisher(PipelineProducerHook(kafka_config_id="kafka_default").get_producer(), settings.topics)
         return _unless_all_failed(stages.produce(settings, LakeHook().get_lake(), publisher, validated))
 
-    @task(outlets=[STATION_STATUS, STATION_INFORMATION, PIPELINE_RUNS])
-    def write(fetched: dict, validated: dict, produced: dict) -> dict:
-        return _unless_all_failed(
+    @task(outlets=[LAKE_WRITES])
+    def write(fetched: dict, validated: dict, produced: dict, *, outlet_events=None) -> dict:
+        written = _unless_all_failed(
             stages.write(load_settings(), LakeHook().get_lake(), _run_id(), fetched, validated, produced))
+        for table, extra in stages.landed(written).items():
+            if table in TABLE_ASSETS:
+                outlet_events[LAKE_WRITES].add(TABLE_ASSETS[table], extra=extra)
+        return written
 
     @task(trigger_rule="all_done", retries=0)
     def report(fetched: dict | None, validated: dict | None, produced: dict | None, written: dict | None) -> list[str]:

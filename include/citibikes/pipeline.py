@@ -308,6 +308,16 @@ def land_validated(validated: Validated, lake: Lake, *, information_changed: boo
     return lake.write_files(encode_validated(validated, information_changed=information_changed))
 
 
+def landed_rows(validated: Validated, *, information_changed: bool = True) -> dict[str, int]:
+    """Rows per lake table that :func:`land_validated` writes; a table it writes no file to is absent."""
+    rows = {
+        "station_status": validated.valid_status,
+        "station_information": len(validated.information) if information_changed else 0,
+        "quarantine": len(validated.quarantined),
+    }
+    return {table: count for table, count in rows.items() if count}
+
+
 def encode_validated(validated: Validated, *, information_changed: bool = True) -> list[LakeFile]:
     """The files :func:`land_validated` writes, encoded (Parquet bytes) but not written."""
     return encode_tables(_to_land(validated_tables(validated), information_changed))

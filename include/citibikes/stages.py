@@ -6,7 +6,8 @@ stage rather than one per system and stage. Each stage isolates the systems (fet
 run them concurrently): a system that fails or overruns its deadline is recorded as failed for this
 run and left out of the later stages, while the others go on. Only a broker that does not
 acknowledge the one flush of ``produce`` fails the stage as a whole (it is retried). The ``report``
-stage names the failed systems.
+stage names the failed systems. ``write`` says which lake tables got files (:func:`landed`), so
+the DAG emits asset events only for those.
 
 Between tasks, records travel through the lake (the raw archive written by ``fetch`` and a staging
 area under ``_state/staging/<run>/``); XCom carries only small JSON summaries per system.
@@ -34,6 +35,7 @@ from citibikes.pipeline import (
     fetch_system,
     for_each_system,
     land_validated,
+    landed_rows,
     load_change_capture,
     load_state,
     no_data_outcome,
@@ -153,7 +155,8 @@ def produce(settings: Settings, lake: Lake, publisher: Publisher, validated: Res
 def write(settings: Settings, lake: Lake, run_id: str, fetched: Results, validated: Results, produced: Results) -> Results:
     """Land each published system in the lake, advance its state and record its run.
 
-    A system whose lake write or state save raises fails alone; the others land.
+    A system whose lake write or state save raises fails alone; the others land. Each result
+    says under ``landed`` how many rows it wrote per table (see :func:`landed`).
     """
     def one(system_id: str) -> dict[str, Any]:
         fetch_item, validate_item = fetched[system_id], validated[system_id]
@@ -161,6 +164,7 @@ def write(settings: Settings, lake: Lake, run_id: str, fetched: Results, validat
         started_at = fetch_item.get("started_at") or time.time()
         record_fetched = msgspec.convert(fetch_item["fetched"], Fetched)
         state = load_state(lake, system_id)
+        rows: dict[str, int] = {}
         if not validate_item.get("new_data"):
             outcome, reason = no_data_outcome(record_fetched, state, settings.quality)
             save_state(lake, system_id, advance_state(state, record_fetched, None))
@@ -170,13 +174,14 @@ def write(settings: Settings, lake: Lake, run_id: str, fetched: Results, validat
             published = msgspec.convert(produced[system_id]["published"], Published)
             started = time.perf_counter()
             land_validated(validated_record, lake, information_changed=published.information_changed)
+            rows = landed_rows(validated_record, information_changed=published.information_changed)
             save_state(lake, system_id, advance_state(state, record_fetched, validated_record))
             durations.update(produce=produced[system_id]["produce_s"], write=time.perf_counter() - started)
             outcome, reason = success_outcome(validated_record)
             run = run_record(run_id, system_id, started_at, outcome, validated=validated_record,
                              published=published, durations=durations, error=reason)
         lake.write_run(run)
-        return {"ok": True, "run": msgspec.to_builtins(run)}
+        return {"ok": True, "run": msgspec.to_builtins(run), "landed": {**rows, "pipeline_runs": 1}}
 
     systems = [sid for sid in _ok(validated)
                if not validated[sid].get("new_data") or produced.get(sid, {}).get("ok")]
@@ -188,6 +193,18 @@ def write(settings: Settings, lake: Lake, run_id: str, fetched: Results, validat
             log.warning("%s: write failed: %s", system_id, one_line(exc))
             results[system_id] = _failure("write", exc)
     return results  # staging stays until `report`, so a retried write finds its records
+
+
+def landed(written: Results) -> dict[str, dict[str, Any]]:
+    """Per lake table that got files in this ``write``: total ``rows`` and rows per system
+    (``systems``). Tables that got nothing are absent: the DAG emits asset events only for these."""
+    tables: dict[str, dict[str, Any]] = {}
+    for system_id, result in written.items():
+        for table, rows in (result.get("landed") or {}).items():
+            entry = tables.setdefault(table, {"rows": 0, "systems": {}})
+            entry["rows"] += rows
+            entry["systems"][system_id] = rows
+    return tables
 
 
 def all_failed(results: Results) -> str | None:

@@ -168,6 +168,8 @@ def test_a_system_broken_at_produce_or_write_fails_alone(
     assert lake.read_table("station_status").num_rows == validated["citibike"]["valid"]
     runs = {r.system_id: r for r in lake.read_runs()}
     assert {sid: r.outcome for sid, r in runs.items()} == {"citibike": "success", "synth-01": "failed", "synth-02": "failed"}
+    assert stages.landed(written)["station_status"] == {"rows": validated["citibike"]["valid"],
+                                                        "systems": {"citibike": validated["citibike"]["valid"]}}
 
 
 class FrozenClock:
