@@ -77,16 +77,19 @@ def citibikes_ingest():
 
     @task
     def validate(fetched: dict) -> dict:
+        """Normalize and validate each fetched system; stage its records in the lake."""
         return stages.validate(load_settings(), LakeHook().get_lake(), _run_id(), fetched)
 
     @task
     def produce(validated: dict) -> dict:
+        """Publish every system's changes with one flush; fail (and retry) if the broker did not acknowledge."""
         settings = load_settings()
         publisher = Publisher(PipelineProducerHook(kafka_config_id="kafka_default").get_producer(), settings.topics)
         return _unless_all_failed(stages.produce(settings, LakeHook().get_lake(), publisher, validated))
 
     @task(outlets=[LAKE_WRITES])
     def write(fetched: dict, validated: dict, produced: dict, *, outlet_events=None) -> dict:
+        """Land each published system in the lake; an asset event for each table that got files."""
         written = _unless_all_failed(
             stages.write(load_settings(), LakeHook().get_lake(), _run_id(), fetched, validated, produced))
         for table, extra in stages.landed(written).items():
@@ -96,6 +99,7 @@ def citibikes_ingest():
 
     @task(trigger_rule="all_done", retries=0)
     def report(fetched: dict | None, validated: dict | None, produced: dict | None, written: dict | None) -> list[str]:
+        """One line per system; fail, naming them, when systems failed or are stale (after the others landed)."""
         lines, failed = stages.report(
             load_settings(), LakeHook().get_lake(), _run_id(),
             {"fetch": fetched, "validate": validated, "produce": produced, "write": written},
