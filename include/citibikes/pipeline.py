@@ -278,6 +278,14 @@ class Queued:
     latest: dict[int, Selection] = field(default_factory=dict)
     """The last selection made per change capture (by ``id``), this batch's or one staged before it."""
 
+    def extend(self, other: Queued) -> None:
+        """Add the systems of ``other`` (staged apart, so one that fails to stage stops no other) to this batch."""
+        self.published += other.published
+        self.selections += other.selections
+        self.messages += other.messages
+        self.skipped += other.skipped
+        self.latest.update(other.latest)
+
     def send(self) -> None:
         self.publisher.send(self.messages)
         self.publisher.note_skipped(self.skipped)
@@ -299,6 +307,16 @@ def land_validated(validated: Validated, lake: Lake, *, information_changed: boo
     is re-sent every minute by most systems but changes a few times a day.
     """
     return lake.write_files(encode_validated(validated, information_changed=information_changed))
+
+
+def landed_rows(validated: Validated, *, information_changed: bool = True) -> dict[str, int]:
+    """Rows per lake table that :func:`land_validated` writes; a table it writes no file to is absent."""
+    rows = {
+        "station_status": validated.valid_status,
+        "station_information": len(validated.information) if information_changed else 0,
+        "quarantine": len(validated.quarantined),
+    }
+    return {table: count for table, count in rows.items() if count}
 
 
 def encode_validated(validated: Validated, *, information_changed: bool = True) -> list[LakeFile]:

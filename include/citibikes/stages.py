@@ -2,9 +2,12 @@
 
 Airflow task instances are expensive on small machines (measured here: 50 mapped trivial task
 instances take about 26 s on 2 cores, a 4-task chain about 5 s), so the DAG has one task per
-stage rather than one per system and stage. Each stage runs all systems concurrently and isolates
-them: a system that fails or overruns its deadline is recorded as failed for this run and left out
-of the later stages, while the others go on. The ``report`` stage names the failed systems.
+stage rather than one per system and stage. Each stage isolates the systems (fetch and validate
+run them concurrently): a system that fails or overruns its deadline is recorded as failed for this
+run and left out of the later stages, while the others go on. Only a broker that does not
+acknowledge the one flush of ``produce`` fails the stage as a whole (it is retried). The ``report``
+stage names the failed systems. ``write`` says which lake tables got files (:func:`landed`), so
+the DAG emits asset events only for those.
 
 Between tasks, records travel through the lake (the raw archive written by ``fetch`` and a staging
 area under ``_state/staging/<run>/``); XCom carries only small JSON summaries per system.
@@ -25,21 +28,23 @@ from citibikes.lake import Lake
 from citibikes.pipeline import (
     Fetched,
     Published,
+    Queued,
     Validated,
     advance_state,
     enabled,
     fetch_system,
     for_each_system,
     land_validated,
+    landed_rows,
     load_change_capture,
     load_state,
     no_data_outcome,
     success_outcome,
     one_line,
-    publish_validated,
     run_record,
     save_change_capture,
     save_state,
+    stage_validated,
     validate_fetched,
 )
 from citibikes.stream.publish import Publisher
@@ -105,33 +110,61 @@ def _load_staged(lake: Lake, key: str) -> Validated:
     data = lake.read_state(key)
     if data is None:
         raise FileNotFoundError(f"staged records {key} are missing; the validate task must run again")
-    return msgspec.msgpack.decode(data, type=Validated)
+    try:
+        return msgspec.msgpack.decode(data, type=Validated)
+    except msgspec.DecodeError as exc:  # ValidationError is one too
+        raise ValueError(f"staged records {key} cannot be decoded ({exc}); the validate task must run again") from exc
 
 
 def produce(settings: Settings, lake: Lake, publisher: Publisher, validated: Results) -> Results:
-    """Publish every system's changes with one flush; raise (and retry the task) on any delivery failure."""
-    systems = [sid for sid in _ok(validated) if validated[sid].get("new_data")]
+    """Publish every system's changes with one flush; raise (and retry the task) on any delivery failure.
+
+    A system whose staged records cannot be read, or whose selection or encoding raises, fails
+    alone before anything is sent; the others are published. Change capture advances only for
+    systems whose records the broker acknowledged.
+    """
     started = time.perf_counter()
-    batches, captures_by_system = [], {}
-    for system_id in systems:
-        captures_by_system[system_id] = load_change_capture(lake, system_id, settings.status_snapshot_every_s)
-        batches.append((_load_staged(lake, validated[system_id]["staged"]), captures_by_system[system_id]))
-    published = publish_validated(batches, publisher)
-    for system_id, captures in captures_by_system.items():
-        save_change_capture(lake, system_id, captures)
+    results: Results = {}
+    batch = Queued(publisher)
+    systems, captures_by_system = [], {}
+    for system_id in [sid for sid in _ok(validated) if validated[sid].get("new_data")]:
+        try:
+            captures = load_change_capture(lake, system_id, settings.status_snapshot_every_s)
+            staged = stage_validated([(_load_staged(lake, validated[system_id]["staged"]), captures)], publisher)
+        except Exception as exc:  # noqa: BLE001 - isolated per system
+            log.warning("%s: produce failed: %s", system_id, one_line(exc))
+            results[system_id] = _failure("produce", exc)
+            continue
+        batch.extend(staged)
+        systems.append(system_id)
+        captures_by_system[system_id] = captures
+    batch.send()
+    published = batch.confirm()  # DeliveryError: the task fails and retries; no state has moved
     elapsed = time.perf_counter() - started
-    return {sid: {"ok": True, "published": msgspec.to_builtins(p), "produce_s": elapsed}
-            for sid, p in zip(systems, published)}
+    for system_id, p in zip(systems, published):
+        try:
+            save_change_capture(lake, system_id, captures_by_system[system_id])
+        except Exception as exc:  # noqa: BLE001 - delivered; the next run re-selects against the old state
+            log.warning("%s: saving change capture failed: %s", system_id, one_line(exc))
+            results[system_id] = _failure("produce", exc)
+            continue
+        results[system_id] = {"ok": True, "published": msgspec.to_builtins(p), "produce_s": elapsed}
+    return results
 
 
 def write(settings: Settings, lake: Lake, run_id: str, fetched: Results, validated: Results, produced: Results) -> Results:
-    """Land each published system in the lake, advance its state and record its run."""
+    """Land each published system in the lake, advance its state and record its run.
+
+    A system whose lake write or state save raises fails alone; the others land. Each result
+    says under ``landed`` how many rows it wrote per table (see :func:`landed`).
+    """
     def one(system_id: str) -> dict[str, Any]:
         fetch_item, validate_item = fetched[system_id], validated[system_id]
         durations = {"fetch": fetch_item.get("fetch_s"), "validate": validate_item.get("validate_s")}
         started_at = fetch_item.get("started_at") or time.time()
         record_fetched = msgspec.convert(fetch_item["fetched"], Fetched)
         state = load_state(lake, system_id)
+        rows: dict[str, int] = {}
         if not validate_item.get("new_data"):
             outcome, reason = no_data_outcome(record_fetched, state, settings.quality)
             save_state(lake, system_id, advance_state(state, record_fetched, None))
@@ -141,27 +174,52 @@ def write(settings: Settings, lake: Lake, run_id: str, fetched: Results, validat
             published = msgspec.convert(produced[system_id]["published"], Published)
             started = time.perf_counter()
             land_validated(validated_record, lake, information_changed=published.information_changed)
+            rows = landed_rows(validated_record, information_changed=published.information_changed)
             save_state(lake, system_id, advance_state(state, record_fetched, validated_record))
             durations.update(produce=produced[system_id]["produce_s"], write=time.perf_counter() - started)
             outcome, reason = success_outcome(validated_record)
             run = run_record(run_id, system_id, started_at, outcome, validated=validated_record,
                              published=published, durations=durations, error=reason)
         lake.write_run(run)
-        return {"ok": True, "run": msgspec.to_builtins(run)}
+        return {"ok": True, "run": msgspec.to_builtins(run), "landed": {**rows, "pipeline_runs": 1}}
 
     systems = [sid for sid in _ok(validated)
                if not validated[sid].get("new_data") or produced.get(sid, {}).get("ok")]
     results: Results = {}
     for system_id in systems:  # lake writes are fast; sequential keeps errors simple to read
-        results[system_id] = one(system_id)
+        try:
+            results[system_id] = one(system_id)
+        except Exception as exc:  # noqa: BLE001 - isolated per system
+            log.warning("%s: write failed: %s", system_id, one_line(exc))
+            results[system_id] = _failure("write", exc)
     return results  # staging stays until `report`, so a retried write finds its records
+
+
+def landed(written: Results) -> dict[str, dict[str, Any]]:
+    """Per lake table that got files in this ``write``: total ``rows`` and rows per system
+    (``systems``). Tables that got nothing are absent: the DAG emits asset events only for these."""
+    tables: dict[str, dict[str, Any]] = {}
+    for system_id, result in written.items():
+        for table, rows in (result.get("landed") or {}).items():
+            entry = tables.setdefault(table, {"rows": 0, "systems": {}})
+            entry["rows"] += rows
+            entry["systems"][system_id] = rows
+    return tables
+
+
+def all_failed(results: Results) -> str | None:
+    """The failures, in one line, when there were systems and every one failed (a lake or network
+    outage, worth retrying the task); else None."""
+    if results and not any(r.get("ok") for r in results.values()):
+        return "; ".join(f"{sid}: {r['error']}" for sid, r in results.items())
+    return None
 
 
 def report(settings: Settings, lake: Lake, run_id: str, stages: Mapping[str, Results | None]) -> tuple[list[str], dict[str, str]]:
     """One line per system and the failures (system -> reason); records runs of failed systems and
     removes the run's staging area (the last stage, run whatever happened before)."""
     lines, failed = [], {}
-    written = stages.get("write") or {}
+    written = {sid: r for sid, r in (stages.get("write") or {}).items() if r.get("ok")}
     for system in enabled(settings.systems):
         sid = system.system_id
         if sid in written and written[sid]["run"]["outcome"] == "stale":
@@ -212,14 +270,14 @@ def run_all(settings: Settings, lake: Lake, publisher: Publisher, run_id: str) -
     written = write(settings, lake, run_id, fetched, validated, {s: r for s, r in produced.items() if r.get("ok")})
     lines, failed = report(settings, lake, run_id,
                            {"fetch": fetched, "validate": validated, "produce": produced, "write": written})
-    runs = [item["run"] for item in written.values()]
+    runs = {sid: item["run"] for sid, item in written.items() if item.get("ok")}
     outcomes: dict[str, int] = {}
-    for outcome in [r["outcome"] for r in runs] + ["failed"] * len(set(failed) - set(written)):
+    for outcome in [r["outcome"] for r in runs.values()] + ["failed"] * len(set(failed) - set(runs)):
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     return RunSummary(
         lines=lines, failed=failed, outcomes=outcomes,
-        processed=sum(r.get("stations_status") or 0 for r in runs),
-        sent=sum(r.get("stations_published") or 0 for r in runs),
-        quarantined=sum(r.get("stations_quarantined") or 0 for r in runs),
+        processed=sum(r.get("stations_status") or 0 for r in runs.values()),
+        sent=sum(r.get("stations_published") or 0 for r in runs.values()),
+        quarantined=sum(r.get("stations_quarantined") or 0 for r in runs.values()),
         duration_s=time.perf_counter() - started,
     )

@@ -1,8 +1,13 @@
-"""The lake's tables as Airflow Assets, so downstream DAGs run when the ingest DAG lands data."""
+"""The lake's tables as Airflow Assets, so downstream DAGs run when the ingest DAG lands data.
+
+The ingest DAG's ``write`` task declares the alias :data:`LAKE_WRITES` as its outlet and adds an
+event, through it, only for the tables that got files in that run (:data:`TABLE_ASSETS`): a
+downstream DAG scheduled on :data:`STATION_STATUS` runs when new status data landed, not every minute.
+"""
 
 from __future__ import annotations
 
-from airflow.sdk import Asset
+from airflow.sdk import Asset, AssetAlias
 
 from citibikes.config import load_settings
 
@@ -19,3 +24,9 @@ def lake_asset(table: str, lake_uri: str | None = None) -> Asset:
 STATION_STATUS = lake_asset("station_status")
 STATION_INFORMATION = lake_asset("station_information")
 PIPELINE_RUNS = lake_asset("pipeline_runs")
+
+LAKE_WRITES = AssetAlias("citibikes.lake_writes", group="citibikes")
+"""The ``write`` task's outlet: each run adds events to the tables it wrote (``outlet_events[LAKE_WRITES].add``)."""
+TABLE_ASSETS = {"station_status": STATION_STATUS, "station_information": STATION_INFORMATION,
+                "pipeline_runs": PIPELINE_RUNS}
+"""Lake table name -> Asset (the quarantine table has none)."""

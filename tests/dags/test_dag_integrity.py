@@ -28,9 +28,9 @@ def test_dags_have_owner_retries_tags_and_docs(dagbag) -> None:
         assert dag.doc_md and len(dag.doc_md) > 100, f"{dag_id} has no documentation for the UI"
         assert dag.owner and dag.owner != "airflow", f"{dag_id} has no owner"
         assert dag.catchup is False, f"{dag_id} would backfill every missed interval"
-        for task in dag.tasks:
-            assert task.doc_md or task.doc or task.python_callable.__doc__ or task.task_id == "report" \
-                or dag.doc_md, f"{dag_id}.{task.task_id} is undocumented"
+        for task in dag.tasks:  # TaskFlow tasks get their function's docstring as doc_md
+            docs = [task.doc, task.doc_md, task.doc_rst, task.doc_json, task.doc_yaml]
+            assert any(doc and doc.strip() for doc in docs), f"{dag_id}.{task.task_id} has no docstring or doc"
             assert task.retries >= 1 or task.trigger_rule == "all_done", f"{dag_id}.{task.task_id} never retries"
 
 
@@ -47,6 +47,6 @@ def test_ingest_dag_shape(dagbag) -> None:
     chain = ["fetch", "validate", "produce", "write", "report"]
     for upstream, downstream in zip(chain, chain[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids
-    outlets = {asset.name for asset in dag.get_task("write").outlets}
-    assert {"citibikes.station_status", "citibikes.station_information", "citibikes.pipeline_runs"} <= outlets
+    # One alias, to which `write` adds events only for the tables that got files (see test_ingest_dag).
+    assert [outlet.name for outlet in dag.get_task("write").outlets] == ["citibikes.lake_writes"]
     assert dag.get_task("fetch").retry_exponential_backoff

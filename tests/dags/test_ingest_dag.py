@@ -121,3 +121,99 @@ def test_ingest_dag_lands_every_record_in_kafka_and_the_lake(pipeline_env, kafka
     assert lake.read_table("station_status").num_rows == len(status) + runs[1].stations_valid
     assert lake.read_table("quarantine").num_rows == runs[0].stations_quarantined + runs[1].stations_quarantined
     assert len(lake.files("station_status")) == 2
+
+
+DOWNSTREAM = '''
+import pendulum
+from airflow.sdk import dag, task
+from citibikes_airflow.assets import STATION_STATUS
+
+
+@dag(dag_id="citibikes_test_downstream", schedule=[STATION_STATUS], start_date=pendulum.datetime(2026, 1, 1, tz="UTC"))
+def downstream():
+    @task
+    def read():
+        """Would read the new station_status files."""
+
+    read()
+
+
+downstream()
+'''
+
+
+def _register_downstream_dag(folder: Path) -> str:
+    """A DAG scheduled on the citibikes.station_status Asset, in the metadata DB and unpaused (as the
+    scheduler would have it from the DAG processor)."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+
+    folder.mkdir()
+    (folder / "downstream.py").write_text(DOWNSTREAM)
+    bag = DagBag(dag_folder=str(folder))
+    assert not bag.import_errors, bag.import_errors
+    DagBundlesManager().sync_bundles_to_db()
+    sync_bag_to_db(bag, "dags-folder", None)
+    with create_session() as session:
+        session.get(DagModel, "citibikes_test_downstream").is_paused = False
+    return "citibikes_test_downstream"
+
+
+def _asset_events(run_id: str) -> dict[str, dict]:
+    """The asset events a DAG run emitted: asset name -> the event's extra."""
+    from sqlalchemy import select
+
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.execute(select(AssetModel.name, AssetEvent.extra)
+                               .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+                               .where(AssetEvent.source_run_id == run_id)).all()
+    assert len(rows) == len({name for name, _ in rows}), rows  # at most one event per asset and run
+    return {name: extra for name, extra in rows}
+
+
+def _queued_for(dag_id: str) -> set[str]:
+    """The assets whose events queued a run of ``dag_id`` (what the scheduler turns into an asset-triggered run)."""
+    from sqlalchemy import delete, select
+
+    from airflow.models.asset import AssetDagRunQueue, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        names = set(session.scalars(select(AssetModel.name)
+                                    .join(AssetDagRunQueue, AssetDagRunQueue.asset_id == AssetModel.id)
+                                    .where(AssetDagRunQueue.target_dag_id == dag_id)))
+        session.execute(delete(AssetDagRunQueue).where(AssetDagRunQueue.target_dag_id == dag_id))
+    return names
+
+
+def test_asset_events_only_for_tables_that_got_data(pipeline_env, tmp_path: Path) -> None:
+    settings, server, clock = pipeline_env
+    downstream = _register_downstream_dag(tmp_path / "downstream_dags")
+    dag = _ingest_dag()
+
+    run = dag.test()
+    assert run.state == "success"
+    lake = open_lake(settings.lake_uri)
+    (first,) = lake.read_runs()
+    events = _asset_events(run.run_id)
+    assert set(events) == {"citibikes.station_status", "citibikes.station_information", "citibikes.pipeline_runs"}
+    valid = first.stations_valid
+    assert events["citibikes.station_status"] == {"rows": valid, "systems": {"citibike": valid}}
+    assert events["citibikes.station_information"]["rows"] == lake.read_table("station_information").num_rows
+    assert events["citibikes.pipeline_runs"] == {"rows": 1, "systems": {"citibike": 1}}
+    assert _queued_for(downstream) == {"citibikes.station_status"}
+
+    # The same minute again: the feed has nothing new, so no station_status event and no downstream run.
+    import time
+
+    time.sleep(1.1)  # past the feed's ttl (1 s), so the feed is asked and answers with the same document
+    run = dag.test()
+    assert run.state == "success"
+    assert [r.outcome for r in sorted(lake.read_runs(), key=lambda r: r.started_at)] == ["success", "no_new_data"]
+    assert set(_asset_events(run.run_id)) == {"citibikes.pipeline_runs"}
+    assert _queued_for(downstream) == set()

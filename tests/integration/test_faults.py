@@ -15,7 +15,7 @@ from confluent_kafka.admin import AdminClient
 
 from citibikes import stages
 from citibikes.config import load_settings
-from citibikes.lake import open_lake
+from citibikes.lake import layout, open_lake
 from citibikes.replay.server import make_server
 from citibikes.stack.kafka import KafkaBroker
 from citibikes.stack.process import free_port, pid_alive
@@ -208,6 +208,56 @@ def test_broken_and_slow_systems_do_not_block_the_others(
     assert report.state == "failed"
     status = read_topic(kafka_bootstrap, settings.topics["station_status"].name)
     assert {m["value"]["system_id"] for m in status} == {"citibike", "synth-07"}
+
+
+def test_a_system_broken_at_produce_or_write_fails_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replay, kafka_bootstrap: str) -> None:
+    systems = ("citibike", "synth-01", "synth-02")
+    settings = _settings(tmp_path, monkeypatch, kafka_bootstrap, "systems:\n" + "".join(
+        f"  - id: {sid}\n    discovery_url: {replay.url}/{sid}/gbfs.json\n" for sid in systems))
+    prefix = f"alone{time.time_ns()}"
+    (tmp_path / "pipeline.yaml").write_text("topics:\n" + "".join(
+        f"  {key}: {{name: {prefix}-{key}}}\n" for key in ("station_information", "station_status", "quarantine")))
+    monkeypatch.setenv("CITIBIKES_PIPELINE_FILE", str(tmp_path / "pipeline.yaml"))
+    settings = load_settings()
+    ensure_topics(AdminClient({"bootstrap.servers": kafka_bootstrap}), settings.topics.values())
+    lake = open_lake(settings.lake_uri)
+    run_id = "alone-run"
+    fetched = stages.fetch(settings, lake)
+    validated = stages.validate(settings, lake, run_id, fetched)
+    assert all(validated[sid]["ok"] and validated[sid]["new_data"] for sid in systems)
+
+    # synth-01's staged records are corrupted between validate and produce
+    lake.write_state(validated["synth-01"]["staged"], b"not msgpack")
+    produced = stages.produce(settings, lake, Publisher(make_producer(kafka_bootstrap), settings.topics), validated)
+    assert produced["citibike"]["ok"] and produced["synth-02"]["ok"]
+    assert produced["synth-01"]["stage"] == "produce" and "cannot be decoded" in produced["synth-01"]["error"]
+    assert lake.read_state("synth-01/changes-station_status.json") is None, "change capture moved without a delivery"
+
+    # synth-02's lake write fails: a folder stands where its station_status file goes
+    last_updated = fetched["synth-02"]["fetched"]["last_updated"]["station_status"]
+    in_the_way = tmp_path / "lake" / layout.curated_key("station_status", "synth-02", last_updated) / "in-the-way"
+    in_the_way.mkdir(parents=True)
+    written = stages.write(settings, lake, run_id, fetched, validated, produced)
+    assert written["citibike"]["ok"] and written["synth-02"]["stage"] == "write"
+    assert "synth-01" not in written
+
+    lines, failed = stages.report(settings, lake, run_id,
+                                  {"fetch": fetched, "validate": validated, "produce": produced, "write": written})
+    assert set(failed) == {"synth-01", "synth-02"}, lines
+    assert failed["synth-01"].startswith("produce failed: ") and failed["synth-02"].startswith("write failed: ")
+    assert lines[0].startswith("citibike: success - ")
+
+    # citibike reached the broker and the lake in full; synth-02 was published before its write failed
+    status = read_topic(kafka_bootstrap, settings.topics["station_status"].name)
+    by_system = {sid: sum(m["value"]["system_id"] == sid for m in status) for sid in systems}
+    assert by_system == {"citibike": validated["citibike"]["valid"], "synth-01": 0, "synth-02": validated["synth-02"]["valid"]}
+    assert {Path(f).parts[-4] for f in lake.files("station_status")} == {"system=citibike"}
+    assert lake.read_table("station_status").num_rows == validated["citibike"]["valid"]
+    runs = {r.system_id: r for r in lake.read_runs()}
+    assert {sid: r.outcome for sid, r in runs.items()} == {"citibike": "success", "synth-01": "failed", "synth-02": "failed"}
+    assert stages.landed(written)["station_status"] == {"rows": validated["citibike"]["valid"],
+                                                        "systems": {"citibike": validated["citibike"]["valid"]}}
 
 
 class FrozenClock:
