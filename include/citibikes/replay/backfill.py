@@ -434,11 +434,14 @@ def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings:
 
 def _results(landing: deque[_Step], state: SystemState, *, wait: bool = False
              ) -> Generator[tuple[Snapshot, RunRecord, SystemState], None, SystemState]:
-    """The snapshots whose run records are written (or being written; all of them with ``wait``), in
-    order: each one's snapshot, run record and the state after it. Returns the last state."""
-    while landing and (landing[0].written() is not None or wait):
+    """The snapshots whose run records are written (all of them with ``wait``, else as far as that is
+    done: the pipeline never waits for the disk), in order: each one's snapshot, run record and
+    the state after it. Returns the last state."""
+    while landing:
+        writing = landing[0].written()
+        if not wait and (writing is None or not writing.done()):
+            break
         step = landing.popleft()
-        writing = step.written()
         assert writing is not None, "every span is closed before the last results"
         record = writing.result()[id(step)]
         if record.outcome != "failed":
