@@ -30,7 +30,8 @@ two landed snapshots (snapshots land a flush at a time: the p50 is small, the p9
 * Baseline, in the same run: what simple streaming scripts do - ``json.loads``, a dict per record,
   a synchronous send (``produce`` + ``flush`` per record) and an INFO log line per record to a log
   file, plus one Parquet file per snapshot - on the first ``--baseline-snapshots`` snapshots, once
-  after each timed pass (same machine load, same broker); the ratio is of the two medians.
+  after each timed pass (same machine load, same broker); the ratio is of the two medians. Each
+  timed section starts settled: garbage collected and the files written before it on disk (``sync``).
 
 Usage, from the repository root: ``.venv/bin/python bench/pipeline_throughput.py [--snapshots 1440]
 [--repeat 3] [--warmup-passes 1] [--baseline-snapshots 2] [--no-worker] [--json out.json]``. The exit status is 1
@@ -44,6 +45,7 @@ import gc
 import gzip
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -124,7 +126,7 @@ def run_pass(snapshots: list[Snapshot], settings: Settings, publisher: Publisher
     lake = open_lake(str(root))
     captures = new_change_capture(settings.status_snapshot_every_s if snapshot_every_s is None else snapshot_every_s)
     result = Pass()
-    gc.collect()
+    settle()
     worker_pid = worker.pid if worker is not None else None
     cpu, broker_cpu = cpu_seconds(), cpu_seconds(broker_pid) if broker_pid else None
     worker_cpu = cpu_seconds(worker_pid) if worker_pid else None
@@ -187,6 +189,13 @@ def lake_sizes(root: Path, snapshots: list[Snapshot]) -> dict[str, Any]:
     }
 
 
+def settle() -> None:
+    """Before each timed section: the previous one's garbage collected and its files on disk, so that
+    neither is timed while the kernel writes back what the other wrote (a pass writes ~130 MB)."""
+    gc.collect()
+    os.sync()
+
+
 def run_naive(snapshots: list[Snapshot], bootstrap: str, workdir: Path) -> dict[str, Any]:
     """The baseline: json.loads, a dict per record, a synchronous send and an INFO line per record."""
     workdir = Path(tempfile.mkdtemp(prefix="naive-", dir=workdir))
@@ -201,6 +210,7 @@ def run_naive(snapshots: list[Snapshot], bootstrap: str, workdir: Path) -> dict[
     out = workdir / "naive-lake"
     out.mkdir()
     try:
+        settle()
         started = time.perf_counter()
         records = naive_pass(snapshots, producer, logger, out)
         seconds = time.perf_counter() - started

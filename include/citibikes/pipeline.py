@@ -217,15 +217,9 @@ def publish_validated(batches: Sequence[tuple[Validated, Mapping[str, ChangeCapt
     Raises :class:`~citibikes.stream.publish.DeliveryError` unless the broker acknowledged every
     record of every system; change-capture state advances only after that.
     """
-    return queue_validated(batches, publisher).confirm()
-
-
-def queue_validated(batches: Sequence[tuple[Validated, Mapping[str, ChangeCapture]]],
-                    publisher: Publisher) -> Queued:
-    """The first half of :func:`publish_validated`: select and produce, without waiting for the broker."""
     queued = stage_validated(batches, publisher)
     queued.send()
-    return queued
+    return queued.confirm()
 
 
 def stage_validated(batches: Sequence[tuple[Validated, Mapping[str, ChangeCapture]]], publisher: Publisher, *,

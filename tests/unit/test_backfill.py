@@ -6,9 +6,14 @@ import gzip
 import os
 from pathlib import Path
 
+from citibikes.config import load_settings
 from citibikes.gbfs.model import STATION_INFORMATION, STATION_STATUS
-from citibikes.replay.backfill import SnapshotFile, pair, scan
+from citibikes.lake import open_lake
+from citibikes.pipeline import Fetched, SystemState, land_validated, validate_fetched
+from citibikes.replay.backfill import SnapshotFile, backfill, minute_files, pair, scan
 from citibikes.replay.recordings import recorded
+from citibikes.stream.publish import Publisher
+from test_publish import TOPICS, FakeProducer
 
 
 def _file(feed: str, last_updated: int) -> SnapshotFile:
@@ -62,3 +67,33 @@ def test_scan_orders_by_last_updated_not_by_names_or_folders(tmp_path: Path) -> 
     assert found.skipped == {"unsupported_suffix": 2, "not_gbfs_station_feed": 1}
     assert [(s.last_updated, i.path.name) for s, i in pair(found.snapshots)] == [
         (r.last_updated, "z.json") for r in statuses]
+
+
+def test_a_backfill_leaves_alone_the_snapshots_the_live_pipeline_landed(tmp_path: Path) -> None:
+    """The minute DAG landed one of the snapshots in a file of its own: a backfill over the same
+    period ingests the others only, so no snapshot has rows in two files (a span and a minute)."""
+    settings = load_settings({"CITIBIKES_FEED": "replay", "CITIBIKES_LAKE_URI": str(tmp_path / "lake")})
+    lake = open_lake(settings.lake_uri)
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    statuses, (information,) = recorded(STATION_STATUS), recorded(STATION_INFORMATION)
+    for recording in (*statuses, information):
+        (archive / f"{recording.feed}-{recording.last_updated}.json").write_bytes(recording.read_bytes())
+    live = statuses[1]  # as `fetch -> validate -> write` of a minute run land it
+    fetched = Fetched(system_id="citibike", fetched_at=float(live.last_updated), outcomes={STATION_STATUS: "new"},
+                      last_updated={STATION_STATUS: live.last_updated}, bodies={STATION_STATUS: live.read_bytes()})
+    land_validated(validate_fetched(fetched, SystemState(), settings.quality, reference_time=float(live.last_updated)),
+                   lake)
+    assert minute_files(lake, "citibike") == {live.last_updated}
+    producer = FakeProducer()
+
+    report = backfill(archive, "citibike", settings=settings, lake=lake,
+                      publisher=Publisher(producer, TOPICS))  # type: ignore[arg-type]
+    assert (report.snapshots, report.already_done, report.processed, report.failed) == (4, 1, 3, 0)
+    table = lake.read_table("station_status")
+    rows = list(zip((int(t.timestamp()) for t in table.column("last_updated").to_pylist()),
+                    table.column("station_id").to_pylist()))
+    assert len(rows) == len(set(rows)), "a station's observation is in the lake once"
+    assert {t for t, _ in rows} == {r.last_updated for r in statuses}
+    sent = [dict(message["headers"])["last_updated"] for message in producer.produced]
+    assert sent and str(live.last_updated).encode() not in sent, "the live snapshot is not sent again"

@@ -49,7 +49,7 @@ from citibikes.pipeline import (
     SystemState,
     Validated,
     encode_validated,
-    queue_validated,
+    publish_validated,
     validate_fetched,
 )
 from citibikes.quality import ValidationResult, validate
@@ -129,7 +129,7 @@ def published(batches: list[tuple[Validated, dict[str, ChangeCapture]]]) -> list
     producer = FakeProducer()
     publisher = Publisher(producer, TOPICS)  # type: ignore[arg-type]
     for batch in batches:
-        queue_validated([batch], publisher).confirm()
+        publish_validated([batch], publisher)
     return [{k: v for k, v in message.items() if k != "on_delivery"} for message in producer.produced]
 
 
