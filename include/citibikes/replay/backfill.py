@@ -310,8 +310,8 @@ def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings:
     both cores and the broker work all the time:
 
     * the next :data:`PREPARE_AHEAD` ones are prepared (:func:`~citibikes.pipeline.prepare_snapshot`:
-      validated) by ``worker``, another process, if given, each with the state the one before
-      leaves; the raw bodies are compressed for the archive by writer threads as they arrive;
+      validated, the raw archive compressed) by ``worker``, another process, if given, each with
+      the state the one before leaves;
     * this one is staged - selected and encoded - and sent, unless the broker is still
       acknowledging earlier ones: then it is held and sent once those are confirmed;
     * the broker is asked to acknowledge (a flush) every ``snapshots_per_flush`` sent snapshots
