@@ -44,6 +44,7 @@ from citibikes.gbfs import normalize
 from citibikes.lake import filesystem, open_lake
 from citibikes.lake.tables import build_table, parquet_bytes
 from citibikes.pipeline import (
+    ChainStart,
     Fetched,
     SnapshotWorker,
     SystemState,
@@ -448,7 +449,8 @@ def test_a_dead_worker_fails_the_snapshot_it_held_and_a_new_one_goes_on(tmp_path
 def test_closing_a_worker_that_died_with_answers_due(tmp_path: Path) -> None:
     settings = load_settings({"CITIBIKES_FEED": "replay", "CITIBIKES_LAKE_URI": str(tmp_path)})
     worker = SnapshotWorker().start()
-    worker.submit(snapshot_fetched(_snapshots()[1], "citibike"), SystemState(), settings.quality)
+    worker.submit(snapshot_fetched(_snapshots()[1], "citibike"), ChainStart.of(SystemState(), new_change_capture(900)),
+                  settings.quality)
     pid = worker.pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
@@ -499,6 +501,42 @@ def test_a_learned_shape_decodes_what_parsing_gives(system: str) -> None:
         assert (type(fast.sources) is list) == (minute == 0), "the first snapshot teaches the shape, the next use it"
         _same_normalized(fast, _parsed_the_usual_way(body, system))
     assert system in normalize._SHAPES
+
+
+def _real_status_with_keys_added(steps: list[str]) -> bytes:
+    """The real snapshot with record 16 given the same new keys in another order: a vendor key
+    (the name hypothesis found) and ``swap_coordinates``' ``lat``/``lon`` (absent in status: both null)."""
+    document = copy.deepcopy(REAL_PAIR[1])
+    record = document["data"]["stations"][16]
+    for step in steps:
+        if step == "vendor":
+            record["\u00dbx\U000c61db \x9f\U0010df5c\U000a916d"] = -1
+        else:
+            record["lat"], record["lon"] = record.get("lon"), record.get("lat")
+    return json.dumps(document).encode()
+
+
+def test_a_quarantined_record_has_one_text_whatever_its_key_order() -> None:
+    """A shape learned from a record with the same keys in another order rebuilds the raw record in
+    that order; its quarantined text is still the usual path's: keys sorted (test_mutated_real_snapshot
+    found it: a shape left by an earlier example, then a stale feed quarantining every record)."""
+    teacher = _real_status_with_keys_added(["coordinates", "vendor"])
+    body = _real_status_with_keys_added(["vendor", "coordinates"])
+    normalize._SHAPES.pop(SYSTEM, None)
+    normalize_status_body(teacher, SYSTEM, 7.5)
+    assert SYSTEM in normalize._SHAPES
+    fast, usual = normalize_status_body(body, SYSTEM, 7.5), _parsed_the_usual_way(body, SYSTEM)
+    assert type(fast.sources) is not list, "the learned shape decoded it"
+    _same_normalized(fast, usual)
+    assert list(fast.sources[16]) != list(usual.sources[16]), "the learned order, not the record's own"
+    last_updated = parse_feed(body, STATION_STATUS).last_updated
+    state = SystemState(last_updated={STATION_STATUS: last_updated - 60})
+    validated = columnar({STATION_STATUS: body}, last_updated + 310.25, state)  # stale: every record quarantined
+    assert SYSTEM in normalize._SHAPES and len(validated.quarantined) == len(REAL_PAIR[1]["data"]["stations"])
+    assert_same(reference({STATION_STATUS: body}, last_updated + 310.25, state), validated)
+    raw = validated.quarantined[16].raw
+    assert raw == msgspec.json.encode(json.loads(raw), order="sorted").decode()
+    normalize._SHAPES.pop(SYSTEM, None)
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -75,7 +75,8 @@ class QuarantinedRecord(msgspec.Struct, kw_only=True, gc=False):
     station_id: str | None
     reasons: list[str]
     raw: str
-    """The original record as JSON text, exactly as the feed sent it (after decoding)."""
+    """The original record, whole, as JSON text with its keys sorted (one text whatever order the feed
+    wrote them in; the body as it came is in the lake's raw archive)."""
     last_updated: int
     fetched_at: float
 

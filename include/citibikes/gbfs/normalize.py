@@ -799,9 +799,9 @@ class _Shape:
     (text, boolean or whole number, or that or null): then a record's ``extras`` text is kept per
     tuple of its vendor values (:meth:`_extras_texts`). Each record's set of keys must be one of the
     learned ones. If anything differs, ``normalize`` returns None and the body goes the usual way.
-    A quarantined record's ``raw`` keeps the key order of the records the shape was learned from
-    (the fast path keeps that of the first record of each shape in the body: the same for a feed
-    written the same way each time).
+    A raw record (what a quarantined record keeps) is rebuilt in the key order of the record the
+    shape was learned from, not necessarily its own: its ``raw`` text has its keys sorted, so it is
+    the same either way (:func:`quarantine`).
     """
 
     def __init__(self, plans: list[_ColumnPlan], version: str, learned_from: Normalized[StationStatus]) -> None:
@@ -1143,15 +1143,20 @@ def _require_feed(parsed: ParsedFeed, feed: str) -> None:
         raise ValueError(f"expected a parsed {feed} feed, got {parsed.feed!r}")
 
 
+_RAW_TEXT = msgspec.json.Encoder(order="sorted")
+"""A quarantined record's text: keys sorted, so that a record has one text whatever order the feed
+wrote its keys in (and whichever way it was decoded: a learned shape's struct does not keep the order)."""
+
+
 def quarantine(raw: Any, reasons: list[str], *, feed: str, system_id: str, last_updated: int,
                fetched_at: float) -> QuarantinedRecord:
-    """A :class:`QuarantinedRecord` keeping the raw record whole (re-encoded as JSON) with its reasons."""
+    """A :class:`QuarantinedRecord` keeping the raw record whole (re-encoded as JSON, keys sorted) with its reasons."""
     return QuarantinedRecord(
         system_id=system_id,
         feed=feed,
         station_id=raw_station_id(raw),
         reasons=reasons,
-        raw=msgspec.json.encode(raw).decode(),
+        raw=_RAW_TEXT.encode(raw).decode(),
         last_updated=last_updated,
         fetched_at=fetched_at,
     )
