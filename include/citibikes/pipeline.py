@@ -4,7 +4,7 @@ The minute DAG, ``citibikes run`` and ``citibikes backfill`` all go through thes
 there is one pipeline, not three. The stages are separate functions because the DAG runs each in
 its own task over all systems (:mod:`citibikes.stages`, which ``citibikes run`` calls too), while
 backfill chains them in memory over recorded snapshots (:func:`prepare_snapshot` in a worker
-process, then :func:`stage_prepared`; see :func:`citibikes.replay.backfill.ingest_snapshots`).
+process, which stages it too; see :func:`citibikes.replay.backfill.ingest_snapshots`).
 
 State that must survive between runs lives in the lake under ``_state/<system>/``: the HTTP
 client's validators and ttl (so unchanged feeds are not refetched or re-emitted), the capacity of
@@ -53,7 +53,15 @@ from citibikes.lake.store import (
     station_status_tables,
 )
 from citibikes.quality import validate
-from citibikes.stream.publish import ChangeCapture, Message, Publisher, Selection
+from citibikes.stream.publish import (
+    CaptureChange,
+    ChangeCapture,
+    ChangeCaptureState,
+    Encoded,
+    Publisher,
+    Selection,
+    encode_messages,
+)
 
 log = logging.getLogger("citibikes.pipeline")
 
@@ -222,39 +230,37 @@ def publish_validated(batches: Sequence[tuple[Validated, Mapping[str, ChangeCapt
     return queued.confirm()
 
 
-def stage_validated(batches: Sequence[tuple[Validated, Mapping[str, ChangeCapture]]], publisher: Publisher, *,
-                    after: Queued | None = None) -> Queued:
-    """Select each system's records to publish and encode their messages, without producing them yet.
-
-    ``after``: the last batch staged with the same change captures and not confirmed yet (maybe
-    itself staged after others); the selections are made as if those were confirmed (see
-    :meth:`ChangeCapture.select`). Backfill stages the next snapshots while the broker acknowledges
-    the previous ones, and sends them once those are confirmed.
-    """
+def stage_validated(batches: Sequence[tuple[Validated, Mapping[str, ChangeCapture]]], publisher: Publisher) -> Queued:
+    """Select each system's records to publish and encode their messages, without producing them yet."""
     queued = Queued(publisher)
-    pending = queued.latest = dict(after.latest) if after is not None else {}
     for validated, captures in batches:
-        selections: list[tuple[str, Selection]] = []
-        for feed, records in ((STATION_INFORMATION, validated.information), (STATION_STATUS, validated.status)):
-            if not records:
-                continue
-            capture = captures[feed]
-            selection = pending[id(capture)] = capture.select(records, validated.last_updated[feed],
-                                                              after=pending.get(id(capture)))
-            queued.messages += publisher.messages(feed, selection.records)
-            selections.append((feed, selection))
-        queued.messages += publisher.messages("quarantine", validated.quarantined)
-        skipped = sum(selection.skipped for _, selection in selections)
-        queued.skipped += skipped
-        queued.selections.append((captures, selections))
-        queued.published.append(Published(
-            sent=len(validated.quarantined) + sum(len(selection.records) for _, selection in selections),
-            skipped_unchanged=skipped,
-            full_snapshot=any(selection.full for feed, selection in selections if feed == STATION_STATUS),
-            information_changed=any(bool(selection.records) for feed, selection in selections
-                                    if feed == STATION_INFORMATION),
-        ))
+        messages, selections, published = stage(validated, captures)
+        queued.messages += messages
+        queued.skipped += published.skipped_unchanged
+        queued.selections.append((captures, [selection.change for selection in selections]))
+        queued.published.append(published)
     return queued
+
+
+def stage(validated: Validated, captures: Mapping[str, ChangeCapture]) -> tuple[list[Encoded], list[Selection], Published]:
+    """One system's step staged: change capture's selection per feed (not committed), the encoded
+    messages of what it selected and of the quarantine, and what will be published."""
+    messages: list[Encoded] = []
+    selections: list[Selection] = []
+    for feed, records in ((STATION_INFORMATION, validated.information), (STATION_STATUS, validated.status)):
+        if records:
+            selection = captures[feed].select(records, validated.last_updated[feed])
+            messages += encode_messages(feed, selection.records)
+            selections.append(selection)
+    messages += encode_messages("quarantine", validated.quarantined)
+    published = Published(
+        sent=len(validated.quarantined) + sum(len(selection.records) for selection in selections),
+        skipped_unchanged=sum(selection.skipped for selection in selections),
+        full_snapshot=any(selection.full for selection in selections if selection.change.feed == STATION_STATUS),
+        information_changed=any(bool(selection.records) for selection in selections
+                                if selection.change.feed == STATION_INFORMATION),
+    )
+    return messages, selections, published
 
 
 @dataclass
@@ -265,12 +271,10 @@ class Queued:
     publisher: Publisher
     published: list[Published] = field(default_factory=list)
     """One per system, in the order of the batches."""
-    selections: list[tuple[Mapping[str, ChangeCapture], list[tuple[str, Selection]]]] = field(default_factory=list)
-    """Per system: its change captures and, per feed, what was selected."""
-    messages: list[Message] = field(default_factory=list)
+    selections: list[tuple[Mapping[str, ChangeCapture], list[CaptureChange]]] = field(default_factory=list)
+    """Per system: its change captures and what committing its selections changes."""
+    messages: list[Encoded] = field(default_factory=list)
     skipped: int = 0
-    latest: dict[int, Selection] = field(default_factory=dict)
-    """The last selection made per change capture (by ``id``), this batch's or one staged before it."""
 
     def extend(self, other: Queued) -> None:
         """Add the systems of ``other`` (staged apart, so one that fails to stage stops no other) to this batch."""
@@ -278,7 +282,6 @@ class Queued:
         self.selections += other.selections
         self.messages += other.messages
         self.skipped += other.skipped
-        self.latest.update(other.latest)
 
     def send(self) -> None:
         self.publisher.send(self.messages)
@@ -288,9 +291,9 @@ class Queued:
     def confirm(self) -> list[Published]:
         """Flush: raise DeliveryError unless every record was acknowledged; then advance change capture."""
         self.publisher.flush()
-        for captures, selections in self.selections:
-            for feed, selection in selections:
-                captures[feed].commit(selection)
+        for captures, changes in self.selections:
+            for change in changes:
+                captures[change.feed].commit(change)
         return self.published
 
 
@@ -369,18 +372,25 @@ def run_record(run_id: str, system_id: str, started_at: float, outcome: str, *,
 
 
 class Prepared(msgspec.Struct):
-    """A snapshot validated and encoded, not yet published or landed (see :func:`prepare_snapshot`)."""
+    """A snapshot validated, staged and encoded, not yet published or landed (see :class:`_Chain`)."""
 
     validated: Validated | None = None
     files: dict[str, list[LakeFile]] = {}
     """Parquet files per table name (see :func:`encode_information`)."""
     archives: list[LakeFile] = []
     """The raw archive of each body (zstd; made first, so that a snapshot that fails has one too)."""
+    messages: list[Encoded] = []
+    """The encoded messages of what change capture selected and of the quarantine (:func:`stage`)."""
+    changes: list[CaptureChange] = []
+    """What to commit to change capture once the messages are delivered."""
+    published: Published | None = None
+    """What the messages publish; None unless staged."""
     error: str | None = None
     """Why preparing failed, in one line (then the step fails with it); ``detail`` has the traceback."""
     detail: str | None = None
     validate_s: float = 0.0
     encode_s: float = 0.0
+    stage_s: float = 0.0
 
 
 def prepare_snapshot(fetched: Fetched, state: SystemState, quality: QualityConfig, *,
@@ -403,20 +413,9 @@ def prepare_snapshot(fetched: Fetched, state: SystemState, quality: QualityConfi
             encoding = time.perf_counter()
             prepared.files = encode_information(prepared.validated)
             prepared.validate_s, prepared.encode_s = encoding - started, time.perf_counter() - encoding
-    except Exception as exc:  # noqa: BLE001 - the step fails with it (see stage_prepared)
+    except Exception as exc:  # noqa: BLE001 - the step fails with it (see PrepareError)
         prepared.error, prepared.detail = one_line(exc), traceback.format_exc()
     return prepared
-
-
-def stage_prepared(prepared: Prepared, captures: Mapping[str, ChangeCapture], publisher: Publisher, *,
-                   after: Queued | None = None) -> Queued:
-    """Change capture's selection and the encoded messages of a prepared snapshot (see
-    :func:`stage_validated`); :class:`PrepareError` if preparing it failed."""
-    if prepared.error is not None:
-        raise PrepareError(prepared.error, prepared.detail)
-    if prepared.validated is None:
-        raise PrepareError("the snapshot holds no new station_status or station_information")
-    return stage_validated([(prepared.validated, captures)], publisher, after=after)
 
 
 def encode_information(validated: Validated) -> dict[str, list[LakeFile]]:
@@ -445,12 +444,13 @@ class PrepareError(Exception):
 
 
 class SnapshotWorker:
-    """Another process that runs :func:`prepare_snapshot`, so that preparing the next snapshots
-    (decoding, validation, the raw archive's zstd) uses the second core while this process
-    publishes and lands the current one. Jobs are answered in the order they were submitted; a job
-    submitted without a state is prepared with the state the job before it leaves (see
-    :class:`_Chain`), so several can be submitted ahead. Jobs are sent by a thread: submitting never
-    waits for the process to take the job.
+    """Another process that prepares snapshots (:class:`_Chain`: :func:`prepare_snapshot`, then
+    change capture's selection and the messages, :func:`stage`), so that the next snapshots are
+    decoded, validated, selected and encoded on the second core while this process publishes and
+    lands the current one. Jobs are answered in the order they were submitted; a job submitted
+    without a :class:`ChainStart` goes on from the state and change capture the job before it
+    leaves, so several can be submitted ahead. Jobs are sent by a thread: submitting never waits
+    for the process to take the job.
 
     Started with ``spawn``, never ``fork``: this process may already run a Kafka producer's threads.
     If the process dies, the snapshots submitted to it fail with that reason and the next
@@ -482,12 +482,12 @@ class SnapshotWorker:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
-    def submit(self, fetched: Fetched, state: SystemState | None, quality: QualityConfig, *,
+    def submit(self, fetched: Fetched, start: ChainStart | None, quality: QualityConfig, *,
                reference_time: float | None = None) -> None:
         self.start()
         assert self._sender is not None
         self._in_flight += 1
-        self._sender.submit(self._send, self._connection, _dumps(_Job(fetched, state, quality, reference_time)))
+        self._sender.submit(self._send, self._connection, _dumps(_Job(fetched, start, quality, reference_time)))
 
     @staticmethod
     def _send(connection: Any, data: bytes) -> None:
@@ -557,9 +557,9 @@ class InlinePreparer:
         self._jobs: deque[_Job] = deque()
         self._chain = _Chain()
 
-    def submit(self, fetched: Fetched, state: SystemState | None, quality: QualityConfig, *,
+    def submit(self, fetched: Fetched, start: ChainStart | None, quality: QualityConfig, *,
                reference_time: float | None = None) -> None:
-        self._jobs.append(_Job(fetched, state, quality, reference_time))
+        self._jobs.append(_Job(fetched, start, quality, reference_time))
 
     def result(self) -> Prepared:
         return self._chain.prepare(self._jobs.popleft())
@@ -571,28 +571,65 @@ class InlinePreparer:
         self.drain()
 
 
+class ChainStart(msgspec.Struct):
+    """Where a job starts from, rather than from what the job before it leaves: the system's state
+    and each feed's change capture (the first job, and the first after a failure)."""
+
+    state: SystemState
+    captures: dict[str, ChangeCaptureState]
+    snapshot_every_s: dict[str, int]
+
+    @classmethod
+    def of(cls, state: SystemState, captures: Mapping[str, ChangeCapture]) -> ChainStart:
+        return cls(state, {feed: capture.state for feed, capture in captures.items()},
+                   {feed: capture.snapshot_every_s for feed, capture in captures.items()})
+
+
 class _Job(msgspec.Struct, array_like=True):
-    """The arguments of :func:`prepare_snapshot`, as sent to the worker process."""
+    """A snapshot to prepare, as sent to the worker process."""
 
     fetched: Fetched
-    state: SystemState | None
-    """None: the state the job before leaves (the usual case: the state is not sent again)."""
+    start: ChainStart | None
+    """None: from what the job before leaves (the usual case: the state is not sent again)."""
     quality: QualityConfig
     reference_time: float | None
 
 
 class _Chain:
-    """Prepares jobs in order, each with its own state or, without one, the state the one before
-    leaves (:func:`advance_state` as if it is landed; unchanged if preparing it failed)."""
+    """Prepares jobs in order: :func:`prepare_snapshot`, then :func:`stage` - change capture's
+    selection and the encoded messages. Each job starts from its :class:`ChainStart` or, without
+    one, from what the job before leaves, as if that one is delivered and landed: the state
+    advanced (:func:`advance_state`) and its selections committed to change capture (both
+    unchanged if it failed)."""
 
     def __init__(self) -> None:
         self.state = SystemState()
+        self.captures = {feed: ChangeCapture(feed=feed) for feed in FEEDS}
 
     def prepare(self, job: _Job) -> Prepared:
-        state = job.state if job.state is not None else self.state
-        prepared = prepare_snapshot(job.fetched, state, job.quality, reference_time=job.reference_time)
-        ok = prepared.error is None and prepared.validated is not None
-        self.state = advance_state(state, job.fetched, prepared.validated) if ok else state
+        if job.start is not None:
+            self.state = job.start.state
+            self.captures = {  # copies: what is committed here must not change the sender's
+                feed: ChangeCapture(ChangeCaptureState(dict(state.fingerprints), state.last_snapshot_at),
+                                    job.start.snapshot_every_s[feed], feed)
+                for feed, state in job.start.captures.items()}
+        prepared = prepare_snapshot(job.fetched, self.state, job.quality, reference_time=job.reference_time)
+        if prepared.error is None and prepared.validated is None:
+            prepared.error = "the snapshot holds no new station_status or station_information"
+        if prepared.error is not None or prepared.validated is None:
+            return prepared
+        began = time.perf_counter()
+        try:
+            messages, selections, published = stage(prepared.validated, self.captures)
+        except Exception as exc:  # noqa: BLE001 - the step fails with it
+            prepared.error, prepared.detail = one_line(exc), traceback.format_exc()
+            return prepared
+        prepared.messages, prepared.published = messages, published
+        prepared.changes = [selection.change for selection in selections]
+        prepared.stage_s = time.perf_counter() - began
+        for change in prepared.changes:
+            self.captures[change.feed].commit(change)
+        self.state = advance_state(self.state, job.fetched, prepared.validated)
         return prepared
 
 

@@ -9,8 +9,19 @@ from typing import Any
 import pytest
 
 from citibikes.config import TopicConfig
-from citibikes.gbfs.model import StationStatus
-from citibikes.stream.publish import _NAMESPACE, DeliveryError, ProducerConfigError, Publisher, message_id, producer_config
+import msgspec
+
+from citibikes.gbfs.model import STATION_INFORMATION, StationInformation, StationStatus, VehicleTypeCount
+from citibikes.stream.publish import (
+    _NAMESPACE,
+    CaptureChange,
+    ChangeCapture,
+    DeliveryError,
+    ProducerConfigError,
+    Publisher,
+    message_id,
+    producer_config,
+)
 
 
 class FakeProducer:
@@ -105,3 +116,22 @@ def test_producer_settings_may_tune_but_not_weaken_the_guarantees() -> None:
         with pytest.raises(ProducerConfigError, match=rf"^Kafka producer setting {setting}={value} is not allowed: "
                                                       rf".*; remove {setting} from the producer settings"):
             producer_config("broker:9092", **{setting: value})
+
+
+def test_a_capture_change_sent_to_another_process_commits_the_same_fingerprints() -> None:
+    """The worker process selects and sends what to commit; decoded, the status fingerprints are the
+    tuples it made (a list would never equal the next snapshot's tuple: every station would look changed)."""
+    records = [msgspec.structs.replace(status(f"s{i}"), num_ebikes_available=i % 2 or None,
+                                       vehicle_types_available=[VehicleTypeCount("classic", i), VehicleTypeCount("ebike", 1)])
+               for i in range(5)]
+    information = [StationInformation(system_id="citibike", station_id="s1", name="A & 1st", lat=40.7, lon=-74.0,
+                                      capacity=10, last_updated=1710335000, fetched_at=1710335001.0)]
+    for feed, batch in (("station_status", records), (STATION_INFORMATION, information)):
+        change = ChangeCapture(snapshot_every_s=900, feed=feed).select(batch, 1710335271).change
+        received = msgspec.msgpack.decode(msgspec.msgpack.encode(change), type=CaptureChange)
+        assert received == change
+        assert [type(fingerprint) for fingerprint in received.fingerprints] == [type(f) for f in change.fingerprints]
+        capture = ChangeCapture(snapshot_every_s=900, feed=feed)
+        capture.commit(received)
+        again = capture.select(batch, 1710335331)
+        assert again.records == [] and again.skipped == len(batch) and not again.full

@@ -48,11 +48,12 @@ from citibikes.lake.store import (
     raw_file,
 )
 from citibikes.pipeline import (
+    ChainStart,
     Fetched,
     InlinePreparer,
     Prepared,
+    PrepareError,
     Published,
-    Queued,
     SnapshotWorker,
     SystemState,
     advance_state,
@@ -60,7 +61,6 @@ from citibikes.pipeline import (
     landed_files,
     one_line,
     run_record,
-    stage_prepared,
     success_outcome,
 )
 from citibikes.stream.publish import ChangeCapture, Publisher
@@ -246,7 +246,7 @@ SPAN_SNAPSHOTS = 60
 a quarantine file): an hour of minute snapshots (:func:`~citibikes.lake.store.encode_status_span`)."""
 
 PREPARE_AHEAD = 8
-"""Snapshots handed to the preparer ahead of the one being staged, so that the worker process
+"""Snapshots handed to the preparer ahead of the one being sent, so that the worker process
 always has work while this one waits for the broker (2 left it idle about 2 ms per snapshot; 8
 with flushes of 16 gave 3% more than 4 with flushes of 8; BENCHMARKS.md)."""
 
@@ -271,10 +271,8 @@ class _Step:
     """The raw archive files of the bodies (written with the flush's files)."""
     state_before: SystemState
     """The state it was prepared with."""
-    queued: Queued | None = None
-    """Its messages, once staged."""
     failure: BaseException | None = None
-    """Why staging it failed (then it is not sent)."""
+    """Why preparing it failed (then it is not sent)."""
     produce_s: float = 0.0
     published: Published | None = None
     """What was acknowledged, once its flush is (then its rows wait in ``span`` for their file)."""
@@ -285,6 +283,18 @@ class _Step:
 
     def written(self) -> Future[dict[int, RunRecord]] | None:
         return self.landing or (self.span.written if self.span is not None else None)
+
+    @property
+    def staged(self) -> bool:
+        """Prepared up to its messages: it is sent."""
+        return self.failure is None and self.prepared.published is not None
+
+    def send(self, publisher: Publisher) -> None:
+        began = time.perf_counter()
+        publisher.send(self.prepared.messages)
+        publisher.note_skipped(self.prepared.published.skipped_unchanged if self.prepared.published else 0)
+        self.prepared.messages = []  # in the producer's queue now
+        self.produce_s += time.perf_counter() - began
 
 
 @dataclass
@@ -309,11 +319,12 @@ def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings:
     write the Parquet files and advance change capture and the state. Snapshots overlap, so that
     both cores and the broker work all the time:
 
-    * the next :data:`PREPARE_AHEAD` ones are prepared (:func:`~citibikes.pipeline.prepare_snapshot`:
-      validated, the raw archive compressed) by ``worker``, another process, if given, each with
-      the state the one before leaves;
-    * this one is staged - selected and encoded - and sent, unless the broker is still
-      acknowledging earlier ones: then it is held and sent once those are confirmed;
+    * the next :data:`PREPARE_AHEAD` ones are prepared by ``worker``, another process, if given
+      (:class:`~citibikes.pipeline.SnapshotWorker`: validated, the raw archive compressed, change
+      capture's selection made and its messages encoded), each with the state and change capture
+      the one before leaves, as if it is delivered;
+    * this one is sent, unless the broker is still acknowledging earlier ones: then it is held
+      and sent once those are confirmed; change capture here advances as the broker acknowledges;
     * the broker is asked to acknowledge (a flush) every ``snapshots_per_flush`` sent snapshots
       at once: each flush costs the broker as much as a few thousand records;
     * the station_status rows of acknowledged snapshots wait in a span: up to ``span_snapshots``
@@ -329,8 +340,9 @@ def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings:
 
     Work ahead is done as if the snapshots before it succeed. When one fails instead (broken,
     or not acknowledged: then all those of its flush fail), the work done for the later ones is
-    dropped and they are prepared again from the real state (carrying the station_information a
-    failed one brought), so a snapshot's result never depends on work done for a failed one. The
+    dropped and they are prepared again from the real state and change capture (carrying the
+    station_information a failed one brought), so a snapshot's result never depends on work done
+    for a failed one. The
     snapshots of a span whose file could not be written fail together: their records are in Kafka
     and change capture counts them, so the later ones stand; the next backfill ingests them again
     (same message ids) and writes their files.
@@ -340,7 +352,7 @@ def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings:
     source = iter(snapshots)
     retry: list[Snapshot] = []  # taken from the source, to prepare again after a failure (last first)
     ahead: deque[Snapshot] = deque()  # submitted to the preparer, in order
-    restart: SystemState | None = state  # the state for the next submission; None: the preparer's own chain
+    restart: ChainStart | None = ChainStart.of(state, captures)  # for the next submission; None: the preparer's own chain
     carry: Snapshot | None = None  # a failed snapshot whose station_information the next one takes
 
     def top_up() -> None:
@@ -356,13 +368,13 @@ def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings:
             ahead.append(snapshot)
             restart = None
 
-    def again_from(state_: SystemState, carried: Snapshot | None, *steps: _Step) -> None:
-        """Drop what was prepared ahead; prepare ``steps``' snapshots and those ahead again from ``state_``."""
+    def again_from(start: ChainStart, carried: Snapshot | None, *steps: _Step) -> None:
+        """Drop what was prepared ahead; prepare ``steps``' snapshots and those ahead again from ``start``."""
         nonlocal restart, carry, assumed
         preparer.drain()
         retry.extend(reversed([step_.snapshot for step_ in steps] + list(ahead)))
         ahead.clear()
-        restart, carry, assumed = state_, carried, state_
+        restart, carry, assumed = start, carried, start.state
         top_up()
 
     flushing: list[_Step] = []  # sent and being acknowledged by `confirming`
@@ -371,7 +383,6 @@ def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings:
     held: list[_Step] = []  # staged while `flushing` is acknowledged
     landing: deque[_Step] = deque()  # flushed (acknowledged or not), until their run records are yielded
     spans: list[_Span] = []  # the open span (at most one)
-    last_staged: Queued | None = None
     assumed = state  # the state the next snapshot to receive is prepared with
     confirmed = state  # the state after the last acknowledged snapshot: where to start again after a failure
     with ThreadPoolExecutor(1, thread_name_prefix="kafka-flush") as flusher, \
@@ -384,19 +395,12 @@ def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings:
                     step = _receive(current, preparer.result(), system_id, run_id(current), assumed, writers)
                     assumed = step.state_after
                     if step.prepared.error is not None:  # the next were prepared as if it succeeded, without its information
+                        step.failure = PrepareError(step.prepared.error, step.prepared.detail)
                         if ahead:
-                            again_from(assumed, current)
+                            again_from(ChainStart.of(assumed, _assumed(captures, flushing + sent + held)), current)
                         else:
                             carry = current
                     top_up()
-                    began = time.perf_counter()
-                    try:
-                        step.queued = last_staged = stage_prepared(step.prepared, captures, publisher, after=last_staged)
-                    except Exception as exc:  # noqa: BLE001 - the step fails with it
-                        step.failure, step.state_after = exc, step.state_before
-                        if step.prepared.error is None:  # those after it were prepared as if it succeeded
-                            again_from(step.state_before, current)
-                    step.produce_s = time.perf_counter() - began
                     held.append(step)
                 if confirming is not None and (confirming.done() or not ahead or len(held) >= snapshots_per_flush):
                     delivery = confirming.exception()
@@ -408,15 +412,13 @@ def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings:
                     if delivery is not None:  # everything after these was done as if they succeeded: again
                         carried = next((step_.snapshot for step_ in reversed(flushing)
                                         if step_.snapshot.information_body is not None), None)
-                        again_from(confirmed, carried, *held)
-                        held, last_staged = [], None
+                        again_from(ChainStart.of(confirmed, captures), carried, *held)
+                        held = []
                     flushing = []
                 if confirming is None:
                     for step_ in held:
-                        if step_.queued is not None:
-                            began = time.perf_counter()
-                            step_.queued.send()
-                            step_.produce_s += time.perf_counter() - began
+                        if step_.staged:
+                            step_.send(publisher)
                     sent += held
                     held = []
                     if sent and (len(sent) >= snapshots_per_flush or not ahead):
@@ -469,6 +471,17 @@ def _receive(snapshot: Snapshot, prepared: Prepared, system_id: str, run_id: str
                  archived=archived)
 
 
+def _assumed(captures: Mapping[str, ChangeCapture], pending: Iterable[_Step]) -> dict[str, ChangeCapture]:
+    """Change capture as if the ``pending`` steps (sent or held, not acknowledged yet) were: what
+    the preparer's chain had when it prepared the step after them."""
+    assumed = {feed: capture.copy() for feed, capture in captures.items()}
+    for step in pending:
+        if step.staged:
+            for change in step.prepared.changes:
+                assumed[change.feed].commit(change)
+    return assumed
+
+
 def _completed(value: LakeFile) -> Future[LakeFile]:
     future: Future[LakeFile] = Future()
     future.set_result(value)
@@ -486,11 +499,10 @@ def _land(steps: list[_Step], delivery: BaseException | None, captures: Mapping[
     failed: list[_Step] = []
     closed: list[_Span] = []
     for step in steps:
-        if step.failure is None and step.queued is not None and delivery is None:
-            (step.published,) = step.queued.published
-            for captures_, selections in step.queued.selections:
-                for feed, selection in selections:
-                    captures_[feed].commit(selection)
+        if step.staged and delivery is None:
+            step.published = step.prepared.published
+            for change in step.prepared.changes:
+                captures[change.feed].commit(change)
             partition = hive_partition(system_id, step.snapshot.status_last_updated)
             if spans and (spans[0].partition != partition or len(spans[0].steps) >= span_snapshots):
                 closed.append(spans.pop())
@@ -534,7 +546,7 @@ def _write_landing(lake: Lake, system_id: str, steps: list[_Step], failed: list[
     seconds = (time.perf_counter() - began) / max(1, len(landed) + len(steps) - len(failed))
     records: dict[int, RunRecord] = {}
     for step in failed:
-        durations = _durations(step) if step.failure is None and step.queued is not None else None
+        durations = _durations(step) if step.staged else None
         records[id(step)] = _failed(step, step.failure or delivery, durations)
     for step in landed:
         published, durations = step.published, _durations(step)
@@ -564,7 +576,8 @@ def _span_files(system_id: str, span: _Span) -> list[LakeFile]:
 
 
 def _durations(step: _Step) -> dict[str, float]:
-    return {"validate": step.prepared.validate_s, "write": step.prepared.encode_s, "produce": step.produce_s}
+    return {"validate": step.prepared.validate_s, "write": step.prepared.encode_s,
+            "produce": step.prepared.stage_s + step.produce_s}
 
 
 def _failed(step: _Step, exc: BaseException | None, durations: Mapping[str, float] | None = None,

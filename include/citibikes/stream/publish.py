@@ -22,10 +22,9 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from functools import cached_property
 from itertools import compress
 from operator import ne
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import msgspec
 from confluent_kafka import KafkaError, Producer
@@ -61,10 +60,6 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 }
 _NAMESPACE = uuid.UUID("6f1c7d0e-2f7b-4c61-9d1e-6a1f0b9b1e55")
 _NAMESPACE_SHA1 = hashlib.sha1(_NAMESPACE.bytes)
-
-
-Message = tuple[str, bytes, bytes, list[tuple[str, bytes]]]
-"""An encoded Kafka message: topic, key, value, headers."""
 
 
 class DeliveryError(RuntimeError):
@@ -134,6 +129,47 @@ def message_id(feed: str, system_id: str, station_id: str | None, last_updated: 
 _VARIANT = {digit: "89ab"[int(digit, 16) & 0x3] for digit in "0123456789abcdef"}
 
 
+class Encoded(msgspec.Struct, array_like=True, gc=False):
+    """Messages of one feed and one snapshot, encoded but not produced (:func:`encode_messages`):
+    the headers they all carry, then each one's key, value and ``message_id`` header. This form
+    crosses from the process that prepares snapshots to the one that produces them cheaply (the
+    shared headers once, not per message)."""
+
+    feed: str
+    """``station_information``, ``station_status`` or ``quarantine``: which topic they go to."""
+    headers: list[tuple[str, bytes]]
+    keys: list[bytes] = []
+    values: list[bytes] = []
+    ids: list[bytes] = []
+
+
+def encode_messages(feed: str, records: Sequence[Any]) -> list[Encoded]:
+    """The Kafka messages of ``records`` of ``feed`` (structs with ``system_id``, ``station_id``,
+    ``last_updated`` and ``fetched_at``), in their order, grouped by the snapshot they come from."""
+    encode = encode_value
+    schema, feed_header = str(SCHEMA_VERSION).encode(), feed.encode()
+    snapshot: tuple[Any, ...] | None = None
+    batches: list[Encoded] = []
+    for record in records:
+        system_id, last_updated, fetched_at = record.system_id, record.last_updated, record.fetched_at
+        if snapshot != (system_id, last_updated, fetched_at):  # the same for all records of a snapshot
+            snapshot = (system_id, last_updated, fetched_at)
+            batch = Encoded(feed, [
+                ("schema_version", schema),
+                ("system_id", system_id.encode()),
+                ("feed", feed_header),
+                ("last_updated", str(last_updated).encode()),
+                ("fetched_at", repr(fetched_at).encode()),
+            ], [], [], [])
+            batches.append(batch)
+            keys, values, ids = batch.keys.append, batch.values.append, batch.ids.append
+        station_id = record.station_id
+        keys(f"{system_id}:{station_id or ''}".encode())  # message_key()
+        values(encode(record))
+        ids(message_id(feed, system_id, station_id, last_updated).encode())
+    return batches
+
+
 @dataclass
 class PublishReport:
     sent: dict[str, int] = field(default_factory=dict)
@@ -169,45 +205,22 @@ class Publisher:
             except BufferError:  # local queue full: let librdkafka drain, then retry this record
                 self._producer.poll(0.05)
 
-    def messages(self, feed: str, records: Sequence[Any]) -> list[Message]:
-        """The Kafka messages of ``records`` of ``feed`` (``station_information``, ``station_status`` or
-        ``quarantine``), encoded but not produced (see :meth:`send`)."""
-        topic = self._topics[feed]
-        encode = encode_value
-        schema, feed_header = str(SCHEMA_VERSION).encode(), feed.encode()
-        snapshot: tuple[Any, ...] | None = None
-        common: list[tuple[str, bytes]] = []
-        messages: list[Message] = []
-        append = messages.append
-        for record in records:
-            system_id, last_updated, fetched_at = record.system_id, record.last_updated, record.fetched_at
-            if snapshot != (system_id, last_updated, fetched_at):  # the same for all records of a snapshot
-                snapshot = (system_id, last_updated, fetched_at)
-                common = [
-                    ("schema_version", schema),
-                    ("system_id", system_id.encode()),
-                    ("feed", feed_header),
-                    ("last_updated", str(last_updated).encode()),
-                    ("fetched_at", repr(fetched_at).encode()),
-                ]
-            station_id = record.station_id
-            append((topic, f"{system_id}:{station_id or ''}".encode(),  # the key: message_key()
-                    encode(record),
-                    [("message_id", message_id(feed, system_id, station_id, last_updated).encode()), *common]))
-        return messages
-
-    def send(self, messages: Sequence[Message]) -> None:
-        """Hand encoded messages to the producer (no waiting for the broker: see :meth:`flush`)."""
+    def send(self, batches: Sequence[Encoded]) -> None:
+        """Hand encoded messages (:func:`encode_messages`) to the producer (no waiting for the broker:
+        see :meth:`flush`)."""
         produce, on_delivery, queued = self._producer.produce, self._on_delivery, self._queued
-        for topic, key, value, headers in messages:
-            try:
-                produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
-            except BufferError:  # local queue full: the retrying path
-                self._produce(topic, key, value, headers)
-            queued[topic] = queued.get(topic, 0) + 1
+        for batch in batches:
+            topic, common = self._topics[batch.feed], batch.headers
+            for key, value, id_ in zip(batch.keys, batch.values, batch.ids):
+                headers = [("message_id", id_), *common]
+                try:
+                    produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+                except BufferError:  # local queue full: the retrying path
+                    self._produce(topic, key, value, headers)
+            queued[topic] = queued.get(topic, 0) + len(batch.keys)
 
     def _publish(self, feed: str, records: Sequence[Any]) -> None:
-        self.send(self.messages(feed, records))
+        self.send(encode_messages(feed, records))
 
     def publish_information(self, records: Sequence[StationInformation]) -> None:
         self._publish(STATION_INFORMATION, records)
@@ -292,34 +305,38 @@ class ChangeCaptureState(msgspec.Struct):
     last_snapshot_at: int = 0
 
 
+StatusFingerprint = tuple[int, Optional[int], Optional[int], Optional[int], Optional[int], bool, bool, bool,
+                          tuple[tuple[str, int], ...]]
+"""What :func:`status_fingerprint` makes, as a type (so a fingerprint sent between processes is decoded as it was)."""
+
+
+class CaptureChange(msgspec.Struct, array_like=True, gc=False):
+    """What committing a selection changes in a feed's change capture: the fingerprints of the
+    stations it published, and whether it was a full snapshot. Light enough to send between
+    processes: the worker that selects sends it to the process that commits once delivered."""
+
+    feed: str
+    station_ids: list[str]
+    fingerprints: list[Union[StatusFingerprint, str]]
+    full: bool
+    last_updated: int
+
+
 @dataclass
 class Selection:
     """What change capture let through for one snapshot of one feed (see :meth:`ChangeCapture.select`)."""
 
     records: list[Any]
     """The records to publish, in feed order (of a snapshot in columns: ``extras`` as raw JSON text)."""
-    station_ids: list[str]
-    fingerprints: list[Any]
-    """The fingerprint of each selected record (what :meth:`ChangeCapture.commit` remembers)."""
     skipped: int
     """Records left out as unchanged."""
-    full: bool
-    """A full snapshot: every record selected."""
-    last_updated: int
-    known_before: Mapping[str, Any] = field(default_factory=dict, repr=False)
-    """The fingerprints this selection was made against (see :attr:`known_after`)."""
-    snapshot_at_before: int = 0
-
-    @cached_property
-    def known_after(self) -> dict[str, Any]:
-        """The fingerprints once this selection is committed: what the next one is made against when
-        it comes before this one's acknowledgement. Computed when first asked for; committing this
-        selection in between changes nothing, as it adds exactly these fingerprints."""
-        return {**self.known_before, **dict(zip(self.station_ids, self.fingerprints))}
+    change: CaptureChange
+    """What committing it changes (:meth:`ChangeCapture.commit`)."""
 
     @property
-    def snapshot_at_after(self) -> int:
-        return self.last_updated if self.full else self.snapshot_at_before
+    def full(self) -> bool:
+        """A full snapshot: every record selected."""
+        return self.change.full
 
 
 class ChangeCapture:
@@ -329,25 +346,25 @@ class ChangeCapture:
                  feed: str = STATION_STATUS) -> None:
         self.state = state or ChangeCaptureState()
         self.snapshot_every_s = snapshot_every_s
+        self.feed = feed
         self.fingerprint = FINGERPRINTS[feed]
         if feed == STATION_STATUS and self.state.fingerprints:  # from JSON: lists where the fingerprints have tuples
             self.state.fingerprints = {station_id: _frozen_status_fingerprint(value)
                                        for station_id, value in self.state.fingerprints.items()}
 
-    def select(self, records: Sequence[Any] | StationStatusColumns, last_updated: int,
-               after: Selection | None = None) -> Selection:
+    def copy(self) -> ChangeCapture:
+        """An independent copy (what is committed to it does not change this one)."""
+        state = ChangeCaptureState(dict(self.state.fingerprints), self.state.last_snapshot_at)
+        return ChangeCapture(state, self.snapshot_every_s, self.feed)
+
+    def select(self, records: Sequence[Any] | StationStatusColumns, last_updated: int) -> Selection:
         """The records to publish: those whose fingerprint changed, or all of them when a full snapshot is due.
 
         ``records`` are structs, or a station_status snapshot in columns (then fingerprints are
-        computed column-wise and structs made only for the selected records). ``after``: the last
-        selection made but not committed yet (maybe itself made after others); this one is made as
-        if they were all committed (backfill selects the next snapshots while the broker
-        acknowledges the previous ones).
+        computed column-wise and structs made only for the selected records).
         """
-        known, last_snapshot_at = self.state.fingerprints, self.state.last_snapshot_at
-        if after is not None:
-            known, last_snapshot_at = after.known_after, after.snapshot_at_after
-        full = last_updated - last_snapshot_at >= self.snapshot_every_s
+        known = self.state.fingerprints
+        full = last_updated - self.state.last_snapshot_at >= self.snapshot_every_s
         if isinstance(records, StationStatusColumns):
             station_ids, fingerprints = records.station_id, status_fingerprints(records)
         else:
@@ -364,14 +381,14 @@ class ChangeCapture:
             selected = list(records) if full else [records[i] for i in chosen]
         if not full:
             station_ids, fingerprints = [station_ids[i] for i in chosen], [fingerprints[i] for i in chosen]
-        return Selection(selected, list(station_ids), fingerprints, len(records) - len(chosen), full, last_updated,
-                         known, last_snapshot_at)
+        change = CaptureChange(self.feed, list(station_ids), fingerprints, full, last_updated)
+        return Selection(selected, len(records) - len(chosen), change)
 
-    def commit(self, selection: Selection) -> None:
-        """Record what was delivered; call only after a successful flush."""
-        self.state.fingerprints.update(zip(selection.station_ids, selection.fingerprints))
-        if selection.full:
-            self.state.last_snapshot_at = selection.last_updated
+    def commit(self, change: CaptureChange) -> None:
+        """Record what was delivered (a selection's :attr:`Selection.change`); call only after a successful flush."""
+        self.state.fingerprints.update(zip(change.station_ids, change.fingerprints))
+        if change.full:
+            self.state.last_snapshot_at = change.last_updated
 
     def dumps(self) -> bytes:
         return msgspec.json.encode(self.state)
