@@ -5,9 +5,9 @@ What is timed is what ``citibikes backfill`` does with the recorded snapshots
 parse, normalize, validate, change capture, produce to the broker and wait for its
 acknowledgements, write the Parquet snapshot, advance the state and record the run. As in
 ``citibikes backfill``, a worker process (:class:`citibikes.pipeline.SnapshotWorker`, started once
-before the passes, like the producer) prepares the next snapshots - validation, Parquet bytes -
-while this process stages and sends one snapshot and the broker acknowledges earlier ones (one
-flush per 16 snapshots); ``--no-worker`` prepares in this process instead. Records are
+before the passes, like the producer) prepares the next snapshots - validation, raw archive,
+change capture's selection and the encoded messages - while this process sends one snapshot,
+writes the lake files and the broker acknowledges earlier ones (one flush per 32 snapshots); ``--no-worker`` prepares in this process instead. Records are
 station_status observations (one per station per snapshot); ms per snapshot is the time between
 two landed snapshots (snapshots land a flush at a time: the p50 is small, the p95 a flush's wait).
 

@@ -245,12 +245,13 @@ SPAN_SNAPSHOTS = 60
 """At most this many consecutive snapshots of one hour partition share a station_status file (and
 a quarantine file): an hour of minute snapshots (:func:`~citibikes.lake.store.encode_status_span`)."""
 
-PREPARE_AHEAD = 8
+PREPARE_AHEAD = 16
 """Snapshots handed to the preparer ahead of the one being sent, so that the worker process
 always has work while this one waits for the broker (2 left it idle about 2 ms per snapshot; 8
-with flushes of 16 gave 3% more than 4 with flushes of 8; BENCHMARKS.md)."""
+with flushes of 16 gave 3% more than 4 with flushes of 8; since the worker selects and encodes
+too, 16 with flushes of 32 gave 1-7% more than 8 with 16, in three alternated runs; BENCHMARKS.md)."""
 
-SNAPSHOTS_PER_FLUSH = 16
+SNAPSHOTS_PER_FLUSH = 32
 """Backfill asks the broker to acknowledge this many snapshots' records at once (measured in
 BENCHMARKS.md: a flush per snapshot took the broker about as much CPU as the whole Python pipeline).
 A flush that is not acknowledged fails all of its snapshots (they are done again)."""
