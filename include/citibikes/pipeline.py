@@ -581,7 +581,9 @@ class ChainStart(msgspec.Struct):
 
     @classmethod
     def of(cls, state: SystemState, captures: Mapping[str, ChangeCapture]) -> ChainStart:
-        return cls(state, {feed: capture.state for feed, capture in captures.items()},
+        """A start from ``captures`` as they are now (copied: an inline preparer reads it later)."""
+        return cls(state, {feed: ChangeCaptureState(dict(capture.state.fingerprints), capture.state.last_snapshot_at)
+                           for feed, capture in captures.items()},
                    {feed: capture.snapshot_every_s for feed, capture in captures.items()})
 
 
