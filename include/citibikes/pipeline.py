@@ -581,7 +581,8 @@ class ChainStart(msgspec.Struct):
 
     @classmethod
     def of(cls, state: SystemState, captures: Mapping[str, ChangeCapture]) -> ChainStart:
-        """A start from ``captures`` as they are now (copied: an inline preparer reads it later)."""
+        """A start from ``captures`` as they are now (copied: the chain commits to its start's change
+        capture, and an inline preparer reads it later)."""
         return cls(state, {feed: ChangeCaptureState(dict(capture.state.fingerprints), capture.state.last_snapshot_at)
                            for feed, capture in captures.items()},
                    {feed: capture.snapshot_every_s for feed, capture in captures.items()})
@@ -611,10 +612,8 @@ class _Chain:
     def prepare(self, job: _Job) -> Prepared:
         if job.start is not None:
             self.state = job.start.state
-            self.captures = {  # copies: what is committed here must not change the sender's
-                feed: ChangeCapture(ChangeCaptureState(dict(state.fingerprints), state.last_snapshot_at),
-                                    job.start.snapshot_every_s[feed], feed)
-                for feed, state in job.start.captures.items()}
+            self.captures = {feed: ChangeCapture(state, job.start.snapshot_every_s[feed], feed)  # the start's own copy
+                             for feed, state in job.start.captures.items()}
         prepared = prepare_snapshot(job.fetched, self.state, job.quality, reference_time=job.reference_time)
         if prepared.error is None and prepared.validated is None:
             prepared.error = "the snapshot holds no new station_status or station_information"
