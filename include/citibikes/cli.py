@@ -78,45 +78,57 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    """Print messages of a topic as JSON lines: key, headers, value."""
-    from confluent_kafka import Consumer, TopicPartition, OFFSET_BEGINNING, OFFSET_END
+    """Print a topic's messages as JSON lines: the last ``-n`` per partition (all with ``--from-beginning``),
+    then stop once caught up or, with ``-f``, go on printing new ones until Ctrl-C."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    from citibikes.stream.topics import require_broker
 
     settings = load_settings()
+    require_broker(settings.kafka_bootstrap)
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "citibikes-tail",
-                         "enable.auto.commit": False})
+                         "enable.auto.commit": False, "enable.partition.eof": True})
     try:
-        metadata = consumer.list_topics(args.topic, timeout=10)
-        topic = metadata.topics.get(args.topic)
+        topic = consumer.list_topics(args.topic, timeout=10).topics.get(args.topic)
         if topic is None or topic.error is not None:
             known = ", ".join(t.name for t in settings.topics.values())
             raise StackError(f"topic {args.topic!r} does not exist; the project's topics are {known}")
-        partitions = []
+        starts = []
         for pid in topic.partitions:
             low, high = consumer.get_watermark_offsets(TopicPartition(args.topic, pid), timeout=10)
-            start = OFFSET_BEGINNING if args.from_beginning else max(low, high - args.n)
-            partitions.append(TopicPartition(args.topic, pid, start if start >= 0 else OFFSET_END))
-        consumer.assign(partitions)
-        shown, idle = 0, 0
-        while (args.follow or idle < 3) and (args.from_beginning or shown < args.n * len(partitions)):
-            message = consumer.poll(1.0)
-            if message is None:
-                idle += 1
-                continue
-            idle = 0
-            if message.error():
-                continue
-            print(json.dumps({
-                "partition": message.partition(), "offset": message.offset(),
-                "key": (message.key() or b"").decode(),
-                "headers": {k: v.decode() for k, v in (message.headers() or [])},
-                "value": json.loads(message.value()),
-            }))
-            shown += 1
+            starts.append(TopicPartition(args.topic, pid, low if args.from_beginning else max(low, high - args.n)))
+        consumer.assign(starts)
+        behind = {tp.partition for tp in starts}  # partitions that have not reported their end yet
+        while args.follow or behind:
+            for message in consumer.consume(1000, timeout=0.5):
+                error = message.error()
+                if error is None:
+                    print(tail_line(message), flush=True)
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    behind.discard(message.partition())
+                else:
+                    print(f"warning: {error.str()}", file=sys.stderr)
     except KeyboardInterrupt:
         pass
     finally:
         consumer.close()
     return 0
+
+
+def tail_line(message) -> str:
+    """One message as a JSON line; a tombstone's value is null, a value that is not JSON is shown as text."""
+    def text(raw: bytes | None) -> str | None:
+        return None if raw is None else raw.decode(errors="replace")
+
+    raw = message.value()
+    try:
+        value = None if raw is None else json.loads(raw)
+    except ValueError:  # not JSON, or not UTF-8
+        value = text(raw)
+    return json.dumps({
+        "partition": message.partition(), "offset": message.offset(), "key": text(message.key()),
+        "headers": {k: text(v) for k, v in (message.headers() or [])}, "value": value,
+    })
 
 
 # -- pipeline ----------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""The command-line modes end to end: run (single, continuous + Ctrl-C), consume, backfill, validate."""
+"""The command-line modes end to end: run (single, continuous + Ctrl-C), consume, backfill, validate, tail."""
 
 from __future__ import annotations
 
 import fcntl
 import json
 import os
+import queue
 import re
 import select
 import signal
@@ -12,11 +13,13 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from citibikes.config import load_settings
@@ -296,3 +299,79 @@ def test_validate_reports_an_unusable_feed(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert json.loads(result.stdout) == {"usable": False, "reason": "not_json", "error": json.loads(result.stdout)["error"]}
     assert "HTML" in json.loads(result.stdout)["error"]
+
+
+def _lines_of(process: subprocess.Popen) -> queue.Queue:
+    """The process's stdout lines, as they come, read by a thread (so a test can wait with a timeout)."""
+    lines: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def _next_lines(lines: queue.Queue, count: int, timeout: float = 30) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    try:
+        return [json.loads(lines.get(timeout=max(0.0, deadline - time.monotonic()))) for _ in range(count)]
+    except queue.Empty:
+        raise AssertionError(f"tail printed fewer than {count} lines in {timeout:.0f} s") from None
+
+
+def _produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes | None]]) -> None:
+    """(key, value) pairs to partition 0 of ``topic``, every one acknowledged."""
+    errors: list[str] = []
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for key, value in messages:
+        producer.produce(topic, key=key, value=value, partition=0,
+                         on_delivery=lambda error, _: error and errors.append(error.str()))
+    assert producer.flush(10) == 0 and not errors, errors
+
+
+def test_tail_follows_until_ctrl_c(cli_env, tmp_path: Path, kafka_bootstrap: str) -> None:
+    """-n 2 -f: the last two messages of each partition, then every new one, also after idle seconds and
+    beyond n x partitions messages; Ctrl-C ends it with exit code 0."""
+    env, settings = cli_env
+    topic = settings.topics["station_status"].name
+
+    def produce(first: int, last: int) -> None:
+        _produce(kafka_bootstrap, topic, [(b"s:A", json.dumps({"n": n}).encode()) for n in range(first, last)])
+
+    produce(0, 5)  # partition 0 only: the other partitions are empty
+    process = subprocess.Popen([*CLI, "tail", topic, "-n", "2", "-f"], env=env, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = _lines_of(process)
+        assert [line["value"] for line in _next_lines(lines, 2)] == [{"n": 3}, {"n": 4}]
+        for batch in ((5, 7), (7, 12)):
+            time.sleep(4)  # idle polls do not end a follow
+            produce(*batch)
+            assert [line["value"]["n"] for line in _next_lines(lines, batch[1] - batch[0])] == list(range(*batch))
+        assert process.poll() is None, "tail -f stopped by itself"
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = process.wait(30)
+    stderr = process.stderr.read()
+    assert code == 0, stderr
+    assert "Traceback" not in stderr, stderr
+
+
+def test_tail_prints_tombstones_and_text_and_stops_when_caught_up(cli_env, tmp_path: Path, kafka_bootstrap: str) -> None:
+    """The compacted information topic carries tombstones (null values); a value that is not JSON is
+    printed as text; keys may be null (not on a compacted topic: the broker refuses them there)."""
+    env, settings = cli_env
+    information, quarantine = settings.topics["station_information"].name, settings.topics["quarantine"].name
+    _produce(kafka_bootstrap, information, [(b"s:A", b'{"name": "Main St"}'), (b"s:A", None), (b"s:B", b"not json")])
+    _produce(kafka_bootstrap, quarantine, [(None, b"\xff")])
+    shown = {}
+    for topic in (information, quarantine):
+        result = _run(env, "tail", topic, "--from-beginning", cwd=tmp_path, timeout=60)
+        assert result.returncode == 0, result.stderr
+        shown[topic] = result.stdout.splitlines()
+    assert [(line["key"], line["value"]) for line in map(json.loads, shown[information])] == [
+        ("s:A", {"name": "Main St"}), ("s:A", None), ("s:B", "not json")]
+    assert '"value": null' in shown[information][1]
+    assert [(line["key"], line["value"]) for line in map(json.loads, shown[quarantine])] == [(None, "\ufffd")]
