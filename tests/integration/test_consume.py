@@ -63,3 +63,24 @@ def test_live_state_dedupes_orders_and_resumes(kafka_bootstrap: str) -> None:
     resumed = _consume_all(kafka_bootstrap, group, status, information)
     assert resumed.stats.consumed == 1, "committed offsets were not honoured after the restart"
     resumed.consumer.close()
+
+
+def test_tombstones_remove_descriptions_and_never_crash(kafka_bootstrap: str) -> None:
+    """A null value on the compacted information topic removes the station's description; on the
+    status topic it is counted and ignored."""
+    status, information = (f"tomb-{kind}-{uuid.uuid4().hex[:6]}" for kind in ("status", "info"))
+    ensure_topics(AdminClient({"bootstrap.servers": kafka_bootstrap}),
+                  [TopicConfig(status, partitions=1), TopicConfig(information, partitions=1)])
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for station in ("A", "B"):
+        producer.produce(information, key=f"s:{station}".encode(), value=json.dumps({"station_id": station}).encode())
+    producer.produce(information, key=b"s:A", value=None)  # station A was removed
+    _send(producer, status, _status("A", 100, bikes=3))
+    producer.produce(status, key=b"s:A", value=None)
+    assert producer.flush(10) == 0
+
+    live = _consume_all(kafka_bootstrap, f"tomb-{uuid.uuid4().hex[:6]}", status, information)
+    live.consumer.close()
+    assert live.state.information.keys() == {"s:B"}
+    assert live.state.status["s:A"]["num_bikes_available"] == 3
+    assert live.stats.consumed == 5 and live.stats.tombstones == 2 and live.stats.invalid == 0

@@ -37,6 +37,10 @@ class LiveState:
     def apply_information(self, key: str, value: Mapping[str, Any]) -> None:
         self.information[key] = dict(value)
 
+    def remove_information(self, key: str) -> None:
+        """Forget a station's description (its tombstone on the compacted information topic)."""
+        self.information.pop(key, None)
+
     def summary(self) -> dict[str, Any]:
         systems = Counter(value.get("system_id") for value in self.status.values())
         return {

@@ -3,7 +3,9 @@
 Messages are applied in partition order (a station's key always maps to one partition), duplicates
 from producer retries are dropped by their ``message_id`` header, and offsets are committed only
 after the messages were applied, so a restart never skips data (at-least-once, made idempotent by
-the dedupe and by applying only observations newer than what is known).
+the dedupe and by applying only observations newer than what is known). A tombstone (a null value)
+on the compacted information topic removes the station's description; one on the status topic is
+counted and ignored.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class ConsumeStats:
     applied: int = 0
     duplicates: int = 0
     invalid: int = 0
+    tombstones: int = 0
     started: float = field(default_factory=time.monotonic)
 
 
@@ -80,10 +83,19 @@ class LiveConsumer:
         if message_id is not None and self._recent.seen(message_id):
             self.stats.duplicates += 1
             return
+        raw = message.value()
         try:
-            value = json.loads(message.value())
             key = message.key().decode()
+            value = None if raw is None else json.loads(raw)
         except (ValueError, AttributeError, UnicodeDecodeError):
+            key = value = None
+        if raw is None and key is not None:  # a tombstone: on the information topic the station was removed
+            self.stats.tombstones += 1
+            if message.topic() == self.information_topic:
+                self.state.remove_information(key)
+                self.stats.applied += 1
+            return
+        if key is None or not isinstance(value, dict):
             self.stats.invalid += 1
             log.warning("skipping an unreadable message at %s[%d]@%d", message.topic(), message.partition(), message.offset())
             return
