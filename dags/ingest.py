@@ -8,9 +8,9 @@
 | task | what it does |
 |---|---|
 | `fetch` | discovery + `station_information` + `station_status` of each system, concurrently (timeouts, retries with backoff, 429, conditional GET, ttl); new bodies are archived in the lake under `raw/` |
-| `validate` | normalizes every GBFS version to one model and applies the quality rules; rejected records are quarantined with reason codes |
-| `produce` | publishes changed stations (and a full snapshot every 15 min) to `bikes-station-status`, station descriptions to the compacted `bikes-station-information`, rejects to `bikes-quarantine`; one flush for all systems, any delivery failure fails (and retries) the task |
-| `write` | curated Parquet (`curated/<table>/system=/date=/hour=`), quarantine, and a row per system in `pipeline_runs`; an asset event for each of `citibikes.station_status`, `citibikes.station_information`, `citibikes.pipeline_runs` that got files this run (through the alias `citibikes.lake_writes`; `extra`: `rows`, rows per system) |
+| `validate` | normalizes every GBFS version to one model and applies the quality rules (rejected records are quarantined with reason codes); selects what changed since the last run; stages the result in the lake |
+| `produce` | publishes changed stations (and a full snapshot every 15 min) to `bikes-station-status`, station descriptions whose content changed to the compacted `bikes-station-information`, rejects to `bikes-quarantine`; one flush for all systems, any delivery failure fails (and retries) the task |
+| `write` | curated Parquet (`curated/<table>/system=/date=/hour=`: every status observation, each new version of a station description), quarantine, and a row per system in `pipeline_runs`; an asset event for each of `citibikes.station_status`, `citibikes.station_information`, `citibikes.pipeline_runs` that got files this run (through the alias `citibikes.lake_writes`; `extra`: `rows`, rows per system) |
 | `report` | one line per system; **fails when a system failed or is stale** (its station_status stopped advancing, or arrived older than 5 minutes), naming it and why, after the others landed |
 
 A broken or slow system is isolated in every stage: one whose feed, records, messages or lake
@@ -19,7 +19,7 @@ task itself fails (and is retried) when the broker does not acknowledge the flus
 every system failed in `fetch`, `produce` or `write` (more likely an outage than broken data). A
 downstream DAG scheduled on `citibikes.station_status` runs only when new status data landed.
 Connections: `kafka_default` (Kafka), `citibikes_lake` (a folder or S3). Logic lives in
-`include/citibikes/stages.py`; this file only wires it.
+`include/citibikes/tasks.py` (one step of a system: `include/citibikes/ingest.py`); this file only wires it.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import pendulum
 from airflow.sdk.exceptions import AirflowFailException
 from airflow.sdk import dag, get_current_context, task
 
-from citibikes import stages
+from citibikes import tasks
 from citibikes.config import load_settings
 from citibikes.stream.publish import Publisher
 from citibikes_airflow.assets import LAKE_WRITES, TABLE_ASSETS
@@ -53,7 +53,7 @@ def _run_id() -> str:
 
 def _unless_all_failed(results: dict) -> dict:
     """A stage's results, or an error (the task is retried) when every system failed in it: an outage."""
-    if error := stages.all_failed(results):
+    if error := tasks.all_failed(results):
         raise RuntimeError(error)
     return results
 
@@ -73,26 +73,26 @@ def citibikes_ingest():
     @task
     def fetch() -> dict:
         """Fetch every system; fail (and retry) only when no system could be fetched."""
-        return _unless_all_failed(stages.fetch(load_settings(), LakeHook().get_lake()))
+        return _unless_all_failed(tasks.fetch(load_settings(), LakeHook().get_lake()))
 
     @task
     def validate(fetched: dict) -> dict:
         """Normalize and validate each fetched system; stage its records in the lake."""
-        return stages.validate(load_settings(), LakeHook().get_lake(), _run_id(), fetched)
+        return tasks.validate(load_settings(), LakeHook().get_lake(), _run_id(), fetched)
 
     @task
     def produce(validated: dict) -> dict:
         """Publish every system's changes with one flush; fail (and retry) if the broker did not acknowledge."""
         settings = load_settings()
         publisher = Publisher(PipelineProducerHook(kafka_config_id="kafka_default").get_producer(), settings.topics)
-        return _unless_all_failed(stages.produce(settings, LakeHook().get_lake(), publisher, validated))
+        return _unless_all_failed(tasks.produce(settings, LakeHook().get_lake(), publisher, validated))
 
     @task(outlets=[LAKE_WRITES])
     def write(fetched: dict, validated: dict, produced: dict, *, outlet_events=None) -> dict:
         """Land each published system in the lake; an asset event for each table that got files."""
         written = _unless_all_failed(
-            stages.write(load_settings(), LakeHook().get_lake(), _run_id(), fetched, validated, produced))
-        for table, extra in stages.landed(written).items():
+            tasks.write(load_settings(), LakeHook().get_lake(), _run_id(), fetched, validated, produced))
+        for table, extra in tasks.landed(written).items():
             if table in TABLE_ASSETS:
                 outlet_events[LAKE_WRITES].add(TABLE_ASSETS[table], extra=extra)
         return written
@@ -100,7 +100,7 @@ def citibikes_ingest():
     @task(trigger_rule="all_done", retries=0)
     def report(fetched: dict | None, validated: dict | None, produced: dict | None, written: dict | None) -> list[str]:
         """One line per system; fail, naming them, when systems failed or are stale (after the others landed)."""
-        lines, failed = stages.report(
+        lines, failed = tasks.report(
             load_settings(), LakeHook().get_lake(), _run_id(),
             {"fetch": fetched, "validate": validated, "produce": produced, "write": written},
         )

@@ -161,8 +161,8 @@ def _log_settings(args: argparse.Namespace):
 def cmd_run(args: argparse.Namespace) -> int:
     """The pipeline without Airflow: the same stages as the minute DAG, once or every interval."""
     from citibikes.lake import lake_from_settings
-    from citibikes.pipeline import one_line
-    from citibikes.stages import run_all
+    from citibikes.ingest import one_line
+    from citibikes.tasks import run_all
     from citibikes.stream.publish import Publisher, make_producer
     from citibikes.stream.topics import require_broker
 
@@ -252,7 +252,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """Fetch a system's feeds once and print the quality summary; exit 1 when a feed is unusable."""
     from citibikes.config import SystemConfig
     from citibikes.gbfs.client import GbfsClient
-    from citibikes.pipeline import inspect_feeds
+    from citibikes.ingest import inspect_feeds
 
     quality = load_settings().quality
     source = args.source
@@ -337,8 +337,10 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     setup_logging(level, args.log_file)
     log = logging.getLogger("citibikes.backfill")
     lake = lake_from_settings(settings)
-    require_broker(settings.kafka_bootstrap)
-    publisher = Publisher(make_producer(settings.kafka_bootstrap), settings.topics)
+    publisher = None
+    if args.publish:
+        require_broker(settings.kafka_bootstrap)
+        publisher = Publisher(make_producer(settings.kafka_bootstrap), settings.topics)
     started = time.monotonic()
 
     def progress(items, total):
@@ -398,9 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default=None, help="system id to label records with")
     p.add_argument("--language", default="en")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p = add("backfill", cmd_backfill, "ingest a folder of recorded GBFS snapshots (.json, .gz or .zst files; any names, any order)")
+    p = add("backfill", cmd_backfill, "land a folder of recorded GBFS snapshots in the lake (.json, .gz or .zst files; "
+                                      "any names, any order)")
     p.add_argument("folder")
     p.add_argument("--system", required=True, help="system id the snapshots belong to")
+    p.add_argument("--publish", action="store_true",
+                   help="also publish the history to the Kafka topics (they keep days, not years: see the README)")
     p.add_argument("--no-progress", action="store_true")
     add_log_level(p)
     p.add_argument("--log-file", default="citibikes_pipeline.log")

@@ -1,10 +1,10 @@
 """Data-quality rules for normalized station feeds: what may go downstream, what is quarantined, and why.
 
 :func:`validate` takes the output of :mod:`citibikes.gbfs.normalize` for one system (either feed or
-both) and splits it into valid records and :class:`QuarantinedRecord` s. A quarantined record keeps
-every reason that applies, each a machine-readable code (see ``REASONS``), so the quarantine topic
-can be counted and searched by cause. :class:`QualitySummary` is the per-fetch report (counts, quirks,
-orphans, feed age), JSON-ready for logs and metrics.
+both) and splits each feed's table into valid rows and :class:`QuarantinedRecord` s. A quarantined
+record keeps every reason that applies, each a machine-readable code (see :data:`REASONS`), so the
+quarantine topic can be counted and searched by cause. :class:`QualitySummary` is the per-fetch
+report (counts, quirks, orphans, feed age), JSON-ready for logs, XCom and run records.
 
 Design choices:
 
@@ -12,42 +12,36 @@ Design choices:
   one record, never a feed. Only a stale station_status quarantines all its records (``stale_feed``).
 * Staleness applies to station_status alone: GBFS requires it current, while many systems publish
   station_information with a ``last_updated`` hours or days old, because descriptions rarely change.
-  Its age is still reported (``QualitySummary.feed_ages_s``).
-* Duplicates: the first copy of a ``station_id`` in a feed is kept, later copies are quarantined
-  (``duplicate_station_id``); feeds with duplicates usually repeat a record, and keeping the first
-  keeps the station visible. Duplicates and orphans are judged among well-formed records.
-* ``last_reported`` sentinels (``QualityConfig.last_reported_sentinels``, Citi Bike sends 86400) are
-  not times: such a record gets ``last_reported_sentinel`` and the age rules do not look at it.
+* Status is judged against the stations station_information describes (:class:`Described`: their
+  capacities, which are virtual): the description given in the same step, or the one remembered
+  from an earlier step. A description is never rejected because the status feed does not list its
+  station at that moment (a new station, a station out of service): that is counted as an orphan.
+* Duplicates: the first copy of a ``station_id`` in a feed is kept, later copies are quarantined.
+* ``last_reported`` sentinels (Citi Bike sends 86400) are not times: such a record gets
+  ``last_reported_sentinel`` and the age rules do not look at it.
+* ``num_docks_available`` is required but for virtual stations (GBFS 2.0+: "except for stations
+  that have unlimited docking capacity"), and "full" depends on it.
 * ``coordinates_transposed`` is a heuristic: the latitude is out of range but swapping the pair makes
   both valid, or (for in-range pairs) the station lies more than ``TRANSPOSE_RADIUS_DEG`` from the
   system's median position while the swapped pair lies within it.
-* Status is checked column by column: one list comprehension pulls a field out of all records, a
-  set of its values (counts take few distinct values) answers "is anything out of range?" with
-  C-level ``min``/``max``, and a record-by-record scan only runs for a rule that has an offender.
-  That keeps a 2,200-station snapshot well under a millisecond.
+* Rules run on Arrow columns (one compute kernel per rule); records are looked at one by one only
+  to write the quarantine.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from itertools import compress, repeat
-from dataclasses import dataclass
-from operator import add, attrgetter, gt, lt, sub
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
 from statistics import median
-from typing import Any, Collection, Iterable, Mapping, Sequence
+from typing import Any
 
 import msgspec
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from citibikes.config import QualityConfig
-from citibikes.gbfs.model import (
-    STATION_INFORMATION,
-    STATION_STATUS,
-    QuarantinedRecord,
-    StationInformation,
-    StationStatus,
-    StationStatusColumns,
-    VehicleTypeCount,
-)
+from citibikes.gbfs.model import STATION_INFORMATION, STATION_STATUS, QuarantinedRecord
 from citibikes.gbfs.normalize import Normalized, quarantine
 
 MAX_PLAUSIBLE_COUNT = 100_000
@@ -57,16 +51,12 @@ TRANSPOSE_RADIUS_DEG = 1.0
 MIN_STATIONS_FOR_CENTER = 3
 """The median-position heuristic needs at least this many stations with plausible coordinates."""
 
-STATUS_COUNT_FIELDS = (
-    "num_bikes_available",
-    "num_ebikes_available",
-    "num_bikes_disabled",
-    "num_docks_available",
-    "num_docks_disabled",
-)
+STATUS_COUNT_FIELDS = ("num_bikes_available", "num_ebikes_available", "num_bikes_disabled",
+                       "num_docks_available", "num_docks_disabled")
 
 REASONS: dict[str, str] = {
-    "missing_field:<field>": "a required field is absent or null (from normalize)",
+    "missing_field:<field>": "a required field is absent or null (from normalize; num_docks_available from "
+                             "validation, which knows which stations are virtual)",
     "invalid_type:<field>": "a field has the wrong JSON type, e.g. a string count or a boolean lat (from normalize)",
     "invalid_value:<field>": "a field has the right type but an impossible value, e.g. flag 2, a blank id, "
                              "a malformed RFC 3339 time, a fractional count (from normalize)",
@@ -85,8 +75,7 @@ REASONS: dict[str, str] = {
                              "last_updated",
     "last_reported_in_future": "last_reported is more than QualityConfig.max_future_skew_s after the reference time",
     "duplicate_station_id": "a later copy of a station_id already seen in the same feed",
-    "unknown_station": "status for a station that station_information (or known_station_ids) does not list",
-    "no_status": "station_information lists a station that the status feed does not report",
+    "unknown_station": "status for a station that station_information does not describe",
     "stale_feed": "the whole station_status feed is older than QualityConfig.max_feed_age_s at the reference time "
                   "(station_information may be older: descriptions rarely change)",
 }
@@ -94,8 +83,67 @@ REASONS: dict[str, str] = {
 
 
 @dataclass(frozen=True)
-class QualitySummary:
-    """The quality report of one validation run (one system, one fetch)."""
+class Described:
+    """The stations the latest station_information describes: what validating station_status needs.
+
+    Arrow arrays, so that handing it to another process (a backfill's pool) costs a buffer copy."""
+
+    ids: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
+    """Every described station, valid or not."""
+    capacities: pa.Array = field(default_factory=lambda: pa.array([], pa.int64()))
+    """Each one's capacity, aligned with :attr:`ids` (null when unknown or implausible)."""
+    virtual: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
+    """Stations with ``is_virtual_station`` (they need not report docks)."""
+
+    @classmethod
+    def of(cls, information: Validated) -> Described:
+        """From a validated station_information: valid records first, then the rejected ones (no capacity)."""
+        table = information.table
+        valid = set(table["station_id"].to_pylist())
+        rejected = list(dict.fromkeys(q.station_id for q in information.quarantined
+                                      if q.station_id is not None and q.station_id not in valid))
+        return cls(pa.concat_arrays([table["station_id"].combine_chunks(), pa.array(rejected, pa.string())]),
+                   pa.concat_arrays([table["capacity"].combine_chunks().cast(pa.int64()),
+                                     pa.nulls(len(rejected), pa.int64())]),
+                   table["station_id"].filter(pc.fill_null(table["is_virtual_station"], False)).combine_chunks())
+
+    def to_builtins(self) -> dict[str, Any]:
+        """As plain data (the system's state is JSON)."""
+        return {"capacity": dict(zip(self.ids.to_pylist(), self.capacities.to_pylist())),
+                "virtual": self.virtual.to_pylist()}
+
+    @classmethod
+    def from_builtins(cls, data: dict[str, Any]) -> Described:
+        capacity = data.get("capacity") or {}
+        return cls(pa.array(list(capacity), pa.string()), pa.array(list(capacity.values()), pa.int64()),
+                   pa.array(data.get("virtual") or [], pa.string()))
+
+
+@dataclass
+class Validated:
+    """One feed snapshot's valid rows, its quarantine and the figures the summary needs of it."""
+
+    feed: str
+    system_id: str
+    version: str
+    last_updated: int
+    fetched_at: float
+    table: pa.Table
+    """The valid rows (the normalized table without the rejected ones)."""
+    quarantined: list[QuarantinedRecord]
+    """Normalize's quarantined records, then the rule rejections in feed order."""
+    seen: int
+    quirks: dict[str, int]
+    age_s: float
+    stale: bool
+    unknown: int | None = None
+    """Status records for stations the description does not list (None: not checked)."""
+    unreported: int | None = None
+    """Described stations the status feed does not report (None: not checked)."""
+
+
+class QualitySummary(msgspec.Struct, kw_only=True):
+    """The quality report of one validation (one system, one step)."""
 
     system_id: str
     version: str | None
@@ -107,139 +155,111 @@ class QualitySummary:
     quarantined_by_reason: dict[str, int]
     """Quarantined records per reason; a record with two reasons counts under both."""
     quirks: dict[str, int]
-    """Records per vendor quirk that normalize smoothed over (both feeds added up)."""
+    """Records per vendor quirk smoothed over (both feeds added up)."""
     orphans: dict[str, int | None]
     """``status_without_information`` and ``information_without_status``; None when not checked."""
     feed_age_s: float | None
     """Age of station_status at the reference time (of station_information when only that is given)."""
     feed_ages_s: dict[str, float]
-    """Age of each given feed at the reference time."""
     feed_stale: bool
     """station_status is older than ``max_feed_age_s`` (its records are quarantined)."""
-    stale_feeds: tuple[str, ...]
-    """``("station_status",)`` when stale, else empty (station_information is never stale)."""
-    not_advancing: bool
+    stale_feeds: tuple[str, ...] = ()
+    not_advancing: bool = False
     """``last_updated`` did not move past ``previous_last_updated`` (the status feed's, if given)."""
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready data (dicts, lists, numbers, strings)."""
         return msgspec.to_builtins(self)
 
 
-@dataclass(frozen=True)
+@dataclass
 class ValidationResult:
     """What may go downstream, what goes to the quarantine topic, and the report."""
 
-    information: list[StationInformation]
-    """Valid station_information records."""
-    status: list[StationStatus] | StationStatusColumns
-    """Valid station_status records (as columns when the status feed was normalized to columns)."""
-    quarantined: list[QuarantinedRecord]
-    """Normalize's quarantined records plus the rule rejections, information first."""
+    information: Validated | None
+    status: Validated | None
     summary: QualitySummary
+
+    @property
+    def quarantined(self) -> list[QuarantinedRecord]:
+        """Both feeds' quarantined records, information first."""
+        return [record for feed in (self.information, self.status) if feed is not None for record in feed.quarantined]
+
+
+def validate(information: Normalized | None, status: Normalized | None, *, config: QualityConfig,
+             reference_time: float | None = None, known: Described | None = None,
+             vehicle_types: Collection[str] | None = None,
+             previous_last_updated: int | None = None) -> ValidationResult:
+    """Apply every rule to one system's normalized feeds (:func:`check_information` and
+    :func:`check_status`) and summarize. Status is judged against ``information`` when given, else
+    ``known`` (without either, the capacity and orphan rules are skipped)."""
+    if information is None and status is None:
+        raise ValueError("validate needs station_information, station_status or both")
+    checked_information = check_information(information, reference_time) if information else None
+    if checked_information is not None:
+        known = Described.of(checked_information)
+    checked_status = None
+    if status is not None:
+        checked_status = check_status(status, config, reference_time, known=known, vehicle_types=vehicle_types)
+    summary = summarize(checked_information, checked_status, previous_last_updated=previous_last_updated)
+    return ValidationResult(checked_information, checked_status, summary)
+
+
+def summarize(information: Validated | None, status: Validated | None, *,
+              previous_last_updated: int | None = None, extra_quirks: Iterable[str] = ()) -> QualitySummary:
+    """The report of one step from its validated feeds (either or both)."""
+    given = [feed for feed in (information, status) if feed is not None]
+    newest = given[-1]  # the status feed when given: it is the one that must advance
+    quirks = sum((Counter(feed.quirks) for feed in given), Counter(extra_quirks))
+    return QualitySummary(
+        system_id=newest.system_id,
+        version=newest.version,
+        seen={feed.feed: feed.seen for feed in given},
+        valid={feed.feed: feed.table.num_rows for feed in given},
+        quarantined={feed.feed: len(feed.quarantined) for feed in given},
+        quarantined_by_reason=dict(Counter(reason for feed in given for q in feed.quarantined for reason in q.reasons)),
+        quirks=dict(quirks),
+        orphans={"status_without_information": status.unknown if status else None,
+                 "information_without_status": status.unreported if status else None},
+        feed_age_s=newest.age_s,
+        feed_ages_s={feed.feed: feed.age_s for feed in given},
+        feed_stale=status is not None and status.stale,
+        stale_feeds=(STATION_STATUS,) if status is not None and status.stale else (),
+        not_advancing=previous_last_updated is not None and newest.last_updated <= previous_last_updated,
+    )
 
 
 class _Rejections:
-    """Reasons per record index of one feed, in the order the rules ran."""
+    """Reasons per row index of one feed, in the order the rules ran."""
 
     def __init__(self) -> None:
         self.by_index: dict[int, list[str]] = {}
 
     def add(self, indices: Iterable[int], reason: str) -> None:
-        by_index = self.by_index
         for index in indices:
-            if index in by_index:
-                by_index[index].append(reason)
-            else:
-                by_index[index] = [reason]
+            self.by_index.setdefault(index, []).append(reason)
 
-    def reasons(self, index: int) -> list[str]:
-        return self.by_index.get(index, [])
-
-
-def validate(
-    information: Normalized[StationInformation] | None,
-    status: Normalized[StationStatus] | None,
-    *,
-    config: QualityConfig,
-    reference_time: float | None = None,
-    known_station_ids: Collection[str] | None = None,
-    previous_last_updated: int | None = None,
-) -> ValidationResult:
-    """Apply every rule to one system's normalized feeds.
-
-    ``reference_time`` (POSIX seconds) is "now" for feed age and future timestamps; None means each
-    feed's ``fetched_at``. Only station_status can be stale (see the module doc). ``known_station_ids`` replaces station_information for the orphan check
-    when only the status feed is given; if it is a mapping, its values are the capacities (int or None).
-    """
-    if information is None and status is None:
-        raise ValueError("validate needs station_information, station_status or both")
-    info_rejections, status_rejections = _Rejections(), _Rejections()
-    capacities: Mapping[str, int] = {}
-    if information is not None:
-        _check_information(information.records, info_rejections)
-        capacities = _capacities(information.records, info_rejections)
-    elif isinstance(known_station_ids, Mapping):
-        capacities = known_station_ids  # (the usual case: every capacity known, no copy)
-        if not set(map(type, known_station_ids.values())) <= {int}:
-            capacities = {sid: cap for sid, cap in known_station_ids.items() if type(cap) is int}
-    status_ids: list[str] = []
-    if status is not None:
-        reference = status.fetched_at if reference_time is None else reference_time
-        status_ids = _check_status(status, status_rejections, config, reference, capacities)
-    orphans = _check_orphans(information, status, status_ids, known_station_ids, info_rejections, status_rejections)
-    ages = {
-        feed.feed: (feed.fetched_at if reference_time is None else reference_time) - feed.last_updated
-        for feed in (information, status) if feed is not None
-    }
-    stale_feeds = (STATION_STATUS,) if ages.get(STATION_STATUS, 0.0) > config.max_feed_age_s else ()
-    valid_info, quarantined_info = _split(information, info_rejections, False)
-    valid_status, quarantined_status = _split(status, status_rejections, STATION_STATUS in stale_feeds)
-    quarantined = quarantined_info + quarantined_status
-    summary = _summarize(
-        information, status, valid={STATION_INFORMATION: valid_info, STATION_STATUS: valid_status},
-        quarantined={STATION_INFORMATION: quarantined_info, STATION_STATUS: quarantined_status},
-        orphans=orphans, ages=ages, stale_feeds=stale_feeds, previous_last_updated=previous_last_updated,
-    )
-    return ValidationResult(valid_info, valid_status, quarantined, summary)
-
-
-def _summarize(information: Normalized[StationInformation] | None, status: Normalized[StationStatus] | None, *,
-               valid: Mapping[str, list[Any]], quarantined: Mapping[str, list[QuarantinedRecord]],
-               orphans: dict[str, int | None], ages: dict[str, float], stale_feeds: tuple[str, ...],
-               previous_last_updated: int | None) -> QualitySummary:
-    given = [feed for feed in (information, status) if feed is not None]
-    newest = given[-1]  # the status feed when given: it is the one that must advance
-    return QualitySummary(
-        system_id=newest.system_id,
-        version=newest.version,
-        seen={feed.feed: feed.seen for feed in given},
-        valid={feed.feed: len(valid[feed.feed]) for feed in given},
-        quarantined={feed.feed: len(quarantined[feed.feed]) for feed in given},
-        quarantined_by_reason=dict(Counter(
-            reason for records in quarantined.values() for record in records for reason in record.reasons)),
-        quirks=dict(sum((feed.quirks for feed in given), Counter())),
-        orphans=orphans,
-        feed_age_s=ages[newest.feed],
-        feed_ages_s=ages,
-        feed_stale=bool(stale_feeds),
-        stale_feeds=stale_feeds,
-        not_advancing=previous_last_updated is not None and newest.last_updated <= previous_last_updated,
-    )
+    def where(self, mask: pa.Array | pa.ChunkedArray, reason: str) -> None:
+        """Every row where ``mask`` is true (null is false)."""
+        if pc.any(mask).as_py():
+            self.add(pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist(), reason)
 
 
 # --------------------------------------------------------------------------- station_information
 
 
-def _check_information(records: Sequence[StationInformation], rejections: _Rejections) -> None:
-    center = _system_center(records)
-    for index, record in enumerate(records):
-        reasons = _coordinate_problems(record.lat, record.lon, center)
-        if record.capacity is not None:
-            reasons += _count_problems(record.capacity, "capacity")
+def check_information(normalized: Normalized, reference_time: float | None = None) -> Validated:
+    """The station_information rules: coordinates, capacity, duplicates (it is never stale)."""
+    table = normalized.table
+    rejections = _Rejections()
+    lat, lon = table["lat"].to_pylist(), table["lon"].to_pylist()
+    center = _system_center(lat, lon)
+    for index, (la, lo) in enumerate(zip(lat, lon)):
+        reasons = _coordinate_problems(la, lo, center)
         if reasons:
             rejections.by_index[index] = reasons
-    rejections.add(_later_copies([record.station_id for record in records]), "duplicate_station_id")
+    _count_rules(table["capacity"], "capacity", rejections)
+    rejections.add(_later_copies(table["station_id"].to_pylist()), "duplicate_station_id")
+    return _split(normalized, rejections, _age(normalized, reference_time), stale=False)
 
 
 def _coordinate_problems(lat: float, lon: float, center: tuple[float, float] | None) -> list[str]:
@@ -269,166 +289,102 @@ def _near(center: tuple[float, float], lat: float, lon: float) -> bool:
     return abs(lat - center[0]) <= TRANSPOSE_RADIUS_DEG and abs(lon - center[1]) <= TRANSPOSE_RADIUS_DEG
 
 
-def _system_center(records: Sequence[StationInformation]) -> tuple[float, float] | None:
+def _system_center(lat: list[float], lon: list[float]) -> tuple[float, float] | None:
     """Median position of the stations with plausible coordinates (robust to a few bad ones)."""
-    plausible = [(r.lat, r.lon) for r in records
-                 if -90.0 <= r.lat <= 90.0 and -180.0 <= r.lon <= 180.0 and (r.lat, r.lon) != (0.0, 0.0)]
+    plausible = [(la, lo) for la, lo in zip(lat, lon)
+                 if -90.0 <= la <= 90.0 and -180.0 <= lo <= 180.0 and (la, lo) != (0.0, 0.0)]
     if len(plausible) < MIN_STATIONS_FOR_CENTER:
         return None
-    return median(lat for lat, _ in plausible), median(lon for _, lon in plausible)
-
-
-def _count_problems(value: int, name: str) -> list[str]:
-    if value < 0:
-        return [f"negative_count:{name}"]
-    if value > MAX_PLAUSIBLE_COUNT:
-        return [f"count_too_large:{name}"]
-    return []
-
-
-def _capacities(records: Sequence[StationInformation], rejections: _Rejections) -> dict[str, int]:
-    """Capacity per station (first copy wins), leaving out capacities that are themselves implausible."""
-    capacities: dict[str, int] = {}
-    for index, record in enumerate(records):
-        capacity = record.capacity
-        if capacity is None or record.station_id in capacities:
-            continue
-        if not any(reason.endswith(":capacity") for reason in rejections.reasons(index)):
-            capacities[record.station_id] = capacity
-    return capacities
+    return median(la for la, _ in plausible), median(lo for _, lo in plausible)
 
 
 # --------------------------------------------------------------------------- station_status
 
 
-def _check_status(status: Normalized[StationStatus], rejections: _Rejections, config: QualityConfig,
-                  reference_time: float, capacities: Mapping[str, int]) -> list[str]:
-    """Apply the status rules column by column; return the station_id column (for the orphan check).
-
-    The records are either :class:`StationStatusColumns` (what the pipeline validates) or a list of
-    structs, whose columns are pulled out first: the rules below see columns either way.
-    """
-    records = status.records
-    if not len(records):
-        return []
-    columns = _status_columns(records)
-    counts = {name: columns[name] for name in STATUS_COUNT_FIELDS}
-    for name, column in counts.items():
-        negative, too_large = _outside(column, 0, MAX_PLAUSIBLE_COUNT)
-        rejections.add(negative, f"negative_count:{name}")
-        rejections.add(too_large, f"count_too_large:{name}")
-    _check_vehicle_type_counts(columns["vehicle_types_available"], rejections)
-    rejections.add(_ebikes_exceed_bikes(counts["num_ebikes_available"], counts["num_bikes_available"]),
-                   "ebikes_exceed_bikes")
-    station_ids = columns["station_id"]
-    if capacities:
-        rejections.add(_over_capacity(counts, station_ids, capacities, config.capacity_tolerance),
-                       "capacity_exceeded")
-    _check_last_reported(columns["last_reported"], rejections, config,
-                         oldest=status.last_updated - config.max_report_age_s,
-                         newest=reference_time + config.max_future_skew_s)
-    rejections.add(_later_copies(station_ids), "duplicate_station_id")
-    return station_ids
-
-
-_RULE_COLUMNS = ("station_id", *STATUS_COUNT_FIELDS, "vehicle_types_available", "last_reported")
-
-
-def _status_columns(records: StationStatusColumns | Sequence[StationStatus]) -> Mapping[str, list[Any]]:
-    """The columns the status rules read."""
-    if isinstance(records, StationStatusColumns):
-        return records.columns()
-    # list comprehensions are the fastest way to pull a column out of structs (specialized attribute loads)
-    return {
-        "station_id": [r.station_id for r in records],
-        "num_bikes_available": [r.num_bikes_available for r in records],
-        "num_ebikes_available": [r.num_ebikes_available for r in records],
-        "num_bikes_disabled": [r.num_bikes_disabled for r in records],
-        "num_docks_available": [r.num_docks_available for r in records],
-        "num_docks_disabled": [r.num_docks_disabled for r in records],
-        "vehicle_types_available": [r.vehicle_types_available for r in records],
-        "last_reported": [r.last_reported for r in records],
-    }
+def check_status(normalized: Normalized, config: QualityConfig, reference_time: float | None = None, *,
+                 known: Described | None = None, vehicle_types: Collection[str] | None = None) -> Validated:
+    """The station_status rules, against the described stations ``known`` (see :func:`validate`)."""
+    table = normalized.table
+    rejections = _Rejections()
+    if known is not None:
+        missing_docks = pc.is_null(table["num_docks_available"])
+        if len(known.virtual):
+            missing_docks = pc.and_(missing_docks, pc.invert(pc.is_in(table["station_id"], known.virtual)))
+    else:
+        missing_docks = pc.is_null(table["num_docks_available"])
+    rejections.where(missing_docks, "missing_field:num_docks_available")
+    for name in STATUS_COUNT_FIELDS:
+        _count_rules(table[name], name, rejections)
+    vehicle_types_available = table["vehicle_types_available"]
+    unknown_types = 0
+    if vehicle_types_available.null_count < len(vehicle_types_available):
+        unknown_types = _vehicle_type_rules(vehicle_types_available, rejections, vehicle_types)
+    rejections.where(pc.greater(table["num_ebikes_available"], table["num_bikes_available"]), "ebikes_exceed_bikes")
+    if known is not None and len(known.ids):
+        capacity = known.capacities.take(pc.index_in(table["station_id"], known.ids))
+        occupied = table["num_bikes_available"].cast(pa.int64())
+        for name in ("num_docks_available", "num_bikes_disabled", "num_docks_disabled"):
+            occupied = pc.add(occupied, pc.fill_null(table[name], 0).cast(pa.int64()))
+        rejections.where(pc.greater(pc.subtract(occupied, capacity), config.capacity_tolerance), "capacity_exceeded")
+    reference = normalized.fetched_at if reference_time is None else reference_time
+    _last_reported_rules(table["last_reported"], rejections, config, oldest=normalized.last_updated
+                         - config.max_report_age_s, newest=reference + config.max_future_skew_s)
+    rejections.add(_later_copies(table["station_id"].to_pylist()), "duplicate_station_id")
+    unknown = unreported = None
+    if known is not None:
+        rejections.where(pc.invert(pc.is_in(table["station_id"], known.ids)), "unknown_station")
+        unknown = sum("unknown_station" in reasons for reasons in rejections.by_index.values())
+        reported = pa.concat_arrays([table["station_id"].combine_chunks(), pa.array(
+            [q.station_id for q in normalized.quarantined if q.station_id is not None], pa.string())])
+        unreported = pc.sum(pc.invert(pc.is_in(known.ids, reported))).as_py() or 0
+    age = _age(normalized, reference_time)
+    validated = _split(normalized, rejections, age, stale=age > config.max_feed_age_s)
+    validated.unknown, validated.unreported = unknown, unreported
+    if unknown_types:
+        validated.quirks["unknown_vehicle_type_id"] = unknown_types
+    return validated
 
 
-def _outside(column: list[int | None], low: int, high: int) -> tuple[list[int], list[int]]:
-    """Indices of values below ``low`` and above ``high`` (None is skipped).
-
-    Counts take few distinct values, so min/max of the set is cheaper than of the column.
-    """
-    values = set(column)
-    values.discard(None)
-    if not values or (min(values) >= low and max(values) <= high):
-        return [], []
-    below = [i for i, value in enumerate(column) if value is not None and value < low]
-    above = [i for i, value in enumerate(column) if value is not None and value > high]
-    return below, above
+def _count_rules(column: pa.ChunkedArray, name: str, rejections: _Rejections) -> None:
+    bounds = pc.min_max(column)
+    if bounds["min"].is_valid and bounds["min"].as_py() < 0:
+        rejections.where(pc.less(column, 0), f"negative_count:{name}")
+    if bounds["max"].is_valid and bounds["max"].as_py() > MAX_PLAUSIBLE_COUNT:
+        rejections.where(pc.greater(column, MAX_PLAUSIBLE_COUNT), f"count_too_large:{name}")
 
 
-def _check_vehicle_type_counts(column: list[list[VehicleTypeCount] | None], rejections: _Rejections) -> None:
-    if not any(column):
-        return
-    for index, vehicle_types in enumerate(column):
-        if vehicle_types:
-            counts = [entry.count for entry in vehicle_types]
-            if min(counts) < 0:
-                rejections.add((index,), "negative_count:vehicle_types_available")
-            if max(counts) > MAX_PLAUSIBLE_COUNT:
-                rejections.add((index,), "count_too_large:vehicle_types_available")
+def _vehicle_type_rules(column: pa.ChunkedArray, rejections: _Rejections,
+                        vehicle_types: Collection[str] | None) -> int:
+    """Counts per vehicle type in range. Returns how many rows name a type vehicle_types.json does not
+    define (a quirk, ``unknown_vehicle_type_id``: the station's own counts stay usable)."""
+    entries = pc.list_flatten(column)
+    rows = pc.list_parent_indices(column)
+    counts = pc.struct_field(entries, "count")
+    rejections.add(set(rows.filter(pc.less(counts, 0)).to_pylist()), "negative_count:vehicle_types_available")
+    rejections.add(set(rows.filter(pc.greater(counts, MAX_PLAUSIBLE_COUNT)).to_pylist()),
+                   "count_too_large:vehicle_types_available")
+    if vehicle_types is None:
+        return 0
+    defined = pa.array(sorted(vehicle_types), pa.string())
+    unknown = pc.invert(pc.is_in(pc.struct_field(entries, "vehicle_type_id"), defined))
+    return len(set(rows.filter(unknown).to_pylist()))
 
 
-def _ebikes_exceed_bikes(ebikes: list[int | None], bikes: list[int]) -> list[int]:
-    try:
-        if not any(map(gt, ebikes, bikes)):
-            return []
-    except TypeError:  # some station does not report e-bikes
-        pass
-    return [i for i, (e, b) in enumerate(zip(ebikes, bikes)) if e is not None and e > b]
-
-
-def _over_capacity(counts: Mapping[str, list[int | None]], station_ids: list[str],
-                   capacities: Mapping[str, int], tolerance: int) -> list[int]:
-    """Stations whose bikes + docks (+ disabled ones) exceed capacity by more than ``tolerance``."""
-    occupied = _add_columns(counts["num_bikes_available"], counts["num_docks_available"],
-                            counts["num_bikes_disabled"], counts["num_docks_disabled"])
-    capacity = list(map(capacities.get, station_ids, occupied))  # unknown capacity: as occupied, never exceeded
-    excess = list(map(sub, occupied, capacity))
-    if max(excess) <= tolerance:
-        return []
-    return list(compress(range(len(excess)), map(lt, repeat(tolerance), excess)))
-
-
-def _add_columns(*columns: list[int | None]) -> list[int]:
-    """Element-wise sum, an absent (None) count adding nothing."""
-    try:
-        total = columns[0]
-        for column in columns[1:]:
-            total = list(map(add, total, column))
-        return total  # type: ignore[return-value]
-    except TypeError:
-        return [sum(value for value in values if value is not None) for values in zip(*columns)]
-
-
-def _check_last_reported(reported: list[int | None], rejections: _Rejections, config: QualityConfig, *,
+def _last_reported_rules(column: pa.ChunkedArray, rejections: _Rejections, config: QualityConfig, *,
                          oldest: float, newest: float) -> None:
     """Sentinels, then times too old or in the future (a sentinel is not a time: no age rule for it)."""
-    sentinels = frozenset(config.last_reported_sentinels)
-    times = set(reported)
-    times.discard(None)
-    found = times & sentinels
-    times -= found
-    # the offending values as a set, then their records in one C-level pass (compress + set lookups)
-    if found:
-        rejections.add(compress(range(len(reported)), map(found.__contains__, reported)), "last_reported_sentinel")
-    if times and min(times) < oldest:
-        old = {value for value in times if value < oldest}
-        rejections.add(compress(range(len(reported)), map(old.__contains__, reported)), "last_reported_too_old")
-    if times and max(times) > newest:
-        future = {value for value in times if value > newest}
-        rejections.add(compress(range(len(reported)), map(future.__contains__, reported)), "last_reported_in_future")
+    seconds = pc.divide(column.cast(pa.int64()), 1000)
+    sentinel = pc.is_in(seconds, pa.array(config.last_reported_sentinels, pa.int64()))
+    rejections.where(sentinel, "last_reported_sentinel")
+    rejections.where(pc.and_(pc.invert(sentinel), pc.less(seconds, oldest)), "last_reported_too_old")
+    rejections.where(pc.and_(pc.invert(sentinel), pc.greater(seconds, newest)), "last_reported_in_future")
 
 
 # --------------------------------------------------------------------------- both feeds
+
+
+def _age(normalized: Normalized, reference_time: float | None) -> float:
+    return (normalized.fetched_at if reference_time is None else reference_time) - normalized.last_updated
 
 
 def _later_copies(station_ids: list[str]) -> list[int]:
@@ -444,73 +400,22 @@ def _later_copies(station_ids: list[str]) -> list[int]:
     return later
 
 
-def _all_station_ids(normalized: Normalized[Any]) -> set[str]:
-    """Station ids a feed mentions, its quarantined records included."""
-    records = normalized.records
-    ids = set(records.station_id if isinstance(records, StationStatusColumns) else map(attrgetter("station_id"), records))
-    ids.update(record.station_id for record in normalized.quarantined if record.station_id is not None)
-    return ids
-
-
-def _check_orphans(information: Normalized[StationInformation] | None, status: Normalized[StationStatus] | None,
-                   status_ids: list[str], known_station_ids: Collection[str] | None,
-                   info_rejections: _Rejections, status_rejections: _Rejections) -> dict[str, int | None]:
-    orphans: dict[str, int | None] = {"status_without_information": None, "information_without_status": None}
-    known: Collection[str] | None = known_station_ids
-    if information is not None:
-        known = _all_station_ids(information)
-    if status is not None and known is not None:
-        unknown = _not_in(status_ids, known)
-        status_rejections.add(unknown, "unknown_station")
-        orphans["status_without_information"] = len(unknown)
-    if information is not None and status is not None:
-        missing = _not_in([record.station_id for record in information.records], _all_station_ids(status))
-        info_rejections.add(missing, "no_status")
-        orphans["information_without_status"] = len(missing)
-    return orphans
-
-
-def _not_in(station_ids: list[str], known: Collection[str]) -> list[int]:
-    known_set = known if isinstance(known, (set, frozenset)) else set(known)
-    if known_set.issuperset(station_ids):
-        return []
-    return [index for index, station_id in enumerate(station_ids) if station_id not in known_set]
-
-
-def _split(normalized: Normalized[Any] | None, rejections: _Rejections,
-           stale: bool) -> tuple[list[Any], list[QuarantinedRecord]]:
-    """Valid records, and the quarantined ones (normalize's first, then the rule rejections in feed order)."""
-    if normalized is None:
-        return [], []
+def _split(normalized: Normalized, rejections: _Rejections, age: float, *, stale: bool) -> Validated:
+    """The valid rows and the quarantine (normalize's first, then the rule rejections in feed order)."""
     by_index = rejections.by_index
+    quarantined = list(normalized.quarantined)
     if stale:
-        for index in range(len(normalized.records)):
+        for index in range(normalized.table.num_rows):
             by_index.setdefault(index, []).append("stale_feed")
-        quarantined = [msgspec.structs.replace(q, reasons=[*q.reasons, "stale_feed"]) for q in normalized.quarantined]
-    else:
-        quarantined = list(normalized.quarantined)
-    records, sources = normalized.records, normalized.sources
-    columnar = isinstance(records, StationStatusColumns)
-    if not by_index:
-        return records if columnar else list(records), quarantined
-    aligned = len(sources) == len(records)
-    rejected = sorted(by_index)
-    valid: Any = []
-    if columnar:
-        valid = records.without(rejected)
-    else:
-        start = 0
-        for index in rejected:  # slices between the rejected records: no per-record Python work
-            valid += records[start:index]
-            start = index + 1
-        valid += records[start:]
-    for index in rejected:
-        raw = sources[index] if aligned else _as_raw(records.record(index) if columnar else records[index])
-        quarantined.append(quarantine(raw, by_index[index], feed=normalized.feed, system_id=normalized.system_id,
-                                      last_updated=normalized.last_updated, fetched_at=normalized.fetched_at))
-    return valid, quarantined
-
-
-def _as_raw(record: StationInformation | StationStatus) -> dict[str, Any]:
-    """A canonical record as plain data, for quarantining records that came without their source."""
-    return msgspec.to_builtins(record)
+        quarantined = [msgspec.structs.replace(q, reasons=[*q.reasons, "stale_feed"]) for q in quarantined]
+    table = normalized.table
+    if by_index:
+        rejected = pa.array(sorted(by_index), pa.int64())
+        keep = pc.invert(pc.is_in(pa.array(range(table.num_rows), pa.int64()), rejected))
+        table = table.filter(keep)
+        for index in sorted(by_index):
+            quarantined.append(quarantine(normalized.sources[index], by_index[index], feed=normalized.feed,
+                                          system_id=normalized.system_id, last_updated=normalized.last_updated,
+                                          fetched_at=normalized.fetched_at))
+    return Validated(normalized.feed, normalized.system_id, normalized.version, normalized.last_updated,
+                     normalized.fetched_at, table, quarantined, normalized.seen, dict(normalized.quirks), age, stale)

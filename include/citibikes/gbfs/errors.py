@@ -23,3 +23,11 @@ class FeedError(Exception):
     def __str__(self) -> str:
         where = " ".join(part for part in (self.system_id, self.feed) if part)
         return f"{where}: {self.args[0]}" if where else str(self.args[0])
+
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickled whole (a backfill's worker processes raise it in this one)."""
+        return _rebuild, (self.args[0], self.reason, self.system_id, self.feed, self.url)
+
+
+def _rebuild(message: str, reason: str, system_id: str | None, feed: str | None, url: str | None) -> FeedError:
+    return FeedError(message, reason=reason, system_id=system_id, feed=feed, url=url)

@@ -2,19 +2,17 @@
 
 :func:`open_lake` takes the lake URI (a folder, ``file:///folder`` or ``s3://bucket/prefix``) and
 checks at once that it can be used, so bad configuration fails at the start of a run with one line
-naming the cause and the fix. :class:`Lake` writes one file per feed snapshot under keys derived
-from the feed's ``last_updated`` (see :mod:`citibikes.lake.layout`), atomically (see
-:mod:`citibikes.lake.filesystem`), and reads tables back for tests and SQL checks.
+naming the cause and the fix. The ``*_file`` functions make a file (its key, derived from the
+feed's ``last_updated`` by :mod:`citibikes.lake.layout`, and its bytes) without writing it, so that
+the files of a step are written together; :class:`Lake` writes them atomically (see
+:mod:`citibikes.lake.filesystem`) and reads tables back.
 """
 
 from __future__ import annotations
 
 import gzip
-from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from operator import attrgetter
-from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,34 +20,37 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from citibikes.config import Settings
-from citibikes.gbfs.model import QuarantinedRecord, StationInformation, StationStatus, StationStatusColumns
+from citibikes.gbfs.model import STATION_INFORMATION, STATION_STATUS, QuarantinedRecord
 from citibikes.lake import layout
 from citibikes.lake.errors import LakeError
 from citibikes.lake.filesystem import Storage, parse_lake_uri, s3_filesystem
 from citibikes.lake.tables import (
-    SCHEMAS,
+    TABLE_SCHEMAS,
     RunRecord,
-    build_table,
     parquet_bytes,
+    quarantine_table,
     runs_from_table,
+    runs_table,
+    by_station,
 )
 
-T = TypeVar("T")
-
 PARTITION_TYPES: dict[str, pa.DataType] = {"system": pa.string(), "date": pa.date32(), "hour": pa.int32()}
-DUCKDB_PARTITION_TYPES = {"system": "VARCHAR", "date": "DATE", "hour": "INTEGER"}
+
+LakeFile = tuple[str, bytes]
+"""A file to write: its key in the lake and its bytes."""
+
+RAW_ZSTD_LEVEL = 1
+"""For GBFS JSON, level 1 is both faster and smaller than 3 (Citi Bike: ~0.7 ms and ~70 KB for a
+790 KB station_status body; gzip -6 took ~5.6 ms for ~73 KB)."""
+RAW_MAX_BYTES = 256 * 1024 * 1024
+"""Refuse to inflate an archived body past this (a corrupt or hostile file, not a feed)."""
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_RAW_CODEC = pa.Codec("zstd", RAW_ZSTD_LEVEL)
 
 
-def open_lake(
-    uri: str,
-    *,
-    endpoint_url: str | None = None,
-    region: str | None = None,
-    access_key: str | None = None,
-    secret_key: str | None = None,
-    session_token: str | None = None,
-    filesystem: pafs.FileSystem | None = None,
-) -> Lake:
+def open_lake(uri: str, *, endpoint_url: str | None = None, region: str | None = None,
+              access_key: str | None = None, secret_key: str | None = None, session_token: str | None = None,
+              filesystem: pafs.FileSystem | None = None) -> Lake:
     """Open the lake at ``uri`` and check it is usable (folder writable; endpoint, credentials
     and bucket fine). ``filesystem`` is a ready pyarrow filesystem (e.g. from an Airflow hook);
     without it a local folder or a pyarrow S3 filesystem is made from the other arguments."""
@@ -58,10 +59,8 @@ def open_lake(
         if location.scheme == "file":
             filesystem = pafs.LocalFileSystem()
         else:
-            filesystem = s3_filesystem(
-                endpoint_url=endpoint_url, region=region, access_key=access_key, secret_key=secret_key,
-                session_token=session_token,
-            )
+            filesystem = s3_filesystem(endpoint_url=endpoint_url, region=region, access_key=access_key,
+                                       secret_key=secret_key, session_token=session_token)
     storage = Storage(filesystem, location, endpoint=endpoint_url if location.scheme == "s3" else None)
     storage.check_access()
     return Lake(storage)
@@ -70,18 +69,6 @@ def open_lake(
 def lake_from_settings(settings: Settings) -> Lake:
     """The lake configured by :class:`citibikes.config.Settings` (keys from the AWS variables)."""
     return open_lake(settings.lake_uri, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
-
-
-LakeFile = tuple[str, bytes]
-"""A file to write: its key in the lake and its bytes."""
-
-RAW_ZSTD_LEVEL = 1
-"""For GBFS JSON, level 1 is both faster and smaller than 3 (measured on Citi Bike: ~0.7 ms and
-~70 KB for a 790 KB station_status body; gzip -6 took ~5.6 ms for ~73 KB)."""
-RAW_MAX_BYTES = 256 * 1024 * 1024
-"""Refuse to inflate an archived body past this (a corrupt or hostile file, not a feed)."""
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_RAW_CODEC = pa.Codec("zstd", RAW_ZSTD_LEVEL)
 
 
 def compress_raw(payload: bytes) -> bytes:
@@ -101,95 +88,35 @@ def decompress_raw(data: bytes, max_bytes: int = RAW_MAX_BYTES) -> bytes:
     return body
 
 
-def group_by(records: Sequence[T], key: Callable[[T], Hashable]) -> dict[Hashable, Sequence[T]]:
-    """Records by ``key``, in order; the common case of one group returns ``records`` itself."""
-    keys = list(map(key, records))
-    if len(set(keys)) == 1:
-        return {keys[0]: records}
-    groups: dict[Hashable, list[T]] = defaultdict(list)
-    for group, record in zip(keys, records):
-        groups[group].append(record)
-    return groups
-
-
-# Encoding needs no lake (a worker process prepares files that the pipeline's process writes).
-
-LakeTable = tuple[str, pa.Table]
-"""A lake file's key and its table, before encoding to Parquet (:func:`encode_tables`)."""
-
-
-def station_status_tables(records: Sequence[StationStatus] | StationStatusColumns) -> list[LakeTable]:
-    """One table per (system, ``last_updated``): a snapshot in columns is one table."""
-    if isinstance(records, StationStatusColumns):
-        if not len(records):
-            return []
-        return [(layout.curated_key("station_status", records.system_id, records.last_updated),
-                 build_table("station_status", records))]
-    return _snapshot_tables("station_status", records)
-
-
-def station_information_tables(records: Sequence[StationInformation]) -> list[LakeTable]:
-    return _snapshot_tables("station_information", records)
-
-
-def quarantine_tables(records: Sequence[QuarantinedRecord]) -> list[LakeTable]:
-    """One table per (system, feed, ``last_updated``)."""
-    groups = group_by(records, attrgetter("system_id", "feed", "last_updated"))
-    return [(layout.quarantine_key(system_id, feed, last_updated), build_table("quarantine", group))
-            for (system_id, feed, last_updated), group in groups.items()]
-
-
-def _snapshot_tables(table: str, records: Sequence[Any]) -> list[LakeTable]:
-    groups = group_by(records, attrgetter("system_id", "last_updated"))
-    return [(layout.curated_key(table, system_id, last_updated), build_table(table, group))
-            for (system_id, last_updated), group in groups.items()]
-
-
-def encode_tables(tables: Iterable[LakeTable]) -> list[LakeFile]:
-    """Tables as Parquet files."""
-    return [(key, parquet_bytes(table)) for key, table in tables]
-
-
-def encode_station_status(records: Sequence[StationStatus] | StationStatusColumns) -> list[LakeFile]:
-    return encode_tables(station_status_tables(records))
-
-
-def encode_station_information(records: Sequence[StationInformation]) -> list[LakeFile]:
-    return encode_tables(station_information_tables(records))
-
-
-def encode_quarantine(records: Sequence[QuarantinedRecord]) -> list[LakeFile]:
-    return encode_tables(quarantine_tables(records))
-
-
-def encode_status_span(system_id: str, first: int, last: int, snapshots: Sequence[StationStatusColumns]) -> list[LakeFile]:
-    """The station_status rows of consecutive snapshots of one system and hour partition as one
-    file named after the first and last ``last_updated`` (:func:`layout.curated_key`): rows in
-    time order, each snapshot's by station_id. A file per snapshot costs a Parquet writer, a
-    file and its fsync each; an hour of Citi Bike minutes in one file is a third of their size."""
-    tables = [build_table("station_status", snapshot) for snapshot in snapshots if len(snapshot)]
-    if not tables:
-        return []
-    return [(layout.curated_key("station_status", system_id, first, last), parquet_bytes(pa.concat_tables(tables)))]
-
-
-def encode_quarantine_span(system_id: str, feed: str, first: int, last: int,
-                           records: Sequence[QuarantinedRecord]) -> list[LakeFile]:
-    """The quarantined records of ``feed`` of consecutive snapshots as one file (see :func:`encode_status_span`)."""
-    if not records:
-        return []
-    return [(layout.quarantine_key(system_id, feed, first, last), parquet_bytes(build_table("quarantine", records)))]
-
-
 def raw_file(system_id: str, feed: str, last_updated: int, payload: bytes) -> LakeFile:
-    """A feed body's raw archive file (see :meth:`Lake.write_raw`)."""
+    """A feed body's raw archive: the bytes exactly as fetched, zstd-compressed."""
     return layout.raw_key(system_id, feed, last_updated), compress_raw(payload)
+
+
+def status_file(system_id: str, table: pa.Table, first: int, last: int | None = None) -> LakeFile:
+    """The station_status rows of one snapshot (in the feed's order), or of the consecutive snapshots
+    ``first`` to ``last`` of one hour partition (a backfill) as one file, grouped by station
+    (:func:`~citibikes.lake.tables.by_station`): a file per snapshot costs a Parquet writer, a file and
+    its fsync each, and an hour of minute snapshots in one file is a fifth of their size."""
+    rows = by_station(table) if last is not None and last != first else table
+    return layout.curated_key(STATION_STATUS, system_id, first, last), parquet_bytes(rows)
+
+
+def information_file(system_id: str, table: pa.Table, last_updated: int) -> LakeFile:
+    """The description versions that took effect at ``last_updated``."""
+    return layout.curated_key(STATION_INFORMATION, system_id, last_updated), parquet_bytes(table)
+
+
+def quarantine_file(system_id: str, feed: str, records: Sequence[QuarantinedRecord], first: int,
+                    last: int | None = None) -> LakeFile:
+    """The rejected records of one feed of one snapshot (or of the snapshots ``first`` to ``last``)."""
+    return layout.quarantine_key(system_id, feed, first, last), parquet_bytes(quarantine_table(records))
 
 
 @dataclass
 class Lake:
     """An opened lake (see :func:`open_lake`): writers return the keys they wrote, relative to
-    :attr:`uri`; every writer replaces the file of the same snapshot rather than adding one."""
+    :attr:`uri`; a file written again for the same snapshot replaces the old one."""
 
     storage: Storage
 
@@ -203,50 +130,27 @@ class Lake:
         return self.storage.filesystem
 
     # -- writing -----------------------------------------------------------------------------
-    # The module's ``encode_*`` functions make the files of a table (key and Parquet bytes) without
-    # writing them, so a caller can prepare them elsewhere (backfill's worker process);
-    # ``write_files`` writes them. ``write_*`` does both.
-
-    def write_station_status(self, records: Sequence[StationStatus] | StationStatusColumns) -> list[str]:
-        """One Parquet file per (system, ``last_updated``); returns the keys written."""
-        return self.write_files(encode_station_status(records))
-
-    def write_station_information(self, records: Sequence[StationInformation]) -> list[str]:
-        return self.write_files(encode_station_information(records))
-
-    def write_quarantine(self, records: Sequence[QuarantinedRecord]) -> list[str]:
-        """One Parquet file per (system, feed, ``last_updated``); returns the keys written."""
-        return self.write_files(encode_quarantine(records))
 
     def write_files(self, files: Iterable[LakeFile]) -> list[str]:
-        """Write encoded files (see ``encode_*``) in order, each atomically, as one group (see
-        :meth:`Storage.put_many`: give the files of several snapshots at once where they can be);
-        returns their keys."""
+        """Write files in order, each atomically, as one group (see :meth:`Storage.put_many`); returns their keys."""
         return self.storage.put_many(list(files))
 
     def write_raw(self, system_id: str, feed: str, last_updated: int, payload: bytes) -> str:
         """Archive the feed's bytes exactly as fetched, zstd-compressed (same input, same bytes)."""
         return self.write_files([raw_file(system_id, feed, last_updated, payload)])[0]
 
-    def write_run(self, run: RunRecord | Mapping[str, Any]) -> str:
-        """The run's row as its own file; a retried task with the same run id overwrites it."""
-        record = run if isinstance(run, RunRecord) else RunRecord.from_mapping(run)
-        key = layout.run_key(record.run_id, record.system_id, record.started_at)
-        return self.storage.put(key, parquet_bytes(build_table("pipeline_runs", [record])))
-
-    def write_runs(self, runs: Iterable[RunRecord | Mapping[str, Any]]) -> list[str]:
-        """Many runs in few files: one per system and UTC date of their start, named after the first
-        and last run (backfill lands hundreds of snapshots a second, each a run). One run is written
-        as :meth:`write_run` does."""
-        records = [run if isinstance(run, RunRecord) else RunRecord.from_mapping(run) for run in runs]
-        groups = group_by(records, lambda r: (r.system_id, layout.utc_date_hour(r.started_at)[0]))
-        keys = []
+    def write_runs(self, runs: Sequence[RunRecord]) -> list[str]:
+        """Run records in few files: one per system and UTC date of their start, named after the first
+        and last run (one run: after it), so a retried run with the same id overwrites its file."""
+        groups: dict[tuple[str, str], list[RunRecord]] = {}
+        for run in runs:
+            groups.setdefault((run.system_id, layout.utc_date_hour(run.started_at)[0]), []).append(run)
+        files = []
         for group in groups.values():
             first, last = group[0], group[-1]
             run_id = first.run_id if len(group) == 1 else f"{first.run_id}--{last.run_id}"
-            key = layout.run_key(run_id, first.system_id, first.started_at)
-            keys.append(self.storage.put(key, parquet_bytes(build_table("pipeline_runs", group))))
-        return keys
+            files.append((layout.run_key(run_id, first.system_id, first.started_at), parquet_bytes(runs_table(group))))
+        return self.write_files(files)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -263,18 +167,13 @@ class Lake:
         """A whole table as Arrow, with the partition columns (``system``, ``date``, ``hour``)."""
         table = layout.table_layout(name)
         partitions = pa.schema([pa.field(key, PARTITION_TYPES[key]) for key in table.partition_keys])
-        schema = pa.unify_schemas([SCHEMAS[name], partitions])
+        schema = pa.unify_schemas([TABLE_SCHEMAS[name], partitions])
         keys = self.files(name, system)
         if not keys:
             return schema.empty_table()
-        dataset = ds.dataset(
-            [self.storage.path(key) for key in keys],
-            filesystem=self.filesystem,
-            format="parquet",
-            schema=schema,
-            partitioning=ds.partitioning(partitions, flavor="hive"),
-            partition_base_dir=self.storage.path(table.prefix),
-        )
+        dataset = ds.dataset([self.storage.path(key) for key in keys], filesystem=self.filesystem, format="parquet",
+                             schema=schema, partitioning=ds.partitioning(partitions, flavor="hive"),
+                             partition_base_dir=self.storage.path(table.prefix))
         try:
             result = dataset.to_table()
         except OSError as exc:
@@ -288,7 +187,6 @@ class Lake:
 
     def read_raw(self, system_id: str, feed: str, last_updated: int) -> bytes | None:
         """The archived feed bytes (decompressed), or None when that snapshot was not archived.
-
         Archives written before the switch to zstd (``.json.gz``) are read too."""
         data = self.storage.get(layout.raw_key(system_id, feed, last_updated))
         if data is not None:
@@ -299,13 +197,6 @@ class Lake:
     def parquet_glob(self, name: str) -> str:
         """The glob of a table's files, e.g. ``s3://bucket/lake/curated/station_status/**/*.parquet``."""
         return self.storage.uri(f"{layout.table_layout(name).prefix}/**/*.parquet")
-
-    def duckdb_source(self, name: str) -> str:
-        """``read_parquet(...)`` for DuckDB's FROM clause, with typed Hive partition columns."""
-        table = layout.table_layout(name)
-        types = ", ".join(f"'{key}': '{DUCKDB_PARTITION_TYPES[key]}'" for key in table.partition_keys)
-        glob = self.parquet_glob(name).replace("'", "''")
-        return f"read_parquet('{glob}', hive_partitioning = true, hive_types = {{{types}}})"
 
     # -- the pipeline's own state -------------------------------------------------------------
 

@@ -1,183 +1,67 @@
-"""Backfill from recorded GBFS snapshots: a folder of feed files -> validate -> Kafka -> lake.
+"""Backfill from recorded GBFS snapshots: a folder of feed files -> check -> (Kafka) -> lake.
 
-Public "git-scraping" archives keep years of GBFS files, usually under names that say nothing
-about their content. Files are therefore recognized by what they hold (a station_status or a
-station_information document; anything else is skipped and counted), ordered by their own
-``last_updated`` whatever their names and folders, and each status snapshot is paired with the
-latest information at or before it. Only names ending in one of :data:`FILE_SUFFIXES` are read;
-other files are counted as ``unsupported_suffix``, hidden files and folders (``.git``) are not
-looked at.
-Every snapshot then goes through the same validate -> publish -> land path as live runs
-(:func:`ingest_snapshots`).
+1. **Find** the snapshots (:mod:`citibikes.replay.scan`): each status file paired with the latest
+   station_information at or before it, minus those already done (a run that succeeded, or a
+   snapshot the live pipeline landed in a file of its own).
+2. **Prepare** them in a pool of processes (:func:`prepared`), the stateless work: each distinct
+   station_information content once, each status file against the stations it describes. Results
+   come back in order, a bounded window ahead. (The recorded files are not copied into the lake's
+   ``raw/`` archive: they are the raw record already.)
+3. **In order**, one snapshot after the other (:func:`ingest`): select what changed against the
+   state (:func:`~citibikes.ingest.select`), produce it when publishing, and every
+   :data:`SNAPSHOTS_PER_FLUSH` snapshots have the broker acknowledge them (:class:`Landing`). A
+   flush that fails fails its snapshots and the state goes back to the last acknowledged one; the
+   later snapshots go on from there. Acknowledged snapshots land: their description versions and
+   rejected descriptions at once, their station_status rows in one file per hour (up to
+   :data:`SPAN_SNAPSHOTS` snapshots), each run record right after its file.
 
-Idempotent: each snapshot's run id is derived from the system and its ``last_updated``, and a
-snapshot whose run already succeeded is skipped, so running the same backfill twice changes
-nothing (no second copy in Kafka, no second row in the lake). So is a snapshot the live pipeline
-already landed (a file of its own under the system's station_status): a backfill over days the
-minute DAG ran adds the others only.
+Idempotent: a snapshot's run id is derived from the system and its ``last_updated`` and the files
+are named after the snapshots they hold, so running a backfill again changes nothing, and one that
+stopped half-way goes on where it stopped (the snapshots of an hour's file are recorded together,
+after it). History lands in the lake; it is published to Kafka only when asked
+(``citibikes backfill --publish``): the live topics keep days, not years, and their consumers want
+the present.
 """
 
 from __future__ import annotations
 
-import bisect
-import contextlib
-import dataclasses
 import logging
+import multiprocessing
 import os
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Generator, Iterable, Iterator, Mapping
+from typing import Any
 
-import msgspec
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from citibikes.config import Settings
-from citibikes.gbfs.discovery import DEFAULT_MAX_BYTES, read_header, read_local_file
-from citibikes.gbfs.errors import FeedError
-from citibikes.gbfs.model import STATION_INFORMATION, STATION_STATUS
-from citibikes.lake import Lake, LakeError, RunRecord
-from citibikes.lake.layout import hive_partition, raw_key
-from citibikes.lake.store import (
-    ZSTD_MAGIC,
-    LakeFile,
-    decompress_raw,
-    encode_quarantine_span,
-    encode_status_span,
-    raw_file,
-)
-from citibikes.pipeline import (
-    ChainStart,
-    Fetched,
-    InlinePreparer,
-    Prepared,
-    PrepareError,
-    Published,
-    SnapshotWorker,
-    SystemState,
-    advance_state,
-    fewer_collections,
-    landed_files,
-    one_line,
-    run_record,
-    success_outcome,
-)
-from citibikes.stream.publish import ChangeCapture, Publisher
+from citibikes import changes
+from citibikes.config import QualityConfig, Settings
+from citibikes.gbfs.model import STATION_INFORMATION, STATION_INFORMATION_SCHEMA, STATION_STATUS
+from citibikes.ingest import Checked, Step, check_information, check_status, one_line, outcome, publish_step, \
+    run_record, select, step_files
+from citibikes.lake import Lake, RunRecord
+from citibikes.lake.layout import hive_partition
+from citibikes.lake.store import LakeFile, quarantine_file, status_file
+from citibikes.quality import Described, Validated
+from citibikes.replay.scan import SnapshotFile, pair, read_snapshot_file, scan
+from citibikes.state import SystemState
+from citibikes.stream.publish import DeliveryError, Publisher
 
 log = logging.getLogger("citibikes.backfill")
 
-FILE_SUFFIXES = (".json", ".json.gz", ".gz", ".json.zst", ".zst")
-"""Plain, gzip or zstd files (the lake's raw archive is zstd: it can be ingested again)."""
-
-
-def read_snapshot_file(path: Path) -> bytes:
-    """A recorded feed file's body: plain or gzip JSON, or zstd like the lake's raw archive."""
-    body = read_local_file(path)
-    if not body.startswith(ZSTD_MAGIC):
-        return body
-    try:
-        return decompress_raw(body, max_bytes=DEFAULT_MAX_BYTES)
-    except LakeError as exc:
-        raise FeedError(f"{path}: {exc}", reason="decode_error", url=path.as_uri()) from None
-
-
-class _StationKeys(msgspec.Struct):
-    """The few keys that tell a status record from an information record."""
-
-    num_bikes_available: Any = None
-    num_vehicles_available: Any = None
-    num_docks_available: Any = None
-    lat: Any = None
-    lon: Any = None
-
-
-class _Stations(msgspec.Struct):
-    stations: list[_StationKeys] = []
-
-
-class _Document(msgspec.Struct):
-    data: _Stations | None = None
-
-
-def detect_feed(body: bytes) -> str | None:
-    """``station_status``, ``station_information`` or None, from the document's content alone."""
-    try:
-        stations = msgspec.json.decode(body, type=_Document).data
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
-    if stations is None or not stations.stations:
-        return None
-    sample = stations.stations[: min(20, len(stations.stations))]
-    status_votes = sum(s.num_bikes_available is not None or s.num_vehicles_available is not None
-                       or s.num_docks_available is not None for s in sample)
-    information_votes = sum(s.lat is not None and s.lon is not None for s in sample)
-    if status_votes > information_votes:
-        return STATION_STATUS
-    if information_votes > status_votes:
-        return STATION_INFORMATION
-    return None
-
-
-@dataclass(frozen=True, order=True)
-class SnapshotFile:
-    last_updated: int
-    feed: str
-    path: Path
-
-
-@dataclass
-class Scan:
-    snapshots: list[SnapshotFile] = field(default_factory=list)
-    skipped: dict[str, int] = field(default_factory=dict)
-    """Files not used, by reason (``unsupported_suffix``, ``unreadable``, ``not_gbfs_station_feed``, ``duplicate``)."""
-
-    def skip(self, reason: str) -> None:
-        self.skipped[reason] = self.skipped.get(reason, 0) + 1
-
-
-def scan(folder: Path) -> Scan:
-    """Every station_status / station_information file below ``folder`` (recursively), oldest first."""
-    if not folder.is_dir():
-        raise FeedError(f"{folder} is not a folder; give the folder that holds the recorded feed files",
-                        reason="unreachable", url=str(folder))
-    result, seen = Scan(), set()
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.startswith("."):
-                continue
-            if not name.endswith(FILE_SUFFIXES):
-                result.skip("unsupported_suffix")
-                continue
-            try:
-                body = read_snapshot_file(Path(root) / name)
-            except FeedError:
-                result.skip("unreadable")
-                continue
-            feed = detect_feed(body)
-            header = read_header(body) if feed else None
-            if feed is None or header is None or header.last_updated is None:
-                result.skip("not_gbfs_station_feed")
-                continue
-            if (feed, header.last_updated) in seen:
-                result.skip("duplicate")
-                continue
-            seen.add((feed, header.last_updated))
-            result.snapshots.append(SnapshotFile(header.last_updated, feed, Path(root) / name))
-    result.snapshots.sort()
-    return result
-
-
-def pair(snapshots: Iterable[SnapshotFile]) -> list[tuple[SnapshotFile, SnapshotFile | None]]:
-    """Each status snapshot with the latest information snapshot at or before it (or None)."""
-    information = [s for s in snapshots if s.feed == STATION_INFORMATION]
-    times = [s.last_updated for s in information]
-    pairs = []
-    for status in (s for s in snapshots if s.feed == STATION_STATUS):
-        index = bisect.bisect_right(times, status.last_updated) - 1
-        pairs.append((status, information[index] if index >= 0 else None))
-    return pairs
+SNAPSHOTS_PER_FLUSH = 32
+"""Snapshots whose records the broker acknowledges at once (a flush per snapshot cost the broker
+about as much CPU as the whole pipeline); a flush that fails fails them all."""
+SPAN_SNAPSHOTS = 60
+"""At most this many snapshots of one hour partition share a station_status file: an hour of minutes."""
+AHEAD_PER_WORKER = 4
+"""Snapshots being prepared per worker process, so that none waits while this process lands."""
 
 
 def run_id_for(system_id: str, status_last_updated: int) -> str:
@@ -198,461 +82,242 @@ class BackfillReport:
     errors: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """One status snapshot to ingest, with the station_information body that goes with it when that
-    is new (None when the information last ingested still holds)."""
-
-    status_last_updated: int
-    status_body: bytes
-    information_last_updated: int | None = None
-    information_body: bytes | None = None
-
-
-def new_change_capture(snapshot_every_s: int) -> dict[str, ChangeCapture]:
-    return {feed: ChangeCapture(snapshot_every_s=snapshot_every_s, feed=feed)
-            for feed in (STATION_INFORMATION, STATION_STATUS)}
-
-
-def snapshot_fetched(snapshot: Snapshot, system_id: str) -> Fetched:
-    """A recorded snapshot as what a fetch of it would have returned (fetched at its own time)."""
-    bodies = {STATION_STATUS: snapshot.status_body}
-    last_updated = {STATION_STATUS: snapshot.status_last_updated}
-    if snapshot.information_body is not None and snapshot.information_last_updated is not None:
-        bodies[STATION_INFORMATION] = snapshot.information_body
-        last_updated[STATION_INFORMATION] = snapshot.information_last_updated
-    return Fetched(
-        system_id=system_id,
-        fetched_at=float(snapshot.status_last_updated),
-        outcomes={feed: "new" for feed in bodies},
-        last_updated=last_updated,
-        bodies=bodies,
-    )
-
-
-def ingest_snapshot(snapshot: Snapshot, system_id: str, *, settings: Settings, lake: Lake, publisher: Publisher,
-                    run_id: str, state: SystemState, captures: dict[str, ChangeCapture]) -> tuple[RunRecord, SystemState]:
-    """Archive the snapshot's raw bodies, then validate, publish and land it (one backfill step).
-
-    Returns the run record (``failed`` with the reason when the step failed) and the advanced state.
-    """
-    ((_, record, state),) = ingest_snapshots([snapshot], system_id, settings=settings, lake=lake, publisher=publisher,
-                                             state=state, captures=captures, run_id=lambda _: run_id)
-    return record, state
-
-
-SPAN_SNAPSHOTS = 60
-"""At most this many consecutive snapshots of one hour partition share a station_status file (and
-a quarantine file): an hour of minute snapshots (:func:`~citibikes.lake.store.encode_status_span`)."""
-
-PREPARE_AHEAD = 16
-"""Snapshots handed to the preparer ahead of the one being sent, so that the worker process
-always has work while this one waits for the broker (2 left it idle about 2 ms per snapshot; 8
-with flushes of 16 gave 3% more than 4 with flushes of 8; since the worker selects and encodes
-too, 16 with flushes of 32 gave 1-7% more than 8 with 16, in three alternated runs; BENCHMARKS.md)."""
-
-SNAPSHOTS_PER_FLUSH = 32
-"""Backfill asks the broker to acknowledge this many snapshots' records at once (measured in
-BENCHMARKS.md: a flush per snapshot took the broker about as much CPU as the whole Python pipeline).
-A flush that is not acknowledged fails all of its snapshots (they are done again)."""
-
-
-@dataclass
-class _Step:
-    """One snapshot on its way through :func:`ingest_snapshots`."""
-
-    snapshot: Snapshot
-    fetched: Fetched
-    prepared: Prepared
-    run_id: str
-    started: float
-    state_after: SystemState
-    """The state once this snapshot is landed (the state before it, if preparing it failed)."""
-    archived: list[Future[LakeFile]]
-    """The raw archive files of the bodies (written with the flush's files)."""
-    state_before: SystemState
-    """The state it was prepared with."""
-    failure: BaseException | None = None
-    """Why preparing it failed (then it is not sent)."""
-    produce_s: float = 0.0
-    published: Published | None = None
-    """What was acknowledged, once its flush is (then its rows wait in ``span`` for their file)."""
-    span: _Span | None = None
-    landing: Future[dict[int, RunRecord]] | None = None
-    """The writing that gives its run record (by ``id`` of the step): its flush's when it failed
-    there, its span's when it was acknowledged."""
-
-    def written(self) -> Future[dict[int, RunRecord]] | None:
-        return self.landing or (self.span.written if self.span is not None else None)
-
-    @property
-    def staged(self) -> bool:
-        """Prepared up to its messages: it is sent."""
-        return self.failure is None and self.prepared.published is not None
-
-    def send(self, publisher: Publisher) -> None:
-        began = time.perf_counter()
-        publisher.send(self.prepared.messages)
-        publisher.note_skipped(self.prepared.published.skipped_unchanged if self.prepared.published else 0)
-        self.prepared.messages = []  # in the producer's queue now
-        self.produce_s += time.perf_counter() - began
-
-
-@dataclass
-class _Span:
-    """Acknowledged snapshots of one hour partition whose station_status rows (and their quarantine)
-    go in one file each; written with the flush that closes the span, their run records right after."""
-
-    partition: str
-    steps: list[_Step] = field(default_factory=list)
-    written: Future[dict[int, RunRecord]] | None = None
-
-
-def ingest_snapshots(snapshots: Iterable[Snapshot], system_id: str, *, settings: Settings, lake: Lake,
-                     publisher: Publisher, state: SystemState, captures: dict[str, ChangeCapture],
-                     run_id: Callable[[Snapshot], str] | None = None, worker: SnapshotWorker | None = None,
-                     snapshots_per_flush: int = SNAPSHOTS_PER_FLUSH,
-                     span_snapshots: int = SPAN_SNAPSHOTS) -> Iterator[tuple[Snapshot, RunRecord, SystemState]]:
-    """Ingest the snapshots in order; yield each one's run record and the state after it.
-
-    Each snapshot goes through the live path's steps: archive the raw bodies, validate, select the
-    changed stations, produce them, wait until the broker acknowledged every record, and only then
-    write the Parquet files and advance change capture and the state. Snapshots overlap, so that
-    both cores and the broker work all the time:
-
-    * the next :data:`PREPARE_AHEAD` ones are prepared by ``worker``, another process, if given
-      (:class:`~citibikes.pipeline.SnapshotWorker`: validated, the raw archive compressed, change
-      capture's selection made and its messages encoded), each with the state and change capture
-      the one before leaves, as if it is delivered;
-    * this one is sent, unless the broker is still acknowledging earlier ones: then it is held
-      and sent once those are confirmed; change capture here advances as the broker acknowledges;
-    * the broker is asked to acknowledge (a flush) every ``snapshots_per_flush`` sent snapshots
-      at once: each flush costs the broker as much as a few thousand records;
-    * the station_status rows of acknowledged snapshots wait in a span: up to ``span_snapshots``
-      consecutive ones of one hour partition, written as one Parquet file (and their rejected
-      records as one quarantine file) once the span closes - at the next hour, when it is full,
-      or at the end. A confirmed flush's raw archives, station_information files and closed
-      spans are written by a writer thread as one group (one group commit:
-      :meth:`~citibikes.lake.Lake.write_files`) while the next flush is sent, then the run
-      records of the snapshots that landed (or failed) with it. Run records are yielded in order
-      as they are written. Stopped early, the snapshots not landed yet are ingested again by the
-      next backfill, into the same spans (a span's snapshots are recorded together, just after
-      their file: the next backfill starts at the first of a span).
-
-    Work ahead is done as if the snapshots before it succeed. When one fails instead (broken,
-    or not acknowledged: then all those of its flush fail), the work done for the later ones is
-    dropped and they are prepared again from the real state and change capture (carrying the
-    station_information a failed one brought), so a snapshot's result never depends on work done
-    for a failed one. The
-    snapshots of a span whose file could not be written fail together: their records are in Kafka
-    and change capture counts them, so the later ones stand; the next backfill ingests them again
-    (same message ids) and writes their files.
-    """
-    preparer: SnapshotWorker | InlinePreparer = worker if worker is not None else InlinePreparer()
-    run_id = run_id or (lambda snapshot: run_id_for(system_id, snapshot.status_last_updated))
-    source = iter(snapshots)
-    retry: list[Snapshot] = []  # taken from the source, to prepare again after a failure (last first)
-    ahead: deque[Snapshot] = deque()  # submitted to the preparer, in order
-    restart: ChainStart | None = ChainStart.of(state, captures)  # for the next submission; None: the preparer's own chain
-    carry: Snapshot | None = None  # a failed snapshot whose station_information the next one takes
-
-    def top_up() -> None:
-        nonlocal restart, carry
-        while len(ahead) < PREPARE_AHEAD:
-            snapshot = retry.pop() if retry else next(source, None)
-            if snapshot is None:
-                return
-            if carry is not None:
-                snapshot, carry = _carry_information(carry, snapshot), None
-            preparer.submit(snapshot_fetched(snapshot, system_id), restart, settings.quality,
-                            reference_time=float(snapshot.status_last_updated))
-            ahead.append(snapshot)
-            restart = None
-
-    def again_from(start: ChainStart, carried: Snapshot | None, *steps: _Step) -> None:
-        """Drop what was prepared ahead; prepare ``steps``' snapshots and those ahead again from ``start``."""
-        nonlocal restart, carry, assumed
-        preparer.drain()
-        retry.extend(reversed([step_.snapshot for step_ in steps] + list(ahead)))
-        ahead.clear()
-        restart, carry, assumed = start, carried, start.state
-        top_up()
-
-    flushing: list[_Step] = []  # sent and being acknowledged by `confirming`
-    confirming: Future[Any] | None = None
-    sent: list[_Step] = []  # sent, not flushed yet
-    held: list[_Step] = []  # staged while `flushing` is acknowledged
-    landing: deque[_Step] = deque()  # flushed (acknowledged or not), until their run records are yielded
-    spans: list[_Span] = []  # the open span (at most one)
-    assumed = state  # the state the next snapshot to receive is prepared with
-    confirmed = state  # the state after the last acknowledged snapshot: where to start again after a failure
-    with ThreadPoolExecutor(1, thread_name_prefix="kafka-flush") as flusher, \
-            ThreadPoolExecutor(3, thread_name_prefix="lake-write") as writers, fewer_collections():
-        try:
-            top_up()
-            while ahead or confirming is not None or sent or held:
-                if ahead:
-                    current = ahead.popleft()
-                    step = _receive(current, preparer.result(), system_id, run_id(current), assumed, writers)
-                    assumed = step.state_after
-                    if step.prepared.error is not None:  # the next were prepared as if it succeeded, without its information
-                        step.failure = PrepareError(step.prepared.error, step.prepared.detail)
-                        if ahead:
-                            again_from(ChainStart.of(assumed, _assumed(captures, flushing + sent + held)), current)
-                        else:
-                            carry = current
-                    top_up()
-                    held.append(step)
-                if confirming is not None and (confirming.done() or not ahead or len(held) >= snapshots_per_flush):
-                    delivery = confirming.exception()
-                    confirming = None
-                    state = yield from _results(landing, state)  # those written meanwhile
-                    confirmed = _land(flushing, delivery, captures, spans, span_snapshots, system_id, lake, writers,
-                                      confirmed, last=delivery is None and not (ahead or held or sent))
-                    landing += flushing
-                    if delivery is not None:  # everything after these was done as if they succeeded: again
-                        carried = next((step_.snapshot for step_ in reversed(flushing)
-                                        if step_.snapshot.information_body is not None), None)
-                        again_from(ChainStart.of(confirmed, captures), carried, *held)
-                        held = []
-                    flushing = []
-                if confirming is None:
-                    for step_ in held:
-                        if step_.staged:
-                            step_.send(publisher)
-                    sent += held
-                    held = []
-                    if sent and (len(sent) >= snapshots_per_flush or not ahead):
-                        flushing, sent = sent, []
-                        confirming = flusher.submit(publisher.flush)
-            if spans:  # the last span (usually closed with the last flush already)
-                _land([], None, captures, spans, span_snapshots, system_id, lake, writers, confirmed, last=True)
-            yield from _results(landing, state, wait=True)
-        finally:
-            preparer.drain()  # nothing of this call may be left for the worker's next user
-            if confirming is not None:  # stopped early: never leave a flush behind
-                confirming.exception()
-            if sent:  # produced, never to be landed: delivered now, so that the next flush is not theirs
-                with contextlib.suppress(Exception):
-                    publisher.flush()
-
-
-def _results(landing: deque[_Step], state: SystemState, *, wait: bool = False
-             ) -> Generator[tuple[Snapshot, RunRecord, SystemState], None, SystemState]:
-    """The snapshots whose run records are being written (all of them with ``wait``), in order: each
-    one's snapshot, run record and the state after it, once written. Returns the last state.
-
-    Waiting here for the writing of the flush before, rather than yielding only what is written
-    already, keeps this thread from running ahead of the writer threads: measured over a replayed
-    day, that cost the pipeline process 1-1.5 ms more CPU per snapshot (contention for the GIL)."""
-    while landing and (landing[0].written() is not None or wait):
-        step = landing.popleft()
-        writing = step.written()
-        assert writing is not None, "every span is closed before the last results"
-        record = writing.result()[id(step)]
-        if record.outcome != "failed":
-            state = step.state_after
-        yield step.snapshot, record, state
-    return state
-
-
-def _receive(snapshot: Snapshot, prepared: Prepared, system_id: str, run_id: str, state: SystemState,
-             writers: ThreadPoolExecutor) -> _Step:
-    """A prepared snapshot. Its raw archive is written with its flush's files, whatever happens to it:
-    the preparer made it, or else (the worker process died) the writer threads compress it."""
-    fetched = snapshot_fetched(snapshot, system_id)
-    ok = prepared.error is None and prepared.validated is not None
-    archived: list[Future[LakeFile]] = []
-    for feed, body in fetched.bodies.items():
-        made = next((file for file in prepared.archives if file[0] == raw_key(system_id, feed, fetched.last_updated[feed])), None)
-        archived.append(_completed(made) if made is not None
-                        else writers.submit(raw_file, system_id, feed, fetched.last_updated[feed], body))
-    return _Step(snapshot=snapshot, fetched=fetched, prepared=prepared, run_id=run_id, started=time.time(),
-                 state_before=state, state_after=advance_state(state, fetched, prepared.validated) if ok else state,
-                 archived=archived)
-
-
-def _assumed(captures: Mapping[str, ChangeCapture], pending: Iterable[_Step]) -> dict[str, ChangeCapture]:
-    """Change capture as if the ``pending`` steps (sent or held, not acknowledged yet) were: what
-    the preparer's chain had when it prepared the step after them."""
-    assumed = {feed: capture.copy() for feed, capture in captures.items()}
-    for step in pending:
-        if step.staged:
-            for change in step.prepared.changes:
-                assumed[change.feed].commit(change)
-    return assumed
-
-
-def _completed(value: LakeFile) -> Future[LakeFile]:
-    future: Future[LakeFile] = Future()
-    future.set_result(value)
-    return future
-
-
-def _land(steps: list[_Step], delivery: BaseException | None, captures: Mapping[str, ChangeCapture],
-          spans: list[_Span], span_snapshots: int, system_id: str, lake: Lake, writers: ThreadPoolExecutor,
-          confirmed: SystemState, *, last: bool) -> SystemState:
-    """Land the steps of a flush that ended (``delivery``: its error, if any): advance change capture
-    for those acknowledged and put them in spans; hand a writer thread, as one group, every step's raw
-    archive, the acknowledged ones' station_information files and the spans that closed (all of
-    them when this is the ``last`` flush), then the run records of the steps that landed or failed.
-    Returns the state after the last acknowledged step."""
-    failed: list[_Step] = []
-    closed: list[_Span] = []
-    for step in steps:
-        if step.staged and delivery is None:
-            step.published = step.prepared.published
-            for change in step.prepared.changes:
-                captures[change.feed].commit(change)
-            partition = hive_partition(system_id, step.snapshot.status_last_updated)
-            if spans and (spans[0].partition != partition or len(spans[0].steps) >= span_snapshots):
-                closed.append(spans.pop())
-            if not spans:
-                spans.append(_Span(partition))
-            spans[0].steps.append(step)
-            step.span = spans[0]
-            confirmed = step.state_after
-        else:
-            failed.append(step)
-    if last and spans:
-        closed.append(spans.pop())
-    writing = writers.submit(_write_landing, lake, system_id, steps, failed, closed, delivery)
-    for step in failed:
-        step.landing = writing
-    for span in closed:
-        span.written = writing
-    return confirmed
-
-
-def _write_landing(lake: Lake, system_id: str, steps: list[_Step], failed: list[_Step], closed: list[_Span],
-                   delivery: BaseException | None) -> dict[int, RunRecord]:
-    """Write a flush's raw archives, its acknowledged steps' station_information files and the closed
-    spans' files, all as one group; if that fails, the raw archives alone, and every step of those
-    files fails. Then the run records of the failed steps and of the closed spans' steps, as one
-    file. Returns the run records by ``id`` of their step."""
-    began = time.perf_counter()
-    archives = [future.result() for step in steps for future in step.archived]
-    landed = [step for span in closed for step in span.steps]
-    error: BaseException | None = None
-    try:
-        files = [file for step in steps if step.published is not None
-                 for file in landed_files(step.prepared, step.published)]
-        for span in closed:
-            files += _span_files(system_id, span)
-        lake.write_files(archives + files)
-    except Exception as exc:  # noqa: BLE001 - the steps with files fail with it; the archives are written alone
-        error = exc
-        with contextlib.suppress(Exception):
-            lake.write_files(archives)
-    seconds = (time.perf_counter() - began) / max(1, len(landed) + len(steps) - len(failed))
-    records: dict[int, RunRecord] = {}
-    for step in failed:
-        durations = _durations(step) if step.staged else None
-        records[id(step)] = _failed(step, step.failure or delivery, durations)
-    for step in landed:
-        published, durations = step.published, _durations(step)
-        assert published is not None
-        durations["write"] += seconds
-        if error is not None:
-            records[id(step)] = _failed(step, error, durations, published)
-            continue
-        validated = step.prepared.validated
-        assert validated is not None
-        outcome, reason = success_outcome(validated)
-        records[id(step)] = run_record(step.run_id, step.fetched.system_id, step.started, outcome,
-                                       validated=validated, published=published, durations=durations, error=reason)
-    if records:
-        lake.write_runs(list(records.values()))
-    return records
-
-
-def _span_files(system_id: str, span: _Span) -> list[LakeFile]:
-    """A span's station_status rows as one file and its rejected station_status records as another."""
-    validated = [step.prepared.validated for step in span.steps]
-    first, last = span.steps[0].snapshot.status_last_updated, span.steps[-1].snapshot.status_last_updated
-    status = [v.status for v in validated if v is not None and v.status is not None]
-    rejected = [record for v in validated if v is not None for record in v.quarantined if record.feed == STATION_STATUS]
-    return (encode_status_span(system_id, first, last, status)
-            + encode_quarantine_span(system_id, STATION_STATUS, first, last, rejected))
-
-
-def _durations(step: _Step) -> dict[str, float]:
-    return {"validate": step.prepared.validate_s, "write": step.prepared.encode_s,
-            "produce": step.prepared.stage_s + step.produce_s}
-
-
-def _failed(step: _Step, exc: BaseException | None, durations: Mapping[str, float] | None = None,
-            published: Published | None = None) -> RunRecord:
-    log.error("%s: %s", step.fetched.system_id, exc)
-    log.debug("%s failed: %s", step.fetched.system_id, getattr(exc, "detail", None) or "", exc_info=exc)
-    return run_record(step.run_id, step.fetched.system_id, step.started, "failed", validated=step.prepared.validated,
-                      published=published, durations=durations, error=one_line(exc) if exc else "failed")
-
-
-def _carry_information(failed: Snapshot, following: Snapshot) -> Snapshot:
-    """``following``, with the station_information ``failed`` brought when it has none of its own
-    (that information was never landed, and ``following`` is paired with it)."""
-    if following.information_body is None and failed.information_body is not None:
-        return dataclasses.replace(following, information_last_updated=failed.information_last_updated,
-                                   information_body=failed.information_body)
-    return following
-
-
-def minute_files(lake: Lake, system_id: str) -> set[int]:
-    """The ``last_updated`` of the station_status snapshots the live pipeline (the minute DAG,
-    ``citibikes run``) landed in files of their own: a backfill leaves them alone, so that the
-    rows of a snapshot are never in two files (a backfill's spans and a minute's file)."""
-    names = (key.rsplit("/", 1)[-1].removesuffix(".parquet") for key in lake.files("station_status", system_id))
-    return {int(name) for name in names if name.isdigit()}
-
-
-def backfill(folder: Path, system_id: str, *, settings: Settings, lake: Lake, publisher: Publisher,
+def backfill(folder: Path, system_id: str, *, settings: Settings, lake: Lake, publisher: Publisher | None = None,
              progress: Callable[[Iterable[Any], int], Iterable[Any]] | None = None,
-             worker: SnapshotWorker | None = None) -> BackfillReport:
-    """Ingest every recorded snapshot of ``folder`` for ``system_id``; see the module docstring.
-
-    Snapshots are prepared in a worker process (``worker``, or one started for this backfill)
-    while earlier ones are published and landed (see :func:`ingest_snapshots`).
-    """
-    found = scan(folder)
-    pairs = pair(found.snapshots)
-    report = BackfillReport(snapshots=len(pairs), skipped_files=found.skipped)
-    done = {run.run_id for run in lake.read_runs(system_id) if run.outcome == "success"}
-    landed = minute_files(lake, system_id)
-    todo = [(status, information) for status, information in pairs
-            if run_id_for(system_id, status.last_updated) not in done and status.last_updated not in landed]
-    report.already_done = len(pairs) - len(todo)
-    names = {status.last_updated: status.path.name for status, _ in todo}
-
-    def snapshots() -> Iterator[Snapshot]:
-        last_information: SnapshotFile | None = None
-        for status, information in todo:
-            new_information = information is not None and information != last_information
-            yield Snapshot(
-                status_last_updated=status.last_updated,
-                status_body=read_snapshot_file(status.path),
-                information_last_updated=information.last_updated if new_information else None,
-                information_body=read_snapshot_file(information.path) if new_information else None,
-            )
-            last_information = information  # as if it succeeds: ingest_snapshots re-sends it after a failure
-
-    own_worker = worker is None and len(todo) > 1
-    if own_worker:
-        worker = SnapshotWorker().start()
-    try:
-        results = ingest_snapshots(snapshots(), system_id, settings=settings, lake=lake, publisher=publisher,
-                                   state=SystemState(), captures=new_change_capture(settings.status_snapshot_every_s),
-                                   worker=worker)
-        for snapshot, record, _ in (progress(results, len(todo)) if progress else results):
+             workers: int | None = None) -> BackfillReport:
+    """Ingest every recorded snapshot of ``folder`` for ``system_id`` (see the module doc); publish to
+    Kafka too when a ``publisher`` is given."""
+    with ProcessPoolExecutor(workers or os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        found = scan(folder, partial(pool.map, chunksize=8))
+        pairs = pair(found.snapshots)
+        report = BackfillReport(snapshots=len(pairs), skipped_files=found.skipped)
+        done = {run.run_id for run in lake.read_runs(system_id) if run.outcome == "success"}
+        landed = minute_files(lake, system_id)
+        todo = [(status, information) for status, information in pairs
+                if run_id_for(system_id, status.last_updated) not in done and status.last_updated not in landed]
+        report.already_done = len(pairs) - len(todo)
+        names = {run_id_for(system_id, status.last_updated): status.path.name for status, _ in todo}
+        records = ingest(todo, system_id, pool=pool, settings=settings, lake=lake, publisher=publisher)
+        for record in progress(records, len(todo)) if progress else records:
             if record.outcome == "failed":
                 report.failed += 1
-                report.errors.append(f"{names[snapshot.status_last_updated]}: {record.error}")
+                report.errors.append(f"{names.get(record.run_id, record.run_id)}: {record.error}")
                 continue
             report.processed += 1
             report.records += record.stations_status or 0
             report.published += record.stations_published or 0
             report.quarantined += record.stations_quarantined or 0
-    finally:
-        if own_worker and worker is not None:
-            worker.close()
     return report
+
+
+def minute_files(lake: Lake, system_id: str) -> set[int]:
+    """The ``last_updated`` of the station_status snapshots the live pipeline (the minute DAG,
+    ``citibikes run``) landed in files of their own: a backfill leaves them alone, so that the rows
+    of a snapshot are never in two files (a backfill's hour file and a minute's file)."""
+    names = (key.rsplit("/", 1)[-1].removesuffix(".parquet") for key in lake.files(STATION_STATUS, system_id))
+    return {int(name) for name in names if name.isdigit()}
+
+
+# -- 2. preparing, in a pool ------------------------------------------------------------------------
+
+@dataclass
+class _Information:
+    """One distinct station_information content, checked in the pool."""
+
+    file: SnapshotFile
+    checked: Future[Validated]
+    described: Described | None = None
+    """The stations it describes, once checked (what its status snapshots are checked against)."""
+
+    def stations(self) -> Described:
+        if self.described is None:
+            self.described = Described.of(self.checked.result())
+        return self.described
+
+
+@dataclass
+class Prepared:
+    """A status snapshot on its way from the pool."""
+
+    status: SnapshotFile
+    information: _Information | None
+    checked: Future[Validated] | None = None
+    failure: BaseException | None = None
+    """Why it could not be prepared (its information is unusable, or the pool is gone)."""
+
+    def result(self, state: SystemState) -> Checked:
+        """The checked snapshot (raises what preparing it raised). Its station_information is part
+        of it when the state has not landed that content yet."""
+        if self.failure is not None:
+            raise self.failure
+        assert self.checked is not None
+        status = self.checked.result()
+        checked = Checked(status=status, versions={STATION_STATUS: status.version})
+        information = self.information
+        if information is not None and information.file.digest != state.information_digest:
+            checked.information = information.checked.result()
+            checked.information_digest = information.file.digest
+            checked.versions[STATION_INFORMATION] = checked.information.version
+        return checked
+
+
+def prepared(pairs: Iterable[tuple[SnapshotFile, SnapshotFile | None]], pool: Executor, system_id: str,
+             quality: QualityConfig, *, ahead: int) -> Iterator[Prepared]:
+    """The snapshots in order, each being prepared in the pool ``ahead`` of the one yielded."""
+    window: deque[Prepared] = deque()
+    information: _Information | None = None
+    for status, information_file in pairs:
+        if information_file is not None and (information is None or information.file.digest != information_file.digest):
+            information = _Information(information_file, pool.submit(_check_information_file, information_file,
+                                                                     system_id))
+        item = Prepared(status, information if information_file is not None else None)
+        try:
+            known = item.information.stations() if item.information is not None else None
+            item.checked = pool.submit(_check_status_file, status, system_id, quality, known)
+        except Exception as exc:  # noqa: BLE001 - the snapshot fails with it
+            item.failure = exc
+        window.append(item)
+        if len(window) > ahead:
+            yield window.popleft()
+    yield from window
+
+
+def _check_status_file(file: SnapshotFile, system_id: str, quality: QualityConfig,
+                       known: Described | None) -> Validated:
+    """(In the pool.) A recorded status snapshot checked as of its own time."""
+    moment = float(file.last_updated)
+    return check_status(read_snapshot_file(file.path), system_id, moment, quality, known=known, reference_time=moment)
+
+
+def _check_information_file(file: SnapshotFile, system_id: str) -> Validated:
+    """(In the pool.) A recorded station_information checked."""
+    moment = float(file.last_updated)
+    return check_information(read_snapshot_file(file.path), system_id, moment, reference_time=moment)
+
+
+# -- 3. in order: select, publish, land, record -----------------------------------------------------
+
+def ingest(pairs: list[tuple[SnapshotFile, SnapshotFile | None]], system_id: str, *, pool: Executor,
+           settings: Settings, lake: Lake, publisher: Publisher | None,
+           snapshots_per_flush: int = SNAPSHOTS_PER_FLUSH) -> Iterator[RunRecord]:
+    """Ingest the snapshots in order; yield each one's run record once it is written."""
+    state = SystemState(descriptions=landed_descriptions(lake, system_id, pairs[0][0].last_updated) if pairs else {})
+    landing = Landing(lake, system_id, publisher, state)
+    ahead = AHEAD_PER_WORKER * getattr(pool, "_max_workers", 1)
+    for item in prepared(pairs, pool, system_id, settings.quality, ahead=ahead):
+        began, run_id = time.time(), run_id_for(system_id, item.status.last_updated)
+        try:
+            checked = item.result(state)
+        except Exception as exc:  # noqa: BLE001 - this snapshot fails; the next ones go on
+            landing.fail(run_id, began, exc)
+            continue
+        step = select(state, checked, system_id=system_id, snapshot_every_s=settings.status_snapshot_every_s,
+                      publish=publisher is not None)
+        landing.add(run_id, began, step)
+        state = step.state
+        if len(landing.batch) >= snapshots_per_flush:
+            state = landing.flush(settings.quality)
+            yield from landing.written()
+    landing.flush(settings.quality, last=True)
+    yield from landing.written()
+
+
+def landed_descriptions(lake: Lake, system_id: str, at: int) -> dict[str, str]:
+    """The fingerprint of each station's description version in the lake at time ``at``, so that a
+    backfill lands only descriptions that differ from those (one that stopped goes on as if it had not)."""
+    versions = lake.read_table(STATION_INFORMATION, system_id).select(STATION_INFORMATION_SCHEMA.names)
+    versions = versions.filter(pc.less_equal(versions["last_updated"].cast(pa.int64()), at * 1000))
+    versions = versions.sort_by([("last_updated", "ascending")])
+    return dict(zip(versions["station_id"].to_pylist(), changes.description_fingerprints(versions)))
+
+
+@dataclass
+class _Landing:
+    """One snapshot between its selection and its run record."""
+
+    run_id: str
+    started_at: float
+    step: Step
+    published: int | None
+
+
+class Landing:
+    """Snapshots from their selection to their run record: sent (when publishing), acknowledged a
+    batch at a time, their station_status rows waiting in their hour's span, written."""
+
+    def __init__(self, lake: Lake, system_id: str, publisher: Publisher | None, state: SystemState) -> None:
+        self.lake, self.system_id, self.publisher = lake, system_id, publisher
+        self.batch: list[_Landing] = []
+        """Selected (and sent), not acknowledged yet."""
+        self.span: list[_Landing] = []
+        """Acknowledged snapshots of one hour partition, whose station_status rows are not written yet."""
+        self.confirmed = state
+        """The state after the last acknowledged snapshot: where to go on from after a failed flush."""
+        self._failed: list[RunRecord] = []
+        self._written: list[RunRecord] = []
+
+    def add(self, run_id: str, started_at: float, step: Step) -> None:
+        published = publish_step(step, self.publisher) if self.publisher is not None else None
+        self.batch.append(_Landing(run_id, started_at, step, published))
+
+    def fail(self, run_id: str, started_at: float, exc: BaseException) -> None:
+        log.error("%s: %s", run_id, one_line(exc))
+        self._failed.append(run_record(run_id, self.system_id, started_at, "failed", error=one_line(exc)))
+
+    def flush(self, quality: QualityConfig, *, last: bool = False) -> SystemState:
+        """Have the broker acknowledge the batch, then land it; returns the state to go on from."""
+        batch, self.batch = self.batch, []
+        if batch and self.publisher is not None:
+            try:
+                self.publisher.flush()
+            except DeliveryError as exc:
+                for landing in batch:
+                    self.fail(landing.run_id, landing.started_at, exc)
+                batch = []
+        files: list[LakeFile] = []
+        landed: list[_Landing] = []
+        for landing in batch:
+            files += step_files(landing.step, status=False)
+            partition = hive_partition(self.system_id, landing.step.state.last_updated[STATION_STATUS])
+            if self.span and (partition != self._partition() or len(self.span) >= SPAN_SNAPSHOTS):
+                files += self._span_files()
+                landed += self.span
+                self.span = []
+            self.span.append(landing)
+            self.confirmed = landing.step.state
+        if last and self.span:
+            files += self._span_files()
+            landed += self.span
+            self.span = []
+        self.lake.write_files(files)
+        records = self._failed + [self._record(landing, quality) for landing in landed]
+        if records:
+            self.lake.write_runs(records)
+        self._written += records
+        self._failed = []
+        return self.confirmed
+
+    def written(self) -> list[RunRecord]:
+        """The run records written since the last call."""
+        records, self._written = self._written, []
+        return records
+
+    def _partition(self) -> str:
+        return hive_partition(self.system_id, self.span[0].step.state.last_updated[STATION_STATUS])
+
+    def _span_files(self) -> list[LakeFile]:
+        """The span's station_status rows as one file and its rejected status records as another."""
+        first = self.span[0].step.state.last_updated[STATION_STATUS]
+        last = self.span[-1].step.state.last_updated[STATION_STATUS]
+        tables = [landing.step.status for landing in self.span if landing.step.status is not None]
+        rejected = [record for landing in self.span for record in landing.step.quarantined
+                    if record.feed == STATION_STATUS]
+        files = [status_file(self.system_id, pa.concat_tables(tables), first, last)] if tables else []
+        if rejected:
+            files.append(quarantine_file(self.system_id, STATION_STATUS, rejected, first, last))
+        return files
+
+    def _record(self, landing: _Landing, quality: QualityConfig) -> RunRecord:
+        outcome_, reason = outcome(landing.step, None, landing.step.state, quality)
+        return run_record(landing.run_id, self.system_id, landing.started_at, outcome_, step=landing.step,
+                          published=landing.published, error=reason)

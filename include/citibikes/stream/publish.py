@@ -8,38 +8,26 @@ per acknowledged record would cost more Python time than producing the record, a
 already says whether any record is still unacknowledged.
 
 Keys are ``<system_id>:<station_id>`` so a station's history stays in one partition (ordered) and
-the compacted information topic keeps the latest description of each station.
-
-Change capture (``ChangeCapture``) keeps what was last published per station and lets only the
-stations whose state changed through, plus a periodic full snapshot so a consumer that starts
-from any snapshot boundary sees every station.
+the compacted information topic keeps the latest description of each station. A message's value
+is its row as JSON (times in POSIX seconds, the vendor fields as the object ``extras``); which
+rows are published is decided by :mod:`citibikes.changes`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import time
 import uuid
-from dataclasses import dataclass, field
-from itertools import compress
-from operator import ne
-from typing import Any, Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import msgspec
+import pyarrow as pa
+import pyarrow.compute as pc
 from confluent_kafka import KafkaError, Producer
 
 from citibikes.config import TopicConfig
-from citibikes.gbfs.model import (
-    SCHEMA_VERSION,
-    STATION_INFORMATION,
-    STATION_STATUS,
-    QuarantinedRecord,
-    StationInformation,
-    StationStatus,
-    StationStatusColumns,
-    VehicleTypeCount,
-)
+from citibikes.gbfs.model import SCHEMA_VERSION, STATION_INFORMATION, STATION_STATUS, QuarantinedRecord
 
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable.idempotence": True,  # no duplicates or reordering from the producer's own retries
@@ -104,13 +92,15 @@ def make_producer(bootstrap: str | None = None, **overrides: Any) -> Producer:
     return Producer({**producer_config(bootstrap, **overrides), "logger": logging.getLogger("citibikes.kafka")})
 
 
-encode_value = msgspec.json.Encoder(order="deterministic").encode
-"""A record as a message value: JSON, the keys of its dicts (``extras``) sorted as the lake stores them,
-so a record has the same bytes whatever the order of the feed's keys."""
+encode_value = msgspec.json.Encoder().encode
+
+FEED_TOPICS = {STATION_STATUS: "station_status", STATION_INFORMATION: "station_information",
+               "quarantine": "quarantine"}
+"""The topic (key in the settings' topics) each kind of message goes to."""
 
 
-def message_key(system_id: str, station_id: str) -> bytes:
-    return f"{system_id}:{station_id}".encode()
+def message_key(system_id: str, station_id: str | None) -> bytes:
+    return f"{system_id}:{station_id or ''}".encode()
 
 
 def message_id(feed: str, system_id: str, station_id: str | None, last_updated: int) -> str:
@@ -127,59 +117,28 @@ def message_id(feed: str, system_id: str, station_id: str | None, last_updated: 
 
 
 _VARIANT = {digit: "89ab"[int(digit, 16) & 0x3] for digit in "0123456789abcdef"}
+_WHOLE_SECONDS = frozenset({"last_updated", "last_reported"})
 
 
-class Encoded(msgspec.Struct, array_like=True, gc=False):
-    """Messages of one feed and one snapshot, encoded but not produced (:func:`encode_messages`):
-    the headers they all carry, then each one's key, value and ``message_id`` header. This form
-    crosses from the process that prepares snapshots to the one that produces them cheaply (the
-    shared headers once, not per message)."""
-
-    feed: str
-    """``station_information``, ``station_status`` or ``quarantine``: which topic they go to."""
-    headers: list[tuple[str, bytes]]
-    keys: list[bytes] = []
-    values: list[bytes] = []
-    ids: list[bytes] = []
-
-
-def encode_messages(feed: str, records: Sequence[Any]) -> list[Encoded]:
-    """The Kafka messages of ``records`` of ``feed`` (structs with ``system_id``, ``station_id``,
-    ``last_updated`` and ``fetched_at``), in their order, grouped by the snapshot they come from."""
-    encode = encode_value
-    schema, feed_header = str(SCHEMA_VERSION).encode(), feed.encode()
-    snapshot: tuple[Any, ...] | None = None
-    batches: list[Encoded] = []
-    for record in records:
-        system_id, last_updated, fetched_at = record.system_id, record.last_updated, record.fetched_at
-        if snapshot != (system_id, last_updated, fetched_at):  # the same for all records of a snapshot
-            snapshot = (system_id, last_updated, fetched_at)
-            batch = Encoded(feed, [
-                ("schema_version", schema),
-                ("system_id", system_id.encode()),
-                ("feed", feed_header),
-                ("last_updated", str(last_updated).encode()),
-                ("fetched_at", repr(fetched_at).encode()),
-            ], [], [], [])
-            batches.append(batch)
-            keys, values, ids = batch.keys.append, batch.values.append, batch.ids.append
-        station_id = record.station_id
-        keys(f"{system_id}:{station_id or ''}".encode())  # message_key()
-        values(encode(record))
-        ids(message_id(feed, system_id, station_id, last_updated).encode())
-    return batches
-
-
-@dataclass
-class PublishReport:
-    sent: dict[str, int] = field(default_factory=dict)
-    """Records acknowledged per topic."""
-    skipped_unchanged: int = 0
-    flush_s: float = 0.0
-
-    @property
-    def total(self) -> int:
-        return sum(self.sent.values())
+def table_rows(table: pa.Table, rows: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """Rows of a station table (all, or those at ``rows``) as message values: times in POSIX seconds
+    (``fetched_at`` a float), ``extras`` as its JSON object, without ``schema_version`` (a header)."""
+    if rows is not None:
+        table = table.take(pa.array(rows, pa.int64()))
+    columns = {}
+    for name in table.column_names:
+        column = table[name]
+        if name == "schema_version":
+            continue
+        if pa.types.is_timestamp(column.type):
+            millis = column.cast(pa.int64())
+            column = pc.divide(millis, 1000) if name in _WHOLE_SECONDS else pc.divide(millis.cast(pa.float64()), 1000.0)
+            columns[name] = column.to_pylist()
+        elif name == "extras":
+            columns[name] = [msgspec.Raw(text.encode()) for text in column.to_pylist()]
+        else:
+            columns[name] = column.to_pylist()
+    return [dict(zip(columns, values)) for values in zip(*columns.values())]
 
 
 class Publisher:
@@ -187,60 +146,57 @@ class Publisher:
 
     def __init__(self, producer: Producer, topics: Mapping[str, TopicConfig], flush_timeout_s: float = 60.0) -> None:
         self._producer = producer
-        self._topics = {key: topic.name for key, topic in topics.items()}
+        self._topics = {feed: topics[key].name for feed, key in FEED_TOPICS.items()}
         self._flush_timeout_s = flush_timeout_s
-        self._queued: dict[str, int] = {}
         self._errors: list[str] = []
-        self._skipped = 0
+        self.queued = 0
+        """Records handed to the producer since the last flush."""
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:  # acknowledged records need nothing (and are not reported, see the module doc)
             self._errors.append(f"{msg.topic()}: {err.str()}")
 
-    def _produce(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
-        while True:
-            try:
-                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
-                return
-            except BufferError:  # local queue full: let librdkafka drain, then retry this record
-                self._producer.poll(0.05)
+    def send_table(self, feed: str, table: pa.Table, rows: Sequence[int] | None = None) -> int:
+        """Produce rows of one snapshot's station table (all, or those at ``rows``); returns how many."""
+        values = table_rows(table, rows)
+        if not values:
+            return 0
+        first = values[0]
+        headers = _headers(feed, first["system_id"], first["last_updated"], first["fetched_at"])
+        self._send(feed, [(first["system_id"], value["station_id"], first["last_updated"], encode_value(value))
+                          for value in values], headers)
+        return len(values)
 
-    def send(self, batches: Sequence[Encoded]) -> None:
-        """Hand encoded messages (:func:`encode_messages`) to the producer (no waiting for the broker:
-        see :meth:`flush`)."""
-        produce, on_delivery, queued = self._producer.produce, self._on_delivery, self._queued
-        for batch in batches:
-            topic, common = self._topics[batch.feed], batch.headers
-            for key, value, id_ in zip(batch.keys, batch.values, batch.ids):
-                headers = [("message_id", id_), *common]
+    def send_quarantine(self, records: Sequence[QuarantinedRecord]) -> int:
+        """Produce rejected records (of one snapshot per feed); returns how many."""
+        by_snapshot: dict[tuple[str, str, int, float], list[QuarantinedRecord]] = {}
+        for record in records:
+            by_snapshot.setdefault((record.system_id, record.feed, record.last_updated, record.fetched_at), []).append(record)
+        for (system_id, _, last_updated, fetched_at), group in by_snapshot.items():
+            self._send("quarantine", [(system_id, record.station_id, last_updated, encode_value(record))
+                                      for record in group], _headers("quarantine", system_id, last_updated, fetched_at))
+        return len(records)
+
+    def _send(self, feed: str, messages: list[tuple[str, str | None, int, bytes]],
+              common: list[tuple[str, bytes]]) -> None:
+        topic, produce, on_delivery = self._topics[feed], self._producer.produce, self._on_delivery
+        for system_id, station_id, last_updated, value in messages:
+            headers = [("message_id", message_id(feed, system_id, station_id, last_updated).encode()), *common]
+            key = message_key(system_id, station_id)
+            while True:
                 try:
                     produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
-                except BufferError:  # local queue full: the retrying path
-                    self._produce(topic, key, value, headers)
-            queued[topic] = queued.get(topic, 0) + len(batch.keys)
+                    break
+                except BufferError:  # local queue full: let librdkafka drain, then retry this record
+                    self._producer.poll(0.05)
+        self.queued += len(messages)
 
-    def _publish(self, feed: str, records: Sequence[Any]) -> None:
-        self.send(encode_messages(feed, records))
-
-    def publish_information(self, records: Sequence[StationInformation]) -> None:
-        self._publish(STATION_INFORMATION, records)
-
-    def publish_status(self, records: Sequence[StationStatus]) -> None:
-        self._publish(STATION_STATUS, records)
-
-    def publish_quarantine(self, records: Sequence[QuarantinedRecord]) -> None:
-        self._publish("quarantine", records)
-
-    def note_skipped(self, count: int) -> None:
-        self._skipped += count
-
-    def flush(self) -> PublishReport:
-        """Wait for every delivery; raise DeliveryError unless all records were acknowledged."""
-        started = time.monotonic()
+    def flush(self) -> int:
+        """Wait for every delivery; raise DeliveryError unless all records were acknowledged. Returns
+        how many were (since the last flush)."""
         remaining = self._producer.flush(self._flush_timeout_s)
-        elapsed = time.monotonic() - started
         errors, self._errors = self._errors, []
-        queued, self._queued = self._queued, {}
+        queued, self.queued = self.queued, 0
         if remaining or errors:
             cause = errors[0] if errors else f"{remaining} records still queued after {self._flush_timeout_s:.0f} s"
             self._producer.purge()  # drop what is still queued so a retry starts clean
@@ -248,152 +204,11 @@ class Publisher:
                 f"Kafka did not acknowledge {len(errors) + max(remaining, 0)} records ({cause}); "
                 "check the broker (`make status`, CITIBIKES_KAFKA_BOOTSTRAP) - the run will be retried"
             )
-        report = PublishReport(sent=queued, skipped_unchanged=self._skipped, flush_s=elapsed)
-        self._skipped = 0
-        return report
+        return queued
 
 
-FINGERPRINT_FIELDS = ("num_bikes_available", "num_ebikes_available", "num_bikes_disabled", "num_docks_available",
-                      "num_docks_disabled", "is_installed", "is_renting", "is_returning")
-"""What counts as a change of a station's status (with its vehicle type counts): not the heartbeat
-``last_reported``."""
-
-
-def _vehicle_types_fingerprint(vehicle_types: Sequence[VehicleTypeCount] | None) -> tuple[tuple[str, int], ...]:
-    return tuple((v.vehicle_type_id, v.count) for v in vehicle_types) if vehicle_types else ()
-
-
-def status_fingerprint(record: StationStatus) -> tuple:
-    """The fingerprint of one station's status (see :data:`FINGERPRINT_FIELDS`); JSON-ready (an array)."""
-    return (*(getattr(record, name) for name in FINGERPRINT_FIELDS),
-            _vehicle_types_fingerprint(record.vehicle_types_available))
-
-
-def status_fingerprints(columns: StationStatusColumns) -> list[tuple]:
-    """:func:`status_fingerprint` of every record of a snapshot in columns, computed column-wise."""
-    vehicle_types = columns.vehicle_types_available
-    if any(vehicle_types):
-        vehicle_types = list(map(_vehicle_types_fingerprint, vehicle_types))
-    else:
-        vehicle_types = [()] * len(columns)
-    return list(zip(*(getattr(columns, name) for name in FINGERPRINT_FIELDS), vehicle_types))
-
-
-def _frozen_status_fingerprint(value: Any) -> Any:
-    """A status fingerprint read back from JSON (lists) as the tuple :func:`status_fingerprint` makes."""
-    if type(value) is list and value and type(value[-1]) is list:
-        return (*value[:-1], tuple(tuple(pair) if type(pair) is list else pair for pair in value[-1]))
-    return value
-
-
-_information_encoder = msgspec.json.Encoder()
-
-
-def information_fingerprint(record: StationInformation) -> str:
-    """A station's description minus the feed times: changes when anything users see changes."""
-    content = msgspec.structs.replace(record, last_updated=0, fetched_at=0.0)
-    return hashlib.blake2b(_information_encoder.encode(content), digest_size=8).hexdigest()
-
-
-FINGERPRINTS = {STATION_STATUS: status_fingerprint, STATION_INFORMATION: information_fingerprint}
-
-
-class ChangeCaptureState(msgspec.Struct):
-    """Per system and feed: the fingerprint last published per station and when the last full snapshot went out."""
-
-    fingerprints: dict[str, Any] = {}
-    last_snapshot_at: int = 0
-
-
-StatusFingerprint = tuple[int, Optional[int], Optional[int], Optional[int], Optional[int], bool, bool, bool,
-                          tuple[tuple[str, int], ...]]
-"""What :func:`status_fingerprint` makes, as a type (so a fingerprint sent between processes is decoded as it was)."""
-
-
-class CaptureChange(msgspec.Struct, array_like=True, gc=False):
-    """What committing a selection changes in a feed's change capture: the fingerprints of the
-    stations it published, and whether it was a full snapshot. Light enough to send between
-    processes: the worker that selects sends it to the process that commits once delivered."""
-
-    feed: str
-    station_ids: list[str]
-    fingerprints: list[Union[StatusFingerprint, str]]
-    full: bool
-    last_updated: int
-
-
-@dataclass
-class Selection:
-    """What change capture let through for one snapshot of one feed (see :meth:`ChangeCapture.select`)."""
-
-    records: list[Any]
-    """The records to publish, in feed order (of a snapshot in columns: ``extras`` as raw JSON text)."""
-    skipped: int
-    """Records left out as unchanged."""
-    change: CaptureChange
-    """What committing it changes (:meth:`ChangeCapture.commit`)."""
-
-    @property
-    def full(self) -> bool:
-        """A full snapshot: every record selected."""
-        return self.change.full
-
-
-class ChangeCapture:
-    """Lets through only the stations that changed, plus a full snapshot every ``snapshot_every_s``."""
-
-    def __init__(self, state: ChangeCaptureState | None = None, snapshot_every_s: int = 900,
-                 feed: str = STATION_STATUS) -> None:
-        self.state = state or ChangeCaptureState()
-        self.snapshot_every_s = snapshot_every_s
-        self.feed = feed
-        self.fingerprint = FINGERPRINTS[feed]
-        if feed == STATION_STATUS and self.state.fingerprints:  # from JSON: lists where the fingerprints have tuples
-            self.state.fingerprints = {station_id: _frozen_status_fingerprint(value)
-                                       for station_id, value in self.state.fingerprints.items()}
-
-    def copy(self) -> ChangeCapture:
-        """An independent copy (what is committed to it does not change this one)."""
-        state = ChangeCaptureState(dict(self.state.fingerprints), self.state.last_snapshot_at)
-        return ChangeCapture(state, self.snapshot_every_s, self.feed)
-
-    def select(self, records: Sequence[Any] | StationStatusColumns, last_updated: int) -> Selection:
-        """The records to publish: those whose fingerprint changed, or all of them when a full snapshot is due.
-
-        ``records`` are structs, or a station_status snapshot in columns (then fingerprints are
-        computed column-wise and structs made only for the selected records).
-        """
-        known = self.state.fingerprints
-        full = last_updated - self.state.last_snapshot_at >= self.snapshot_every_s
-        if isinstance(records, StationStatusColumns):
-            station_ids, fingerprints = records.station_id, status_fingerprints(records)
-        else:
-            station_ids = [record.station_id for record in records]
-            fingerprints = list(map(self.fingerprint, records))
-        if full:
-            chosen: Sequence[int] = range(len(station_ids))
-        else:  # `!=` of the previous and the new fingerprint, station by station (None: never published)
-            chosen = list(compress(range(len(station_ids)),
-                                   map(ne, map(known.get, station_ids), fingerprints)))
-        if isinstance(records, StationStatusColumns):
-            selected = records.records(chosen, raw_extras=True)  # only encoded into messages
-        else:
-            selected = list(records) if full else [records[i] for i in chosen]
-        if not full:
-            station_ids, fingerprints = [station_ids[i] for i in chosen], [fingerprints[i] for i in chosen]
-        change = CaptureChange(self.feed, list(station_ids), fingerprints, full, last_updated)
-        return Selection(selected, len(records) - len(chosen), change)
-
-    def commit(self, change: CaptureChange) -> None:
-        """Record what was delivered (a selection's :attr:`Selection.change`); call only after a successful flush."""
-        self.state.fingerprints.update(zip(change.station_ids, change.fingerprints))
-        if change.full:
-            self.state.last_snapshot_at = change.last_updated
-
-    def dumps(self) -> bytes:
-        return msgspec.json.encode(self.state)
-
-    @classmethod
-    def loads(cls, data: bytes | None, snapshot_every_s: int = 900, feed: str = STATION_STATUS) -> ChangeCapture:
-        state = msgspec.json.decode(data, type=ChangeCaptureState) if data else None
-        return cls(state, snapshot_every_s, feed)
+def _headers(feed: str, system_id: str, last_updated: int, fetched_at: float) -> list[tuple[str, bytes]]:
+    """What every message of one snapshot carries (besides its own ``message_id``)."""
+    return [("schema_version", str(SCHEMA_VERSION).encode()), ("system_id", system_id.encode()),
+            ("feed", feed.encode()), ("last_updated", str(last_updated).encode()),
+            ("fetched_at", repr(float(fetched_at)).encode())]
