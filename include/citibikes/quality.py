@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from statistics import median
 from typing import Any
 
@@ -82,18 +82,20 @@ REASONS: dict[str, str] = {
 """Every reason code a quarantined record can carry, with its meaning."""
 
 
-@dataclass(frozen=True)
 class Described:
     """The stations the latest station_information describes: what validating station_status needs.
 
-    Arrow arrays, so that handing it to another process (a backfill's pool) costs a buffer copy."""
+    Arrow arrays, so that handing it to another process (a backfill's pool) costs a buffer copy;
+    as plain data (the system's state is JSON) through :meth:`to_builtins`."""
 
-    ids: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
-    """Every described station, valid or not."""
-    capacities: pa.Array = field(default_factory=lambda: pa.array([], pa.int64()))
-    """Each one's capacity, aligned with :attr:`ids` (null when unknown or implausible)."""
-    virtual: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
-    """Stations with ``is_virtual_station`` (they need not report docks)."""
+    def __init__(self, ids: pa.Array | None = None, capacities: pa.Array | None = None,
+                 virtual: pa.Array | None = None) -> None:
+        self.ids = ids if ids is not None else pa.array([], pa.string())
+        """Every described station, valid or not."""
+        self.capacities = capacities if capacities is not None else pa.array([], pa.int64())
+        """Each one's capacity, aligned with :attr:`ids` (null when unknown or implausible)."""
+        self.virtual = virtual if virtual is not None else pa.array([], pa.string())
+        """Stations with ``is_virtual_station`` (they need not report docks)."""
 
     @classmethod
     def of(cls, information: Validated) -> Described:
