@@ -1,21 +1,22 @@
-"""The publisher without a broker: message ids, headers and keys as consumers see them, delivery failures."""
+"""The publisher without a broker: message ids, keys, headers and values as consumers see them, delivery
+failures. (Against the real broker: tests/integration/test_producer_guarantees.py, test_cli.py.)"""
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from typing import Any
 
 import pytest
 
-from citibikes.config import TopicConfig
-import msgspec
-
-from citibikes.gbfs.model import STATION_INFORMATION, StationInformation, StationStatus, VehicleTypeCount
+from citibikes.config import QualityConfig, TopicConfig
+from citibikes.gbfs.model import STATION_INFORMATION, STATION_STATUS
+from citibikes.ingest import check_information, check_status
+from citibikes.quality import Described
+from citibikes.replay.recordings import recorded
 from citibikes.stream.publish import (
     _NAMESPACE,
-    CaptureChange,
-    ChangeCapture,
     DeliveryError,
     ProducerConfigError,
     Publisher,
@@ -60,11 +61,16 @@ class FakeMessage:
 
 
 TOPICS = {key: TopicConfig(f"t-{key}") for key in ("station_information", "station_status", "quarantine")}
+FETCHED_AT = 1710335276.25
 
 
-def status(station_id: str, last_updated: int = 1710335271, fetched_at: float = 1710335272.5) -> StationStatus:
-    return StationStatus(system_id="citibike", station_id=station_id, num_bikes_available=1, is_installed=True,
-                         is_renting=True, is_returning=True, last_updated=last_updated, fetched_at=fetched_at)
+def real_feeds():
+    """The recorded Citi Bike snapshot, checked, and the raw records by station id."""
+    information_body, status_body = recorded(STATION_INFORMATION)[0].read_bytes(), recorded(STATION_STATUS)[0].read_bytes()
+    information = check_information(information_body, "citibike", FETCHED_AT)
+    status = check_status(status_body, "citibike", FETCHED_AT, QualityConfig(), known=Described.of(information))
+    raw = {record["station_id"]: record for record in json.loads(status_body)["data"]["stations"]}
+    return information, status, raw, json.loads(status_body)["last_updated"]
 
 
 def test_message_ids_are_the_uuid5_of_the_observation() -> None:
@@ -77,31 +83,78 @@ def test_message_ids_are_the_uuid5_of_the_observation() -> None:
         assert message_id(feed, "citibike", station, last_updated) == expected
 
 
-def test_every_record_carries_its_key_and_headers() -> None:
+def test_status_messages_carry_key_headers_and_the_row_as_the_feed_said() -> None:
+    _, status, raw, last_updated = real_feeds()
     producer = FakeProducer()
     publisher = Publisher(producer, TOPICS)  # type: ignore[arg-type]
-    records = [status("a"), status("b"), status("c", last_updated=1710335331, fetched_at=1710335332.25)]
-    publisher.publish_status(records)
-    report = publisher.flush()
-    assert report.sent == {"t-station_status": 3}
-    for record, message in zip(records, producer.produced, strict=True):
+    rows = [0, 5, 17, 2000]
+    assert publisher.send_table(STATION_STATUS, status.table, rows) == 4
+    assert publisher.flush() == 4
+    for row, message in zip(rows, producer.produced, strict=True):
+        value = json.loads(message["value"])
+        feed_record = raw[value["station_id"]]
+        assert value["station_id"] == status.table["station_id"][row].as_py()
         assert message["topic"] == "t-station_status"
-        assert message["key"] == f"citibike:{record.station_id}".encode()
+        assert message["key"] == f"citibike:{value['station_id']}".encode()
         assert message["headers"] == [
-            ("message_id", message_id("station_status", "citibike", record.station_id, record.last_updated).encode()),
+            ("message_id", message_id("station_status", "citibike", value["station_id"], last_updated).encode()),
             ("schema_version", b"1"),
             ("system_id", b"citibike"),
             ("feed", b"station_status"),
-            ("last_updated", str(record.last_updated).encode()),
-            ("fetched_at", repr(record.fetched_at).encode()),
+            ("last_updated", str(last_updated).encode()),
+            ("fetched_at", repr(FETCHED_AT).encode()),
         ]
+        # the value is the canonical record: counts as sent, 0/1 flags as booleans, times in POSIX seconds,
+        # the vendor's fields under extras
+        for key in ("num_bikes_available", "num_ebikes_available", "num_bikes_disabled", "num_docks_available",
+                    "num_docks_disabled", "last_reported"):
+            assert value[key] == feed_record[key]
+        for key in ("is_installed", "is_renting", "is_returning"):
+            assert value[key] is (feed_record[key] == 1)
+        assert (value["system_id"], value["last_updated"], value["fetched_at"]) == ("citibike", last_updated, FETCHED_AT)
+        assert value["extras"] == {key: v for key, v in feed_record.items() if key not in value}
+        assert "schema_version" not in value
+
+
+def test_description_and_quarantine_messages() -> None:
+    information, status, _, last_updated = real_feeds()
+    producer = FakeProducer()
+    publisher = Publisher(producer, TOPICS)  # type: ignore[arg-type]
+    assert publisher.send_table(STATION_INFORMATION, information.table.slice(0, 2)) == 2
+    assert publisher.send_quarantine(status.quarantined) == len(status.quarantined) > 0
+    descriptions, rejected = producer.produced[:2], producer.produced[2:]
+    assert [json.loads(m["value"])["name"] for m in descriptions] == information.table["name"].to_pylist()[:2]
+    assert {m["topic"] for m in descriptions} == {"t-station_information"}
+    assert {m["topic"] for m in rejected} == {"t-quarantine"}
+    for record, message in zip(status.quarantined, rejected, strict=True):
+        value = json.loads(message["value"])
+        assert (value["station_id"], value["reasons"], value["raw"]) == (record.station_id, record.reasons, record.raw)
+        assert dict(message["headers"])["message_id"] == message_id("quarantine", "citibike", record.station_id,
+                                                                    last_updated).encode()
+
+
+def test_a_tiny_system_fills_the_local_queue_and_goes_on() -> None:
+    class Full(FakeProducer):
+        calls = 0
+
+        def produce(self, *args: Any, **kwargs: Any) -> None:
+            self.calls += 1
+            if self.calls % 3 == 1:
+                raise BufferError("Local: Queue full")
+            super().produce(*args, **kwargs)
+
+    _, status, _, _ = real_feeds()
+    producer = Full()
+    assert Publisher(producer, TOPICS).send_table(STATION_STATUS, status.table, [0, 1, 2]) == 3  # type: ignore[arg-type]
+    assert [json.loads(m["value"])["station_id"] for m in producer.produced] == status.table["station_id"].to_pylist()[:3]
 
 
 @pytest.mark.parametrize(("failures", "remaining", "cause"), [(1, 0, "Message timed out"), (0, 2, "2 records still queued")])
 def test_an_unacknowledged_record_fails_the_flush(failures: int, remaining: int, cause: str) -> None:
+    _, status, _, _ = real_feeds()
     producer = FakeProducer(failures=failures, remaining=remaining)
     publisher = Publisher(producer, TOPICS)  # type: ignore[arg-type]
-    publisher.publish_status([status("a"), status("b")])
+    publisher.send_table(STATION_STATUS, status.table, [0, 1])
     with pytest.raises(DeliveryError, match=cause):
         publisher.flush()
     assert producer.purged
@@ -116,22 +169,3 @@ def test_producer_settings_may_tune_but_not_weaken_the_guarantees() -> None:
         with pytest.raises(ProducerConfigError, match=rf"^Kafka producer setting {setting}={value} is not allowed: "
                                                       rf".*; remove {setting} from the producer settings"):
             producer_config("broker:9092", **{setting: value})
-
-
-def test_a_capture_change_sent_to_another_process_commits_the_same_fingerprints() -> None:
-    """The worker process selects and sends what to commit; decoded, the status fingerprints are the
-    tuples it made (a list would never equal the next snapshot's tuple: every station would look changed)."""
-    records = [msgspec.structs.replace(status(f"s{i}"), num_ebikes_available=i % 2 or None,
-                                       vehicle_types_available=[VehicleTypeCount("classic", i), VehicleTypeCount("ebike", 1)])
-               for i in range(5)]
-    information = [StationInformation(system_id="citibike", station_id="s1", name="A & 1st", lat=40.7, lon=-74.0,
-                                      capacity=10, last_updated=1710335000, fetched_at=1710335001.0)]
-    for feed, batch in (("station_status", records), (STATION_INFORMATION, information)):
-        change = ChangeCapture(snapshot_every_s=900, feed=feed).select(batch, 1710335271).change
-        received = msgspec.msgpack.decode(msgspec.msgpack.encode(change), type=CaptureChange)
-        assert received == change
-        assert [type(fingerprint) for fingerprint in received.fingerprints] == [type(f) for f in change.fingerprints]
-        capture = ChangeCapture(snapshot_every_s=900, feed=feed)
-        capture.commit(received)
-        again = capture.select(batch, 1710335331)
-        assert again.records == [] and again.skipped == len(batch) and not again.full
