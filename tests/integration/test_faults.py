@@ -13,7 +13,7 @@ import pytest
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
-from citibikes import stages
+from citibikes import tasks
 from citibikes.config import load_settings
 from citibikes.lake import layout, open_lake
 from citibikes.replay.server import make_server
@@ -223,26 +223,27 @@ def test_a_system_broken_at_produce_or_write_fails_alone(
     ensure_topics(AdminClient({"bootstrap.servers": kafka_bootstrap}), settings.topics.values())
     lake = open_lake(settings.lake_uri)
     run_id = "alone-run"
-    fetched = stages.fetch(settings, lake)
-    validated = stages.validate(settings, lake, run_id, fetched)
-    assert all(validated[sid]["ok"] and validated[sid]["new_data"] for sid in systems)
+    fetched = tasks.fetch(settings, lake)
+    validated = tasks.validate(settings, lake, run_id, fetched)
+    assert all(validated[sid].get("ok", True) and validated[sid]["staged"] for sid in systems)
+    valid = {sid: validated[sid]["summary"]["valid"]["station_status"] for sid in systems}
 
     # synth-01's staged records are corrupted between validate and produce
     lake.write_state(validated["synth-01"]["staged"], b"not msgpack")
-    produced = stages.produce(settings, lake, Publisher(make_producer(kafka_bootstrap), settings.topics), validated)
-    assert produced["citibike"]["ok"] and produced["synth-02"]["ok"]
-    assert produced["synth-01"]["stage"] == "produce" and "cannot be decoded" in produced["synth-01"]["error"]
-    assert lake.read_state("synth-01/changes-station_status.json") is None, "change capture moved without a delivery"
+    produced = tasks.produce(settings, lake, Publisher(make_producer(kafka_bootstrap), settings.topics), validated)
+    assert produced["citibike"].get("ok", True) and produced["synth-02"].get("ok", True)
+    assert produced["synth-01"]["ok"] is False and "cannot be read" in produced["synth-01"]["error"]
+    assert lake.read_state("synth-01/state.json") is None, "the state moved without a delivery"
 
     # synth-02's lake write fails: a folder stands where its station_status file goes
     last_updated = fetched["synth-02"]["fetched"]["last_updated"]["station_status"]
     in_the_way = tmp_path / "lake" / layout.curated_key("station_status", "synth-02", last_updated) / "in-the-way"
     in_the_way.mkdir(parents=True)
-    written = stages.write(settings, lake, run_id, fetched, validated, produced)
-    assert written["citibike"]["ok"] and written["synth-02"]["stage"] == "write"
+    written = tasks.write(settings, lake, run_id, fetched, validated, produced)
+    assert written["citibike"].get("ok", True) and written["synth-02"]["ok"] is False
     assert "synth-01" not in written
 
-    lines, failed = stages.report(settings, lake, run_id,
+    lines, failed = tasks.report(settings, lake, run_id,
                                   {"fetch": fetched, "validate": validated, "produce": produced, "write": written})
     assert set(failed) == {"synth-01", "synth-02"}, lines
     assert failed["synth-01"].startswith("produce failed: ") and failed["synth-02"].startswith("write failed: ")
@@ -251,13 +252,12 @@ def test_a_system_broken_at_produce_or_write_fails_alone(
     # citibike reached the broker and the lake in full; synth-02 was published before its write failed
     status = read_topic(kafka_bootstrap, settings.topics["station_status"].name)
     by_system = {sid: sum(m["value"]["system_id"] == sid for m in status) for sid in systems}
-    assert by_system == {"citibike": validated["citibike"]["valid"], "synth-01": 0, "synth-02": validated["synth-02"]["valid"]}
+    assert by_system == {"citibike": valid["citibike"], "synth-01": 0, "synth-02": valid["synth-02"]}
     assert {Path(f).parts[-4] for f in lake.files("station_status")} == {"system=citibike"}
-    assert lake.read_table("station_status").num_rows == validated["citibike"]["valid"]
+    assert lake.read_table("station_status").num_rows == valid["citibike"]
     runs = {r.system_id: r for r in lake.read_runs()}
     assert {sid: r.outcome for sid, r in runs.items()} == {"citibike": "success", "synth-01": "failed", "synth-02": "failed"}
-    assert stages.landed(written)["station_status"] == {"rows": validated["citibike"]["valid"],
-                                                        "systems": {"citibike": validated["citibike"]["valid"]}}
+    assert tasks.landed(written)["station_status"] == {"rows": valid["citibike"], "systems": {"citibike": valid["citibike"]}}
 
 
 class FrozenClock:
@@ -282,10 +282,10 @@ def test_a_feed_that_stops_advancing_is_reported_stale(tmp_path: Path, monkeypat
         lake = open_lake(settings.lake_uri)
         publisher = Publisher(make_producer(kafka_bootstrap), settings.topics)
 
-        first = stages.run_all(settings, lake, publisher, "stale-1")
+        first = tasks.run_all(settings, lake, publisher, "stale-1")
         assert first.outcomes == {"success": 1} and not first.failed
         time.sleep(5)
-        second = stages.run_all(settings, lake, publisher, "stale-2")
+        second = tasks.run_all(settings, lake, publisher, "stale-2")
         assert second.outcomes == {"stale": 1}
         assert "has not advanced for" in second.failed["citibike"]
         assert second.sent == 0, "unchanged data must not be re-emitted"
