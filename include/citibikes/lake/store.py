@@ -11,6 +11,8 @@ the files of a step are written together; :class:`Lake` writes them atomically (
 from __future__ import annotations
 
 import gzip
+import io
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -83,6 +85,18 @@ def decompress_raw(data: bytes, max_bytes: int = RAW_MAX_BYTES) -> bytes:
             body = stream.read(max_bytes + 1)
     except (OSError, pa.ArrowInvalid) as exc:
         raise LakeError(f"archived body is not valid zstd ({str(exc).splitlines()[0]}); re-archive the snapshot") from None
+    if len(body) > max_bytes:
+        raise LakeError(f"archived body inflates past {max_bytes:,} bytes; it is not a feed snapshot")
+    return body
+
+
+def _decompress_legacy(data: bytes, max_bytes: int = RAW_MAX_BYTES) -> bytes:
+    """The body of a gzip archive (written before the switch to zstd), like :func:`decompress_raw`."""
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+            body = stream.read(max_bytes + 1)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise LakeError(f"archived body is not valid gzip ({str(exc).splitlines()[0]}); re-archive the snapshot") from None
     if len(body) > max_bytes:
         raise LakeError(f"archived body inflates past {max_bytes:,} bytes; it is not a feed snapshot")
     return body
@@ -192,7 +206,7 @@ class Lake:
         if data is not None:
             return decompress_raw(data)
         legacy = self.storage.get(layout.legacy_raw_key(system_id, feed, last_updated))
-        return None if legacy is None else gzip.decompress(legacy)
+        return None if legacy is None else _decompress_legacy(legacy)
 
     def parquet_glob(self, name: str) -> str:
         """The glob of a table's files, e.g. ``s3://bucket/lake/curated/station_status/**/*.parquet``."""
