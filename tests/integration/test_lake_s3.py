@@ -3,20 +3,23 @@ idempotent overwrites, single-PUT objects, and one-line errors for bad configura
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 from duckdb_extensions import import_extension
 from s3_fixture import BINARY_STATE_DIR, S3Server, s3_lake_uri, s3_server  # noqa: F401  (fixtures)
 
-from citibikes.gbfs.model import QuarantinedRecord, StationStatus
+from citibikes.gbfs.model import STATION_STATUS_SCHEMA, QuarantinedRecord
+from citibikes.gbfs.normalize import normalize_status
+from citibikes.gbfs.parse import parse_feed
 from citibikes.lake.errors import LakeError
-from citibikes.lake.store import Lake, decompress_raw, open_lake
-from citibikes.lake.tables import RunRecord, records_from_table
+from citibikes.lake.store import Lake, decompress_raw, open_lake, quarantine_file, status_file
+from citibikes.lake.tables import RunRecord, seconds
 from citibikes.replay.recordings import recorded
 from citibikes.stack.process import free_port
 from citibikes.stack.s3 import s3_service
@@ -24,24 +27,22 @@ from citibikes.stack.s3 import s3_service
 pytestmark = pytest.mark.s3
 
 SNAPSHOT_AT = 1710335271
+LAST_SNAPSHOT_AT = 1710337610
 
 
-def status_snapshot(index: int = 0) -> tuple[bytes, list[StationStatus]]:
-    """A recorded Citi Bike status feed and its stations as model structs (built directly)."""
-    payload = recorded("station_status")[index].read_bytes()
-    document = json.loads(payload)
-    counts = ("num_ebikes_available", "num_bikes_disabled", "num_docks_available", "num_docks_disabled")
-    records = [
-        StationStatus(
-            system_id="citibike", station_id=s["station_id"], num_bikes_available=s["num_bikes_available"],
-            **{name: s.get(name) for name in counts},
-            is_installed=bool(s["is_installed"]), is_renting=bool(s["is_renting"]), is_returning=bool(s["is_returning"]),
-            last_reported=s.get("last_reported"), last_updated=document["last_updated"],
-            fetched_at=document["last_updated"] + 1.5, extras={"legacy_id": s.get("legacy_id")},
-        )
-        for s in document["data"]["stations"]
-    ]
-    return payload, records
+def status_snapshot(index: int = 0) -> tuple[bytes, pa.Table]:
+    """A recorded Citi Bike status feed and its stations as the normalizer makes them."""
+    recording = recorded("station_status")[index]
+    payload = recording.read_bytes()
+    return payload, normalize_status(parse_feed(payload, "station_status"), "citibike", recording.last_updated + 1.5).table
+
+
+def in_order(table: pa.Table) -> pa.Table:
+    return table.select(STATION_STATUS_SCHEMA.names).sort_by([("last_updated", "ascending"), ("station_id", "ascending")])
+
+
+def duckdb_source(lake: Lake, name: str, partitions: str) -> str:
+    return f"read_parquet('{lake.parquet_glob(name)}', hive_partitioning = true, hive_types = {{{partitions}}})"
 
 
 def open_s3_lake(server: S3Server, uri: str, **overrides: Any) -> Lake:
@@ -56,40 +57,61 @@ def lake_prefix(uri: str) -> str:
 
 def test_curated_raw_runs_and_state_round_trip_over_s3(s3_server: S3Server, s3_lake_uri: str) -> None:
     lake = open_s3_lake(s3_server, s3_lake_uri)
-    payload, records = status_snapshot()
-    [status_key] = lake.write_station_status(records)
+    payload, snapshot = status_snapshot()
+    rejected = QuarantinedRecord(system_id="citibike", feed="station_status", station_id="x", reasons=["capacity_exceeded"],
+                                 raw='{"station_id":"x"}', last_updated=SNAPSHOT_AT, fetched_at=SNAPSHOT_AT + 1.5)
+    status_key, quarantine_key = lake.write_files([status_file("citibike", snapshot, SNAPSHOT_AT),
+                                                   quarantine_file("citibike", "station_status", [rejected], SNAPSHOT_AT)])
     raw_key = lake.write_raw("citibike", "station_status", SNAPSHOT_AT, payload)
-    [quarantine_key] = lake.write_quarantine([QuarantinedRecord(
-        system_id="citibike", feed="station_status", station_id="x", reasons=["capacity_exceeded"],
-        raw='{"station_id":"x"}', last_updated=SNAPSHOT_AT, fetched_at=SNAPSHOT_AT + 1.5)])
     run = RunRecord(run_id="scheduled__2024-03-13T13:07:00+00:00", system_id="citibike", started_at=SNAPSHOT_AT + 1.0,
                     finished_at=SNAPSHOT_AT + 4.0, outcome="success", stations_status=2208, stations_valid=2207,
                     stations_quarantined=1, quarantine_reasons={"capacity_exceeded": 1}, write_s=0.25)
-    run_key = lake.write_run(run)
+    [run_key] = lake.write_runs([run])
     lake.write_state("citibike/http.json", b'{"etag": "W/1"}')
 
     prefix = lake_prefix(s3_lake_uri)
     assert s3_server.object_keys(prefix) == sorted(
         f"{prefix}/{key}" for key in (status_key, raw_key, quarantine_key, run_key, "_state/citibike/http.json")
     )
+    assert lake.files("station_status", system="citibike") == [status_key]
     table = lake.read_table("station_status", system="citibike")
     assert table.num_rows == 2208
-    assert sorted(records_from_table(table, StationStatus), key=lambda r: r.station_id) == sorted(
-        records, key=lambda r: r.station_id)
-    assert lake.read_table("quarantine")["reasons"].to_pylist() == [["capacity_exceeded"]]
+    assert in_order(table).equals(in_order(snapshot))
+    quarantine = lake.read_table("quarantine")
+    assert quarantine["reasons"].to_pylist() == [["capacity_exceeded"]]
+    assert quarantine["raw"].to_pylist() == ['{"station_id":"x"}']
+    assert seconds(quarantine["fetched_at"], whole=False) == [SNAPSHOT_AT + 1.5]
     assert lake.read_runs() == [run]
     assert lake.read_state("citibike/http.json") == b'{"etag": "W/1"}'
     assert lake.read_state("citibike/other.json") is None
     stored_raw = s3_server.client().get_object(Bucket=s3_server.bucket, Key=f"{prefix}/{raw_key}")["Body"].read()
     assert raw_key.endswith(".json.zst")
     assert decompress_raw(stored_raw) == payload == lake.read_raw("citibike", "station_status", SNAPSHOT_AT)
+    lake.delete_state("citibike")
+    assert lake.read_state("citibike/http.json") is None
+    # Nothing is left below the key (pyarrow may keep an empty "_state/" marker for the parent folder).
+    assert not [key for key in s3_server.object_keys(f"{prefix}/_state/citibike")]
+
+
+def test_a_file_of_several_snapshots_over_s3(s3_server: S3Server, s3_lake_uri: str) -> None:
+    """A backfill's hour in one object: rows grouped by station, read back as the same rows."""
+    lake = open_s3_lake(s3_server, s3_lake_uri)
+    snapshots = [status_snapshot(index)[1] for index in range(4)]
+    [key] = lake.write_files([status_file("citibike", pa.concat_tables(snapshots), SNAPSHOT_AT, LAST_SNAPSHOT_AT)])
+    assert key.endswith("/hour=13/1710335271-1710337610.parquet")
+    table = lake.read_table("station_status")
+    assert in_order(table).equals(in_order(pa.concat_tables(snapshots)))
+    ids = table["station_id"].to_pylist()
+    assert ids[:4] == [ids[0]] * 4  # the first station's four observations together
+    with lake.filesystem.open_input_file(lake.storage.path(key)) as source:
+        assert pq.read_metadata(source).num_rows == 4 * 2208
 
 
 def test_duckdb_reads_the_s3_lake_through_httpfs(s3_server: S3Server, s3_lake_uri: str) -> None:
     lake = open_s3_lake(s3_server, s3_lake_uri)
     for index in (0, 1):
-        lake.write_station_status(status_snapshot(index)[1])
-    lake.write_run(RunRecord(run_id="r1", system_id="citibike", started_at=SNAPSHOT_AT, outcome="no_new_data"))
+        lake.write_files([status_file("citibike", status_snapshot(index)[1], recorded("station_status")[index].last_updated)])
+    lake.write_runs([RunRecord(run_id="r1", system_id="citibike", started_at=SNAPSHOT_AT, outcome="no_new_data")])
     con = duckdb.connect()
     import_extension("httpfs", con=con)
     con.load_extension("httpfs")
@@ -98,25 +120,31 @@ def test_duckdb_reads_the_s3_lake_through_httpfs(s3_server: S3Server, s3_lake_ur
         f"REGION '{s3_server.region}', ENDPOINT '{s3_server.host}:{s3_server.port}', URL_STYLE 'path', USE_SSL false)"
     )
     assert lake.parquet_glob("station_status") == f"{s3_lake_uri}/curated/station_status/**/*.parquet"
+    status = duckdb_source(lake, "station_status", "'system': 'VARCHAR', 'date': 'DATE', 'hour': 'INTEGER'")
     rows = con.sql(
         f"SELECT system, date::VARCHAR, hour, count(*), count(DISTINCT last_updated) "
-        f"FROM {lake.duckdb_source('station_status')} WHERE system = 'citibike' AND hour = 13 GROUP BY ALL"
+        f"FROM {status} WHERE system = 'citibike' AND hour = 13 GROUP BY ALL"
     ).fetchall()
     assert rows == [("citibike", "2024-03-13", 13, 4416, 2)]
-    assert con.sql(f"SELECT outcome FROM {lake.duckdb_source('pipeline_runs')}").fetchall() == [("no_new_data",)]
+    runs = duckdb_source(lake, "pipeline_runs", "'date': 'DATE'")
+    assert con.sql(f"SELECT outcome, date::VARCHAR FROM {runs}").fetchall() == [("no_new_data", "2024-03-13")]
 
 
 def test_repeated_writes_leave_one_object_written_by_single_puts(s3_server: S3Server, s3_lake_uri: str) -> None:
     lake = open_s3_lake(s3_server, s3_lake_uri)
-    _, records = status_snapshot()
-    [key] = lake.write_station_status(records)
+    _, snapshot = status_snapshot()
+    [key] = lake.write_files([status_file("citibike", snapshot, SNAPSHOT_AT)])
     first = s3_server.client().head_object(Bucket=s3_server.bucket, Key=f"{lake_prefix(s3_lake_uri)}/{key}")
-    assert lake.write_station_status(records) == [key]
+    assert lake.write_files([status_file("citibike", snapshot, SNAPSHOT_AT)]) == [key]
     prefix = lake_prefix(s3_lake_uri)
     assert s3_server.object_keys(f"{prefix}/curated/") == [f"{prefix}/{key}"]
     second = s3_server.client().head_object(Bucket=s3_server.bucket, Key=f"{prefix}/{key}")
     assert second["ETag"] == first["ETag"]  # the same snapshot gives the same bytes
     assert s3_server.requests(f"{prefix}/{key}") == ["s3_PutObject", "s3_HeadObject", "s3_PutObject", "s3_HeadObject"]
+    # A retry that saw other data for the same last_updated replaces the object: last write wins.
+    lake.write_files([status_file("citibike", snapshot.slice(0, 10), SNAPSHOT_AT)])
+    assert lake.read_table("station_status").num_rows == 10
+    assert s3_server.object_keys(f"{prefix}/curated/") == [f"{prefix}/{key}"]
 
 
 def test_a_ready_pyarrow_filesystem_can_be_passed_in(s3_server: S3Server, s3_lake_uri: str) -> None:

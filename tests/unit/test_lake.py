@@ -1,10 +1,17 @@
-"""The lake on a local folder: layout, real Parquet round trips, atomic and idempotent writes,
-one schema across files (pyarrow datasets and DuckDB with partition pruning), runs and state."""
+"""The lake on a local folder: layout, real snapshots round-tripped through Parquet, atomic and
+idempotent writes, one schema across files (pyarrow datasets and DuckDB with partition pruning),
+the Parquet encoding, multi-snapshot files grouped by station, runs and state.
+
+Status and information tables come from the real normalizer run on the recorded Citi Bike feeds,
+so what is written here is what the pipeline writes.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import gzip
+import itertools
 import json
 import os
 import shutil
@@ -19,105 +26,135 @@ import msgspec
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-import pyarrow.compute as pc
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from citibikes.config import load_settings
 from citibikes.gbfs.model import (
-    QuarantinedRecord,
-    StationInformation,
-    StationStatus,
-    StationStatusColumns,
-    VehicleTypeCount,
-)
-from citibikes.lake import filesystem, layout, tables
-from citibikes.lake.errors import LakeError
-from citibikes.lake.store import Lake, compress_raw, decompress_raw, encode_station_status, lake_from_settings, open_lake
-from citibikes.lake.tables import (
-    FEW_VALUES,
-    PIPELINE_RUNS_SCHEMA,
+    STATION_INFORMATION_SCHEMA,
     STATION_STATUS_SCHEMA,
-    RunRecord,
-    as_milliseconds,
-    build_table,
-    parquet_bytes,
-    read_parquet_bytes,
-    records_from_table,
-    station_status_table,
+    QuarantinedRecord,
 )
-from citibikes.replay.backfill import detect_feed, read_snapshot_file, scan
+from citibikes.gbfs.normalize import Normalized, normalize_information, normalize_status
+from citibikes.gbfs.parse import parse_feed
+from citibikes.lake import filesystem, layout, store
+from citibikes.lake.errors import LakeError
+from citibikes.lake.store import (
+    Lake,
+    compress_raw,
+    decompress_raw,
+    information_file,
+    lake_from_settings,
+    open_lake,
+    quarantine_file,
+    raw_file,
+    status_file,
+)
+from citibikes.lake.tables import (
+    PIPELINE_RUNS_SCHEMA,
+    QUARANTINE_SCHEMA,
+    SMALL_TABLE_ROWS,
+    RunRecord,
+    by_station,
+    parquet_bytes,
+    quarantine_table,
+    runs_table,
+    seconds,
+)
 from citibikes.replay.recordings import recorded
+from citibikes.replay.scan import read_snapshot_file, scan
 
 SNAPSHOT_AT = 1710335271  # 2024-03-13 13:07:51 UTC, the first recorded Citi Bike snapshot
-STATUS_FIELDS = {
-    "station_id", "num_bikes_available", "num_ebikes_available", "num_bikes_disabled",
-    "num_docks_available", "num_docks_disabled", "is_installed", "is_renting", "is_returning",
-    "last_reported", "vehicle_types_available",
-}
-INFORMATION_FIELDS = {
-    "station_id", "name", "lat", "lon", "short_name", "capacity", "region_id", "address",
-    "is_virtual_station", "rental_methods",
-}
+LAST_SNAPSHOT_AT = 1710337610  # 13:46:50 UTC, the fourth and last
+FETCH_DELAY_S = 2.345
+DUCKDB_PARTITION_TYPES = {"system": "VARCHAR", "date": "DATE", "hour": "INTEGER"}
 
 
-def recorded_feed(feed: str, index: int = 0) -> dict[str, Any]:
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def normalized(body: bytes, feed: str = "station_status", *, system_id: str = "citibike",
+               last_updated: int | None = None) -> Normalized:
+    """What the pipeline makes of a feed body: parse_feed, then the feed's normalizer."""
+    parsed = parse_feed(body, feed)
+    if last_updated is not None:
+        parsed = dataclasses.replace(parsed, last_updated=last_updated)
+    normalize = normalize_status if feed == "station_status" else normalize_information
+    return normalize(parsed, system_id, parsed.last_updated + FETCH_DELAY_S)
+
+
+def recorded_document(feed: str = "station_status", index: int = 0) -> dict[str, Any]:
     return json.loads(recorded(feed)[index].read_bytes())
 
 
-def status_records(document: dict[str, Any], system_id: str = "citibike", shift_s: int = 0) -> list[StationStatus]:
-    """Model structs straight from a recorded GBFS 1.1 document (the normalizer is not used here)."""
-    last_updated = document["last_updated"] + shift_s
-    return [
-        StationStatus(
-            system_id=system_id,
-            station_id=station["station_id"],
-            num_bikes_available=station["num_bikes_available"],
-            num_ebikes_available=station.get("num_ebikes_available"),
-            num_bikes_disabled=station.get("num_bikes_disabled"),
-            num_docks_available=station.get("num_docks_available"),
-            num_docks_disabled=station.get("num_docks_disabled"),
-            is_installed=bool(station["is_installed"]),
-            is_renting=bool(station["is_renting"]),
-            is_returning=bool(station["is_returning"]),
-            last_reported=None if station.get("last_reported") == 86400 else station.get("last_reported"),
-            last_updated=last_updated,
-            fetched_at=last_updated + 2.345,
-            extras={k: v for k, v in station.items() if k not in STATUS_FIELDS},
-        )
-        for station in document["data"]["stations"]
-    ]
+def document_body(document: dict[str, Any]) -> bytes:
+    return json.dumps(document).encode()
 
 
-def information_records(document: dict[str, Any]) -> list[StationInformation]:
-    return [
-        StationInformation(
-            system_id="citibike",
-            station_id=station["station_id"],
-            name=station["name"],
-            lat=station["lat"],
-            lon=station["lon"],
-            short_name=station.get("short_name"),
-            capacity=station.get("capacity"),
-            region_id=station.get("region_id"),
-            address=station.get("address"),
-            rental_methods=station.get("rental_methods"),
-            last_updated=document["last_updated"],
-            fetched_at=document["last_updated"] + 0.5,
-            extras={k: v for k, v in station.items() if k not in INFORMATION_FIELDS},
-        )
-        for station in document["data"]["stations"]
-    ]
+def in_order(table: pa.Table) -> pa.Table:
+    """The table's schema columns, rows sorted by time and station (partition columns dropped)."""
+    names = [name for name in table.column_names if name not in DUCKDB_PARTITION_TYPES]
+    return table.select(names).sort_by([("last_updated", "ascending"), ("station_id", "ascending")])
 
 
-def by_station(records: list[Any]) -> list[Any]:
-    return sorted(records, key=lambda r: r.station_id)
+def write_status(lake: Lake, table: pa.Table) -> str:
+    """One snapshot's station_status file, named after its last_updated."""
+    moment = seconds(table["last_updated"], whole=True)[0]
+    [key] = lake.write_files([status_file(table["system_id"][0].as_py(), table, moment)])
+    return key
+
+
+def duckdb_source(lake: Lake, name: str) -> str:
+    """``read_parquet(...)`` of a table's glob with typed Hive partition columns."""
+    keys = layout.table_layout(name).partition_keys
+    types = ", ".join(f"'{key}': '{DUCKDB_PARTITION_TYPES[key]}'" for key in keys)
+    return f"read_parquet('{lake.parquet_glob(name)}', hive_partitioning = true, hive_types = {{{types}}})"
+
+
+def column_chunks(data: bytes | Path) -> dict[str, Any]:
+    source = pa.BufferReader(data) if isinstance(data, bytes) else data
+    metadata = pq.ParquetFile(source).metadata
+    assert metadata.num_row_groups == 1
+    group = metadata.row_group(0)
+    return {group.column(i).path_in_schema: group.column(i) for i in range(metadata.num_columns)}
+
+
+def quarantined_from_table(table: pa.Table) -> list[QuarantinedRecord]:
+    columns = {name: table[name].to_pylist() for name in ("system_id", "feed", "station_id", "reasons", "raw")}
+    columns["last_updated"] = seconds(table["last_updated"], whole=True)
+    columns["fetched_at"] = seconds(table["fetched_at"], whole=False)
+    return [QuarantinedRecord(**dict(zip(columns, values))) for values in zip(*columns.values())]
 
 
 @pytest.fixture(scope="module")
-def first_status() -> list[StationStatus]:
-    return status_records(recorded_feed("station_status"))
+def snapshots() -> list[pa.Table]:
+    """The four recorded Citi Bike station_status snapshots (13:07 to 13:46 UTC), normalized."""
+    return [normalized(recording.read_bytes()).table for recording in recorded("station_status")]
+
+
+@pytest.fixture(scope="module")
+def first_status(snapshots: list[pa.Table]) -> pa.Table:
+    return snapshots[0]
+
+
+@pytest.fixture(scope="module")
+def information() -> pa.Table:
+    return normalized(recorded("station_information")[0].read_bytes(), "station_information").table
+
+
+@pytest.fixture(scope="module")
+def rejected() -> list[QuarantinedRecord]:
+    """What the normalizer quarantines from a recorded snapshot with three stations broken."""
+    document = recorded_document()
+    stations = document["data"]["stations"]
+    del stations[0]["station_id"]
+    stations[1]["num_bikes_available"] = "many"
+    stations[2]["is_renting"] = "maybe"
+    stations[2]["last_reported"] = None
+    result = normalized(document_body(document))
+    assert len(result.quarantined) == 3
+    return result.quarantined
 
 
 @pytest.fixture
@@ -125,7 +162,7 @@ def lake(tmp_path: Path) -> Lake:
     return open_lake(str(tmp_path / "lake"))
 
 
-# -- layout -----------------------------------------------------------------------------------
+# -- layout ---------------------------------------------------------------------------------------
 
 
 def test_partitions_and_names_derive_from_last_updated_in_utc() -> None:
@@ -141,83 +178,172 @@ def test_partitions_and_names_derive_from_last_updated_in_utc() -> None:
     assert layout.raw_key("citibike", "station_status", SNAPSHOT_AT) == (
         "raw/system=citibike/feed=station_status/date=2024-03-13/hour=13/1710335271.json.zst"
     )
+    # Several snapshots: named after the first and the last, in the partition of the first.
+    assert layout.curated_key("station_status", "citibike", SNAPSHOT_AT, LAST_SNAPSHOT_AT) == (
+        "curated/station_status/system=citibike/date=2024-03-13/hour=13/1710335271-1710337610.parquet"
+    )
+    assert layout.quarantine_key("citibike", "station_status", SNAPSHOT_AT, LAST_SNAPSHOT_AT) == (
+        "quarantine/system=citibike/date=2024-03-13/hour=13/station_status-1710335271-1710337610.parquet"
+    )
+    assert layout.curated_key("station_status", "citibike", SNAPSHOT_AT, SNAPSHOT_AT) == (
+        layout.curated_key("station_status", "citibike", SNAPSHOT_AT)
+    )
     # Midnight UTC belongs to the new day; one second before to hour 23 of the old one.
     assert layout.hive_partition("citibike", 1710288000) == "system=citibike/date=2024-03-13/hour=0"
     assert layout.hive_partition("citibike", 1710287999) == "system=citibike/date=2024-03-12/hour=23"
+    # The file makers use the same names.
+    assert raw_file("citibike", "station_status", SNAPSHOT_AT, b"{}")[0] == layout.raw_key(
+        "citibike", "station_status", SNAPSHOT_AT)
 
 
 def test_run_file_names_are_safe_for_airflow_run_ids() -> None:
     key = layout.run_key("scheduled__2024-03-13T13:00:00+00:00", "citibike", SNAPSHOT_AT)
     assert key == "pipeline_runs/date=2024-03-13/scheduled__2024-03-13T13_00_00_00_00-citibike.parquet"
     assert layout.safe_file_name(".hidden") == "r.hidden"  # readers skip names starting with . or _
+    assert layout.safe_file_name("_x") == "r_x"
+    with pytest.raises(LakeError, match="needs a run_id"):
+        layout.run_key("", "citibike", SNAPSHOT_AT)
 
 
-@pytest.mark.parametrize("bad", ["../etc", "Citibike", "a/b", ""])
-def test_system_ids_that_would_break_paths_are_refused(bad: str) -> None:
+@pytest.mark.parametrize("bad", ["../etc", "Citibike", "a/b", "", "city bike"])
+def test_system_ids_that_would_break_paths_are_refused(bad: str, lake: Lake, first_status: pa.Table) -> None:
     with pytest.raises(LakeError, match="lowercase letters"):
         layout.hive_partition(bad, SNAPSHOT_AT)
+    with pytest.raises(LakeError, match="lowercase letters"):
+        status_file(bad, first_status, SNAPSHOT_AT)
+    with pytest.raises(LakeError, match="lowercase letters"):
+        raw_file(bad, "station_status", SNAPSHOT_AT, b"{}")
+    with pytest.raises(LakeError, match="lowercase letters"):
+        RunRecord(run_id="r", system_id=bad, started_at=SNAPSHOT_AT, outcome="success")
+    with pytest.raises(LakeError, match="lowercase letters"):
+        lake.files("station_status", system=bad)
+    assert not (Path(lake.uri) / "curated").exists()
 
 
-# -- round trips of the real data --------------------------------------------------------------
+@pytest.mark.parametrize("bad", ["../x", "Station_Status", "feed/x", ""])
+def test_feed_names_that_would_break_paths_are_refused(bad: str) -> None:
+    with pytest.raises(LakeError, match="cannot name a lake file"):
+        layout.raw_key("citibike", bad, SNAPSHOT_AT)
+    with pytest.raises(LakeError, match="cannot name a lake file"):
+        quarantine_file("citibike", bad, [], SNAPSHOT_AT)
 
 
-def test_real_status_snapshots_round_trip(lake: Lake) -> None:
-    snapshots = [status_records(json.loads(r.read_bytes())) for r in recorded("station_status")]
-    for records in snapshots:
-        assert lake.write_station_status(records) == [
-            layout.curated_key("station_status", "citibike", records[0].last_updated)
-        ]
+def test_only_the_curated_tables_have_curated_keys() -> None:
+    with pytest.raises(LakeError, match="no curated table 'quarantine'"):
+        layout.curated_key("quarantine", "citibike", SNAPSHOT_AT)
+
+
+# -- real snapshots round-trip through Parquet ------------------------------------------------------
+
+
+def test_real_status_snapshots_round_trip(lake: Lake, snapshots: list[pa.Table]) -> None:
+    keys = [write_status(lake, table) for table in snapshots]
+    assert keys == [layout.curated_key("station_status", "citibike", r.last_updated) for r in recorded("station_status")]
     table = lake.read_table("station_status")
-    assert table.num_rows == sum(len(s) for s in snapshots) == 4 * 2208
-    assert table.schema.field("last_reported").type == pa.timestamp("ms", tz="UTC")
-    assert table.schema.field("fetched_at").type == pa.timestamp("ms", tz="UTC")
+    assert table.num_rows == sum(t.num_rows for t in snapshots) == 4 * 2208
+    assert table["system"].unique().to_pylist() == ["citibike"]
+    assert table["date"].unique().to_pylist() == [date(2024, 3, 13)]
     assert table["hour"].unique().to_pylist() == [13]
-    assert table["last_reported"].null_count > 0  # Citi Bike's 86400 "never reported" became null
-    written = [r for snapshot in snapshots for r in snapshot]
-    in_order = lambda records: sorted(records, key=lambda r: (r.last_updated, r.station_id))  # noqa: E731
-    assert in_order(records_from_table(table, StationStatus)) == in_order(written)
+    assert table.select(STATION_STATUS_SCHEMA.names).schema.equals(STATION_STATUS_SCHEMA)
+    assert in_order(table).equals(in_order(pa.concat_tables(snapshots)))
+    # Each file on its own is the snapshot as the normalizer made it, rows in the feed's order.
+    for key, snapshot in zip(keys, snapshots):
+        assert pq.read_table(Path(lake.uri) / key).equals(snapshot)
 
 
-def test_real_information_snapshot_round_trips(lake: Lake) -> None:
-    records = information_records(recorded_feed("station_information"))
-    lake.write_station_information(records)
+def test_real_information_snapshot_round_trips(lake: Lake, information: pa.Table) -> None:
+    assert lake.write_files([information_file("citibike", information, SNAPSHOT_AT)]) == [
+        "curated/station_information/system=citibike/date=2024-03-13/hour=13/1710335271.parquet"]
     table = lake.read_table("station_information", system="citibike")
-    assert table.num_rows == 2208
-    assert by_station(records_from_table(table, StationInformation)) == by_station(records)
+    assert table.num_rows == information.num_rows == 2208
+    assert table.select(STATION_INFORMATION_SCHEMA.names).equals(information)
     assert json.loads(table["extras"][0].as_py())["station_type"] == "classic"
+    assert lake.read_table("station_information", system="othersys").num_rows == 0
 
 
-def test_vehicle_types_and_missing_counts_round_trip(lake: Lake) -> None:
-    record = StationStatus(
-        system_id="citibike", station_id="s1", num_bikes_available=3, is_installed=True,
-        is_renting=True, is_returning=False, last_updated=SNAPSHOT_AT, fetched_at=SNAPSHOT_AT + 0.001,
-        vehicle_types_available=[VehicleTypeCount("classic", 2), VehicleTypeCount("ebike", 1)],
-        extras={"z": 1, "a": [1, {"b": None}]},
-    )
-    lake.write_station_status([record])
+def test_a_file_of_several_snapshots_round_trips(lake: Lake, snapshots: list[pa.Table]) -> None:
+    file = status_file("citibike", pa.concat_tables(snapshots), SNAPSHOT_AT, LAST_SNAPSHOT_AT)
+    assert lake.write_files([file]) == [
+        "curated/station_status/system=citibike/date=2024-03-13/hour=13/1710335271-1710337610.parquet"]
+    table = lake.read_table("station_status", system="citibike")
+    assert in_order(table).equals(in_order(pa.concat_tables(snapshots)))
+    assert table.select(STATION_STATUS_SCHEMA.names).schema.equals(STATION_STATUS_SCHEMA)
+
+
+def test_vehicle_types_missing_counts_and_extras_round_trip(lake: Lake) -> None:
+    document = {"last_updated": SNAPSHOT_AT, "ttl": 60, "version": "2.3", "data": {"stations": [{
+        "station_id": "s1", "num_bikes_available": 3, "is_installed": True, "is_renting": True,
+        "is_returning": False, "last_reported": SNAPSHOT_AT - 5,
+        "vehicle_types_available": [{"vehicle_type_id": "classic", "count": 2}, {"vehicle_type_id": "ebike", "count": 1}],
+        "z": 1, "a": [1, {"b": None}],
+    }]}}
+    snapshot = normalized(document_body(document)).table
+    write_status(lake, snapshot)
     table = lake.read_table("station_status")
     assert table["vehicle_types_available"].to_pylist() == [
         [{"vehicle_type_id": "classic", "count": 2}, {"vehicle_type_id": "ebike", "count": 1}]
     ]
     assert table["num_docks_available"].to_pylist() == [None]
     assert table["extras"].to_pylist() == ['{"a":[1,{"b":null}],"z":1}']  # sorted keys: stable text
-    assert records_from_table(table, StationStatus) == [record]
+    assert table.select(STATION_STATUS_SCHEMA.names).equals(snapshot)
 
 
-def test_times_are_whole_milliseconds_rounded_like_python(first_status: list[StationStatus]) -> None:
-    seconds = [SNAPSHOT_AT + 0.0005, SNAPSHOT_AT + 0.0015, SNAPSHOT_AT + 0.0025, 0.0005, 1.5e-3, SNAPSHOT_AT + 0.123456]
-    records = [msgspec.structs.replace(first_status[0], station_id=f"s{i}", fetched_at=value)
-               for i, value in enumerate(seconds)]
-    table = station_status_table(records)
-    assert table["fetched_at"].cast(pa.int64()).to_pylist() == [round(value * 1000) for value in seconds]
-    assert table["last_updated"].cast(pa.int64()).to_pylist() == [SNAPSHOT_AT * 1000] * len(seconds)
+def test_times_are_stored_as_whole_milliseconds_in_utc(lake: Lake, first_status: pa.Table,
+                                                      rejected: list[QuarantinedRecord]) -> None:
+    run = RunRecord(run_id="r", system_id="citibike", started_at=SNAPSHOT_AT + 0.25, finished_at=SNAPSHOT_AT + 1.0,
+                    outcome="success")
+    keys = [write_status(lake, first_status.slice(0, 20)),
+            *lake.write_files([quarantine_file("citibike", "station_status", rejected, SNAPSHOT_AT)]),
+            *lake.write_runs([run])]
+    for key in keys:
+        schema = pq.ParquetFile(Path(lake.uri) / key).schema
+        times = [schema.column(i) for i in range(len(schema)) if schema.column(i).logical_type.type == "TIMESTAMP"]
+        assert times, key
+        for column in times:
+            logical = json.loads(column.logical_type.to_json())
+            assert (logical["isAdjustedToUTC"], logical["timeUnit"]) == (True, "milliseconds"), (key, column.name)
+    fetched = lake.read_table("station_status")["fetched_at"].cast(pa.int64()).to_pylist()
+    assert set(fetched) == {round((SNAPSHOT_AT + FETCH_DELAY_S) * 1000)}
+
+
+SUB_MILLISECONDS = [SNAPSHOT_AT + 0.0005, SNAPSHOT_AT + 0.0015, SNAPSHOT_AT + 0.0025, 0.0005, 1.5e-3,
+                    SNAPSHOT_AT + 0.123456, SNAPSHOT_AT + 0.9999]
+
+
+def test_record_times_become_milliseconds_rounded_like_python(rejected: list[QuarantinedRecord]) -> None:
+    records = [msgspec.structs.replace(rejected[0], fetched_at=value) for value in SUB_MILLISECONDS]
+    table = quarantine_table(records)
+    assert table["fetched_at"].cast(pa.int64()).to_pylist() == [round(value * 1000) for value in SUB_MILLISECONDS]
+    assert table["last_updated"].cast(pa.int64()).to_pylist() == [SNAPSHOT_AT * 1000] * len(SUB_MILLISECONDS)
+    runs = [RunRecord(run_id=f"r{i}", system_id="citibike", started_at=value, outcome="success")
+            for i, value in enumerate(SUB_MILLISECONDS)]
+    assert runs_table(runs)["started_at"].cast(pa.int64()).to_pylist() == [round(v * 1000) for v in SUB_MILLISECONDS]
+
+
+@given(st.lists(st.one_of(st.integers(0, 4_000_000_000), st.floats(0, 4e9),
+                          st.integers(0, 4_000_000).map(lambda n: n / 2000)), max_size=20))  # halves of a ms
+def test_any_record_time_is_rounded_to_the_nearest_millisecond(values: list[float]) -> None:
+    records = [QuarantinedRecord(system_id="citibike", feed="station_status", station_id="s", reasons=["x"],
+                                 raw="{}", last_updated=SNAPSHOT_AT, fetched_at=value) for value in values]
+    assert quarantine_table(records)["fetched_at"].cast(pa.int64()).to_pylist() == [round(v * 1000) for v in values]
+
+
+def test_seconds_of_a_time_column() -> None:
+    column = pa.array([SNAPSHOT_AT * 1000 + 999, None, -1], pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
+    assert seconds(column, whole=True) == [SNAPSHOT_AT, None, -1]
+    assert seconds(column, whole=False) == [SNAPSHOT_AT + 0.999, None, -0.001]
+
+
+# -- the raw archive -----------------------------------------------------------------------------------
 
 
 def test_raw_feed_is_archived_compressed_and_deterministic(lake: Lake, tmp_path: Path) -> None:
     payload = recorded("station_status")[0].read_bytes()
     key = lake.write_raw("citibike", "station_status", SNAPSHOT_AT, payload)
+    assert key == layout.raw_key("citibike", "station_status", SNAPSHOT_AT)
     stored = (tmp_path / "lake" / key).read_bytes()
     assert stored.startswith(b"\x28\xb5\x2f\xfd")  # one standard zstd frame
+    assert stored == raw_file("citibike", "station_status", SNAPSHOT_AT, payload)[1] == compress_raw(payload)
     assert decompress_raw(stored) == payload == lake.read_raw("citibike", "station_status", SNAPSHOT_AT)
     assert len(stored) < len(payload) / 5
     lake.write_raw("citibike", "station_status", SNAPSHOT_AT, payload)
@@ -240,81 +366,157 @@ def test_raw_archives_from_before_zstd_are_still_read(lake: Lake, tmp_path: Path
     legacy.parent.mkdir(parents=True)
     legacy.write_bytes(gzip.compress(payload, mtime=0))
     assert lake.read_raw("citibike", "station_status", SNAPSHOT_AT) == payload
+    # A zstd archive of the same snapshot (written since) is the one read.
+    lake.write_raw("citibike", "station_status", SNAPSHOT_AT, b'{"newer": true}')
+    assert lake.read_raw("citibike", "station_status", SNAPSHOT_AT) == b'{"newer": true}'
 
 
-def test_the_raw_archive_can_be_backfilled_again(lake: Lake, tmp_path: Path) -> None:
-    for recording in recorded("station_status")[:2] + recorded("station_information"):
-        body = recording.read_bytes()
-        feed = detect_feed(body)
-        lake.write_raw("citibike", feed, json.loads(body)["last_updated"], body)
+def test_the_raw_archive_can_be_ingested_again(lake: Lake, tmp_path: Path) -> None:
+    recordings = recorded("station_status")[:2] + recorded("station_information")
+    for recording in recordings:
+        lake.write_raw("citibike", recording.feed, recording.last_updated, recording.read_bytes())
     found = scan(tmp_path / "lake" / "raw")
-    assert [(s.feed, s.path.name.endswith(".json.zst")) for s in found.snapshots] == [
-        ("station_information", True), ("station_status", True), ("station_status", True)]
-    assert read_snapshot_file(found.snapshots[1].path) == recorded("station_status")[0].read_bytes()
+    assert found.skipped == {}
+    assert [(s.feed, s.last_updated, s.path.name.endswith(".json.zst")) for s in found.snapshots] == [
+        ("station_information", SNAPSHOT_AT, True), ("station_status", SNAPSHOT_AT, True),
+        ("station_status", recordings[1].last_updated, True)]
+    body = read_snapshot_file(found.snapshots[1].path)
+    assert body == recordings[0].read_bytes()
+    assert normalized(body).table.equals(normalized(recordings[0].read_bytes()).table)
 
 
 def test_corrupt_or_oversized_raw_archives_are_one_line_errors() -> None:
     packed = compress_raw(b"x" * 10_000)
-    with pytest.raises(LakeError, match="not valid zstd"):
-        decompress_raw(packed[: len(packed) // 2])
-    with pytest.raises(LakeError, match="inflates past 1,000 bytes"):
+    for corrupt in (packed[: len(packed) // 2], b"\x28\xb5\x2f\xfd" + b"\x00" * 20, b"not zstd at all"):
+        with pytest.raises(LakeError, match="not valid zstd") as error:
+            decompress_raw(corrupt)
+        assert "\n" not in str(error.value)
+    with pytest.raises(LakeError, match="inflates past 1,000 bytes; it is not a feed snapshot"):
         decompress_raw(packed, max_bytes=1000)
+    assert decompress_raw(packed, max_bytes=10_000) == b"x" * 10_000  # the limit itself is allowed
 
 
-def test_quarantine_keeps_reasons_and_raw_json(lake: Lake) -> None:
-    records = [
-        QuarantinedRecord(system_id="citibike", feed="station_status", station_id="s1",
-                          reasons=["capacity_exceeded", "future_report"], raw='{"station_id":"s1"}',
-                          last_updated=SNAPSHOT_AT, fetched_at=SNAPSHOT_AT + 1.5),
-        QuarantinedRecord(system_id="citibike", feed="station_status", station_id=None,
-                          reasons=["missing_station_id"], raw="{}", last_updated=SNAPSHOT_AT,
-                          fetched_at=SNAPSHOT_AT + 1.5),
-        QuarantinedRecord(system_id="citibike", feed="station_information", station_id="s2",
-                          reasons=["bad_coordinates"], raw='{"lat":91}', last_updated=SNAPSHOT_AT,
-                          fetched_at=SNAPSHOT_AT + 1.5),
-    ]
-    keys = lake.write_quarantine(records)
-    assert sorted(keys) == [
-        "quarantine/system=citibike/date=2024-03-13/hour=13/station_information-1710335271.parquet",
+def test_corrupt_legacy_archives_are_one_line_errors(lake: Lake, tmp_path: Path) -> None:
+    legacy = tmp_path / "lake" / layout.legacy_raw_key("citibike", "station_status", SNAPSHOT_AT)
+    legacy.parent.mkdir(parents=True)
+    packed = gzip.compress(recorded("station_status")[0].read_bytes())
+    for corrupt in (packed[: len(packed) // 2], b"not gzip at all"):
+        legacy.write_bytes(corrupt)
+        with pytest.raises(LakeError, match="archived body is not valid gzip") as error:
+            lake.read_raw("citibike", "station_status", SNAPSHOT_AT)
+        assert "\n" not in str(error.value)
+    with pytest.raises(LakeError, match="inflates past 1,000 bytes; it is not a feed snapshot"):
+        store._decompress_legacy(gzip.compress(b"x" * 10_000), max_bytes=1000)
+
+
+# -- quarantine ----------------------------------------------------------------------------------------
+
+
+def test_quarantine_keeps_reasons_and_raw_json(lake: Lake, rejected: list[QuarantinedRecord]) -> None:
+    broken_information = recorded_document("station_information")
+    broken_information["data"]["stations"][0]["lat"] = "north"
+    rejected_information = normalized(document_body(broken_information), "station_information").quarantined
+    assert [r.station_id for r in rejected_information] == [broken_information["data"]["stations"][0]["station_id"]]
+    keys = lake.write_files([quarantine_file("citibike", "station_status", rejected, SNAPSHOT_AT),
+                             quarantine_file("citibike", "station_information", rejected_information, SNAPSHOT_AT)])
+    assert keys == [
         "quarantine/system=citibike/date=2024-03-13/hour=13/station_status-1710335271.parquet",
+        "quarantine/system=citibike/date=2024-03-13/hour=13/station_information-1710335271.parquet",
     ]
     table = lake.read_table("quarantine")
+    assert table.select(QUARANTINE_SCHEMA.names).schema.equals(QUARANTINE_SCHEMA)
     assert table.schema.field("reasons").type == pa.list_(pa.string())
     by_raw = lambda items: sorted(items, key=lambda r: r.raw)  # noqa: E731
-    assert by_raw(records_from_table(table, QuarantinedRecord)) == by_raw(records)
+    assert by_raw(quarantined_from_table(table)) == by_raw(rejected + rejected_information)
+    assert rejected[0].station_id is None and "missing_field:station_id" in rejected[0].reasons
+    stored = {record.raw: record for record in quarantined_from_table(table)}
+    for record in rejected:  # the raw record is whole, as JSON text
+        assert json.loads(stored[record.raw].raw) == json.loads(record.raw)
+        assert stored[record.raw].reasons == record.reasons
 
 
-def test_records_that_break_the_schema_give_one_line_errors(lake: Lake, first_status: list[StationStatus]) -> None:
-    broken = msgspec.structs.replace(first_status[0], num_bikes_available=None)
-    with pytest.raises(LakeError, match=r"station_status.num_bikes_available is missing in 1 record") as missing:
-        lake.write_station_status([broken])
-    assert "\n" not in str(missing.value)
-    wrong = msgspec.structs.replace(first_status[0], num_docks_available="many")
-    with pytest.raises(LakeError, match=r"num_docks_available cannot be stored as int32"):
-        lake.write_station_status([wrong])
+def test_a_quarantine_file_of_several_snapshots(lake: Lake, rejected: list[QuarantinedRecord]) -> None:
+    later = [msgspec.structs.replace(record, last_updated=LAST_SNAPSHOT_AT) for record in rejected]
+    [key] = lake.write_files([quarantine_file("citibike", "station_status", rejected + later, SNAPSHOT_AT,
+                                              LAST_SNAPSHOT_AT)])
+    assert key.endswith("/hour=13/station_status-1710335271-1710337610.parquet")
+    assert quarantined_from_table(lake.read_table("quarantine")) == rejected + later
+
+
+def test_records_that_break_the_schema_give_one_line_errors(lake: Lake, rejected: list[QuarantinedRecord]) -> None:
+    missing = msgspec.structs.replace(rejected[1], system_id=None)
+    with pytest.raises(LakeError, match=r"^quarantine.system_id is missing in 1 record\(s\); it is required") as error:
+        quarantine_file("citibike", "station_status", [rejected[0], missing], SNAPSHOT_AT)
+    assert "\n" not in str(error.value)
+    wrong = msgspec.structs.replace(rejected[1], station_id=17)
+    with pytest.raises(LakeError, match=r"^quarantine.station_id cannot be stored as string: .*; fix the records") as error:
+        quarantine_file("citibike", "station_status", [wrong], SNAPSHOT_AT)
+    assert "\n" not in str(error.value)
+    too_many = RunRecord(run_id="r", system_id="citibike", started_at=SNAPSHOT_AT, outcome="success",
+                         stations_status=2**31)
+    with pytest.raises(LakeError, match=r"^pipeline_runs.stations_status cannot be stored as int32") as error:
+        lake.write_runs([too_many])
+    assert "\n" not in str(error.value)
+    for started_at in ("noon", None, float("nan"), 1e20):
+        no_time = RunRecord(run_id="r", system_id="citibike", started_at=started_at, outcome="success")  # type: ignore[arg-type]
+        with pytest.raises(LakeError, match=r"^.* is not a POSIX time in seconds .*; it cannot name a lake partition$"):
+            lake.write_runs([no_time])
+    with pytest.raises(LakeError, match=r"^'1710335271' is not a POSIX time in seconds"):
+        raw_file("citibike", "station_status", "1710335271", b"{}")  # type: ignore[arg-type]
+    assert lake.files("pipeline_runs") == [] and lake.files("quarantine") == []
+
+
+def test_tables_that_break_the_schema_give_one_line_errors(lake: Lake, first_status: pa.Table,
+                                                           information: pa.Table) -> None:
+    """A status or information table must have its feed's schema exactly, or every file of the table
+    would no longer read as one table."""
+    index = first_status.schema.get_field_index("num_bikes_available")
+    wider = first_status.set_column(index, pa.field("num_bikes_available", pa.int64(), nullable=False),
+                                    first_status["num_bikes_available"].cast(pa.int64()))
+    broken = {
+        "a column of another type": wider,
+        "a missing column": first_status.drop_columns(["extras"]),
+        "an extra column": first_status.append_column("note", pa.repeat(pa.scalar("x"), first_status.num_rows)),
+        "another feed's table": information,
+    }
+    for why, table in broken.items():
+        for last in (None, LAST_SNAPSHOT_AT):  # one snapshot, or several grouped by station
+            with pytest.raises(LakeError, match=r"^station_status table does not have the lake's schema: expected "
+                                                r".*; make the table with the feed's normalizer$") as error:
+                status_file("citibike", table, SNAPSHOT_AT, last)
+            assert "\n" not in str(error.value), why
+    with pytest.raises(LakeError, match=r"expected column num_bikes_available int32 not null, "
+                                        r"got column num_bikes_available int64 not null;"):
+        status_file("citibike", wider, SNAPSHOT_AT)
+    with pytest.raises(LakeError, match=r"expected column extras string not null, got column schema_version"):
+        status_file("citibike", first_status.drop_columns(["extras"]), SNAPSHOT_AT)
+    with pytest.raises(LakeError, match=r"^station_information table does not have the lake's schema: "
+                                        r"expected column name string not null, got column num_bikes_available"):
+        information_file("citibike", first_status, SNAPSHOT_AT)
     assert lake.files("station_status") == []
 
 
-# -- idempotence and atomicity -----------------------------------------------------------------
+# -- rewriting and atomicity ------------------------------------------------------------------------------
 
 
-def test_repeated_write_overwrites_instead_of_duplicating(lake: Lake, tmp_path: Path, first_status: list[StationStatus]) -> None:
-    [key] = lake.write_station_status(first_status)
+def test_rewriting_a_snapshot_overwrites_instead_of_duplicating(lake: Lake, tmp_path: Path,
+                                                                first_status: pa.Table) -> None:
+    key = write_status(lake, first_status)
     first_bytes = (tmp_path / "lake" / key).read_bytes()
-    assert lake.write_station_status(list(reversed(first_status))) == [key]  # order does not matter
+    assert write_status(lake, first_status) == key
     assert lake.files("station_status") == [key]
-    assert (tmp_path / "lake" / key).read_bytes() == first_bytes
+    assert (tmp_path / "lake" / key).read_bytes() == first_bytes  # same table, same bytes
     # A retry that saw different data for the same last_updated replaces the file: last write wins.
-    lake.write_station_status(first_status[:10])
+    write_status(lake, first_status.slice(0, 10))
     assert lake.read_table("station_status").num_rows == 10
     assert [p.name for p in (tmp_path / "lake" / key).parent.iterdir()] == [Path(key).name]
 
 
-def test_a_write_in_progress_is_invisible_to_readers(lake: Lake, tmp_path: Path, first_status: list[StationStatus],
+def test_a_write_in_progress_is_invisible_to_readers(lake: Lake, tmp_path: Path, first_status: pa.Table,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Freeze the writer after the new bytes are on disk but before the rename, and look."""
     root = tmp_path / "lake"
-    [key] = lake.write_station_status(first_status[:100])
+    key = write_status(lake, first_status.slice(0, 100))
     pattern = f"{root}/curated/station_status/**/*.parquet"
     seen: dict[str, Any] = {}
     real_fsync = os.fsync
@@ -329,25 +531,27 @@ def test_a_write_in_progress_is_invisible_to_readers(lake: Lake, tmp_path: Path,
         seen["rows"] = [pq.read_table(path).num_rows for path in seen["glob"]]
         seen["duckdb"] = duckdb.sql(f"SELECT count(*) FROM read_parquet('{pattern}')").fetchone()[0]
         seen["dataset"] = ds.dataset(root / "curated/station_status", partitioning="hive").count_rows()
+        seen["lake"] = lake.read_table("station_status").num_rows
 
     monkeypatch.setattr(filesystem.os, "fsync", look_while_writing)
-    lake.write_station_status(first_status)
+    write_status(lake, first_status)
     assert len(seen["temporary"]) == 1 and seen["temporary"][0].startswith(".")
     assert seen["glob"] == [str(root / key)]
-    assert seen["rows"] == [100] and seen["duckdb"] == 100 and seen["dataset"] == 100  # the old file, whole
+    assert seen["rows"] == [100] and seen["duckdb"] == 100 and seen["dataset"] == 100 == seen["lake"]  # the old file
     assert lake.read_table("station_status").num_rows == 2208
 
 
-def test_a_failed_write_leaves_the_old_file_and_no_debris(lake: Lake, tmp_path: Path, first_status: list[StationStatus],
+def test_a_failed_write_leaves_the_old_file_and_no_debris(lake: Lake, tmp_path: Path, first_status: pa.Table,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    [key] = lake.write_station_status(first_status[:5])
+    key = write_status(lake, first_status.slice(0, 5))
 
     def disk_full(source: str, target: str) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(filesystem.os, "replace", disk_full)
-    with pytest.raises(LakeError, match=r"cannot write .*No space left on device"):
-        lake.write_station_status(first_status)
+    with pytest.raises(LakeError, match=r"^cannot write .*1710335271\.parquet: .*No space left on device") as error:
+        write_status(lake, first_status)
+    assert "\n" not in str(error.value)
     folder = tmp_path / "lake" / Path(key).parent
     assert [p.name for p in folder.iterdir()] == [Path(key).name]
     assert lake.read_table("station_status").num_rows == 5
@@ -378,6 +582,7 @@ def test_files_written_together_are_one_group_commit(lake: Lake, tmp_path: Path,
     assert [path for _, path in events[3:6]] == [str(root / key) for key, _ in files]
     assert {path for _, path in events[6:]} == {str(root / "a"), str(root / "b")}
     assert not list(root.rglob("*.tmp"))
+    assert lake.write_files([]) == []
 
 
 def test_a_failed_file_in_a_group_keeps_those_before_and_leaves_no_debris(lake: Lake, tmp_path: Path,
@@ -410,25 +615,25 @@ def read_every_visible_file(pattern: str) -> int:
     return rows
 
 
-def test_reader_check_catches_a_half_written_file(tmp_path: Path, first_status: list[StationStatus]) -> None:
+def test_reader_check_catches_a_half_written_file(tmp_path: Path, first_status: pa.Table) -> None:
     """The check used below is able to fail: a non-atomic write is caught."""
-    data = parquet_bytes(station_status_table(first_status))
+    data = status_file("citibike", first_status, SNAPSHOT_AT)[1]
     (tmp_path / "half.parquet").write_bytes(data[: len(data) // 2])
     with pytest.raises(pa.ArrowInvalid):
         read_every_visible_file(f"{tmp_path}/**/*.parquet")
 
 
-def test_concurrent_readers_never_see_partial_files(lake: Lake, tmp_path: Path, first_status: list[StationStatus]) -> None:
-    big, small = first_status, first_status[:50]
+def test_concurrent_readers_never_see_partial_files(lake: Lake, tmp_path: Path, first_status: pa.Table) -> None:
+    big, small = first_status, first_status.slice(0, 50)
     pattern = f"{tmp_path / 'lake'}/curated/station_status/**/*.parquet"
-    lake.write_station_status(small)
+    write_status(lake, small)
     done = threading.Event()
     errors: list[BaseException] = []
 
     def writer() -> None:
         try:
             for i in range(60):
-                lake.write_station_status(big if i % 2 == 0 else small)
+                write_status(lake, big if i % 2 == 0 else small)
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
         finally:
@@ -450,18 +655,22 @@ def test_concurrent_readers_never_see_partial_files(lake: Lake, tmp_path: Path, 
     assert leftovers == []
 
 
-# -- one schema across files: pyarrow datasets and DuckDB with partition pruning ----------------
+# -- one table across files: pyarrow datasets and DuckDB with partition pruning ---------------------------
 
 
 def test_files_read_as_one_table_with_partition_pruning(lake: Lake, tmp_path: Path) -> None:
     root = tmp_path / "lake"
-    document = recorded_feed("station_status")
-    lake.write_station_status(status_records(document))                        # 2024-03-13 hour 13
-    lake.write_station_status(status_records(document, shift_s=-14 * 3600))    # 2024-03-12 hour 23
-    lake.write_station_status(status_records(document, system_id="othersys")[:100])
+    body = recorded("station_status")[0].read_bytes()
+    write_status(lake, normalized(body).table)                                         # 2024-03-13 hour 13
+    write_status(lake, normalized(body, last_updated=SNAPSHOT_AT - 14 * 3600).table)   # 2024-03-12 hour 23
+    write_status(lake, normalized(body, system_id="othersys").table.slice(0, 100))
     files = sorted(root.glob("curated/station_status/**/*.parquet"))
     assert len(files) == 3
     assert all(pq.read_schema(f).equals(STATION_STATUS_SCHEMA) for f in files)
+    assert lake.files("station_status", system="othersys") == [
+        "curated/station_status/system=othersys/date=2024-03-13/hour=13/1710335271.parquet"]
+    assert lake.read_table("station_status", system="othersys").num_rows == 100
+    assert lake.read_table("station_status").num_rows == 2 * 2208 + 100
     # A broken file in a partition the filters exclude: read only if pruning did not happen.
     # (It sorts after the good ones: DuckDB takes the schema from the first file.)
     trap = root / "curated/station_status/system=citibike/date=2024-03-14/hour=1/1.parquet"
@@ -478,146 +687,172 @@ def test_files_read_as_one_table_with_partition_pruning(lake: Lake, tmp_path: Pa
     assert dataset.count_rows(filter=(system == "citibike") & (hour == 13)) == 2208
     assert dataset.count_rows(filter=system == "othersys") == 100
     assert dataset.count_rows(filter=(day == pa.scalar(date(2024, 3, 12), pa.date32())) & (hour == 23)) == 2208
+    with pytest.raises(pa.ArrowInvalid):
+        dataset.count_rows()  # the trap is real when not pruned
 
     con = duckdb.connect()
-    source = lake.duckdb_source("station_status")
+    source = duckdb_source(lake, "station_status")
     rows = con.sql(
         f"SELECT system, date::VARCHAR, hour, count(*), min(station_id IS NOT NULL) FROM {source} "
         "WHERE date < DATE '2024-03-14' GROUP BY ALL ORDER BY ALL"
     ).fetchall()
     assert rows == [("citibike", "2024-03-12", 23, 2208, True), ("citibike", "2024-03-13", 13, 2208, True),
                     ("othersys", "2024-03-13", 13, 100, True)]
-    plain = f"read_parquet('{root}/curated/station_status/**/*.parquet', hive_partitioning=true)"
+    plain = f"read_parquet('{lake.parquet_glob('station_status')}', hive_partitioning=true)"
     assert con.sql(f"SELECT count(*) FROM {plain} WHERE system = 'othersys'").fetchone() == (100,)
     assert con.sql(f"SELECT count(*) FROM {plain} WHERE date = DATE '2024-03-13' AND hour = 13").fetchone() == (2308,)
     with pytest.raises(duckdb.Error):
         con.sql(f"SELECT count(*) FROM {plain}").fetchall()  # the trap is real when not pruned
     types = {row[0]: row[1] for row in con.sql(f"DESCRIBE SELECT * FROM {source}").fetchall()}
-    assert types["last_reported"] == "TIMESTAMP WITH TIME ZONE"
+    assert types["last_reported"] == types["last_updated"] == "TIMESTAMP WITH TIME ZONE"
     assert types["num_bikes_available"] == "INTEGER"
     assert types["vehicle_types_available"] == "STRUCT(vehicle_type_id VARCHAR, count INTEGER)[]"
 
 
-def test_status_parquet_is_an_order_of_magnitude_smaller_than_the_feed(first_status: list[StationStatus]) -> None:
+def test_the_glob_names_the_tables_files(lake: Lake) -> None:
+    assert lake.parquet_glob("station_status") == f"{lake.uri}/curated/station_status/**/*.parquet"
+    assert lake.parquet_glob("quarantine") == f"{lake.uri}/quarantine/**/*.parquet"
+    assert lake.parquet_glob("pipeline_runs") == f"{lake.uri}/pipeline_runs/**/*.parquet"
+
+
+# -- files of several snapshots: grouped by station ---------------------------------------------------------
+
+
+def test_a_file_of_several_snapshots_groups_rows_by_station_in_time_order(snapshots: list[pa.Table]) -> None:
+    """Stations in the order they first appear, each station's rows together and in time order.
+    The first snapshot misses three stations: they first appear in the second, so they come last."""
+    missing = {0, 5, 100}
+    first = snapshots[0].filter(pa.array([i not in missing for i in range(snapshots[0].num_rows)]))
+    given_tables = [first, *snapshots[1:]]
+    given_rows = pa.concat_tables(given_tables)
+    assert snapshots[0]["station_id"] != snapshots[1]["station_id"]  # the feed's order changes between snapshots
+    key, data = status_file("citibike", given_rows, SNAPSHOT_AT, LAST_SNAPSHOT_AT)
+    written = pq.read_table(pa.BufferReader(data))
+    ids = written["station_id"].to_pylist()
+    stations = [station for station, _ in itertools.groupby(ids)]
+    assert len(stations) == len(set(ids)) == 2208  # each station's rows are together
+    assert stations == list(dict.fromkeys(given_rows["station_id"].to_pylist()))  # in order of first appearance
+    late = [station for station in snapshots[0]["station_id"].to_pylist() if station not in set(first["station_id"].to_pylist())]
+    assert stations[-3:] == [s for s in snapshots[1]["station_id"].to_pylist() if s in late]
+    times = [seconds(t["last_updated"], whole=True)[0] for t in given_tables]
+    per_station = {station: [moment for _, moment in rows] for station, rows in itertools.groupby(
+        zip(ids, seconds(written["last_updated"], whole=True)), key=lambda pair: pair[0])}
+    assert all(moments == times for station, moments in per_station.items() if station not in late)
+    assert all(moments == times[1:] for station, moments in per_station.items() if station in late)
+    assert in_order(written).equals(in_order(given_rows))  # the same rows, nothing lost or added
+    assert written.equals(by_station(given_rows))
+
+
+def test_a_file_of_one_snapshot_keeps_the_feeds_order(first_status: pa.Table) -> None:
+    for last in (None, SNAPSHOT_AT):
+        key, data = status_file("citibike", first_status, SNAPSHOT_AT, last)
+        assert key.endswith("/1710335271.parquet")
+        assert pq.read_table(pa.BufferReader(data)).equals(first_status)
+
+
+def test_grouping_by_station_makes_files_markedly_smaller(snapshots: list[pa.Table]) -> None:
+    rows = pa.concat_tables(snapshots)
+    grouped = status_file("citibike", rows, SNAPSHOT_AT, LAST_SNAPSHOT_AT)[1]
+    snapshot_after_snapshot = parquet_bytes(rows)  # the same rows, written without by_station
+    per_row, plain_per_row = len(grouped) / rows.num_rows, len(snapshot_after_snapshot) / rows.num_rows
+    assert len(grouped) <= 0.75 * len(snapshot_after_snapshot), (
+        f"{per_row:.1f} bytes per row grouped by station, {plain_per_row:.1f} snapshot after snapshot")
+    assert pq.read_table(pa.BufferReader(grouped)).num_rows == rows.num_rows
+
+
+def test_a_file_of_several_snapshots_has_statistics_of_its_time_span(snapshots: list[pa.Table]) -> None:
+    chunks = column_chunks(status_file("citibike", pa.concat_tables(snapshots), SNAPSHOT_AT, LAST_SNAPSHOT_AT)[1])
+    times = chunks["last_updated"].statistics
+    assert (times.min.timestamp(), times.max.timestamp()) == (SNAPSHOT_AT, LAST_SNAPSHOT_AT)
+
+
+def test_grouping_by_station_of_no_rows(first_status: pa.Table) -> None:
+    empty = first_status.slice(0, 0)
+    assert by_station(empty).equals(empty)
+
+
+# -- Parquet encoding ----------------------------------------------------------------------------------------
+
+
+def test_status_parquet_is_an_order_of_magnitude_smaller_than_the_feed(first_status: pa.Table) -> None:
     raw_bytes = len(recorded("station_status")[0].read_bytes())
-    parquet = parquet_bytes(station_status_table(first_status))
-    per_row, raw_per_row = len(parquet) / len(first_status), raw_bytes / len(first_status)
+    parquet = status_file("citibike", first_status, SNAPSHOT_AT)[1]
+    per_row, raw_per_row = len(parquet) / first_status.num_rows, raw_bytes / first_status.num_rows
     assert raw_per_row > 300
     assert per_row < 40, f"{per_row:.1f} bytes per status row"
-    metadata = pq.ParquetFile(pa.BufferReader(parquet)).metadata
-    assert metadata.num_row_groups == 1
-    chunks = {chunk.path_in_schema: chunk for chunk in map(metadata.row_group(0).column, range(metadata.num_columns))}
+    chunks = column_chunks(parquet)
     assert chunks["station_id"].compression == chunks["extras"].compression == "ZSTD"
     # one value per snapshot: zstd would only add its frame; counts and flags: a few bits per value
     assert chunks["system_id"].compression == chunks["last_updated"].compression == "UNCOMPRESSED"
     assert chunks["num_docks_available"].compression == chunks["is_installed"].compression == "UNCOMPRESSED"
 
 
-SECONDS = st.one_of(st.none(), st.integers(0, 4_000_000_000), st.floats(0, 4e9),
-                    st.integers(0, 4_000_000).map(lambda n: n / 2000))  # halves of a millisecond
-
-
-@given(st.lists(SECONDS, max_size=2 * FEW_VALUES))
-def test_times_become_milliseconds_rounded_half_to_even(values: list[float | None]) -> None:
-    """Few values are converted in Python, a snapshot's repeated time from one value, many in
-    Arrow: all as Arrow rounds the float product half to even."""
-    reference = pc.round(pc.multiply(pa.array(values, type=pa.float64()), 1000.0),
-                         round_mode="half_to_even").cast(pa.int64()).to_pylist()
-    assert as_milliseconds(values).to_pylist() == reference
-    if values and values[0] is not None:
-        columns = StationStatusColumns(system_id="s", last_updated=int(values[0]), fetched_at=values[0],
-                                       station_id=["a"], num_bikes_available=[1], num_ebikes_available=[None],
-                                       num_bikes_disabled=[None], num_docks_available=[None],
-                                       num_docks_disabled=[None], is_installed=[True], is_renting=[True],
-                                       is_returning=[True], last_reported=[None], vehicle_types_available=[None],
-                                       extras=[b"{}"])
-        fetched = build_table("station_status", columns)["fetched_at"].cast(pa.timestamp("ms")).cast(pa.int64())
-        assert fetched.to_pylist() == reference[:1]
-
-
-def test_rows_are_sorted_by_station_id_whatever_the_order_before(first_status: list[StationStatus]) -> None:
-    """The order found for one list of stations is reused for the same list, never for another."""
-    first = first_status[0]
-    for records in (first_status, first_status, first_status[::-1], first_status[1:], first_status[::-1]):
-        columns = StationStatusColumns.from_records(records, system_id=first.system_id, last_updated=first.last_updated,
-                                                    fetched_at=first.fetched_at)
-        by_id = {record.station_id: record for record in records}
-        for table in (station_status_table(columns), station_status_table(records)):
-            assert table["station_id"].to_pylist() == sorted(by_id)
-            assert table["num_docks_available"].to_pylist() == [by_id[i].num_docks_available for i in sorted(by_id)]
-
-
-def test_each_table_keeps_its_own_station_order(first_status: list[StationStatus]) -> None:
-    """A snapshot's quarantine file is built between two status files: it must not make the next
-    status file sort its stations again (one remembered order per table)."""
-    first = first_status[0]
-    columns = StationStatusColumns.from_records(first_status, system_id=first.system_id,
-                                                last_updated=first.last_updated, fetched_at=first.fetched_at)
-    quarantined = [QuarantinedRecord(system_id="citibike", feed="station_status", station_id=f"s{i}", reasons=["x"],
-                                     raw="{}", last_updated=SNAPSHOT_AT, fetched_at=SNAPSHOT_AT) for i in (2, 1)]
-    station_status_table(columns)
-    remembered = tables._last_orders["station_status"][1]
-    assert build_table("quarantine", quarantined)["station_id"].to_pylist() == ["s1", "s2"]
-    station_status_table(columns)
-    assert tables._last_orders["station_status"][1] is remembered
-
-
-def test_status_parquet_has_statistics_of_ids_and_times(first_status: list[StationStatus]) -> None:
-    table = station_status_table(first_status)
-    parquet = parquet_bytes(table)
+def test_status_parquet_has_statistics_of_ids_and_times(first_status: pa.Table) -> None:
+    parquet = status_file("citibike", first_status, SNAPSHOT_AT)[1]
     metadata = pq.ParquetFile(pa.BufferReader(parquet)).metadata
-    chunks = {chunk.path_in_schema: chunk for chunk in map(metadata.row_group(0).column, range(metadata.num_columns))}
-    ids = sorted(record.station_id for record in first_status)
+    chunks = column_chunks(parquet)
+    ids = sorted(first_status["station_id"].to_pylist())
     assert (chunks["station_id"].statistics.min, chunks["station_id"].statistics.max) == (ids[0], ids[-1])
+    assert chunks["system_id"].is_stats_set
     assert chunks["last_updated"].is_stats_set and chunks["last_reported"].is_stats_set
+    assert chunks["fetched_at"].is_stats_set
     assert not chunks["num_bikes_available"].is_stats_set and not chunks["extras"].is_stats_set
     assert b"ARROW:schema" not in (metadata.metadata or {})  # the lake's explicit schemas describe the files
-    assert read_parquet_bytes(parquet).equals(table)
+    assert pq.read_table(pa.BufferReader(parquet)).equals(first_status)
 
 
-def test_encoded_files_are_the_bytes_the_writers_write(lake: Lake, tmp_path: Path,
-                                                       first_status: list[StationStatus]) -> None:
-    files = encode_station_status(first_status)
-    assert [key for key, _ in files] == [layout.curated_key("station_status", "citibike", SNAPSHOT_AT)]
-    assert lake.files("station_status") == []  # encoding writes nothing
-    assert lake.write_files(files) == [files[0][0]]
-    assert (tmp_path / "lake" / files[0][0]).read_bytes() == files[0][1]
-    assert parquet_bytes(station_status_table(first_status)) == files[0][1]
+def test_the_file_makers_make_the_bytes_the_lake_writes(lake: Lake, tmp_path: Path, first_status: pa.Table,
+                                                        information: pa.Table) -> None:
+    files = [status_file("citibike", first_status, SNAPSHOT_AT), information_file("citibike", information, SNAPSHOT_AT)]
+    assert lake.files("station_status") == [] and lake.files("station_information") == []  # making writes nothing
+    assert lake.write_files(files) == [key for key, _ in files]
+    assert [(tmp_path / "lake" / key).read_bytes() for key, _ in files] == [data for _, data in files]
+    assert files[0][1] == parquet_bytes(first_status)
+    assert files[1][1] == parquet_bytes(information)
 
 
-def test_tiny_files_are_stored_uncompressed_and_read_the_same(first_status: list[StationStatus]) -> None:
-    tiny = parquet_bytes(station_status_table(first_status[:3]))
-    metadata = pq.ParquetFile(pa.BufferReader(tiny)).metadata
-    assert metadata.row_group(0).column(0).compression == "UNCOMPRESSED"
-    assert pq.read_table(pa.BufferReader(tiny)).equals(station_status_table(first_status[:3]))
+def test_tiny_files_are_stored_uncompressed_and_read_the_same(first_status: pa.Table) -> None:
+    for rows, codecs in ((3, {"UNCOMPRESSED"}), (SMALL_TABLE_ROWS, {"UNCOMPRESSED"}),
+                         (SMALL_TABLE_ROWS + 1, {"UNCOMPRESSED", "ZSTD"})):
+        table = first_status.slice(0, rows)
+        data = parquet_bytes(table)
+        assert {chunk.compression for chunk in column_chunks(data).values()} == codecs, rows
+        assert pq.read_table(pa.BufferReader(data)).equals(table)
+    run = RunRecord(run_id="r", system_id="citibike", started_at=SNAPSHOT_AT, outcome="success", error="x" * 500)
+    assert {chunk.compression for chunk in column_chunks(parquet_bytes(runs_table([run]))).values()} == {"UNCOMPRESSED"}
 
 
-def test_unique_columns_skip_the_dictionary(first_status: list[StationStatus]) -> None:
-    metadata = pq.ParquetFile(pa.BufferReader(parquet_bytes(station_status_table(first_status)))).metadata
-    encodings = {metadata.row_group(0).column(i).path_in_schema: metadata.row_group(0).column(i).encodings
-                 for i in range(metadata.num_columns)}
+def test_unique_columns_skip_the_dictionary(first_status: pa.Table, information: pa.Table) -> None:
+    encodings = {path: chunk.encodings for path, chunk in column_chunks(parquet_bytes(first_status)).items()}
     assert "RLE_DICTIONARY" not in encodings["station_id"] and "RLE_DICTIONARY" not in encodings["extras"]
     assert "RLE_DICTIONARY" in encodings["vehicle_types_available.list.element.vehicle_type_id"]
     assert "DELTA_BINARY_PACKED" in encodings["num_bikes_available"]  # whole numbers: delta-encoded instead
     assert "DELTA_BINARY_PACKED" in encodings["vehicle_types_available.list.element.count"]
+    described = {path: chunk.encodings for path, chunk in column_chunks(parquet_bytes(information)).items()}
+    for unique in ("station_id", "name", "short_name", "address", "extras"):
+        assert "RLE_DICTIONARY" not in described[unique], unique
+    assert "RLE_DICTIONARY" in described["region_id"]
 
 
-def test_delta_encoded_counts_read_the_same_in_duckdb(tmp_path: Path, first_status: list[StationStatus]) -> None:
+def test_delta_encoded_counts_read_the_same_in_duckdb(tmp_path: Path) -> None:
     """Counts (delta-encoded, uncompressed) and flags (bit-packed) as pyarrow and DuckDB read them,
     nulls and nested vehicle type counts included."""
-    records = [msgspec.structs.replace(record, num_ebikes_available=None if i % 7 == 0 else record.num_ebikes_available,
-                                       is_renting=i % 3 != 0,
-                                       vehicle_types_available=[VehicleTypeCount("classic", i % 40),
-                                                                VehicleTypeCount("ebike", 2**31 - 1 - i)]
-                                       if i % 5 == 0 else None)
-               for i, record in enumerate(first_status)]
-    table = station_status_table(records)
+    document = recorded_document()
+    for i, station in enumerate(document["data"]["stations"]):
+        if i % 7 == 0:
+            del station["num_ebikes_available"]
+        station["is_renting"] = i % 3 != 0
+        if i % 5 == 0:
+            station["vehicle_types_available"] = [{"vehicle_type_id": "classic", "count": i % 40},
+                                                  {"vehicle_type_id": "ebike", "count": 2**31 - 1 - i}]
+    table = normalized(document_body(document)).table
+    assert table["num_ebikes_available"].null_count == len(range(0, 2208, 7))
     path = tmp_path / "status.parquet"
-    path.write_bytes(parquet_bytes(table))
-    metadata = pq.ParquetFile(path).metadata
-    chunks = {chunk.path_in_schema: chunk for chunk in map(metadata.row_group(0).column, range(metadata.num_columns))}
+    path.write_bytes(status_file("citibike", table, SNAPSHOT_AT)[1])
+    chunks = column_chunks(path)
     assert chunks["num_bikes_available"].compression == chunks["is_renting"].compression == "UNCOMPRESSED"
     assert chunks["last_reported"].compression == "ZSTD"
+    assert "DELTA_BINARY_PACKED" in chunks["num_ebikes_available"].encodings
     assert pq.read_table(path).equals(table)
     names = ["station_id", "num_bikes_available", "num_ebikes_available", "num_docks_available", "is_renting",
              "vehicle_types_available"]
@@ -626,10 +861,10 @@ def test_delta_encoded_counts_read_the_same_in_duckdb(tmp_path: Path, first_stat
     assert read == expected
 
 
-# -- pipeline runs ------------------------------------------------------------------------------
+# -- pipeline runs ------------------------------------------------------------------------------------------
 
 
-def test_runs_table_from_dataclasses_and_dicts(lake: Lake) -> None:
+def test_runs_round_trip_and_a_retried_run_overwrites_its_file(lake: Lake) -> None:
     success = RunRecord(
         run_id="scheduled__2024-03-13T13:07:00+00:00", system_id="citibike", started_at=SNAPSHOT_AT + 0.25,
         finished_at=SNAPSHOT_AT + 3.75, outcome="success", stations_information=2208, stations_status=2208,
@@ -637,26 +872,36 @@ def test_runs_table_from_dataclasses_and_dicts(lake: Lake) -> None:
         quarantine_reasons={"capacity_exceeded": 5, "future_report": 3},
         fetch_s=0.5, validate_s=0.25, produce_s=1.5, write_s=0.125,
     )
-    failed = {"run_id": "manual__1", "system_id": "othersys", "started_at": SNAPSHOT_AT, "outcome": "failed",
-              "finished_at": SNAPSHOT_AT + 10.0, "error": "othersys station_status: feed unreachable", "duration_s": 10.0}
+    failed = RunRecord(run_id="manual__1", system_id="othersys", started_at=SNAPSHOT_AT, outcome="failed",
+                       finished_at=SNAPSHOT_AT + 10.0, error="othersys station_status: feed unreachable")
     keys = lake.write_runs([success, failed])
     assert keys == [
         "pipeline_runs/date=2024-03-13/scheduled__2024-03-13T13_07_00_00_00-citibike.parquet",
         "pipeline_runs/date=2024-03-13/manual__1-othersys.parquet",
     ]
-    lake.write_run(success)  # the retried task: still one row
+    assert lake.write_runs([success]) == keys[:1]  # the retried task: still one row
     table = lake.read_table("pipeline_runs")
     assert table.num_rows == 2
-    assert table.schema.field("quarantine_reasons").type == PIPELINE_RUNS_SCHEMA.field("quarantine_reasons").type
+    assert table.select(PIPELINE_RUNS_SCHEMA.names).schema.equals(PIPELINE_RUNS_SCHEMA)
     runs = sorted(lake.read_runs(), key=lambda r: r.run_id)
-    assert runs == [RunRecord.from_mapping(failed), success]
-    assert runs[1].duration_s == 3.5
-    assert lake.read_runs(system="othersys") == [RunRecord.from_mapping(failed)]
+    assert runs == [failed, success]
+    assert runs[1].duration_s == 3.5 and runs[0].duration_s == 10.0
+    assert runs[1].quarantine_reasons == {"capacity_exceeded": 5, "future_report": 3}
+    assert lake.read_runs(system="othersys") == [failed]
+    assert lake.read_runs(system="nobody") == []
     con = duckdb.connect()
     assert con.sql(
-        f"SELECT outcome, duration_s, quarantine_reasons['capacity_exceeded'] FROM {lake.duckdb_source('pipeline_runs')} "
-        "WHERE system_id = 'citibike'"
-    ).fetchall() == [("success", 3.5, 5)]
+        f"SELECT outcome, duration_s, quarantine_reasons['capacity_exceeded'], date::VARCHAR "
+        f"FROM {duckdb_source(lake, 'pipeline_runs')} WHERE system_id = 'citibike'"
+    ).fetchall() == [("success", 3.5, 5, "2024-03-13")]
+
+
+def test_a_run_without_optional_values(lake: Lake) -> None:
+    run = RunRecord(run_id="r1", system_id="citibike", started_at=SNAPSHOT_AT, outcome="skipped")
+    lake.write_runs([run])
+    [read] = lake.read_runs()
+    assert read == run and read.finished_at is None and read.duration_s is None and read.quarantine_reasons == {}
+    assert lake.read_table("pipeline_runs")["duration_s"].to_pylist() == [None]
 
 
 def test_many_runs_share_a_file_per_system_and_date(lake: Lake) -> None:
@@ -665,41 +910,62 @@ def test_many_runs_share_a_file_per_system_and_date(lake: Lake) -> None:
                       outcome="success") for i in range(3)]
     runs.append(RunRecord(run_id="backfill__citibike__next-day", system_id="citibike",
                           started_at=SNAPSHOT_AT + day, outcome="failed", error="boom"))
+    runs.append(RunRecord(run_id="backfill__othersys__0", system_id="othersys", started_at=SNAPSHOT_AT,
+                          outcome="stale"))
+    runs.append(RunRecord(run_id="backfill__citibike__3", system_id="citibike", started_at=SNAPSHOT_AT + 3,
+                          outcome="no_new_data"))
     keys = lake.write_runs(runs)
     assert keys == [
-        "pipeline_runs/date=2024-03-13/backfill__citibike__0--backfill__citibike__2-citibike.parquet",
+        "pipeline_runs/date=2024-03-13/backfill__citibike__0--backfill__citibike__3-citibike.parquet",
         "pipeline_runs/date=2024-03-14/backfill__citibike__next-day-citibike.parquet",
+        "pipeline_runs/date=2024-03-13/backfill__othersys__0-othersys.parquet",
     ]
-    assert sorted(lake.read_runs("citibike"), key=lambda r: r.started_at) == runs
+    assert pq.read_metadata(Path(lake.uri) / keys[0]).num_rows == 4
+    assert sorted(lake.read_runs("citibike"), key=lambda r: r.started_at) == sorted(
+        [run for run in runs if run.system_id == "citibike"], key=lambda r: r.started_at)
+    assert lake.read_runs("othersys") == [runs[4]]
+    assert lake.write_runs(runs) == keys  # the same batch again: the same files, no duplicates
+    assert lake.read_table("pipeline_runs").num_rows == len(runs)
 
 
-def test_run_records_refuse_unknown_outcomes_and_fields() -> None:
-    with pytest.raises(LakeError, match="outcome 'ok' is unknown; use one of success, no_new_data, stale, failed, skipped"):
+def test_run_records_refuse_unknown_outcomes() -> None:
+    with pytest.raises(LakeError, match="^run outcome 'ok' is unknown; use one of success, no_new_data, stale, "
+                                        "failed, skipped$"):
         RunRecord(run_id="r", system_id="citibike", started_at=0.0, outcome="ok")
-    with pytest.raises(LakeError, match=r"unknown fields \['stations'\]"):
-        RunRecord.from_mapping({"run_id": "r", "system_id": "citibike", "started_at": 0.0, "outcome": "skipped", "stations": 1})
+    for outcome in ("success", "no_new_data", "stale", "failed", "skipped"):
+        RunRecord(run_id="r", system_id="citibike", started_at=0.0, outcome=outcome)
+    with pytest.raises(TypeError, match="stations"):
+        RunRecord(run_id="r", system_id="citibike", started_at=0.0, outcome="skipped", stations=1)  # type: ignore[call-arg]
 
 
-# -- state store ---------------------------------------------------------------------------------
+# -- state store ---------------------------------------------------------------------------------------------
 
 
-def test_state_store_round_trips_and_stays_out_of_tables(lake: Lake, tmp_path: Path, first_status: list[StationStatus]) -> None:
+def test_state_store_round_trips_and_stays_out_of_tables(lake: Lake, tmp_path: Path, first_status: pa.Table) -> None:
     assert lake.read_state("citibike/http.json") is None
     lake.write_state("citibike/http.json", b'{"etag": "v1"}')
     lake.write_state("citibike/http.json", b'{"etag": "v2"}')
     lake.write_state("citibike/changes.bin", bytes(range(256)))
+    lake.write_state("citibike/staging/run-1/a.parquet", parquet_bytes(first_status.slice(0, 2)))
     assert lake.read_state("citibike/http.json") == b'{"etag": "v2"}'
     assert lake.read_state("citibike/changes.bin") == bytes(range(256))
-    assert sorted(p.name for p in (tmp_path / "lake/_state/citibike").iterdir()) == ["changes.bin", "http.json"]
-    lake.write_station_status(first_status[:3])
+    assert sorted(p.name for p in (tmp_path / "lake/_state/citibike").iterdir()) == ["changes.bin", "http.json",
+                                                                                      "staging"]
+    write_status(lake, first_status.slice(0, 3))
     whole_lake = ds.dataset(tmp_path / "lake", format="parquet", partitioning="hive")
     assert whole_lake.count_rows() == 3  # the _state folder is skipped like temporary files
+    lake.delete_state("citibike/staging")
+    assert lake.read_state("citibike/staging/run-1/a.parquet") is None
+    assert lake.read_state("citibike/http.json") == b'{"etag": "v2"}'
+    lake.delete_state("citibike/staging")  # already gone: no error
 
 
 @pytest.mark.parametrize("key", ["../escape", "/absolute", "a//b", ".hidden", "a/../b", ""])
 def test_state_keys_cannot_escape_the_state_folder(lake: Lake, key: str) -> None:
     with pytest.raises(LakeError, match="state key"):
         lake.write_state(key, b"x")
+    with pytest.raises(LakeError, match="state key"):
+        lake.read_state(key)
 
 
 def test_state_must_be_bytes(lake: Lake) -> None:
@@ -707,7 +973,13 @@ def test_state_must_be_bytes(lake: Lake) -> None:
         lake.write_state("k", {"etag": "x"})  # type: ignore[arg-type]
 
 
-# -- configuration errors --------------------------------------------------------------------------
+def test_a_folder_where_a_state_file_should_be_is_named(lake: Lake) -> None:
+    lake.write_state("a/b", b"x")
+    with pytest.raises(LakeError, match=r"cannot read .*/_state/a: it is a folder, not a file; remove it"):
+        lake.read_state("a")
+
+
+# -- configuration errors ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -758,9 +1030,14 @@ def test_bad_s3_endpoint_setting_is_named() -> None:
 def test_unknown_table_names_are_listed(lake: Lake) -> None:
     with pytest.raises(LakeError, match="unknown lake table 'status'; use one of station_status, station_information"):
         lake.read_table("status")
+    with pytest.raises(LakeError, match="unknown lake table 'status'"):
+        lake.parquet_glob("status")
 
 
 def test_empty_tables_read_as_empty_with_the_schema(lake: Lake) -> None:
-    table = lake.read_table("station_status")
-    assert table.num_rows == 0 and "hour" in table.column_names
-    assert table.schema.field("vehicle_types_available").type == STATION_STATUS_SCHEMA.field("vehicle_types_available").type
+    for name, schema in (("station_status", STATION_STATUS_SCHEMA), ("station_information", STATION_INFORMATION_SCHEMA),
+                         ("quarantine", QUARANTINE_SCHEMA), ("pipeline_runs", PIPELINE_RUNS_SCHEMA)):
+        table = lake.read_table(name)
+        assert table.num_rows == 0 and "date" in table.column_names
+        assert table.select(schema.names).schema.equals(schema)
+    assert lake.read_runs() == []

@@ -64,7 +64,11 @@ def table_layout(name: str) -> TableLayout:
 def utc_date_hour(posix_seconds: float) -> tuple[str, str]:
     """The UTC date (``2024-03-13``) and hour (``13``, ``7``: not zero-padded, so DuckDB's and
     Glue's partition type detection see an integer) of a POSIX time."""
-    moment = datetime.fromtimestamp(posix_seconds, tz=UTC)
+    try:
+        moment = datetime.fromtimestamp(posix_seconds, tz=UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        raise LakeError(f"{posix_seconds!r} is not a POSIX time in seconds (years 1-9999); "
+                        "it cannot name a lake partition") from None
     return moment.strftime("%Y-%m-%d"), str(moment.hour)
 
 

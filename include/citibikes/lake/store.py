@@ -11,6 +11,9 @@ the files of a step are written together; :class:`Lake` writes them atomically (
 from __future__ import annotations
 
 import gzip
+import io
+import itertools
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -88,6 +91,34 @@ def decompress_raw(data: bytes, max_bytes: int = RAW_MAX_BYTES) -> bytes:
     return body
 
 
+def _decompress_legacy(data: bytes, max_bytes: int = RAW_MAX_BYTES) -> bytes:
+    """The body of a gzip archive (written before the switch to zstd), like :func:`decompress_raw`."""
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+            body = stream.read(max_bytes + 1)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise LakeError(f"archived body is not valid gzip ({str(exc).splitlines()[0]}); re-archive the snapshot") from None
+    if len(body) > max_bytes:
+        raise LakeError(f"archived body inflates past {max_bytes:,} bytes; it is not a feed snapshot")
+    return body
+
+
+def _checked(name: str, table: pa.Table) -> pa.Table:
+    """``table`` if it has the lake's schema for ``name`` (a file of another schema would not read as
+    one table with the others); else a one-line LakeError naming the first column that differs."""
+    expected = TABLE_SCHEMAS[name]
+    if table.schema.equals(expected):
+        return table
+    pairs = itertools.zip_longest(map(_described, table.schema), map(_described, expected), fillvalue="nothing")
+    given, wanted = next(((g, w) for g, w in pairs if g != w), (str(table.schema), str(expected)))
+    raise LakeError(f"{name} table does not have the lake's schema: expected {wanted}, got {given}; "
+                    "make the table with the feed's normalizer")
+
+
+def _described(field: pa.Field) -> str:
+    return f"column {field.name} {field.type}{'' if field.nullable else ' not null'}"
+
+
 def raw_file(system_id: str, feed: str, last_updated: int, payload: bytes) -> LakeFile:
     """A feed body's raw archive: the bytes exactly as fetched, zstd-compressed."""
     return layout.raw_key(system_id, feed, last_updated), compress_raw(payload)
@@ -98,13 +129,15 @@ def status_file(system_id: str, table: pa.Table, first: int, last: int | None = 
     ``first`` to ``last`` of one hour partition (a backfill) as one file, grouped by station
     (:func:`~citibikes.lake.tables.by_station`): a file per snapshot costs a Parquet writer, a file and
     its fsync each, and an hour of minute snapshots in one file is a fifth of their size."""
+    key, table = layout.curated_key(STATION_STATUS, system_id, first, last), _checked(STATION_STATUS, table)
     rows = by_station(table) if last is not None and last != first else table
-    return layout.curated_key(STATION_STATUS, system_id, first, last), parquet_bytes(rows)
+    return key, parquet_bytes(rows)
 
 
 def information_file(system_id: str, table: pa.Table, last_updated: int) -> LakeFile:
     """The description versions that took effect at ``last_updated``."""
-    return layout.curated_key(STATION_INFORMATION, system_id, last_updated), parquet_bytes(table)
+    key = layout.curated_key(STATION_INFORMATION, system_id, last_updated)
+    return key, parquet_bytes(_checked(STATION_INFORMATION, table))
 
 
 def quarantine_file(system_id: str, feed: str, records: Sequence[QuarantinedRecord], first: int,
@@ -192,7 +225,7 @@ class Lake:
         if data is not None:
             return decompress_raw(data)
         legacy = self.storage.get(layout.legacy_raw_key(system_id, feed, last_updated))
-        return None if legacy is None else gzip.decompress(legacy)
+        return None if legacy is None else _decompress_legacy(legacy)
 
     def parquet_glob(self, name: str) -> str:
         """The glob of a table's files, e.g. ``s3://bucket/lake/curated/station_status/**/*.parquet``."""
