@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -90,9 +90,6 @@ class Settings:
         raise ConfigError(
             f"unknown system {system_id!r} (configured: {known}); add it to {self.systems_file}"
         )
-
-    def with_systems(self, systems: tuple[SystemConfig, ...]) -> Settings:
-        return replace(self, systems=systems)
 
 
 DEFAULT_TOPICS = {

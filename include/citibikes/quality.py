@@ -242,8 +242,9 @@ class _Rejections:
 
     def where(self, mask: pa.Array | pa.ChunkedArray, reason: str) -> None:
         """Every row where ``mask`` is true (null is false)."""
-        if pc.any(mask).as_py():
-            self.add(pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist(), reason)
+        rows = pc.indices_nonzero(mask)
+        if len(rows):
+            self.add(rows.to_pylist(), reason)
 
 
 # --------------------------------------------------------------------------- station_information
@@ -322,8 +323,9 @@ def check_status(normalized: Normalized, config: QualityConfig, reference_time: 
     if vehicle_types_available.null_count < len(vehicle_types_available):
         unknown_types = _vehicle_type_rules(vehicle_types_available, rejections, vehicle_types)
     rejections.where(pc.greater(table["num_ebikes_available"], table["num_bikes_available"]), "ebikes_exceed_bikes")
-    if known is not None and len(known.ids):
-        capacity = known.capacities.take(pc.index_in(table["station_id"], known.ids))
+    described = pc.index_in(table["station_id"], known.ids) if known is not None else None
+    if described is not None and len(known.ids):
+        capacity = known.capacities.take(described)
         occupied = table["num_bikes_available"].cast(pa.int64())
         for name in ("num_docks_available", "num_bikes_disabled", "num_docks_disabled"):
             occupied = pc.add(occupied, pc.fill_null(table[name], 0).cast(pa.int64()))
@@ -334,7 +336,7 @@ def check_status(normalized: Normalized, config: QualityConfig, reference_time: 
     rejections.add(_later_copies(table["station_id"].to_pylist()), "duplicate_station_id")
     unknown = unreported = None
     if known is not None:
-        rejections.where(pc.invert(pc.is_in(table["station_id"], known.ids)), "unknown_station")
+        rejections.where(pc.is_null(described), "unknown_station")
         unknown = sum("unknown_station" in reasons for reasons in rejections.by_index.values())
         reported = pa.concat_arrays([table["station_id"].combine_chunks(), pa.array(
             [q.station_id for q in normalized.quarantined if q.station_id is not None], pa.string())])

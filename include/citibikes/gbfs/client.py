@@ -192,10 +192,6 @@ class FetchResult:
     bytes_read: int
     """Size of the (decoded) body read; 0 for ``not_modified`` and ``skipped_ttl``."""
 
-    @property
-    def is_new(self) -> bool:
-        return self.outcome == "new"
-
 
 @dataclass(frozen=True)
 class _Response:

@@ -98,8 +98,15 @@ MAX_COUNT = 2**31
 
 
 def _counts(values: list[Any]) -> bool:
-    present = [value for value in values if value is not None]
+    present = _present(values)
     return not present or (min(present) >= -MAX_COUNT and max(present) < MAX_COUNT)
+
+
+def _present(values: list[Any]) -> set[Any]:
+    """The distinct values but None (counts and times take few distinct values: min/max of them is cheap)."""
+    distinct = set(values)
+    distinct.discard(None)
+    return distinct
 
 
 def as_flag(value: Any, quirks: set[str]) -> bool:
@@ -215,12 +222,12 @@ class Kind:
 
 
 def _posix_seconds(values: list[Any]) -> bool:
-    present = [value for value in values if value is not None]
+    present = _present(values)
     return not present or (min(present) >= 0 and max(present) <= MILLISECONDS_ABOVE)
 
 
 def _not_blank(values: list[Any]) -> bool:
-    present = [value for value in values if value is not None]
+    present = values if None not in values else [value for value in values if value is not None]
     return all(present) and not any(map(str.isspace, present))
 
 

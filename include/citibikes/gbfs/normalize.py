@@ -173,7 +173,7 @@ def _normalize(parsed: ParsedFeed, system_id: str, fetched_at: float, specs: tup
     for spec in specs:
         key, fallback = (spec.v3_key, spec.v2_key) if parsed.v3 else (spec.v2_key, spec.v3_key)
         values = list(map(dict.get, rows, repeat(key)))
-        if fallback != key:
+        if fallback != key and None in values:
             used = [i for i, value in enumerate(values) if value is None and rows[i].get(fallback) is not None]
             for index in used:
                 values[index] = rows[index][fallback]
