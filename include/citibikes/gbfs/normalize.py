@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from itertools import compress, repeat
+from itertools import accumulate, compress, repeat
 from typing import Any, NamedTuple
 
 import msgspec
@@ -62,7 +62,7 @@ QUIRKS: dict[str, str] = {
 
 RENTAL_METHODS = frozenset({"key", "creditcard", "paypass", "applepay", "androidpay", "transitcard",
                             "accountnumber", "phone"})
-"""The rental methods GBFS defines (upper case before 3.0, lower case in 3.x; either is taken)."""
+"""The rental methods GBFS defines (upper case before 2.1, lower case since; compared case-insensitively)."""
 
 
 class Spec(NamedTuple):
@@ -197,9 +197,10 @@ def _normalize(parsed: ParsedFeed, system_id: str, fetched_at: float, specs: tup
         columns = {name: list(compress(values, keep)) for name, values in columns.items()}
     canonical = {spec.v3_key if parsed.v3 else spec.v2_key for spec in specs}
     extras = [{key: value for key, value in row.items() if key not in canonical} for row in rows]
+    positions = list(accumulate(keep)) if used_fallback else []  # kept rows up to each record, itself included
     for index, keys in used_fallback.items():
         if keep[index]:
-            position = sum(keep[:index])
+            position = positions[index] - 1
             extras[position] = {key: value for key, value in extras[position].items() if key not in keys}
     columns["extras"] = list(map(_EXTRAS.encode, extras))
     counted = Counter({quirk: len(indices) - len(problems.keys() & indices) if isinstance(indices, range)
