@@ -55,7 +55,7 @@ from citibikes.stream.publish import DeliveryError, Publisher
 
 log = logging.getLogger("citibikes.backfill")
 
-SNAPSHOTS_PER_FLUSH = 32
+SNAPSHOTS_PER_FLUSH = 128
 """Snapshots whose records the broker acknowledges at once (a flush per snapshot cost the broker
 about as much CPU as the whole pipeline); a flush that fails fails them all."""
 SPAN_SNAPSHOTS = 60

@@ -121,6 +121,7 @@ class _Document(msgspec.Struct):
 
 
 _DOCUMENT = msgspec.json.Decoder(_Document)
+_FIRST_STATIONS_BYTES = 4096
 _MARKERS = {
     STATION_STATUS: (b'"num_bikes_available"', b'"num_vehicles_available"', b'"num_docks_available"'),
     STATION_INFORMATION: (b'"lat"',),
@@ -143,10 +144,14 @@ class _Stations(msgspec.Struct):
 
 def detect_feed(data: bytes) -> str | None:
     """``station_status``, ``station_information`` or None, from a document's ``data`` object alone:
-    the keys only one of the two feeds has, or, if both or neither occur, the first 20 stations vote."""
-    found = [feed for feed, markers in _MARKERS.items() if any(marker in data for marker in markers)]
-    if len(found) == 1:
-        return found[0] if data.lstrip().startswith(b"{") and b'"stations"' in data else None
+    the keys only one of the two feeds has in its first stations (the first few KB after
+    ``"stations"``: reading the whole body for them cost more than the rest of the scan), or, when
+    that does not decide, the first 20 stations vote."""
+    start = data.find(b'"stations"')
+    first = data[start:start + _FIRST_STATIONS_BYTES]
+    found = [feed for feed, markers in _MARKERS.items() if any(marker in first for marker in markers)]
+    if start >= 0 and len(found) == 1:
+        return found[0]
     try:
         stations = msgspec.json.decode(data, type=_Stations | None)
     except (msgspec.DecodeError, msgspec.ValidationError):
