@@ -266,7 +266,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        for name, target in TARGETS.items()},
                     "ratio": {"target": TARGET_RATIO, "met": ratio >= TARGET_RATIO},
                     "station_information": {"rows": figures["archive"]["lake"]["station_information_rows"],
-                                                                                "met": figures["archive"]["lake"]["station_information_rows"]
+                                            "description_versions": expected_versions,
+                                            "met": figures["archive"]["lake"]["station_information_rows"]
                                             <= expected_versions}},
     }
 

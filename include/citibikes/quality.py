@@ -240,11 +240,12 @@ class _Rejections:
         for index in indices:
             self.by_index.setdefault(index, []).append(reason)
 
-    def where(self, mask: pa.Array | pa.ChunkedArray, reason: str) -> None:
-        """Every row where ``mask`` is true (null is false)."""
+    def where(self, mask: pa.Array | pa.ChunkedArray, reason: str) -> int:
+        """Every row where ``mask`` is true (null is false); returns how many."""
         rows = pc.indices_nonzero(mask)
         if len(rows):
             self.add(rows.to_pylist(), reason)
+        return len(rows)
 
 
 # --------------------------------------------------------------------------- station_information
@@ -336,8 +337,7 @@ def check_status(normalized: Normalized, config: QualityConfig, reference_time: 
     rejections.add(_later_copies(table["station_id"].to_pylist()), "duplicate_station_id")
     unknown = unreported = None
     if known is not None:
-        rejections.where(pc.is_null(described), "unknown_station")
-        unknown = sum("unknown_station" in reasons for reasons in rejections.by_index.values())
+        unknown = rejections.where(pc.is_null(described), "unknown_station")
         reported = pa.concat_arrays([table["station_id"].combine_chunks(), pa.array(
             [q.station_id for q in normalized.quarantined if q.station_id is not None], pa.string())])
         unreported = pc.sum(pc.invert(pc.is_in(known.ids, reported))).as_py() or 0
@@ -414,9 +414,10 @@ def _split(normalized: Normalized, rejections: _Rejections, age: float, *, stale
         quarantined = [msgspec.structs.replace(q, reasons=[*q.reasons, "stale_feed"]) for q in quarantined]
     table = normalized.table
     if by_index:
-        rejected = pa.array(sorted(by_index), pa.int64())
-        keep = pc.invert(pc.is_in(pa.array(range(table.num_rows), pa.int64()), rejected))
-        table = table.filter(keep)
+        keep = [True] * table.num_rows
+        for index in by_index:
+            keep[index] = False
+        table = table.filter(pa.array(keep, pa.bool_()))
         for index in sorted(by_index):
             quarantined.append(quarantine(normalized.sources[index], by_index[index], feed=normalized.feed,
                                           system_id=normalized.system_id, last_updated=normalized.last_updated,

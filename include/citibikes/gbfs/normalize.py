@@ -164,8 +164,8 @@ def _require_feed(parsed: ParsedFeed, feed: str) -> None:
 
 def _normalize(parsed: ParsedFeed, system_id: str, fetched_at: float, specs: tuple[Spec, ...]) -> Normalized:
     records = parsed.records
-    is_dict = [type(record) is dict for record in records]
-    rows: list[dict[str, Any]] = records if all(is_dict) else list(compress(records, is_dict))
+    is_dict = repeat(True) if set(map(type, records)) <= {dict} else [type(record) is dict for record in records]
+    rows: list[dict[str, Any]] = records if isinstance(is_dict, repeat) else list(compress(records, is_dict))
     columns: dict[str, list[Any]] = {}
     problems: dict[int, list[str]] = {}
     quirks: dict[str, set[int] | range] = {}
@@ -191,7 +191,7 @@ def _normalize(parsed: ParsedFeed, system_id: str, fetched_at: float, specs: tup
                    for record, ok in zip(records, is_dict) if not ok]
     quarantined += [_quarantine(rows[index], reasons, parsed, system_id, fetched_at)
                     for index, reasons in sorted(problems.items())]
-    keep = [index not in problems for index in range(len(rows))]
+    keep = [index not in problems for index in range(len(rows))] if problems else [True] * len(rows)
     if problems:
         rows = list(compress(rows, keep))
         columns = {name: list(compress(values, keep)) for name, values in columns.items()}
