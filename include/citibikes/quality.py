@@ -262,7 +262,7 @@ def check_information(normalized: Normalized, reference_time: float | None = Non
         if reasons:
             rejections.by_index[index] = reasons
     _count_rules(table["capacity"], "capacity", rejections)
-    rejections.add(_later_copies(table["station_id"].to_pylist()), "duplicate_station_id")
+    rejections.add(_later_copies(table["station_id"]), "duplicate_station_id")
     return _split(normalized, rejections, _age(normalized, reference_time), stale=False)
 
 
@@ -334,7 +334,7 @@ def check_status(normalized: Normalized, config: QualityConfig, reference_time: 
     reference = normalized.fetched_at if reference_time is None else reference_time
     _last_reported_rules(table["last_reported"], rejections, config, oldest=normalized.last_updated
                          - config.max_report_age_s, newest=reference + config.max_future_skew_s)
-    rejections.add(_later_copies(table["station_id"].to_pylist()), "duplicate_station_id")
+    rejections.add(_later_copies(table["station_id"]), "duplicate_station_id")
     unknown = unreported = None
     if known is not None:
         unknown = rejections.where(pc.is_null(described), "unknown_station")
@@ -391,10 +391,11 @@ def _age(normalized: Normalized, reference_time: float | None) -> float:
     return (normalized.fetched_at if reference_time is None else reference_time) - normalized.last_updated
 
 
-def _later_copies(station_ids: list[str]) -> list[int]:
+def _later_copies(column: pa.ChunkedArray) -> list[int]:
     """Indices of every copy of a station_id after its first."""
-    if len(set(station_ids)) == len(station_ids):
+    if pc.count_distinct(column).as_py() == len(column):
         return []
+    station_ids = column.to_pylist()
     seen: set[str] = set()
     later = []
     for index, station_id in enumerate(station_ids):

@@ -253,6 +253,9 @@ class Column:
     """Row indices per quirk smoothed over (a range when it is every row)."""
 
 
+_ONE = 1  # `_ONE.__eq__` maps 1 and True to True, 0 and False to False
+
+
 def read_column(values: list[Any], kind: Kind, key: str, *, required: bool) -> Column:
     """Convert every value of one field (``key`` names it in reason codes)."""
     types = set(map(type, values))
@@ -261,7 +264,7 @@ def read_column(values: list[Any], kind: Kind, key: str, *, required: bool) -> C
             return Column(values)
     elif kind is FLAG and types <= {int, bool} and set(values) <= {0, 1}:  # 0/1 flags, the common quirk
         ints = range(len(values)) if types == {int} else {i for i, value in enumerate(values) if type(value) is int}
-        return Column([value == 1 for value in values], quirks={"int_as_bool": ints})
+        return Column(list(map(_ONE.__eq__, values)), quirks={"int_as_bool": ints})
     column = Column(list(values))
     convert = kind.convert
     for index, value in enumerate(values):

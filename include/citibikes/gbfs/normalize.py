@@ -187,8 +187,9 @@ def _normalize(parsed: ParsedFeed, system_id: str, fetched_at: float, specs: tup
         for quirk, indices in _for_version(column.quirks, values, spec, parsed.v3).items():
             _add(quirks, quirk, indices)
 
-    quarantined = [_quarantine(record, ["invalid_type:station"], parsed, system_id, fetched_at)
-                   for record, ok in zip(records, is_dict) if not ok]
+    quarantined = [] if isinstance(is_dict, repeat) else [
+        _quarantine(record, ["invalid_type:station"], parsed, system_id, fetched_at)
+        for record, ok in zip(records, is_dict) if not ok]
     quarantined += [_quarantine(rows[index], reasons, parsed, system_id, fetched_at)
                     for index, reasons in sorted(problems.items())]
     keep = [index not in problems for index in range(len(rows))] if problems else [True] * len(rows)

@@ -31,7 +31,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -202,24 +202,24 @@ def ingest(pairs: list[tuple[SnapshotFile, SnapshotFile | None]], system_id: str
            snapshots_per_flush: int = SNAPSHOTS_PER_FLUSH) -> Iterator[RunRecord]:
     """Ingest the snapshots in order; yield each one's run record once it is written."""
     state = SystemState(descriptions=landed_descriptions(lake, system_id, pairs[0][0].last_updated) if pairs else {})
-    landing = Landing(lake, system_id, publisher, state)
     ahead = AHEAD_PER_WORKER * getattr(pool, "_max_workers", 1)
-    for item in prepared(pairs, pool, system_id, settings.quality, ahead=ahead):
-        began, run_id = time.time(), run_id_for(system_id, item.status.last_updated)
-        try:
-            checked = item.result(state)
-        except Exception as exc:  # noqa: BLE001 - this snapshot fails; the next ones go on
-            landing.fail(run_id, began, exc)
-            continue
-        step = select(state, checked, system_id=system_id, snapshot_every_s=settings.status_snapshot_every_s,
-                      publish=publisher is not None)
-        landing.add(run_id, began, step)
-        state = step.state
-        if len(landing.batch) >= snapshots_per_flush:
-            state = landing.flush(settings.quality)
-            yield from landing.written()
-    landing.flush(settings.quality, last=True)
-    yield from landing.written()
+    with Landing(lake, system_id, publisher, state, settings.quality) as landing:
+        for item in prepared(pairs, pool, system_id, settings.quality, ahead=ahead):
+            began, run_id = time.time(), run_id_for(system_id, item.status.last_updated)
+            try:
+                checked = item.result(state)
+            except Exception as exc:  # noqa: BLE001 - this snapshot fails; the next ones go on
+                landing.fail(run_id, began, exc)
+                continue
+            step = select(state, checked, system_id=system_id, snapshot_every_s=settings.status_snapshot_every_s,
+                          publish=publisher is not None)
+            landing.add(run_id, began, step)
+            state = step.state
+            if len(landing.batch) >= snapshots_per_flush:
+                state = landing.flush()
+                yield from landing.written()
+        landing.flush(last=True)
+        yield from landing.written(wait=True)
 
 
 def landed_descriptions(lake: Lake, system_id: str, at: int) -> dict[str, str]:
@@ -243,10 +243,18 @@ class _Landing:
 
 class Landing:
     """Snapshots from their selection to their run record: sent (when publishing), acknowledged a
-    batch at a time, their station_status rows waiting in their hour's span, written."""
+    batch at a time, their station_status rows waiting in their hour's span, written.
 
-    def __init__(self, lake: Lake, system_id: str, publisher: Publisher | None, state: SystemState) -> None:
-        self.lake, self.system_id, self.publisher = lake, system_id, publisher
+    The files of an acknowledged batch are encoded and written by one writer thread, in order,
+    while the next batch is selected and sent (Parquet and fsync release the GIL); a failed write
+    stops the backfill at the next batch (what was written stays). Use it as a context manager."""
+
+    WRITES_AHEAD = 2
+    """Batches whose files may wait for the writer thread before the next batch waits for them."""
+
+    def __init__(self, lake: Lake, system_id: str, publisher: Publisher | None, state: SystemState,
+                 quality: QualityConfig) -> None:
+        self.lake, self.system_id, self.publisher, self.quality = lake, system_id, publisher, quality
         self.batch: list[_Landing] = []
         """Selected (and sent), not acknowledged yet."""
         self.span: list[_Landing] = []
@@ -254,7 +262,14 @@ class Landing:
         self.confirmed = state
         """The state after the last acknowledged snapshot: where to go on from after a failed flush."""
         self._failed: list[RunRecord] = []
-        self._written: list[RunRecord] = []
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="lake-write")
+        self._writing: deque[Future[list[RunRecord]]] = deque()
+
+    def __enter__(self) -> Landing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._writer.shutdown(wait=True)
 
     def add(self, run_id: str, started_at: float, step: Step) -> None:
         published = publish_step(step, self.publisher) if self.publisher is not None else None
@@ -264,8 +279,8 @@ class Landing:
         log.error("%s: %s", run_id, one_line(exc))
         self._failed.append(run_record(run_id, self.system_id, started_at, "failed", error=one_line(exc)))
 
-    def flush(self, quality: QualityConfig, *, last: bool = False) -> SystemState:
-        """Have the broker acknowledge the batch, then land it; returns the state to go on from."""
+    def flush(self, *, last: bool = False) -> SystemState:
+        """Have the broker acknowledge the batch, then hand it to the writer; returns the state to go on from."""
         batch, self.batch = self.batch, []
         if batch and self.publisher is not None:
             try:
@@ -274,50 +289,59 @@ class Landing:
                 for landing in batch:
                     self.fail(landing.run_id, landing.started_at, exc)
                 batch = []
-        files: list[LakeFile] = []
-        landed: list[_Landing] = []
+        spans: list[list[_Landing]] = []
         for landing in batch:
-            files += step_files(landing.step, status=False)
             partition = hive_partition(self.system_id, landing.step.state.last_updated[STATION_STATUS])
             if self.span and (partition != self._partition() or len(self.span) >= SPAN_SNAPSHOTS):
-                files += self._span_files()
-                landed += self.span
+                spans.append(self.span)
                 self.span = []
             self.span.append(landing)
             self.confirmed = landing.step.state
         if last and self.span:
-            files += self._span_files()
-            landed += self.span
+            spans.append(self.span)
             self.span = []
-        self.lake.write_files(files)
-        records = self._failed + [self._record(landing, quality) for landing in landed]
-        if records:
-            self.lake.write_runs(records)
-        self._written += records
-        self._failed = []
+        while len(self._writing) > self.WRITES_AHEAD:
+            self._writing[0].result()
+        failed, self._failed = self._failed, []
+        self._writing.append(self._writer.submit(self._write, batch, spans, failed))
         return self.confirmed
 
-    def written(self) -> list[RunRecord]:
-        """The run records written since the last call."""
-        records, self._written = self._written, []
+    def written(self, *, wait: bool = False) -> list[RunRecord]:
+        """The run records written since the last call (all of them with ``wait``); raises what a write raised."""
+        records: list[RunRecord] = []
+        while self._writing and (wait or self._writing[0].done()):
+            records += self._writing.popleft().result()
         return records
 
     def _partition(self) -> str:
         return hive_partition(self.system_id, self.span[0].step.state.last_updated[STATION_STATUS])
 
-    def _span_files(self) -> list[LakeFile]:
-        """The span's station_status rows as one file and its rejected status records as another."""
-        first = self.span[0].step.state.last_updated[STATION_STATUS]
-        last = self.span[-1].step.state.last_updated[STATION_STATUS]
-        tables = [landing.step.status for landing in self.span if landing.step.status is not None]
-        rejected = [record for landing in self.span for record in landing.step.quarantined
-                    if record.feed == STATION_STATUS]
+    def _write(self, acknowledged: list[_Landing], spans: list[list[_Landing]],
+               failed: list[RunRecord]) -> list[RunRecord]:
+        """(In the writer thread.) The acknowledged snapshots' description versions and rejected
+        descriptions, the closed spans' files, as one group; then the run records of the spans'
+        snapshots and of those that failed."""
+        files = [file for landing in acknowledged for file in step_files(landing.step, status=False)]
+        for span in spans:
+            files += self._span_files(span)
+        self.lake.write_files(files)
+        records = failed + [self._record(landing) for span in spans for landing in span]
+        if records:
+            self.lake.write_runs(records)
+        return records
+
+    def _span_files(self, span: list[_Landing]) -> list[LakeFile]:
+        """A span's station_status rows as one file and its rejected status records as another."""
+        first = span[0].step.state.last_updated[STATION_STATUS]
+        last = span[-1].step.state.last_updated[STATION_STATUS]
+        tables = [landing.step.status for landing in span if landing.step.status is not None]
+        rejected = [record for landing in span for record in landing.step.quarantined if record.feed == STATION_STATUS]
         files = [status_file(self.system_id, pa.concat_tables(tables), first, last)] if tables else []
         if rejected:
             files.append(quarantine_file(self.system_id, STATION_STATUS, rejected, first, last))
         return files
 
-    def _record(self, landing: _Landing, quality: QualityConfig) -> RunRecord:
-        outcome_, reason = outcome(landing.step, None, landing.step.state, quality)
+    def _record(self, landing: _Landing) -> RunRecord:
+        outcome_, reason = outcome(landing.step, None, landing.step.state, self.quality)
         return run_record(landing.run_id, self.system_id, landing.started_at, outcome_, step=landing.step,
                           published=landing.published, error=reason)

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from confluent_kafka import KafkaError, Producer
 
 from citibikes.config import TopicConfig
-from citibikes.gbfs.model import SCHEMA_VERSION, STATION_INFORMATION, STATION_STATUS, QuarantinedRecord
+from citibikes.gbfs.model import SCHEMA_VERSION, SCHEMAS, STATION_INFORMATION, STATION_STATUS, QuarantinedRecord
 
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable.idempotence": True,  # no duplicates or reordering from the producer's own retries
@@ -105,40 +105,52 @@ def message_key(system_id: str, station_id: str | None) -> bytes:
 
 def message_id(feed: str, system_id: str, station_id: str | None, last_updated: int) -> str:
     """Deterministic id: the same observation re-sent by a retry carries the same id (consumers dedupe on it).
+    It is ``uuid.uuid5(_NAMESPACE, "<feed>|<system_id>|<station_id>|<last_updated>")``."""
+    return message_ids(feed, system_id, [station_id], last_updated)[0].decode()
 
-    It is ``uuid.uuid5(_NAMESPACE, "<feed>|<system_id>|<station_id>|<last_updated>")``, computed
-    without building a ``UUID`` object (a third of the cost; it runs once per published record).
-    """
-    sha1 = _NAMESPACE_SHA1.copy()
-    sha1.update(f"{feed}|{system_id}|{station_id}|{last_updated}".encode())
-    hex_ = sha1.digest()[:16].hex()
-    # version 5 in the 13th hex digit, the RFC 4122 variant in the top bits of the 17th
-    return f"{hex_[:8]}-{hex_[8:12]}-5{hex_[13:16]}-{_VARIANT[hex_[16]]}{hex_[17:20]}-{hex_[20:]}"
+
+def message_ids(feed: str, system_id: str, station_ids: Sequence[str | None], last_updated: int) -> list[bytes]:
+    """:func:`message_id` of many stations of one snapshot, as header bytes: the hash of what they
+    share is computed once, and no ``UUID`` object is built (it runs once per published record)."""
+    shared = _NAMESPACE_SHA1.copy()
+    shared.update(f"{feed}|{system_id}|".encode())
+    suffix = f"|{last_updated}".encode()
+    ids = []
+    for station_id in station_ids:
+        sha1 = shared.copy()
+        sha1.update(f"{station_id}".encode() + suffix)
+        hex_ = sha1.digest()[:16].hex()
+        # version 5 in the 13th hex digit, the RFC 4122 variant in the top bits of the 17th
+        ids.append(f"{hex_[:8]}-{hex_[8:12]}-5{hex_[13:16]}-{_VARIANT[hex_[16]]}{hex_[17:20]}-{hex_[20:]}".encode())
+    return ids
 
 
 _VARIANT = {digit: "89ab"[int(digit, 16) & 0x3] for digit in "0123456789abcdef"}
 _WHOLE_SECONDS = frozenset({"last_updated", "last_reported"})
 
+VALUES = {feed: msgspec.defstruct(f"{feed}_value", [(name, Any) for name in schema.names if name != "schema_version"])
+          for feed, schema in SCHEMAS.items()}
+"""A message value per station feed: the table's columns in its order but ``schema_version`` (a header)."""
 
-def table_rows(table: pa.Table, rows: Sequence[int] | None = None) -> list[dict[str, Any]]:
-    """Rows of a station table (all, or those at ``rows``) as message values: times in POSIX seconds
-    (``fetched_at`` a float), ``extras`` as its JSON object, without ``schema_version`` (a header)."""
+
+def table_values(feed: str, table: pa.Table, rows: Sequence[int] | None = None) -> list[Any]:
+    """Rows of a station table (all, or those at ``rows``) as message values (:data:`VALUES`): times in
+    POSIX seconds (``fetched_at`` a float), ``extras`` as its JSON object."""
+    kind = VALUES[feed]
     if rows is not None:
         table = table.take(pa.array(rows, pa.int64()))
-    columns = {}
-    for name in table.column_names:
+    columns = []
+    for name in kind.__struct_fields__:
         column = table[name]
-        if name == "schema_version":
-            continue
         if pa.types.is_timestamp(column.type):
             millis = column.cast(pa.int64())
             column = pc.divide(millis, 1000) if name in _WHOLE_SECONDS else pc.divide(millis.cast(pa.float64()), 1000.0)
-            columns[name] = column.to_pylist()
+            columns.append(column.to_pylist())
         elif name == "extras":
-            columns[name] = [msgspec.Raw(text.encode()) for text in column.to_pylist()]
+            columns.append(list(map(msgspec.Raw, map(str.encode, column.to_pylist()))))
         else:
-            columns[name] = column.to_pylist()
-    return [dict(zip(columns, values)) for values in zip(*columns.values())]
+            columns.append(column.to_pylist())
+    return list(map(kind, *columns))
 
 
 class Publisher:
@@ -158,13 +170,11 @@ class Publisher:
 
     def send_table(self, feed: str, table: pa.Table, rows: Sequence[int] | None = None) -> int:
         """Produce rows of one snapshot's station table (all, or those at ``rows``); returns how many."""
-        values = table_rows(table, rows)
-        if not values:
-            return 0
-        first = values[0]
-        headers = _headers(feed, first["system_id"], first["last_updated"], first["fetched_at"])
-        self._send(feed, [(first["system_id"], value["station_id"], first["last_updated"], encode_value(value))
-                          for value in values], headers)
+        values = table_values(feed, table, rows)
+        if values:
+            first = values[0]
+            self._send(feed, first.system_id, first.last_updated, first.fetched_at,
+                       [value.station_id for value in values], list(map(encode_value, values)))
         return len(values)
 
     def send_quarantine(self, records: Sequence[QuarantinedRecord]) -> int:
@@ -173,23 +183,28 @@ class Publisher:
         for record in records:
             by_snapshot.setdefault((record.system_id, record.feed, record.last_updated, record.fetched_at), []).append(record)
         for (system_id, _, last_updated, fetched_at), group in by_snapshot.items():
-            self._send("quarantine", [(system_id, record.station_id, last_updated, encode_value(record))
-                                      for record in group], _headers("quarantine", system_id, last_updated, fetched_at))
+            self._send("quarantine", system_id, last_updated, fetched_at, [record.station_id for record in group],
+                       list(map(encode_value, group)))
         return len(records)
 
-    def _send(self, feed: str, messages: list[tuple[str, str | None, int, bytes]],
-              common: list[tuple[str, bytes]]) -> None:
+    def _send(self, feed: str, system_id: str, last_updated: int, fetched_at: float,
+              station_ids: list[str | None], values: list[bytes]) -> None:
+        """Produce one snapshot's messages of one feed: each with its key and id, the snapshot's headers."""
         topic, produce, on_delivery = self._topics[feed], self._producer.produce, self._on_delivery
-        for system_id, station_id, last_updated, value in messages:
-            headers = [("message_id", message_id(feed, system_id, station_id, last_updated).encode()), *common]
-            key = message_key(system_id, station_id)
+        common = [("schema_version", str(SCHEMA_VERSION).encode()), ("system_id", system_id.encode()),
+                  ("feed", feed.encode()), ("last_updated", str(last_updated).encode()),
+                  ("fetched_at", repr(float(fetched_at)).encode())]
+        prefix = f"{system_id}:"
+        for station_id, value, id_ in zip(station_ids, values, message_ids(feed, system_id, station_ids, last_updated)):
+            headers = [("message_id", id_), *common]
+            key = (prefix + (station_id or "")).encode()
             while True:
                 try:
                     produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
                     break
                 except BufferError:  # local queue full: let librdkafka drain, then retry this record
                     self._producer.poll(0.05)
-        self.queued += len(messages)
+        self.queued += len(values)
 
     def flush(self) -> int:
         """Wait for every delivery; raise DeliveryError unless all records were acknowledged. Returns
@@ -206,9 +221,3 @@ class Publisher:
             )
         return queued
 
-
-def _headers(feed: str, system_id: str, last_updated: int, fetched_at: float) -> list[tuple[str, bytes]]:
-    """What every message of one snapshot carries (besides its own ``message_id``)."""
-    return [("schema_version", str(SCHEMA_VERSION).encode()), ("system_id", system_id.encode()),
-            ("feed", feed.encode()), ("last_updated", str(last_updated).encode()),
-            ("fetched_at", repr(float(fetched_at)).encode())]
