@@ -15,6 +15,7 @@ run`` (those tasks in a row) and ``citibikes backfill`` (over recorded snapshots
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from citibikes.gbfs.client import ClientState, FetchResult, GbfsClient
 from citibikes.gbfs.errors import FeedError
 from citibikes.gbfs.model import STATION_INFORMATION, STATION_STATUS, VEHICLE_TYPES, QuarantinedRecord
 from citibikes.gbfs.normalize import normalize_information, normalize_status
-from citibikes.gbfs.parse import parse_feed
+from citibikes.gbfs.parse import ParsedFeed, parse_feed
 from citibikes.lake import Lake, RunRecord
 from citibikes.lake.store import LakeFile, information_file, quarantine_file, status_file
 from citibikes.quality import Described, QualitySummary, Validated, check_information as information_rules
@@ -37,6 +38,8 @@ from citibikes.quality import check_status as status_rules
 from citibikes.quality import summarize
 from citibikes.state import SystemState
 from citibikes.stream.publish import Publisher
+
+log = logging.getLogger("citibikes.ingest")
 
 FEEDS = (STATION_INFORMATION, STATION_STATUS)
 
@@ -115,9 +118,8 @@ def check_status(body: bytes, system_id: str, fetched_at: float, quality: Qualit
                         known=known, vehicle_types=vehicle_types)
 
 
-def vehicle_type_ids(body: bytes, system_id: str) -> list[str]:
+def vehicle_type_ids(parsed: ParsedFeed) -> list[str]:
     """The ids a vehicle_types.json defines."""
-    parsed = parse_feed(body, VEHICLE_TYPES, system_id=system_id)
     ids = {str(record["vehicle_type_id"]) for record in parsed.records
            if isinstance(record, dict) and isinstance(record.get("vehicle_type_id"), (str, int))}
     return sorted(ids)
@@ -133,6 +135,8 @@ class Checked(msgspec.Struct):
     vehicle_types: list[str] | None = None
     versions: dict[str, str] = {}
     """The GBFS version of each feed parsed in this step."""
+    quirks: list[str] = []
+    """Feed quirks of the step beyond the station feeds' (an unusable vehicle_types.json)."""
 
 
 def check_fetched(fetched: Fetched, state: SystemState, quality: QualityConfig, *, language: str | None = "en",
@@ -144,8 +148,14 @@ def check_fetched(fetched: Fetched, state: SystemState, quality: QualityConfig, 
         checked.versions["gbfs"] = fetched.version
     body = fetched.bodies.get(VEHICLE_TYPES)
     if body is not None:
-        checked.vehicle_types = vehicle_type_ids(body, fetched.system_id)
-        checked.versions[VEHICLE_TYPES] = parse_feed(body, VEHICLE_TYPES, system_id=fetched.system_id).version
+        try:  # it only names the vehicle types: a broken one must not stop the station feeds
+            parsed = parse_feed(body, VEHICLE_TYPES, system_id=fetched.system_id)
+        except FeedError as exc:
+            log.warning("%s: vehicle_types.json ignored: %s", fetched.system_id, exc)
+            checked.quirks.append("feed:unusable_vehicle_types")
+        else:
+            checked.vehicle_types = vehicle_type_ids(parsed)
+            checked.versions[VEHICLE_TYPES] = parsed.version
     known = state.described if len(state.described.ids) else None
     body = fetched.bodies.get(STATION_INFORMATION)
     if body is not None:
@@ -181,12 +191,6 @@ class Step(msgspec.Struct, kw_only=True):
     summary: QualitySummary | None = None
     state: SystemState
     """The system's state once this step is delivered and landed."""
-
-    @property
-    def published(self) -> int:
-        """Messages the step publishes."""
-        descriptions = self.descriptions.num_rows if self.descriptions is not None else 0
-        return len(self.publish) + descriptions + len(self.quarantined)
 
 
 def select(state: SystemState, checked: Checked, *, system_id: str, snapshot_every_s: int,
@@ -227,7 +231,7 @@ def select(state: SystemState, checked: Checked, *, system_id: str, snapshot_eve
     if information is not None or status is not None:
         mixed = ["feed:mixed_versions"] if len(set(after.versions.values())) > 1 else []
         step.summary = summarize(information, status, previous_last_updated=state.last_updated.get(STATION_STATUS),
-                                 extra_quirks=mixed)
+                                 extra_quirks=mixed + checked.quirks)
     return step
 
 

@@ -188,3 +188,13 @@ def test_a_step_without_new_data_changes_nothing_but_the_client_state(checked: C
     assert step.summary is None and step.status is None and step.descriptions is None
     assert step.state.client == {"format": 1}
     assert step.state.published == state.published and step.state.descriptions == state.descriptions
+
+
+def test_a_broken_vehicle_types_json_is_counted_and_the_station_feeds_go_on(tmp_path: Path) -> None:
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "gbfs" / "v2.3"
+    shutil.copytree(fixtures, tmp_path / "feed")
+    (tmp_path / "feed" / "vehicle_types.json").write_text("<html>Bad gateway</html>")
+    with GbfsClient.for_folder(tmp_path / "feed", system_id="fixture") as client:
+        result = inspect_feeds(client, QUALITY, recorded=True)
+    assert result.summary["quirks"]["feed:unusable_vehicle_types"] == 1
+    assert result.summary["valid"]["station_status"] > 0 and "unknown_vehicle_type_id" not in result.summary["quirks"]
