@@ -20,7 +20,8 @@ Design choices:
 * ``last_reported`` sentinels (Citi Bike sends 86400) are not times: such a record gets
   ``last_reported_sentinel`` and the age rules do not look at it.
 * ``num_docks_available`` is required but for virtual stations (GBFS 2.0+: "except for stations
-  that have unlimited docking capacity"), and "full" depends on it.
+  that have unlimited docking capacity"), and "full" depends on it. Like the capacity and orphan
+  rules, this one needs the description: without one it is not applied.
 * ``coordinates_transposed`` is a heuristic: the latitude is out of range but swapping the pair makes
   both valid, or (for in-range pairs) the station lies more than ``TRANSPOSE_RADIUS_DEG`` from the
   system's median position while the swapped pair lies within it.
@@ -310,13 +311,13 @@ def check_status(normalized: Normalized, config: QualityConfig, reference_time: 
     """The station_status rules, against the described stations ``known`` (see :func:`validate`)."""
     table = normalized.table
     rejections = _Rejections()
+    if known is not None and not len(known.ids):
+        known = None  # nothing described yet: the rules that need descriptions wait for one
     if known is not None:
         missing_docks = pc.is_null(table["num_docks_available"])
         if len(known.virtual):
             missing_docks = pc.and_(missing_docks, pc.invert(pc.is_in(table["station_id"], known.virtual)))
-    else:
-        missing_docks = pc.is_null(table["num_docks_available"])
-    rejections.where(missing_docks, "missing_field:num_docks_available")
+        rejections.where(missing_docks, "missing_field:num_docks_available")
     for name in STATUS_COUNT_FIELDS:
         _count_rules(table[name], name, rejections)
     vehicle_types_available = table["vehicle_types_available"]
@@ -325,7 +326,7 @@ def check_status(normalized: Normalized, config: QualityConfig, reference_time: 
         unknown_types = _vehicle_type_rules(vehicle_types_available, rejections, vehicle_types)
     rejections.where(pc.greater(table["num_ebikes_available"], table["num_bikes_available"]), "ebikes_exceed_bikes")
     described = pc.index_in(table["station_id"], known.ids) if known is not None else None
-    if described is not None and len(known.ids):
+    if described is not None:
         capacity = known.capacities.take(described)
         occupied = table["num_bikes_available"].cast(pa.int64())
         for name in ("num_docks_available", "num_bikes_disabled", "num_docks_disabled"):

@@ -41,12 +41,11 @@ from citibikes.ingest import (
     select,
     step_files,
 )
-from citibikes.lake import Lake
+from citibikes.lake import Lake, RunRecord
 from citibikes.lake.layout import safe_file_name
 from citibikes.quality import QualitySummary
 from citibikes.state import decode_hook, encode_hook, load_state, save_state
 from citibikes.stream.publish import Publisher
-from citibikes.lake.tables import RunRecord
 
 log = logging.getLogger("citibikes.tasks")
 

@@ -287,7 +287,8 @@ def _check_result(result: ValidationResult, *, reference_time: float | None = No
             for count in STATUS_COUNTS:
                 assert row[count] is None or 0 <= row[count] <= MAX_PLAUSIBLE_COUNT
             assert row["num_ebikes_available"] is None or row["num_ebikes_available"] <= row["num_bikes_available"]
-            assert row["num_docks_available"] is not None or (capacity is not None and row["station_id"] in virtual)
+            # docks are required but for virtual stations, once a description says which those are
+            assert row["num_docks_available"] is not None or not capacity or row["station_id"] in virtual
             assert all(0 <= entry["count"] <= MAX_PLAUSIBLE_COUNT for entry in row["vehicle_types_available"] or [])
             assert row["last_reported"] not in CONFIG.last_reported_sentinels
             assert status.last_updated - CONFIG.max_report_age_s <= row["last_reported"]

@@ -61,8 +61,8 @@ QUIRKS: dict[str, str] = {
 }
 """Quirk counters: what was normalized (or only noted) instead of rejected."""
 
-RENTAL_METHODS = frozenset({"key", "creditcard", "paypass", "applepay", "androidpay", "transitcard",
-                            "accountnumber", "phone"})
+RENTAL_METHODS = pa.array(["accountnumber", "androidpay", "applepay", "creditcard", "key", "paypass", "phone",
+                           "transitcard"])
 """The rental methods GBFS defines (upper case before 2.1, lower case since; compared case-insensitively)."""
 
 
@@ -93,6 +93,7 @@ STATUS_SPECS = (
     _spec("last_reported", f.TIME, True),
     _spec("vehicle_types_available", f.VEHICLE_TYPES),
 )
+
 
 def _information_specs(language: str | None) -> tuple[Spec, ...]:
     name = f.Kind(f.localized_text(language), frozenset({str}))
@@ -148,14 +149,11 @@ def normalize_information(parsed: ParsedFeed, system_id: str, fetched_at: float,
     normalized = _normalize(parsed, system_id, fetched_at, _information_specs(language))
     methods = normalized.table["rental_methods"]
     if methods.null_count < len(methods):
-        unknown = pc.invert(pc.is_in(pc.utf8_lower(pc.list_flatten(methods)), value_set=_RENTAL_METHODS))
+        unknown = pc.invert(pc.is_in(pc.utf8_lower(pc.list_flatten(methods)), value_set=RENTAL_METHODS))
         rows = set(pc.list_parent_indices(methods).filter(unknown).to_pylist())
         if rows:
             normalized.quirks["unknown_rental_method"] += len(rows)
     return normalized
-
-
-_RENTAL_METHODS = pa.array(sorted(RENTAL_METHODS))
 
 
 def _require_feed(parsed: ParsedFeed, feed: str) -> None:
@@ -165,52 +163,62 @@ def _require_feed(parsed: ParsedFeed, feed: str) -> None:
 
 def _normalize(parsed: ParsedFeed, system_id: str, fetched_at: float, specs: tuple[Spec, ...]) -> Normalized:
     records = parsed.records
-    is_dict = repeat(True) if set(map(type, records)) <= {dict} else [type(record) is dict for record in records]
-    rows: list[dict[str, Any]] = records if isinstance(is_dict, repeat) else list(compress(records, is_dict))
-    columns: dict[str, list[Any]] = {}
-    problems: dict[int, list[str]] = {}
-    quirks: dict[str, set[int] | range] = {}
-    used_fallback: dict[int, list[str]] = {}
-    for spec in specs:
-        key, fallback = (spec.v3_key, spec.v2_key) if parsed.v3 else (spec.v2_key, spec.v3_key)
-        values = list(map(dict.get, rows, repeat(key)))
-        if fallback != key and None in values:
-            used = [i for i, value in enumerate(values) if value is None and rows[i].get(fallback) is not None]
-            for index in used:
-                values[index] = rows[index][fallback]
-                used_fallback.setdefault(index, []).append(fallback)
-            if used:
-                _add(quirks, "bikes_in_v3" if parsed.v3 else "vehicles_in_v2", set(used))
-        column = f.read_column(values, spec.kind, key, required=spec.required)
-        columns[spec.name] = column.values
-        for index, reason in column.problems.items():
-            problems.setdefault(index, []).append(reason)
-        for quirk, indices in _for_version(column.quirks, values, spec, parsed.v3).items():
-            _add(quirks, quirk, indices)
+    all_objects = set(map(type, records)) <= {dict}
+    rows: list[dict[str, Any]] = records if all_objects else [record for record in records if type(record) is dict]
+    columns, problems, quirks, fallbacks = _read_columns(rows, specs, parsed.v3)
 
-    quarantined = [] if isinstance(is_dict, repeat) else [
-        _quarantine(record, ["invalid_type:station"], parsed, system_id, fetched_at)
-        for record, ok in zip(records, is_dict) if not ok]
-    quarantined += [_quarantine(rows[index], reasons, parsed, system_id, fetched_at)
-                    for index, reasons in sorted(problems.items())]
+    def rejected(record: Any, reasons: list[str]) -> QuarantinedRecord:
+        return quarantine(record, reasons, feed=parsed.feed, system_id=system_id, last_updated=parsed.last_updated,
+                          fetched_at=fetched_at)
+
+    quarantined = [] if all_objects else [rejected(record, ["invalid_type:station"])
+                                          for record in records if type(record) is not dict]
+    quarantined += [rejected(rows[index], reasons) for index, reasons in sorted(problems.items())]
     keep = [index not in problems for index in range(len(rows))] if problems else [True] * len(rows)
     if problems:
         rows = list(compress(rows, keep))
         columns = {name: list(compress(values, keep)) for name, values in columns.items()}
     canonical = {spec.v3_key if parsed.v3 else spec.v2_key for spec in specs}
     extras = [{key: value for key, value in row.items() if key not in canonical} for row in rows]
-    positions = list(accumulate(keep)) if used_fallback else []  # kept rows up to each record, itself included
-    for index, keys in used_fallback.items():
+    positions = list(accumulate(keep)) if fallbacks else []  # kept rows up to each record, itself included
+    for index, keys in fallbacks.items():  # the other version's key a record was read from is not an extra
         if keep[index]:
             position = positions[index] - 1
             extras[position] = {key: value for key, value in extras[position].items() if key not in keys}
-    columns["extras"] = list(map(_EXTRAS.encode, extras))
+    columns["extras"] = list(map(_SORTED_JSON.encode, extras))
     counted = Counter({quirk: len(indices) - len(problems.keys() & indices) if isinstance(indices, range)
                        else len(indices - problems.keys()) for quirk, indices in quirks.items()})
     counted.update(f"feed:{quirk}" for quirk in parsed.quirks)
     table = _table(parsed, system_id, fetched_at, columns)
     return Normalized(parsed.feed, system_id, parsed.version, parsed.last_updated, fetched_at, table, rows,
                       quarantined, +counted)
+
+
+def _read_columns(rows: list[dict[str, Any]], specs: tuple[Spec, ...], v3: bool
+                  ) -> tuple[dict[str, list[Any]], dict[int, list[str]], dict[str, set[int] | range], dict[int, list[str]]]:
+    """Every canonical field of every row: the columns, each row's problems, the rows of each quirk,
+    and the rows read from the other version's key (and which)."""
+    columns: dict[str, list[Any]] = {}
+    problems: dict[int, list[str]] = {}
+    quirks: dict[str, set[int] | range] = {}
+    fallbacks: dict[int, list[str]] = {}
+    for spec in specs:
+        key, fallback = (spec.v3_key, spec.v2_key) if v3 else (spec.v2_key, spec.v3_key)
+        values = list(map(dict.get, rows, repeat(key)))
+        if fallback != key and None in values:
+            used = [i for i, value in enumerate(values) if value is None and rows[i].get(fallback) is not None]
+            for index in used:
+                values[index] = rows[index][fallback]
+                fallbacks.setdefault(index, []).append(fallback)
+            if used:
+                _add(quirks, "bikes_in_v3" if v3 else "vehicles_in_v2", set(used))
+        column = f.read_column(values, spec.kind, key, required=spec.required)
+        columns[spec.name] = column.values
+        for index, reason in column.problems.items():
+            problems.setdefault(index, []).append(reason)
+        for quirk, indices in _for_version(column.quirks, values, spec, v3).items():
+            _add(quirks, quirk, indices)
+    return columns, problems, quirks, fallbacks
 
 
 def _add(quirks: dict[str, set[int] | range], quirk: str, rows: set[int] | range) -> None:
@@ -239,9 +247,10 @@ def _for_version(quirks: dict[str, set[int] | range], values: list[Any], spec: S
     return quirks
 
 
-_EXTRAS = msgspec.json.Encoder(order="sorted")
-_RAW_TEXT = _EXTRAS
-"""A quarantined record's text: keys sorted, so a record has one text whatever order the feed wrote them in."""
+_SORTED_JSON = msgspec.json.Encoder(order="sorted")
+"""Extras and a quarantined record's text: keys sorted, so a record has one text whatever order the feed
+wrote its keys in."""
+
 
 def _table(parsed: ParsedFeed, system_id: str, fetched_at: float, columns: dict[str, list[Any]]) -> pa.Table:
     """The columns as a table of the feed's schema, the per-snapshot values repeated."""
@@ -261,17 +270,11 @@ def _table(parsed: ParsedFeed, system_id: str, fetched_at: float, columns: dict[
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _quarantine(raw: Any, reasons: list[str], parsed: ParsedFeed, system_id: str,
-                fetched_at: float) -> QuarantinedRecord:
-    return quarantine(raw, reasons, feed=parsed.feed, system_id=system_id, last_updated=parsed.last_updated,
-                      fetched_at=fetched_at)
-
-
 def quarantine(raw: Any, reasons: list[str], *, feed: str, system_id: str, last_updated: int,
                fetched_at: float) -> QuarantinedRecord:
     """A :class:`QuarantinedRecord` keeping the raw record whole (JSON text, keys sorted) with its reasons."""
     return QuarantinedRecord(system_id=system_id, feed=feed, station_id=raw_station_id(raw), reasons=reasons,
-                             raw=_RAW_TEXT.encode(raw).decode(), last_updated=last_updated, fetched_at=fetched_at)
+                             raw=_SORTED_JSON.encode(raw).decode(), last_updated=last_updated, fetched_at=fetched_at)
 
 
 def raw_station_id(raw: Any) -> str | None:
