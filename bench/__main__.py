@@ -1,7 +1,8 @@
 """Run the benchmarks, each in its own process: `python -m bench [normalize] [pipeline] [dag]`.
 
-normalize  normalize + validate a Citi Bike status snapshot from bytes, one core   (~1 min)
-pipeline   bytes -> validate -> Kafka -> Parquet over a replayed day, against a naive baseline (~3 min)
+normalize  check a Citi Bike status snapshot from bytes (parse, normalize, validate), one core   (~1 min)
+pipeline   citibikes backfill of a recorded archive (lake only, --publish) and of a replayed day
+           (--publish), against a naive baseline (~10 min)
 dag        scheduled minute-DAG durations under airflow standalone, 1 and 50 systems (~20 min)
 """
 

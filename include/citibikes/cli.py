@@ -159,7 +159,7 @@ def _log_settings(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """The pipeline without Airflow: the same stages as the minute DAG, once or every interval."""
+    """The pipeline without Airflow: the same tasks as the minute DAG, once or every interval."""
     from citibikes.lake import lake_from_settings
     from citibikes.ingest import one_line
     from citibikes.tasks import run_all

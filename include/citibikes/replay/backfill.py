@@ -87,7 +87,8 @@ def backfill(folder: Path, system_id: str, *, settings: Settings, lake: Lake, pu
              workers: int | None = None) -> BackfillReport:
     """Ingest every recorded snapshot of ``folder`` for ``system_id`` (see the module doc); publish to
     Kafka too when a ``publisher`` is given."""
-    with ProcessPoolExecutor(workers or os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    workers = workers or os.cpu_count() or 1
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         found = scan(folder, partial(pool.map, chunksize=8))
         pairs = pair(found.snapshots)
         report = BackfillReport(snapshots=len(pairs), skipped_files=found.skipped)
@@ -97,7 +98,8 @@ def backfill(folder: Path, system_id: str, *, settings: Settings, lake: Lake, pu
                 if run_id_for(system_id, status.last_updated) not in done and status.last_updated not in landed]
         report.already_done = len(pairs) - len(todo)
         names = {run_id_for(system_id, status.last_updated): status.path.name for status, _ in todo}
-        records = ingest(todo, system_id, pool=pool, settings=settings, lake=lake, publisher=publisher)
+        records = ingest(todo, system_id, pool=pool, settings=settings, lake=lake, publisher=publisher,
+                         ahead=AHEAD_PER_WORKER * workers)
         for record in progress(records, len(todo)) if progress else records:
             if record.outcome == "failed":
                 report.failed += 1
@@ -198,11 +200,11 @@ def _check_information_file(file: SnapshotFile, system_id: str) -> Validated:
 # -- 3. in order: select, publish, land, record -----------------------------------------------------
 
 def ingest(pairs: list[tuple[SnapshotFile, SnapshotFile | None]], system_id: str, *, pool: Executor,
-           settings: Settings, lake: Lake, publisher: Publisher | None,
+           settings: Settings, lake: Lake, publisher: Publisher | None, ahead: int = AHEAD_PER_WORKER,
            snapshots_per_flush: int = SNAPSHOTS_PER_FLUSH) -> Iterator[RunRecord]:
-    """Ingest the snapshots in order; yield each one's run record once it is written."""
+    """Ingest the snapshots in order, ``ahead`` of them being prepared in ``pool``; yield each one's
+    run record once it is written."""
     state = SystemState(descriptions=landed_descriptions(lake, system_id, pairs[0][0].last_updated) if pairs else {})
-    ahead = AHEAD_PER_WORKER * getattr(pool, "_max_workers", 1)
     with Landing(lake, system_id, publisher, state, settings.quality) as landing:
         for item in prepared(pairs, pool, system_id, settings.quality, ahead=ahead):
             began, run_id = time.time(), run_id_for(system_id, item.status.last_updated)
