@@ -115,20 +115,21 @@ def run_pass(folder: Path, settings: Settings, workdir: Path, publisher: Publish
         "workers_cpu_ms_per_snapshot": round((children_cpu() - workers) * 1000 / snapshots, 2),
         "broker_cpu_ms_per_snapshot": (round((cpu_seconds(broker_pid) - broker) * 1000 / snapshots, 2)
                                        if broker is not None else None),
-        "lake": lake_sizes(root, report.records - report.quarantined),
+        "lake": lake_sizes(root),
     }
     shutil.rmtree(root, ignore_errors=True)
     return result
 
 
-def lake_sizes(root: Path, observations: int) -> dict[str, Any]:
+def lake_sizes(root: Path) -> dict[str, Any]:
     def files(table: str) -> list[Path]:
         return sorted(root.glob(f"curated/{table}/**/*.parquet"))
 
-    status = sum(path.stat().st_size for path in files("station_status"))
+    status = files("station_status")
+    observations = sum(pq.read_metadata(path).num_rows for path in status)
     information = files("station_information")
     return {
-        "status_bytes_per_observation": round(status / observations, 2),
+        "status_bytes_per_observation": round(sum(path.stat().st_size for path in status) / observations, 2),
         "station_information_rows": sum(pq.read_metadata(path).num_rows for path in information),
         "station_information_bytes": sum(path.stat().st_size for path in information),
     }

@@ -7,14 +7,14 @@
 
 | task | what it does |
 |---|---|
-| `fetch` | discovery + `station_information` + `station_status` of each system, concurrently (timeouts, retries with backoff, 429, conditional GET, ttl); new bodies are archived in the lake under `raw/` |
+| `fetch` | discovery + `station_information` + `station_status` (+ `vehicle_types` when listed) of each system, concurrently (timeouts, retries with backoff, 429, conditional GET, ttl); new bodies are archived in the lake under `raw/` |
 | `validate` | normalizes every GBFS version to one model and applies the quality rules (rejected records are quarantined with reason codes); selects what changed since the last run; stages the result in the lake |
 | `produce` | publishes changed stations (and a full snapshot every 15 min) to `bikes-station-status`, station descriptions whose content changed to the compacted `bikes-station-information`, rejects to `bikes-quarantine`; one flush for all systems, any delivery failure fails (and retries) the task |
 | `write` | curated Parquet (`curated/<table>/system=/date=/hour=`: every status observation, each new version of a station description), quarantine, and a row per system in `pipeline_runs`; an asset event for each of `citibikes.station_status`, `citibikes.station_information`, `citibikes.pipeline_runs` that got files this run (through the alias `citibikes.lake_writes`; `extra`: `rows`, rows per system) |
 | `report` | one line per system; **fails when a system failed or is stale** (its station_status stopped advancing, or arrived older than 5 minutes), naming it and why, after the others landed |
 
-A broken or slow system is isolated in every stage: one whose feed, records, messages or lake
-files fail is marked failed in that stage and left out of the later ones, the others go on. A
+A broken or slow system is isolated in every task: one whose feed, records, messages or lake
+files fail is marked failed in that task and left out of the later ones, the others go on. A
 task itself fails (and is retried) when the broker does not acknowledge the flush, or when
 every system failed in `fetch`, `produce` or `write` (more likely an outage than broken data). A
 downstream DAG scheduled on `citibikes.station_status` runs only when new status data landed.
@@ -52,7 +52,7 @@ def _run_id() -> str:
 
 
 def _unless_all_failed(results: dict) -> dict:
-    """A stage's results, or an error (the task is retried) when every system failed in it: an outage."""
+    """A task's results, or an error (the task is retried) when every system failed in it: an outage."""
     if error := tasks.all_failed(results):
         raise RuntimeError(error)
     return results
@@ -77,7 +77,7 @@ def citibikes_ingest():
 
     @task
     def validate(fetched: dict) -> dict:
-        """Normalize and validate each fetched system; stage its records in the lake."""
+        """Check each fetched system's new data against its state; stage the step in the lake."""
         return tasks.validate(load_settings(), LakeHook().get_lake(), _run_id(), fetched)
 
     @task

@@ -79,7 +79,7 @@ class Settings:
     interval_s: int
     log_level: str
     status_snapshot_every_s: int
-    """Change capture publishes unchanged stations again at least this often (a full snapshot)."""
+    """Every station's status is published again at least this often, changed or not (a full snapshot)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def system(self, system_id: str) -> SystemConfig:

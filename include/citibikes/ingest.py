@@ -23,6 +23,7 @@ from typing import Any
 
 import msgspec
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from citibikes import changes
 from citibikes.config import QualityConfig, SystemConfig
@@ -31,11 +32,9 @@ from citibikes.gbfs.errors import FeedError
 from citibikes.gbfs.model import STATION_INFORMATION, STATION_STATUS, VEHICLE_TYPES, QuarantinedRecord
 from citibikes.gbfs.normalize import normalize_information, normalize_status
 from citibikes.gbfs.parse import ParsedFeed, parse_feed
-from citibikes.lake import Lake, RunRecord
+from citibikes.lake import Lake, RunRecord, layout
 from citibikes.lake.store import LakeFile, information_file, quarantine_file, status_file
-from citibikes.quality import Described, QualitySummary, Validated, check_information as information_rules
-from citibikes.quality import check_status as status_rules
-from citibikes.quality import summarize
+from citibikes.quality import Described, QualitySummary, Validated, information_rules, status_rules, summarize
 from citibikes.state import SystemState
 from citibikes.stream.publish import Publisher
 
@@ -59,10 +58,12 @@ class Fetched(msgspec.Struct):
     """New bodies, in memory only (the DAG re-reads them from the archive)."""
     version: str | None = None
     """The GBFS version gbfs.json declares."""
+    quirks: list[str] = []
+    """What went wrong with a feed the step can do without (vehicle_types.json)."""
 
     @property
     def has_new_data(self) -> bool:
-        return any(self.outcomes.get(feed) == "new" for feed in FEEDS)
+        return any(outcome == "new" for outcome in self.outcomes.values())
 
 
 def fetch_system(system: SystemConfig, lake: Lake, state: SystemState, *,
@@ -71,33 +72,47 @@ def fetch_system(system: SystemConfig, lake: Lake, state: SystemState, *,
     client = GbfsClient(system, state=ClientState.from_dict(state.client) if state.client else None,
                         **(client_options or {}))
     try:
-        discovery = client.discover()
-        feeds = FEEDS + ((VEHICLE_TYPES,) if VEHICLE_TYPES in discovery.feeds else ())
-        results: dict[str, FetchResult] = {feed: client.fetch(feed) for feed in feeds}
-        client_state = client.state.to_dict()
+        fetched = _fetch(client)
+        fetched.client_state = client.state.to_dict()
     finally:
         client.close()
-    fetched = _fetched(system.system_id, discovery.version, results)
-    fetched.client_state = client_state
-    for feed, result in results.items():
-        if result.outcome == "new" and result.body is not None:
-            if result.last_updated is None:  # not a GBFS document: say exactly why (HTML, truncated...)
-                parse_feed(result.body, feed, system_id=system.system_id)
-                raise FeedError("the feed has no readable last_updated; it is not a usable GBFS document",
-                                reason="bad_header", system_id=system.system_id, feed=feed, url=result.url)
-            fetched.bodies[feed] = result.body
-            fetched.raw_keys[feed] = lake.write_raw(system.system_id, feed, result.last_updated, result.body)
+    for feed, body in fetched.bodies.items():
+        fetched.raw_keys[feed] = lake.write_raw(system.system_id, feed, fetched.last_updated[feed], body)
     return fetched
 
 
-def _fetched(system_id: str, version: str | None, results: Mapping[str, FetchResult]) -> Fetched:
+def _fetch(client: GbfsClient, *, force: bool = False) -> Fetched:
+    """The station feeds and, when gbfs.json lists it, vehicle_types.json (a system can do without it:
+    if it cannot be fetched or read, the quirk ``feed:unusable_vehicle_types`` says so); new bodies in memory."""
+    system_id = client.system.system_id
+    discovery = client.discover(force=force)
+    results = {feed: _usable(client.fetch(feed, force=force), system_id) for feed in FEEDS}
+    quirks = []
+    if VEHICLE_TYPES in discovery.feeds:
+        try:
+            results[VEHICLE_TYPES] = _usable(client.fetch(VEHICLE_TYPES, force=force), system_id)
+        except FeedError as exc:
+            log.warning("%s: vehicle_types.json ignored: %s", system_id, exc)
+            quirks.append("feed:unusable_vehicle_types")
     return Fetched(
         system_id=system_id,
         fetched_at=max(r.fetched_at for r in results.values()),
         outcomes={feed: r.outcome for feed, r in results.items()},
         last_updated={feed: r.last_updated for feed, r in results.items() if r.last_updated is not None},
-        version=version,
+        bodies={feed: r.body for feed, r in results.items() if r.outcome == "new" and r.body is not None},
+        version=discovery.version,
+        quirks=quirks,
     )
+
+
+def _usable(result: FetchResult, system_id: str) -> FetchResult:
+    """The result, unless its new body has no readable last_updated: then the FeedError saying why
+    (an HTML page, truncated JSON...)."""
+    if result.outcome == "new" and result.body is not None and result.last_updated is None:
+        parse_feed(result.body, result.feed, system_id=system_id)
+        raise FeedError("the feed has no readable last_updated; it is not a usable GBFS document",
+                        reason="bad_header", system_id=system_id, feed=result.feed, url=result.url)
+    return result
 
 
 # -- checking: bytes -> valid rows and quarantine (no state, no I/O) -----------------------------
@@ -143,7 +158,7 @@ def check_fetched(fetched: Fetched, state: SystemState, quality: QualityConfig, 
                   reference_time: float | None = None) -> Checked:
     """Check a fetch's new bodies. A station_information whose stations are described as in the last
     one landed (same :func:`~citibikes.changes.information_digest`) is not checked again."""
-    checked = Checked(vehicle_types=state.vehicle_types)
+    checked = Checked(vehicle_types=state.vehicle_types, quirks=list(fetched.quirks))
     if fetched.version is not None:
         checked.versions["gbfs"] = fetched.version
     body = fetched.bodies.get(VEHICLE_TYPES)
@@ -161,11 +176,19 @@ def check_fetched(fetched: Fetched, state: SystemState, quality: QualityConfig, 
     if body is not None:
         digest = changes.information_digest(body)
         if digest is None or digest != state.information_digest:
-            checked.information = check_information(body, fetched.system_id, fetched.fetched_at, language=language,
-                                                    reference_time=reference_time)
-            checked.information_digest = digest
-            checked.versions[STATION_INFORMATION] = checked.information.version
-            known = Described.of(checked.information)
+            try:
+                checked.information = check_information(body, fetched.system_id, fetched.fetched_at,
+                                                        language=language, reference_time=reference_time)
+            except FeedError as exc:
+                if STATION_STATUS not in fetched.bodies:
+                    raise
+                # the statuses are checked against the last description that could be read, and land
+                log.warning("%s: station_information ignored: %s", fetched.system_id, exc)
+                checked.quirks.append("feed:unusable_station_information")
+            else:
+                checked.information_digest = digest
+                checked.versions[STATION_INFORMATION] = checked.information.version
+                known = Described.of(checked.information)
     body = fetched.bodies.get(STATION_STATUS)
     if body is not None:
         checked.status = check_status(body, fetched.system_id, fetched.fetched_at, quality, known=known,
@@ -222,7 +245,8 @@ def select(state: SystemState, checked: Checked, *, system_id: str, snapshot_eve
         if publish:
             ids = status.table["station_id"].to_pylist()
             fingerprints = changes.status_fingerprints(status.table)
-            step.full_snapshot = status.last_updated - state.snapshot_at >= snapshot_every_s
+            step.full_snapshot = (status.table.num_rows > 0  # an empty or stale snapshot publishes nothing
+                                  and status.last_updated - state.snapshot_at >= snapshot_every_s)
             step.publish = list(range(len(ids))) if step.full_snapshot else changes.changed(ids, fingerprints,
                                                                                             state.published)
             after.published = {**state.published, **{ids[row]: fingerprints[row] for row in step.publish}}
@@ -230,8 +254,8 @@ def select(state: SystemState, checked: Checked, *, system_id: str, snapshot_eve
                 after.snapshot_at = status.last_updated
     if information is not None or status is not None:
         mixed = ["feed:mixed_versions"] if len(set(after.versions.values())) > 1 else []
-        step.summary = summarize(information, status, previous_last_updated=state.last_updated.get(STATION_STATUS),
-                                 extra_quirks=mixed + checked.quirks)
+        previous = state.last_updated.get(STATION_STATUS) if status is not None else None
+        step.summary = summarize(information, status, previous_last_updated=previous, extra_quirks=mixed + checked.quirks)
     return step
 
 
@@ -247,12 +271,13 @@ def publish_step(step: Step, publisher: Publisher) -> int:
     return sent + publisher.send_quarantine(step.quarantined)
 
 
-def step_files(step: Step, *, status: bool = True) -> list[LakeFile]:
+def step_files(step: Step, lake: Lake, *, status: bool = True) -> list[LakeFile]:
     """A step's lake files: its description versions, its quarantine and (unless a backfill writes
     them a span of snapshots at a time) its station_status rows."""
     files = []
     if step.descriptions is not None:
-        files.append(information_file(step.system_id, step.descriptions, step.state.last_updated[STATION_INFORMATION]))
+        at = step.state.last_updated[STATION_INFORMATION]
+        files.append(information_file(step.system_id, with_landed(lake, step.system_id, at, step.descriptions), at))
     for feed in FEEDS:
         rejected = [record for record in step.quarantined if record.feed == feed]
         if rejected and (status or feed != STATION_STATUS):
@@ -260,6 +285,17 @@ def step_files(step: Step, *, status: bool = True) -> list[LakeFile]:
     if status and step.status is not None and step.status.num_rows:
         files.append(status_file(step.system_id, step.status, step.state.last_updated[STATION_STATUS]))
     return files
+
+
+def with_landed(lake: Lake, system_id: str, at: int, descriptions: pa.Table) -> pa.Table:
+    """The descriptions that took effect at ``at``, with those a file of that time holds already (landed
+    by a run that started from another point, e.g. a backfill resumed with gaps, or the live pipeline):
+    a version's file only gains rows, so landing it again never loses one."""
+    landed = lake.read_file(layout.curated_key(STATION_INFORMATION, system_id, at), STATION_INFORMATION)
+    if landed is None:
+        return descriptions
+    others = landed.filter(pc.invert(pc.is_in(landed["station_id"], descriptions["station_id"])))
+    return pa.concat_tables([descriptions, others])
 
 
 def landed_rows(step: Step) -> dict[str, int]:
@@ -327,11 +363,8 @@ def inspect_feeds(client: GbfsClient, quality: QualityConfig, *, recorded: bool 
     """Fetch a system's feeds once and check them, without Kafka or the lake (FeedError when a feed
     is unusable). ``recorded`` files are judged as of the station_status file's own time (a saved
     snapshot is not stale); live URLs as of now."""
-    discovery = client.discover(force=True)
-    feeds = FEEDS + ((VEHICLE_TYPES,) if VEHICLE_TYPES in discovery.feeds else ())
-    results = {feed: client.fetch(feed, force=True) for feed in feeds}
-    fetched = _fetched(client.system.system_id, discovery.version, results)
-    fetched.bodies = {feed: r.body for feed, r in results.items() if r.body is not None}
+    fetched = _fetch(client, force=True)
+    discovery = client.discover()
     reference = float(fetched.last_updated[STATION_STATUS]) if recorded and STATION_STATUS in fetched.last_updated else None
     checked = check_fetched(fetched, SystemState(), quality, language=client.system.language, reference_time=reference)
     step = select(SystemState(), checked, system_id=fetched.system_id, snapshot_every_s=0, publish=False)

@@ -25,8 +25,8 @@ Design choices:
 * ``coordinates_transposed`` is a heuristic: the latitude is out of range but swapping the pair makes
   both valid, or (for in-range pairs) the station lies more than ``TRANSPOSE_RADIUS_DEG`` from the
   system's median position while the swapped pair lies within it.
-* Rules run on Arrow columns (one compute kernel per rule); records are looked at one by one only
-  to write the quarantine.
+* The status rules run on Arrow columns (a compute kernel or two per rule); records are looked at
+  one by one only for the descriptions' coordinates and to write the quarantine.
 """
 
 from __future__ import annotations
@@ -192,17 +192,17 @@ def validate(information: Normalized | None, status: Normalized | None, *, confi
              reference_time: float | None = None, known: Described | None = None,
              vehicle_types: Collection[str] | None = None,
              previous_last_updated: int | None = None) -> ValidationResult:
-    """Apply every rule to one system's normalized feeds (:func:`check_information` and
-    :func:`check_status`) and summarize. Status is judged against ``information`` when given, else
+    """Apply every rule to one system's normalized feeds (:func:`information_rules` and
+    :func:`status_rules`) and summarize. Status is judged against ``information`` when given, else
     ``known`` (without either, the capacity and orphan rules are skipped)."""
     if information is None and status is None:
         raise ValueError("validate needs station_information, station_status or both")
-    checked_information = check_information(information, reference_time) if information else None
+    checked_information = information_rules(information, reference_time) if information else None
     if checked_information is not None:
         known = Described.of(checked_information)
     checked_status = None
     if status is not None:
-        checked_status = check_status(status, config, reference_time, known=known, vehicle_types=vehicle_types)
+        checked_status = status_rules(status, config, reference_time, known=known, vehicle_types=vehicle_types)
     summary = summarize(checked_information, checked_status, previous_last_updated=previous_last_updated)
     return ValidationResult(checked_information, checked_status, summary)
 
@@ -252,7 +252,7 @@ class _Rejections:
 # --------------------------------------------------------------------------- station_information
 
 
-def check_information(normalized: Normalized, reference_time: float | None = None) -> Validated:
+def information_rules(normalized: Normalized, reference_time: float | None = None) -> Validated:
     """The station_information rules: coordinates, capacity, duplicates (it is never stale)."""
     table = normalized.table
     rejections = _Rejections()
@@ -306,7 +306,7 @@ def _system_center(lat: list[float], lon: list[float]) -> tuple[float, float] | 
 # --------------------------------------------------------------------------- station_status
 
 
-def check_status(normalized: Normalized, config: QualityConfig, reference_time: float | None = None, *,
+def status_rules(normalized: Normalized, config: QualityConfig, reference_time: float | None = None, *,
                  known: Described | None = None, vehicle_types: Collection[str] | None = None) -> Validated:
     """The station_status rules, against the described stations ``known`` (see :func:`validate`)."""
     table = normalized.table

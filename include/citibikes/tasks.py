@@ -199,8 +199,8 @@ def validate(settings: Settings, lake: Lake, run_id: str, fetched: Plain) -> dic
 def produce(settings: Settings, lake: Lake, publisher: Publisher, validated: Plain) -> dict[str, Any]:
     """Publish every system's step with one flush; raise (and retry the task) on any delivery failure.
 
-    A system whose staged step cannot be read or encoded fails alone before anything is sent; the
-    others are published.
+    A system whose staged step cannot be read or encoded fails alone (what of it was sent already
+    is sent again by its next run, with the same message ids); the others are published.
     """
     began = time.perf_counter()
     results: dict[str, Produce] = {}
@@ -239,7 +239,7 @@ def write(settings: Settings, lake: Lake, run_id: str, fetched: Plain, validated
             return Write(run=run, landed={"pipeline_runs": 1})
         step = _load_step(lake, validation.staged)
         began = time.perf_counter()
-        lake.write_files(step_files(step))
+        lake.write_files(step_files(step, lake))
         save_state(lake, system_id, step.state)
         durations.update(produce=productions[system_id].produce_s, write=time.perf_counter() - began)
         outcome_, reason = outcome(step, record, step.state, settings.quality)

@@ -13,6 +13,7 @@ import gzip
 import json
 import multiprocessing
 import shutil
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,8 @@ from bench.archive import write_archive
 from citibikes.config import load_settings
 from citibikes.gbfs.model import STATION_INFORMATION, STATION_STATUS
 from citibikes.ingest import check_fetched, Fetched, select, step_files
-from citibikes.lake import Lake, open_lake
-from citibikes.replay.backfill import backfill, ingest, minute_files, run_id_for
+from citibikes.lake import Lake, LakeError, open_lake
+from citibikes.replay.backfill import Landing, backfill, ingest, minute_files, run_id_for
 from citibikes.replay.recordings import recorded
 from citibikes.replay.scan import SnapshotFile, pair, scan
 from citibikes.state import SystemState
@@ -239,7 +240,7 @@ def test_a_backfill_leaves_alone_the_snapshots_the_live_pipeline_landed(tmp_path
     fetched = Fetched(system_id="citibike", fetched_at=float(live.last_updated), outcomes={STATION_STATUS: "new"},
                       last_updated={STATION_STATUS: live.last_updated}, bodies={STATION_STATUS: live.read_bytes()})
     checked = check_fetched(fetched, SystemState(), settings.quality, reference_time=float(live.last_updated))
-    lake.write_files(step_files(select(SystemState(), checked, system_id="citibike", snapshot_every_s=900)))
+    lake.write_files(step_files(select(SystemState(), checked, system_id="citibike", snapshot_every_s=900), lake))
     assert minute_files(lake, "citibike") == {live.last_updated}
 
     producer = FakeProducer()
@@ -251,3 +252,61 @@ def test_a_backfill_leaves_alone_the_snapshots_the_live_pipeline_landed(tmp_path
     assert {t // 1000 for _, t in observations} == {r.last_updated for r in statuses}
     sent = [dict(message["headers"])["last_updated"] for message in producer.produced]
     assert sent and str(live.last_updated).encode() not in sent, "the live snapshot is not sent again"
+
+
+@pytest.mark.timeout(60)
+def test_a_writer_that_falls_behind_is_waited_for(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    lake = open_lake(settings.lake_uri)
+    slow_write = lake.write_files
+
+    def slow(files: Any) -> list[str]:
+        time.sleep(0.2)
+        return slow_write(files)
+
+    monkeypatch.setattr(lake, "write_files", slow)
+    with Landing(lake, "citibike", None, SystemState(), settings.quality) as landing:
+        for number in range(Landing.WRITES_AHEAD + 4):
+            landing.fail(f"run-{number}", time.time(), RuntimeError("broken file"))
+            landing.flush()
+        records = landing.written(wait=True)
+    assert [record.run_id for record in records] == [f"run-{n}" for n in range(Landing.WRITES_AHEAD + 4)]
+
+
+def test_after_a_failed_write_nothing_more_is_written(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    lake = open_lake(settings.lake_uri)
+    calls: list[int] = []
+
+    def failing(files: Any) -> list[str]:
+        calls.append(len(calls))
+        raise LakeError("cannot write: disk full")
+
+    monkeypatch.setattr(lake, "write_files", failing)
+    with Landing(lake, "citibike", None, SystemState(), settings.quality) as landing:
+        for number in range(3):
+            landing.fail(f"run-{number}", time.time(), RuntimeError("broken file"))
+            landing.flush()
+        with pytest.raises(LakeError, match="disk full"):
+            landing.written(wait=True)
+    assert calls == [0], "the writes queued after the failed one wrote nothing"
+    assert lake.read_runs() == []
+
+
+def test_an_unreadable_station_information_is_replaced_by_the_one_before(
+        archive: Path, settings: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Its status snapshots land, checked against the description before it; it lands no version."""
+    folder = tmp_path / "archive"
+    commits = sorted(archive.iterdir())[:6]
+    for commit in commits:
+        shutil.copytree(commit, folder / commit.name)
+    broken = folder / commits[3].name / "station_information.json"
+    document = json.loads(broken.read_bytes())
+    document["version"] = "9.9"
+    document["data"]["stations"][0]["name"] = "changed, but unreadable"
+    broken.write_text(json.dumps(document))
+    lake = open_lake(settings.lake_uri)
+    with caplog.at_level("WARNING", logger="citibikes.backfill"):
+        report = backfill(folder, "citibike", settings=settings, lake=lake)
+    assert (report.processed, report.failed) == (6, 0)
+    assert "station_information.json ignored" in caplog.text and "GBFS version '9.9'" in caplog.text
+    names = lake.read_table(STATION_INFORMATION)["name"].to_pylist()
+    assert "changed, but unreadable" not in names

@@ -16,6 +16,7 @@ import pytest
 from citibikes.changes import information_digest
 from citibikes.config import QualityConfig
 from citibikes.gbfs.client import GbfsClient
+from citibikes.gbfs.errors import FeedError
 from citibikes.gbfs.model import STATION_INFORMATION, STATION_STATUS
 from citibikes.ingest import Checked, Fetched, check_fetched, inspect_feeds, landed_rows, select, step_files
 from citibikes.lake import open_lake
@@ -131,16 +132,31 @@ def test_a_status_step_without_new_information_is_checked_against_the_remembered
     assert step.summary.orphans == {"status_without_information": 1, "information_without_status": 1}
 
 
-def test_step_files_name_every_table_after_the_feed_times() -> None:
+def test_step_files_name_every_table_after_the_feed_times(tmp_path: Path) -> None:
+    lake = open_lake(str(tmp_path))
     step = step_of(SystemState(), body(STATION_STATUS), body(STATION_INFORMATION))
-    keys = sorted(key for key, _ in step_files(step))
+    keys = sorted(key for key, _ in step_files(step, lake))
     status_time, information_time = doc(STATION_STATUS)["last_updated"], doc(STATION_INFORMATION)["last_updated"]
     assert keys == sorted([
         f"curated/station_information/system=citibike/date=2024-03-13/hour=13/{information_time}.parquet",
         f"curated/station_status/system=citibike/date=2024-03-13/hour=13/{status_time}.parquet",
         f"quarantine/system=citibike/date=2024-03-13/hour=13/station_status-{status_time}.parquet",
     ])
-    assert not any("station_status/" in key for key, _ in step_files(step, status=False))
+    assert not any("station_status/" in key for key, _ in step_files(step, lake, status=False))
+
+
+def test_a_version_file_landed_again_keeps_the_rows_it_had(tmp_path: Path) -> None:
+    """A backfill resumed with gaps starts from another state and may select fewer stations for a
+    version the lake has already: landing it again adds rows, never drops one."""
+    lake = open_lake(str(tmp_path))
+    first = step_of(SystemState(), body(STATION_STATUS), body(STATION_INFORMATION))
+    lake.write_files(step_files(first, lake))
+    stations = doc(STATION_INFORMATION)["data"]["stations"]
+    changed = first.descriptions.slice(3, 2)  # as if only two stations had changed since another start
+    again = msgspec.structs.replace(first, descriptions=changed)
+    lake.write_files(step_files(again, lake))
+    landed = lake.read_table(STATION_INFORMATION)
+    assert sorted(landed["station_id"].to_pylist()) == sorted(s["station_id"] for s in stations)
 
 
 def test_mixed_versions_are_counted() -> None:
@@ -198,3 +214,17 @@ def test_a_broken_vehicle_types_json_is_counted_and_the_station_feeds_go_on(tmp_
         result = inspect_feeds(client, QUALITY, recorded=True)
     assert result.summary["quirks"]["feed:unusable_vehicle_types"] == 1
     assert result.summary["valid"]["station_status"] > 0 and "unknown_vehicle_type_id" not in result.summary["quirks"]
+
+
+def test_an_unreadable_station_information_lets_the_status_land_against_the_last_description() -> None:
+    first = step_of(SystemState(), body(STATION_STATUS, 0), body(STATION_INFORMATION))
+    status = fetched(body(STATION_STATUS, 1))
+    broken = b"<html>502 Bad Gateway</html>"
+    status.bodies[STATION_INFORMATION], status.outcomes[STATION_INFORMATION] = broken, "new"
+    step = select(first.state, check_fetched(status, first.state, QUALITY), system_id="citibike", snapshot_every_s=EVERY)
+    assert step.summary.quirks["feed:unusable_station_information"] == 1
+    assert step.status.num_rows > 2000 and step.descriptions is None
+    assert step.state.information_digest == first.state.information_digest
+    del status.bodies[STATION_STATUS]
+    with pytest.raises(FeedError, match="HTML"):  # nothing else new: the system fails, naming the cause
+        check_fetched(status, first.state, QUALITY)

@@ -3,6 +3,7 @@ failures. (Against the real broker: tests/integration/test_producer_guarantees.p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import uuid
@@ -129,8 +130,12 @@ def test_description_and_quarantine_messages() -> None:
     for record, message in zip(status.quarantined, rejected, strict=True):
         value = json.loads(message["value"])
         assert (value["station_id"], value["reasons"], value["raw"]) == (record.station_id, record.reasons, record.raw)
-        assert dict(message["headers"])["message_id"] == message_id("quarantine", "citibike", record.station_id,
-                                                                    last_updated).encode()
+        digest = hashlib.blake2b(record.raw.encode(), digest_size=8).hexdigest()
+        assert dict(message["headers"])["message_id"] == message_id(
+            "quarantine", "citibike", f"{record.feed}/{record.station_id}/{digest}", last_updated).encode()
+        assert message["key"] == f"citibike:{record.station_id or ''}".encode()
+    ids = [dict(m["headers"])["message_id"] for m in rejected]
+    assert len(set(ids)) == len(ids), "every rejected record has its own id"
 
 
 def test_a_tiny_system_fills_the_local_queue_and_goes_on() -> None:

@@ -26,8 +26,8 @@ from citibikes.quality import (
     REASONS,
     Described,
     ValidationResult,
-    check_information,
-    check_status,
+    information_rules,
+    status_rules,
     validate,
 )
 from citibikes.replay.recordings import recorded
@@ -340,7 +340,7 @@ def test_real_feed_missing_docks_quarantined_unless_the_station_is_virtual() -> 
 def test_virtual_stations_are_known_from_the_description_given_or_remembered() -> None:
     information, status, virtual, docked = _real_with_virtual_station()
     together = run(information, status)
-    described = Described.of(check_information(normalized(information, STATION_INFORMATION)))
+    described = Described.of(information_rules(normalized(information, STATION_INFORMATION)))
     assert described.virtual.to_pylist() == [virtual]
     remembered = Described.from_builtins(json.loads(json.dumps(described.to_builtins())))  # the state is JSON
     assert remembered.virtual.to_pylist() == [virtual]
@@ -410,15 +410,15 @@ def _vehicle_type_ids(status: dict[str, Any]) -> set[str]:
 @pytest.mark.parametrize("dataset", ["fixture-2.3", "fixture-3.0"])
 def test_vehicle_type_not_in_vehicle_types_json_is_a_quirk(dataset: str) -> None:
     information, status = DATASETS[dataset]()
-    known = Described.of(check_information(normalized(information, STATION_INFORMATION)))
+    known = Described.of(information_rules(normalized(information, STATION_INFORMATION)))
     defined = _vehicle_type_ids(status)
     undefined = sorted(defined)[-1]
     naming = sum(any(entry["vehicle_type_id"] == undefined for entry in raw.get("vehicle_types_available", []))
                  for raw in status["data"]["stations"])
     assert naming > 0
-    unchecked = check_status(normalized(status, STATION_STATUS), CONFIG, known=known)
-    all_defined = check_status(normalized(status, STATION_STATUS), CONFIG, known=known, vehicle_types=sorted(defined))
-    one_missing = check_status(normalized(status, STATION_STATUS), CONFIG, known=known,
+    unchecked = status_rules(normalized(status, STATION_STATUS), CONFIG, known=known)
+    all_defined = status_rules(normalized(status, STATION_STATUS), CONFIG, known=known, vehicle_types=sorted(defined))
+    one_missing = status_rules(normalized(status, STATION_STATUS), CONFIG, known=known,
                                vehicle_types=sorted(defined - {undefined}))
     assert "unknown_vehicle_type_id" not in unchecked.quirks and "unknown_vehicle_type_id" not in all_defined.quirks
     assert one_missing.quirks["unknown_vehicle_type_id"] == naming

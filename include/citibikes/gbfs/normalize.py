@@ -57,7 +57,9 @@ QUIRKS: dict[str, str] = {
     "feed:rfc3339_time": "the header's last_updated is RFC 3339 in a 1.x/2.x feed (likewise feed:float_time, "
                          "feed:ms_timestamp, feed:posix_time_in_v3)",
     "feed:mixed_versions": "the system's feeds declare different GBFS versions",
-    "feed:unusable_vehicle_types": "vehicle_types.json could not be read (the known vehicle types stay as they were)",
+    "feed:unusable_vehicle_types": "vehicle_types.json could not be fetched or read (the known vehicle types stay)",
+    "feed:unusable_station_information": "station_information could not be read: the statuses were checked "
+                                         "against the last description that could",
 }
 """Quirk counters: what was normalized (or only noted) instead of rejected."""
 

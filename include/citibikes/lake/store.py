@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from citibikes.config import Settings
 from citibikes.gbfs.model import STATION_INFORMATION, STATION_STATUS, QuarantinedRecord
@@ -214,6 +215,17 @@ class Lake:
         if system is not None and "system" not in table.partition_keys:
             result = result.filter(pc.equal(result["system_id"], system))
         return result
+
+    def read_file(self, key: str, table: str) -> pa.Table | None:
+        """One Parquet file of ``table`` (its columns, not the partition ones), or None when it does not exist."""
+        data = self.storage.get(key)
+        if data is None:
+            return None
+        try:
+            return pq.read_table(pa.BufferReader(data), schema=TABLE_SCHEMAS[table])
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise LakeError(f"cannot read {self.storage.uri(key)}: {str(exc).splitlines()[0]}; remove the file "
+                            "or write it again") from None
 
     def read_runs(self, system: str | None = None) -> list[RunRecord]:
         return runs_from_table(self.read_table("pipeline_runs", system))

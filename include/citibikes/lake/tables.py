@@ -89,7 +89,7 @@ OUTCOMES = ("success", "no_new_data", "stale", "failed", "skipped")
 class RunRecord(msgspec.Struct, kw_only=True):
     """One pipeline run for one system, as the ``pipeline_runs`` table stores it.
 
-    Times are POSIX seconds; stage durations are seconds (None when the stage did not run).
+    Times are POSIX seconds; the durations of the step's parts are seconds (None when a part did not run).
     """
 
     run_id: str

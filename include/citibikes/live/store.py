@@ -28,14 +28,12 @@ class LiveState:
 
     def apply_status(self, key: str, value: Mapping[str, Any]) -> bool:
         """Keep ``value`` unless an observation at least as new is already known. True if applied."""
-        current = self.status.get(key)
-        if current is not None and current.get("last_updated", 0) > value.get("last_updated", 0):
-            return False
-        self.status[key] = dict(value)
-        return True
+        return _newest(self.status, key, value)
 
-    def apply_information(self, key: str, value: Mapping[str, Any]) -> None:
-        self.information[key] = dict(value)
+    def apply_information(self, key: str, value: Mapping[str, Any]) -> bool:
+        """Keep a description unless a newer one is known (a backfill with ``--publish`` sends old
+        ones after the live pipeline's). True if applied."""
+        return _newest(self.information, key, value)
 
     def remove_information(self, key: str) -> None:
         """Forget a station's description (its tombstone on the compacted information topic)."""
@@ -51,3 +49,11 @@ class LiveState:
             "bikes_available": sum(v.get("num_bikes_available") or 0 for v in self.status.values()),
             "systems": dict(systems),
         }
+
+
+def _newest(known: dict[str, dict[str, Any]], key: str, value: Mapping[str, Any]) -> bool:
+    current = known.get(key)
+    if current is not None and current.get("last_updated", 0) > value.get("last_updated", 0):
+        return False
+    known[key] = dict(value)
+    return True

@@ -4,7 +4,8 @@
    station_information at or before it, minus those already done (a run that succeeded, or a
    snapshot the live pipeline landed in a file of its own).
 2. **Prepare** them in a pool of processes (:func:`prepared`), the stateless work: each distinct
-   station_information content once, each status file against the stations it describes. Results
+   station_information whose content differs from the one before it, each status file against the
+   stations it describes (a station_information that cannot be read is replaced by the one before). Results
    come back in order, a bounded window ahead. (The recorded files are not copied into the lake's
    ``raw/`` archive: they are the raw record already.)
 3. **In order**, one snapshot after the other (:func:`ingest`): select what changed against the
@@ -55,7 +56,7 @@ from citibikes.stream.publish import DeliveryError, Publisher
 
 log = logging.getLogger("citibikes.backfill")
 
-SNAPSHOTS_PER_FLUSH = 128
+SNAPSHOTS_PER_FLUSH = 32
 """Snapshots whose records the broker acknowledges at once (a flush per snapshot cost the broker
 about as much CPU as the whole pipeline); a flush that fails fails them all."""
 SPAN_SNAPSHOTS = 60
@@ -128,8 +129,22 @@ class _Information:
 
     file: SnapshotFile
     checked: Future[Validated]
+    previous: _Information | None
+    """The last one before it that could be checked: what its status snapshots fall back to if it cannot."""
     described: Described | None = None
     """The stations it describes, once checked (what its status snapshots are checked against)."""
+    reported: bool = False
+
+    def usable(self) -> _Information | None:
+        """This one if it could be checked, else the last one before it that could."""
+        failure = self.checked.exception()
+        if failure is None:
+            return self
+        if not self.reported:
+            log.warning("%s ignored (its status snapshots are checked against the one before): %s",
+                        self.file.path, one_line(failure))
+            self.reported = True
+        return self.previous
 
     def stations(self) -> Described:
         if self.described is None:
@@ -145,17 +160,20 @@ class Prepared:
     information: _Information | None
     checked: Future[Validated] | None = None
     failure: BaseException | None = None
-    """Why it could not be prepared (its information is unusable, or the pool is gone)."""
+    """Why it could not be prepared (the pool is gone)."""
 
     def result(self, state: SystemState) -> Checked:
         """The checked snapshot (raises what preparing it raised). Its station_information is part
-        of it when the state has not landed that content yet."""
+        of it when the state has not landed that content yet; one that cannot be read is counted
+        (``feed:unusable_station_information``) and the last one that could stands in."""
         if self.failure is not None:
             raise self.failure
         assert self.checked is not None
         status = self.checked.result()
         checked = Checked(status=status, versions={STATION_STATUS: status.version})
-        information = self.information
+        information = self.information.usable() if self.information is not None else None
+        if information is not self.information:
+            checked.quirks.append("feed:unusable_station_information")
         if information is not None and information.file.digest != state.information_digest:
             checked.information = information.checked.result()
             checked.information_digest = information.file.digest
@@ -164,19 +182,23 @@ class Prepared:
 
 
 def prepared(pairs: Iterable[tuple[SnapshotFile, SnapshotFile | None]], pool: Executor, system_id: str,
-             quality: QualityConfig, *, ahead: int) -> Iterator[Prepared]:
+             quality: QualityConfig, *, ahead: int, language: str | None = "en") -> Iterator[Prepared]:
     """The snapshots in order, each being prepared in the pool ``ahead`` of the one yielded."""
     window: deque[Prepared] = deque()
     information: _Information | None = None
     for status, information_file in pairs:
-        if information_file is not None and (information is None or information.file.digest != information_file.digest):
-            information = _Information(information_file, pool.submit(_check_information_file, information_file,
-                                                                     system_id))
-        item = Prepared(status, information if information_file is not None else None)
+        item = Prepared(status, None)
         try:
-            known = item.information.stations() if item.information is not None else None
+            if information_file is not None and (information is None
+                                                 or information.file.digest != information_file.digest):
+                checking = pool.submit(_check_information_file, information_file, system_id, language)
+                information = _Information(information_file, checking,
+                                           information.usable() if information is not None else None)
+            item.information = information if information_file is not None else None
+            source = item.information.usable() if item.information is not None else None
+            known = source.stations() if source is not None else None
             item.checked = pool.submit(_check_status_file, status, system_id, quality, known)
-        except Exception as exc:  # noqa: BLE001 - the snapshot fails with it
+        except Exception as exc:  # noqa: BLE001 - the snapshot fails with it (the pool is gone)
             item.failure = exc
         window.append(item)
         if len(window) > ahead:
@@ -191,10 +213,11 @@ def _check_status_file(file: SnapshotFile, system_id: str, quality: QualityConfi
     return check_status(read_snapshot_file(file.path), system_id, moment, quality, known=known, reference_time=moment)
 
 
-def _check_information_file(file: SnapshotFile, system_id: str) -> Validated:
+def _check_information_file(file: SnapshotFile, system_id: str, language: str | None) -> Validated:
     """(In the pool.) A recorded station_information checked."""
     moment = float(file.last_updated)
-    return check_information(read_snapshot_file(file.path), system_id, moment, reference_time=moment)
+    return check_information(read_snapshot_file(file.path), system_id, moment, language=language,
+                             reference_time=moment)
 
 
 # -- 3. in order: select, publish, land, record -----------------------------------------------------
@@ -206,7 +229,8 @@ def ingest(pairs: list[tuple[SnapshotFile, SnapshotFile | None]], system_id: str
     run record once it is written."""
     state = SystemState(descriptions=landed_descriptions(lake, system_id, pairs[0][0].last_updated) if pairs else {})
     with Landing(lake, system_id, publisher, state, settings.quality) as landing:
-        for item in prepared(pairs, pool, system_id, settings.quality, ahead=ahead):
+        language = next((system.language for system in settings.systems if system.system_id == system_id), "en")
+        for item in prepared(pairs, pool, system_id, settings.quality, ahead=ahead, language=language):
             began, run_id = time.time(), run_id_for(system_id, item.status.last_updated)
             try:
                 checked = item.result(state)
@@ -234,7 +258,7 @@ def landed_descriptions(lake: Lake, system_id: str, at: int) -> dict[str, str]:
 
 
 @dataclass
-class _Landing:
+class _InFlight:
     """One snapshot between its selection and its run record."""
 
     run_id: str
@@ -248,8 +272,9 @@ class Landing:
     batch at a time, their station_status rows waiting in their hour's span, written.
 
     The files of an acknowledged batch are encoded and written by one writer thread, in order,
-    while the next batch is selected and sent (Parquet and fsync release the GIL); a failed write
-    stops the backfill at the next batch (what was written stays). Use it as a context manager."""
+    while the next batch is selected and sent (Parquet and fsync release the GIL). A write that
+    fails stops the backfill: the writes queued after it write nothing, and the next batch raises
+    its error (what was written before stays). Use it as a context manager."""
 
     WRITES_AHEAD = 2
     """Batches whose files may wait for the writer thread before the next batch waits for them."""
@@ -257,15 +282,17 @@ class Landing:
     def __init__(self, lake: Lake, system_id: str, publisher: Publisher | None, state: SystemState,
                  quality: QualityConfig) -> None:
         self.lake, self.system_id, self.publisher, self.quality = lake, system_id, publisher, quality
-        self.batch: list[_Landing] = []
+        self.batch: list[_InFlight] = []
         """Selected (and sent), not acknowledged yet."""
-        self.span: list[_Landing] = []
+        self.span: list[_InFlight] = []
         """Acknowledged snapshots of one hour partition, whose station_status rows are not written yet."""
         self.confirmed = state
         """The state after the last acknowledged snapshot: where to go on from after a failed flush."""
         self._failed: list[RunRecord] = []
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="lake-write")
         self._writing: deque[Future[list[RunRecord]]] = deque()
+        self._written: list[RunRecord] = []
+        self._broken: BaseException | None = None
 
     def __enter__(self) -> Landing:
         return self
@@ -275,7 +302,7 @@ class Landing:
 
     def add(self, run_id: str, started_at: float, step: Step) -> None:
         published = publish_step(step, self.publisher) if self.publisher is not None else None
-        self.batch.append(_Landing(run_id, started_at, step, published))
+        self.batch.append(_InFlight(run_id, started_at, step, published))
 
     def fail(self, run_id: str, started_at: float, exc: BaseException) -> None:
         log.error("%s: %s", run_id, one_line(exc))
@@ -288,62 +315,74 @@ class Landing:
             try:
                 self.publisher.flush()
             except DeliveryError as exc:
-                for landing in batch:
-                    self.fail(landing.run_id, landing.started_at, exc)
+                for snapshot in batch:
+                    self.fail(snapshot.run_id, snapshot.started_at, exc)
                 batch = []
-        spans: list[list[_Landing]] = []
-        for landing in batch:
-            partition = hive_partition(self.system_id, landing.step.state.last_updated[STATION_STATUS])
-            if self.span and (partition != self._partition() or len(self.span) >= SPAN_SNAPSHOTS):
-                spans.append(self.span)
-                self.span = []
-            self.span.append(landing)
-            self.confirmed = landing.step.state
-        if last and self.span:
-            spans.append(self.span)
-            self.span = []
-        while len(self._writing) > self.WRITES_AHEAD:
-            self._writing[0].result()
+        if batch:
+            self.confirmed = batch[-1].step.state
+        spans = self._close_spans(batch, last=last)
+        while len(self._writing) > self.WRITES_AHEAD:  # the writer is behind: wait for it
+            self._written += self._writing.popleft().result()
         failed, self._failed = self._failed, []
         self._writing.append(self._writer.submit(self._write, batch, spans, failed))
         return self.confirmed
 
     def written(self, *, wait: bool = False) -> list[RunRecord]:
         """The run records written since the last call (all of them with ``wait``); raises what a write raised."""
-        records: list[RunRecord] = []
         while self._writing and (wait or self._writing[0].done()):
-            records += self._writing.popleft().result()
+            self._written += self._writing.popleft().result()
+        records, self._written = self._written, []
         return records
+
+    def _close_spans(self, batch: list[_InFlight], *, last: bool) -> list[list[_InFlight]]:
+        """Put the acknowledged snapshots in the open span; the spans they close (all, when ``last``)."""
+        closed = []
+        for snapshot in batch:
+            partition = hive_partition(self.system_id, snapshot.step.state.last_updated[STATION_STATUS])
+            if self.span and (partition != self._partition() or len(self.span) >= SPAN_SNAPSHOTS):
+                closed.append(self.span)
+                self.span = []
+            self.span.append(snapshot)
+        if last and self.span:
+            closed.append(self.span)
+            self.span = []
+        return closed
 
     def _partition(self) -> str:
         return hive_partition(self.system_id, self.span[0].step.state.last_updated[STATION_STATUS])
 
-    def _write(self, acknowledged: list[_Landing], spans: list[list[_Landing]],
+    def _write(self, acknowledged: list[_InFlight], spans: list[list[_InFlight]],
                failed: list[RunRecord]) -> list[RunRecord]:
         """(In the writer thread.) The acknowledged snapshots' description versions and rejected
         descriptions, the closed spans' files, as one group; then the run records of the spans'
-        snapshots and of those that failed."""
-        files = [file for landing in acknowledged for file in step_files(landing.step, status=False)]
-        for span in spans:
-            files += self._span_files(span)
-        self.lake.write_files(files)
-        records = failed + [self._record(landing) for span in spans for landing in span]
-        if records:
-            self.lake.write_runs(records)
+        snapshots and of those that failed. Nothing after a write that failed."""
+        if self._broken is not None:
+            raise self._broken
+        try:
+            files = [file for snapshot in acknowledged for file in step_files(snapshot.step, self.lake, status=False)]
+            for span in spans:
+                files += self._span_files(span)
+            self.lake.write_files(files)
+            records = failed + [self._record(snapshot) for span in spans for snapshot in span]
+            if records:
+                self.lake.write_runs(records)
+        except BaseException as exc:
+            self._broken = exc
+            raise
         return records
 
-    def _span_files(self, span: list[_Landing]) -> list[LakeFile]:
+    def _span_files(self, span: list[_InFlight]) -> list[LakeFile]:
         """A span's station_status rows as one file and its rejected status records as another."""
         first = span[0].step.state.last_updated[STATION_STATUS]
         last = span[-1].step.state.last_updated[STATION_STATUS]
-        tables = [landing.step.status for landing in span if landing.step.status is not None]
-        rejected = [record for landing in span for record in landing.step.quarantined if record.feed == STATION_STATUS]
+        tables = [snapshot.step.status for snapshot in span if snapshot.step.status is not None]
+        rejected = [record for snapshot in span for record in snapshot.step.quarantined if record.feed == STATION_STATUS]
         files = [status_file(self.system_id, pa.concat_tables(tables), first, last)] if tables else []
         if rejected:
             files.append(quarantine_file(self.system_id, STATION_STATUS, rejected, first, last))
         return files
 
-    def _record(self, landing: _Landing) -> RunRecord:
-        outcome_, reason = outcome(landing.step, None, landing.step.state, self.quality)
-        return run_record(landing.run_id, self.system_id, landing.started_at, outcome_, step=landing.step,
-                          published=landing.published, error=reason)
+    def _record(self, snapshot: _InFlight) -> RunRecord:
+        outcome_, reason = outcome(snapshot.step, None, snapshot.step.state, self.quality)
+        return run_record(snapshot.run_id, self.system_id, snapshot.started_at, outcome_, step=snapshot.step,
+                          published=snapshot.published, error=reason)

@@ -99,11 +99,8 @@ class LiveConsumer:
             self.stats.invalid += 1
             log.warning("skipping an unreadable message at %s[%d]@%d", message.topic(), message.partition(), message.offset())
             return
-        if message.topic() == self.status_topic:
-            self.stats.applied += self.state.apply_status(key, value)
-        else:
-            self.state.apply_information(key, value)
-            self.stats.applied += 1
+        apply = self.state.apply_status if message.topic() == self.status_topic else self.state.apply_information
+        self.stats.applied += apply(key, value)
 
     def poll_once(self, timeout_s: float = 1.0, batch: int = 1000) -> int:
         """Apply one batch and commit its offsets; returns the number of messages received."""

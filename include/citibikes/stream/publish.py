@@ -1,4 +1,5 @@
-"""Publish validated stations to Kafka: keyed, idempotent, batched, with one flush per step.
+"""Publish validated stations to Kafka: keyed, idempotent, batched, with one flush per step (a
+backfill: per batch of snapshots).
 
 Every record is produced asynchronously (librdkafka batches and compresses them) and the step
 ends with a single ``flush``; any delivery failure, or a flush that does not finish in time, raises
@@ -183,19 +184,22 @@ class Publisher:
         for record in records:
             by_snapshot.setdefault((record.system_id, record.feed, record.last_updated, record.fetched_at), []).append(record)
         for (system_id, _, last_updated, fetched_at), group in by_snapshot.items():
-            self._send("quarantine", system_id, last_updated, fetched_at, [record.station_id for record in group],
-                       list(map(encode_value, group)))
+            ids = [_rejected_id(record) for record in group]
+            self._send("quarantine", system_id, last_updated, fetched_at, ids, list(map(encode_value, group)),
+                       keys=[record.station_id for record in group])
         return len(records)
 
     def _send(self, feed: str, system_id: str, last_updated: int, fetched_at: float,
-              station_ids: list[str | None], values: list[bytes]) -> None:
-        """Produce one snapshot's messages of one feed: each with its key and id, the snapshot's headers."""
+              station_ids: list[str | None], values: list[bytes], *, keys: list[str | None] | None = None) -> None:
+        """Produce one snapshot's messages of one feed: each with its key (by station) and id (by
+        ``station_ids``: what tells the messages of the snapshot apart), the snapshot's headers."""
         topic, produce, on_delivery = self._topics[feed], self._producer.produce, self._on_delivery
         common = [("schema_version", str(SCHEMA_VERSION).encode()), ("system_id", system_id.encode()),
                   ("feed", feed.encode()), ("last_updated", str(last_updated).encode()),
                   ("fetched_at", repr(float(fetched_at)).encode())]
         prefix = f"{system_id}:"
-        for station_id, value, id_ in zip(station_ids, values, message_ids(feed, system_id, station_ids, last_updated)):
+        ids = message_ids(feed, system_id, station_ids, last_updated)
+        for station_id, value, id_ in zip(station_ids if keys is None else keys, values, ids):
             headers = [("message_id", id_), *common]
             key = (prefix + (station_id or "")).encode()
             while True:
@@ -221,3 +225,10 @@ class Publisher:
             )
         return queued
 
+
+def _rejected_id(record: QuarantinedRecord) -> str:
+    """What tells one rejected record of a snapshot from another (its id's station part): its feed,
+    station and a digest of its text - a record without a usable id, or a later copy of a station,
+    is not mistaken for another."""
+    digest = hashlib.blake2b(record.raw.encode(), digest_size=8).hexdigest()
+    return f"{record.feed}/{record.station_id}/{digest}"
