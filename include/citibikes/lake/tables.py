@@ -14,7 +14,6 @@ files (a run's record) uncompressed; statistics for ids and times, what queries 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -179,9 +178,8 @@ def _unpacked(field: pa.Field, kind: pa.DataType) -> bool:
     return field.name not in SNAPSHOT_COLUMNS and (pa.types.is_integer(kind) or pa.types.is_boolean(kind))
 
 
-@functools.lru_cache(maxsize=16)
 def _write_options(schema: pa.Schema) -> dict[str, Any]:
-    """The per-column options of :func:`parquet_bytes` for a schema (computed once per schema)."""
+    """The per-column options of :func:`parquet_bytes` for a schema (see the module doc)."""
     leaves = [(field, path, kind) for field in schema for path, kind in parquet_leaves(field)]
     codecs = {path: "none" if field.name in SNAPSHOT_COLUMNS or _unpacked(field, kind) else "zstd"
               for field, path, kind in leaves}
@@ -196,9 +194,13 @@ def _write_options(schema: pa.Schema) -> dict[str, Any]:
     }
 
 
+_OPTIONS = {schema: _write_options(schema) for schema in TABLE_SCHEMAS.values()}
+"""The options of the lake's own tables, worked out once."""
+
+
 def parquet_bytes(table: pa.Table) -> bytes:
     """The table as one Parquet file (see the module doc for the encoding)."""
-    options = _write_options(table.schema)
+    options = _OPTIONS.get(table.schema) or _write_options(table.schema)
     compression: dict[str, Any] = {"compression": "none"}
     if table.num_rows > SMALL_TABLE_ROWS:
         codecs = options["codecs"]
