@@ -1,7 +1,7 @@
 """Data-quality rules for normalized station feeds: what may go downstream, what is quarantined, and why.
 
-:func:`validate` takes the output of :mod:`citibikes.gbfs.normalize` for one system (either feed or
-both) and splits each feed's table into valid rows and :class:`QuarantinedRecord` s. A quarantined
+:func:`information_rules` and :func:`status_rules` take the output of :mod:`citibikes.gbfs.normalize`
+(one feed snapshot) and split its table into valid rows and :class:`QuarantinedRecord` s. A quarantined
 record keeps every reason that applies, each a machine-readable code (see :data:`REASONS`), so the
 quarantine topic can be counted and searched by cause. :class:`QualitySummary` is the per-fetch
 report (counts, quirks, orphans, feed age), JSON-ready for logs, XCom and run records.
@@ -174,39 +174,6 @@ class QualitySummary(msgspec.Struct, kw_only=True):
         return msgspec.to_builtins(self)
 
 
-@dataclass
-class ValidationResult:
-    """What may go downstream, what goes to the quarantine topic, and the report."""
-
-    information: Validated | None
-    status: Validated | None
-    summary: QualitySummary
-
-    @property
-    def quarantined(self) -> list[QuarantinedRecord]:
-        """Both feeds' quarantined records, information first."""
-        return [record for feed in (self.information, self.status) if feed is not None for record in feed.quarantined]
-
-
-def validate(information: Normalized | None, status: Normalized | None, *, config: QualityConfig,
-             reference_time: float | None = None, known: Described | None = None,
-             vehicle_types: Collection[str] | None = None,
-             previous_last_updated: int | None = None) -> ValidationResult:
-    """Apply every rule to one system's normalized feeds (:func:`information_rules` and
-    :func:`status_rules`) and summarize. Status is judged against ``information`` when given, else
-    ``known`` (without either, the capacity and orphan rules are skipped)."""
-    if information is None and status is None:
-        raise ValueError("validate needs station_information, station_status or both")
-    checked_information = information_rules(information, reference_time) if information else None
-    if checked_information is not None:
-        known = Described.of(checked_information)
-    checked_status = None
-    if status is not None:
-        checked_status = status_rules(status, config, reference_time, known=known, vehicle_types=vehicle_types)
-    summary = summarize(checked_information, checked_status, previous_last_updated=previous_last_updated)
-    return ValidationResult(checked_information, checked_status, summary)
-
-
 def summarize(information: Validated | None, status: Validated | None, *,
               previous_last_updated: int | None = None, extra_quirks: Iterable[str] = ()) -> QualitySummary:
     """The report of one step from its validated feeds (either or both)."""
@@ -308,7 +275,8 @@ def _system_center(lat: list[float], lon: list[float]) -> tuple[float, float] | 
 
 def status_rules(normalized: Normalized, config: QualityConfig, reference_time: float | None = None, *,
                  known: Described | None = None, vehicle_types: Collection[str] | None = None) -> Validated:
-    """The station_status rules, against the described stations ``known`` (see :func:`validate`)."""
+    """The station_status rules, against the described stations ``known`` (without them, the capacity,
+    docks and orphan rules are skipped)."""
     table = normalized.table
     rejections = _Rejections()
     if known is not None and not len(known.ids):

@@ -9,10 +9,16 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
+from citibikes.config import QualityConfig
+from citibikes.gbfs.model import QuarantinedRecord
+from citibikes.gbfs.normalize import Normalized
+from citibikes.quality import Described, QualitySummary, Validated, information_rules, status_rules, summarize
 from citibikes.replay.recordings import recorded
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gbfs"
@@ -75,3 +81,36 @@ def rows(table: pa.Table) -> list[dict[str, Any]]:
 
 def by_station(table: pa.Table) -> dict[str, dict[str, Any]]:
     return {row["station_id"]: row for row in rows(table)}
+
+
+@dataclass
+class ValidationResult:
+    """What may go downstream, what goes to the quarantine topic, and the report."""
+
+    information: Validated | None
+    status: Validated | None
+    summary: QualitySummary
+
+    @property
+    def quarantined(self) -> list[QuarantinedRecord]:
+        """Both feeds' quarantined records, information first."""
+        return [record for feed in (self.information, self.status) if feed is not None for record in feed.quarantined]
+
+
+def validate(information: Normalized | None, status: Normalized | None, *, config: QualityConfig,
+             reference_time: float | None = None, known: Described | None = None,
+             vehicle_types: Collection[str] | None = None,
+             previous_last_updated: int | None = None) -> ValidationResult:
+    """(The tests' way to check feeds, as ``citibikes.ingest`` does.) Apply every rule to one system's normalized feeds (:func:`information_rules` and
+    :func:`status_rules`) and summarize. Status is judged against ``information`` when given, else
+    ``known`` (without either, the capacity and orphan rules are skipped)."""
+    if information is None and status is None:
+        raise ValueError("validate needs station_information, station_status or both")
+    checked_information = information_rules(information, reference_time) if information else None
+    if checked_information is not None:
+        known = Described.of(checked_information)
+    checked_status = None
+    if status is not None:
+        checked_status = status_rules(status, config, reference_time, known=known, vehicle_types=vehicle_types)
+    summary = summarize(checked_information, checked_status, previous_last_updated=previous_last_updated)
+    return ValidationResult(checked_information, checked_status, summary)

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import msgspec
-from gbfs_testing import fixture_doc, real_doc, rows
+from gbfs_testing import ValidationResult, fixture_doc, real_doc, rows, validate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +27,7 @@ from citibikes.gbfs.errors import FeedError
 from citibikes.gbfs.model import SCHEMAS, STATION_INFORMATION, STATION_STATUS
 from citibikes.gbfs.normalize import QUIRKS, Normalized, normalize_information, normalize_status
 from citibikes.gbfs.parse import FEED_ERROR_REASONS, ParsedFeed, parse_feed
-from citibikes.quality import MAX_PLAUSIBLE_COUNT, REASONS, Described, ValidationResult, validate
+from citibikes.quality import MAX_PLAUSIBLE_COUNT, REASONS, Described
 from citibikes.replay.recordings import recorded
 
 BASE_TIME = 1_710_335_271

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 import pytest
-from gbfs_testing import by_station, encode, fixture_doc, is_v3, posix, real_doc, rows
+from gbfs_testing import ValidationResult, by_station, encode, fixture_doc, is_v3, posix, real_doc, rows, validate
 
 from citibikes.config import QualityConfig
 from citibikes.gbfs.model import STATION_INFORMATION, STATION_STATUS
@@ -25,10 +25,8 @@ from citibikes.quality import (
     MAX_PLAUSIBLE_COUNT,
     REASONS,
     Described,
-    ValidationResult,
     information_rules,
     status_rules,
-    validate,
 )
 from citibikes.replay.recordings import recorded
 
