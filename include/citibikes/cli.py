@@ -209,42 +209,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_consume(args: argparse.Namespace) -> int:
-    """The long-lived consumer: keeps the live state of every station from the topics."""
-    from confluent_kafka import Consumer
-
-    from citibikes.stream.consume import CONSUMER_DEFAULTS, LiveConsumer, consumer_config
+    """The long-lived consumer: the live state of every station, its episodes and alerts."""
+    from citibikes.live import service
     from citibikes.stream.topics import require_broker
 
     settings, level = _log_settings(args)
     setup_logging(level, args.log_file)
-    log = logging.getLogger("citibikes.consumer")
     require_broker(settings.kafka_bootstrap)
-    overrides = {"logger": logging.getLogger("citibikes.kafka")}
-    if args.test_mode:  # read everything from the start without touching the real group's offsets
-        overrides["group.id"] = f"citibikes-live-test-{int(time.time())}"
-    consumer = LiveConsumer(
-        Consumer(consumer_config(settings.kafka_bootstrap, **overrides)),
-        settings.topics["station_status"].name, settings.topics["station_information"].name,
-    )
-    stop = GracefulStop(log).install()
-
-    def report(live: LiveConsumer) -> None:
-        s, st = live.state.summary(), live.stats
-        log.info("%d messages consumed (%d applied, %d duplicates); %d stations live, %d empty, %d full, lag %d",
-                 st.consumed, st.applied, st.duplicates, s["stations"], s["empty"], s["full"], live.lag())
-
-    log.info("Consumer started: group=%s, topics=%s, %s", overrides.get("group.id", CONSUMER_DEFAULTS["group.id"]),
-             [consumer.status_topic, consumer.information_topic], "until caught up" if args.test_mode else "until Ctrl-C")
-    try:
-        consumer.run(should_stop=stop.event.is_set, until_caught_up=args.test_mode, on_interval=report,
-                     interval_s=args.interval or settings.interval_s)
-        report(consumer)
-        if args.test_mode:
-            print(json.dumps({**consumer.state.summary(), "consumed": consumer.stats.consumed,
-                              "duplicates": consumer.stats.duplicates}, indent=2))
-    finally:
-        consumer.consumer.close()
-    log.info("Consumer stopped")
+    stop = GracefulStop(logging.getLogger("citibikes.consumer")).install()
+    summary = service.serve(settings, should_stop=stop.event.is_set, test_mode=args.test_mode, interval_s=args.interval)
+    if args.test_mode:
+        print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -391,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_log_level(p)
     p.add_argument("--log-file", default="citibikes_pipeline.log")
     p = add("consume", cmd_consume, "keep the live state of every station from the Kafka topics")
-    p.add_argument("--test-mode", action="store_true", help="read everything there is, print a summary, exit")
+    p.add_argument("--test-mode", action="store_true",
+                   help="read both topics from the start (a throwaway group and store), print the counts per topic, exit")
     p.add_argument("--interval", type=int, default=None, help="seconds between summaries (default: PIPELINE_INTERVAL)")
     add_log_level(p)
     p.add_argument("--log-file", default="citibikes_consumer.log")
@@ -420,12 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from citibikes.stream.publish import DeliveryError
     from citibikes.lake import LakeError
+    from citibikes.live.store import StoreError
     from citibikes.stream.topics import BrokerUnavailable, TopicError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (*USER_ERRORS, TopicError, DeliveryError, BrokerUnavailable, LakeError) as exc:
+    except (*USER_ERRORS, TopicError, DeliveryError, BrokerUnavailable, LakeError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

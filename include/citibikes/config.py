@@ -37,6 +37,8 @@ class SystemConfig:
     timeout_s: float = 10.0
     """Connect and read timeout of each HTTP request."""
     enabled: bool = True
+    outage_threshold_s: int = 30 * 60
+    """An empty or full episode this long is an outage: the live consumer alerts ``threshold``."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,10 @@ class Settings:
     log_level: str
     status_snapshot_every_s: int
     """Every station's status is published again at least this often, changed or not (a full snapshot)."""
+    live_store: str
+    """The live consumer's state store: a SQLite file path, or a ``postgresql://`` URL."""
+    consumer_metrics_port: int
+    """Where the live consumer serves its Prometheus metrics (0: nowhere)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def system(self, system_id: str) -> SystemConfig:
@@ -106,6 +112,15 @@ DEFAULT_TOPICS = {
         partitions=1,
         config={"cleanup.policy": "delete", "retention.ms": str(30 * 86400 * 1000)},
     ),
+    "alerts": TopicConfig(
+        "bikes-station-alerts",
+        config={"cleanup.policy": "delete", "retention.ms": str(30 * 86400 * 1000)},
+    ),
+    "dead_letter": TopicConfig(
+        "bikes-dead-letter",
+        partitions=1,
+        config={"cleanup.policy": "delete", "retention.ms": str(30 * 86400 * 1000)},
+    ),
 }
 
 
@@ -114,7 +129,7 @@ def _env(env: Mapping[str, str], name: str, default: str | None = None) -> str |
     return value if value not in (None, "") else default
 
 
-def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
+def _int_env(env: Mapping[str, str], name: str, default: int, *, allow_zero: bool = False) -> int:
     raw = _env(env, name)
     if raw is None:
         return default
@@ -122,7 +137,7 @@ def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a whole number; set it to seconds, e.g. {name}=60") from None
-    if value <= 0:
+    if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{name}={raw!r} must be positive; set it to seconds, e.g. {name}=60")
     return value
 
@@ -177,8 +192,10 @@ def load_systems(path: Path, env: Mapping[str, str] | None = None) -> tuple[Syst
             raise ConfigError(f"systems file {path}: system id {system_id!r} appears twice; ids must be unique")
         try:
             timeout = float(entry.get("timeout_s", 10.0))
+            threshold_min = float(entry.get("outage_threshold_min", 30))
         except (TypeError, ValueError):
-            raise ConfigError(f"systems file {path}: system {system_id!r} timeout_s must be a number of seconds") from None
+            raise ConfigError(f"systems file {path}: system {system_id!r} timeout_s and outage_threshold_min "
+                              "must be numbers (seconds, minutes)") from None
         systems.append(
             SystemConfig(
                 system_id=system_id,
@@ -186,6 +203,7 @@ def load_systems(path: Path, env: Mapping[str, str] | None = None) -> tuple[Syst
                 language=str(entry.get("language", "en")),
                 timeout_s=timeout,
                 enabled=bool(entry.get("enabled", True)),
+                outage_threshold_s=round(threshold_min * 60),
             )
         )
     return tuple(systems)
@@ -255,5 +273,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         interval_s=_int_env(env, "PIPELINE_INTERVAL", 60),
         log_level=log_level,
         status_snapshot_every_s=_int_env(env, "CITIBIKES_STATUS_SNAPSHOT_EVERY", 900),
+        live_store=_env(env, "CITIBIKES_LIVE_STORE", str(state_dir / "live" / "live.db")),
+        consumer_metrics_port=_int_env(env, "CITIBIKES_CONSUMER_METRICS_PORT", 9464, allow_zero=True),
         extra=extra,
     )

@@ -1,86 +1,95 @@
-"""The live consumer against the real broker: duplicates dropped, old observations ignored, offsets kept."""
+"""The live consumer against the real broker: durable state, offsets from the store, duplicates
+dropped, unreadable messages dead-lettered, alerts on their topic."""
 
 from __future__ import annotations
 
 import json
-import uuid
+import subprocess
+import sys
 
 import pytest
-from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Producer
 
-from citibikes.config import TopicConfig
-from citibikes.stream.consume import LiveConsumer, consumer_config
-from citibikes.stream.publish import message_id
-from citibikes.stream.topics import ensure_topics
+from citibikes.live.store import LiveStore
+from support.kafka_read import read_topic
+from support.live import LiveTopics, live_consumer, send_status, status_value
 
 pytestmark = pytest.mark.kafka
+M = 60
 
 
-def _status(station: str, last_updated: int, bikes: int, docks: int = 5) -> dict:
-    return {"system_id": "s", "station_id": station, "num_bikes_available": bikes, "num_docks_available": docks,
-            "is_installed": True, "is_renting": True, "is_returning": True, "last_updated": last_updated}
+def _consume_all(consumer) -> None:
+    consumer.run(should_stop=lambda: False, until_caught_up=True)
 
 
-def _send(producer: Producer, topic: str, value: dict, duplicate_of: dict | None = None) -> None:
-    source = duplicate_of or value
-    mid = message_id("station_status", "s", source["station_id"], source["last_updated"])
-    producer.produce(topic, key=f"s:{value['station_id']}".encode(), value=json.dumps(value).encode(),
-                     headers=[("message_id", mid.encode())])
-
-
-def _consume_all(bootstrap: str, group: str, status: str, information: str) -> LiveConsumer:
-    live = LiveConsumer(Consumer(consumer_config(bootstrap, **{"group.id": group})), status, information)
-    live.run(should_stop=lambda: False, until_caught_up=True)
-    return live
-
-
-def test_live_state_dedupes_orders_and_resumes(kafka_bootstrap: str) -> None:
-    status, information = (f"live-{kind}-{uuid.uuid4().hex[:6]}" for kind in ("status", "info"))
-    ensure_topics(AdminClient({"bootstrap.servers": kafka_bootstrap}),
-                  [TopicConfig(status, partitions=2), TopicConfig(information, partitions=1)])
+def test_state_dedupes_orders_and_resumes_from_the_stores_offsets(kafka_bootstrap: str, tmp_path) -> None:
+    topics = LiveTopics.create(kafka_bootstrap)
     producer = Producer({"bootstrap.servers": kafka_bootstrap})
-    first = _status("A", 100, bikes=3)
-    newer = _status("A", 200, bikes=0)
-    _send(producer, status, first)
-    _send(producer, status, newer)
-    _send(producer, status, newer, duplicate_of=newer)      # a producer retry: same message id
-    _send(producer, status, _status("A", 150, bikes=7))     # late and older: must not win
-    _send(producer, status, _status("B", 200, bikes=4, docks=0))
-    producer.produce(information, key=b"s:A", value=json.dumps({"station_id": "A", "name": "Main St"}).encode())
+    newer = status_value("A", 200, bikes=0)
+    for value in (status_value("A", 100, bikes=3), newer, newer,  # the copy: a producer retry, same message id
+                  status_value("A", 150, bikes=7),  # late and older: must not win
+                  status_value("B", 200, bikes=4, docks=0)):
+        send_status(producer, topics.status, value)
+    producer.produce(topics.information, key=b"s:A",
+                     value=json.dumps({"system_id": "s", "station_id": "A", "last_updated": 1, "name": "Main St"}).encode())
     assert producer.flush(10) == 0
 
-    group = f"live-{uuid.uuid4().hex[:6]}"
-    live = _consume_all(kafka_bootstrap, group, status, information)
-    assert live.stats.consumed == 6 and live.stats.duplicates == 1
-    assert live.state.status["s:A"]["num_bikes_available"] == 0  # the newest observation
-    summary = live.state.summary()
-    assert summary["stations"] == 2 and summary["empty"] == 1 and summary["full"] == 1 and summary["described"] == 1
-    live.consumer.close()
+    path = str(tmp_path / "live.db")
+    live = live_consumer(kafka_bootstrap, topics, path, group="g1")
+    _consume_all(live)
+    counts = dict(live.counts)
+    live.close()
+    assert counts[(topics.status, "duplicate")] == 1 and counts[(topics.status, "old")] == 1
+    store = LiveStore.open(path, readonly=True)
+    stations = {s["station_id"]: s for s in store.stations()}
+    assert stations["A"]["num_bikes_available"] == 0 and stations["A"]["name"] == "Main St"
+    assert store.summary()["stations"] == 2
 
-    _send(producer, status, _status("B", 260, bikes=2, docks=3))
+    send_status(producer, topics.status, status_value("B", 260, bikes=2, docks=3))
     producer.flush(10)
-    resumed = _consume_all(kafka_bootstrap, group, status, information)
-    assert resumed.stats.consumed == 1, "committed offsets were not honoured after the restart"
-    resumed.consumer.close()
+    # A new group: Kafka knows no offsets for it, so only the store's offsets can make it resume.
+    resumed = live_consumer(kafka_bootstrap, topics, path, group="g2")
+    _consume_all(resumed)
+    assert sum(resumed.counts.values()) == 1, "the store's offsets were not honoured after the restart"
+    resumed.close()
+    assert {s["station_id"]: s["num_docks_available"] for s in store.stations()} == {"A": 5, "B": 3}
 
 
-def test_tombstones_remove_descriptions_and_never_crash(kafka_bootstrap: str) -> None:
-    """A null value on the compacted information topic removes the station's description; on the
-    status topic it is counted and ignored."""
-    status, information = (f"tomb-{kind}-{uuid.uuid4().hex[:6]}" for kind in ("status", "info"))
-    ensure_topics(AdminClient({"bootstrap.servers": kafka_bootstrap}),
-                  [TopicConfig(status, partitions=1), TopicConfig(information, partitions=1)])
+def test_alerts_and_dead_letters_reach_their_topics_with_stable_ids(kafka_bootstrap: str) -> None:
+    topics = LiveTopics.create(kafka_bootstrap, partitions=1)
     producer = Producer({"bootstrap.servers": kafka_bootstrap})
-    for station in ("A", "B"):
-        producer.produce(information, key=f"s:{station}".encode(), value=json.dumps({"station_id": station}).encode())
-    producer.produce(information, key=b"s:A", value=None)  # station A was removed
-    _send(producer, status, _status("A", 100, bikes=3))
-    producer.produce(status, key=b"s:A", value=None)
+    for value in (status_value("A", 0, 3), status_value("A", M, 0), status_value("A", 31 * M, 0), status_value("A", 35 * M, 2)):
+        send_status(producer, topics.status, value)
+    producer.produce(topics.status, key=b"s:X", value=b"{broken")
+    producer.produce(topics.information, key=b"s:A", value=None)  # a tombstone never crashes the consumer
     assert producer.flush(10) == 0
+    live = live_consumer(kafka_bootstrap, topics)
+    _consume_all(live)
+    assert live.store.summary()["outbox"] == 0, "everything in the outbox was acknowledged"
+    live.close()
 
-    live = _consume_all(kafka_bootstrap, f"tomb-{uuid.uuid4().hex[:6]}", status, information)
-    live.consumer.close()
-    assert live.state.information.keys() == {"s:B"}
-    assert live.state.status["s:A"]["num_bikes_available"] == 3
-    assert live.stats.consumed == 5 and live.stats.tombstones == 2 and live.stats.invalid == 0
+    alerts = read_topic(kafka_bootstrap, topics.alerts)
+    assert [(a["value"]["event"], a["value"]["at"]) for a in alerts] == [("opened", M), ("threshold", 31 * M), ("closed", 35 * M)]
+    assert all(a["key"] == "s:A" and a["headers"]["message_id"] == a["value"]["alert_id"] for a in alerts)
+    [letter] = read_topic(kafka_bootstrap, topics.dead_letter, )
+    assert letter["value"]["value"] == "{broken" and letter["value"]["topic"] == topics.status
+
+
+def test_test_mode_reads_both_topics_and_reports_counts(kafka_bootstrap: str, tmp_path) -> None:
+    from citibikes.config import load_settings
+
+    settings = load_settings()
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    send_status(producer, settings.topics["station_status"].name, status_value("T", 100, 1))
+    producer.flush(10)
+    env = {"CITIBIKES_KAFKA_BOOTSTRAP": kafka_bootstrap, "CITIBIKES_STATE_DIR": str(tmp_path),
+           "CITIBIKES_FEED": "replay", "PATH": "/usr/bin:/bin"}
+    from citibikes.stream.topics import ensure_topics
+    from confluent_kafka.admin import AdminClient
+    ensure_topics(AdminClient({"bootstrap.servers": kafka_bootstrap}), settings.topics.values())
+    result = subprocess.run([sys.executable, "-m", "citibikes.cli", "consume", "--test-mode", "--log-file", ""],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    assert summary["messages"][settings.topics["station_status"].name]["applied"] >= 1
+    assert not (tmp_path / "live").exists(), "test mode must not touch the real store"

@@ -19,9 +19,9 @@ from citibikes.lake import layout, open_lake
 from citibikes.replay.server import make_server
 from citibikes.stack.kafka import KafkaBroker
 from citibikes.stack.process import free_port, pid_alive
-from citibikes.stream.consume import LiveConsumer, consumer_config
 from citibikes.stream.publish import DeliveryError, Publisher, make_producer, message_id, producer_config
 from citibikes.stream.topics import ensure_topics
+from support.live import LiveTopics, live_consumer
 from support.kafka_read import read_topic
 
 pytestmark = pytest.mark.kafka
@@ -147,16 +147,19 @@ def test_broker_lost_mid_flush_fails_produce_in_bounded_time_and_the_airflow_ret
         assert len({m["headers"]["message_id"] for m in kafka["quarantine"]}) == lake.read_table("quarantine").num_rows
 
         # The project's consumer drops the copies and ends with every station once.
-        consumer = LiveConsumer(Consumer(consumer_config(broker.bootstrap, **{"group.id": "fault-check"})),
-                                topics["station_status"], topics["station_information"])
+        live_topics = LiveTopics(topics["station_status"], topics["station_information"], topics["alerts"],
+                                 topics["dead_letter"])
+        consumer = live_consumer(broker.bootstrap, live_topics, group="fault-check")
         deadline = time.monotonic() + 60
         consumer.run(should_stop=lambda: time.monotonic() > deadline, until_caught_up=True)
-        consumer.consumer.close()
+        duplicates = sum(n for (_, outcome), n in consumer.counts.items() if outcome == "duplicate")
         unique = {m["headers"]["message_id"] for key in ("station_status", "station_information") for m in kafka[key]}
-        assert consumer.stats.consumed == len(kafka["station_status"]) + len(kafka["station_information"])
-        assert consumer.stats.duplicates == consumer.stats.consumed - len(unique) > 0
-        assert len(consumer.state.status) == status.num_rows
-        assert len(consumer.state.information) == lake.read_table("station_information").num_rows
+        assert sum(consumer.counts.values()) == len(kafka["station_status"]) + len(kafka["station_information"])
+        assert duplicates == sum(consumer.counts.values()) - len(unique) > 0
+        summary = consumer.store.summary()
+        consumer.close()
+        assert summary["stations"] == status.num_rows
+        assert summary["described"] == lake.read_table("station_information").num_rows
 
         # The lake: one file per snapshot and table, each record once.
         assert [len(lake.files(t)) for t in ("station_status", "station_information", "quarantine")] == [1, 1, 1]

@@ -1,59 +1,284 @@
-"""The live state of every station, rebuilt from the Kafka topics.
+"""The live state store: the latest status and description of every station, the open episodes,
+the consumer's offsets and its outbox, in one SQLite file (WAL) or one PostgreSQL database.
 
-Applying the status and information streams in order gives, per ``<system>:<station>`` key, the
-latest known status and description. A station is *empty* when it is installed and renting but
-has no bike, *full* when it is installed and returning but has no free dock.
+The consumer writes everything a batch of messages changed, and the offsets after that batch, in
+one transaction (:meth:`LiveStore.commit`), and resumes from those offsets: a crash at any moment
+neither loses nor applies anything twice. Messages the consumer must send (alerts, dead letters)
+enter the outbox in the same transaction and leave it once Kafka acknowledged them.
+
+SQLite runs in WAL mode, so the dashboard, the alerts DAG and ``citibikes status`` read the file
+while the consumer writes it. The same SQL runs on both engines (placeholders aside).
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import sqlite3
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS station_status (
+    key TEXT PRIMARY KEY, system_id TEXT NOT NULL, station_id TEXT NOT NULL, last_updated BIGINT NOT NULL,
+    num_bikes_available INTEGER, num_ebikes_available INTEGER, num_docks_available INTEGER,
+    is_installed BOOLEAN, is_renting BOOLEAN, is_returning BOOLEAN, kafka_partition INTEGER NOT NULL,
+    value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS station_information (
+    key TEXT PRIMARY KEY, system_id TEXT NOT NULL, station_id TEXT NOT NULL, last_updated BIGINT NOT NULL,
+    name TEXT, lat DOUBLE PRECISION, lon DOUBLE PRECISION, capacity INTEGER, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS episodes (
+    key TEXT NOT NULL, kind TEXT NOT NULL, system_id TEXT NOT NULL, station_id TEXT NOT NULL,
+    started BIGINT NOT NULL, threshold_alerted BOOLEAN NOT NULL, PRIMARY KEY (key, kind));
+CREATE TABLE IF NOT EXISTS consumer_offsets (
+    topic TEXT NOT NULL, kafka_partition INTEGER NOT NULL, next_offset BIGINT NOT NULL, clock BIGINT NOT NULL,
+    PRIMARY KEY (topic, kafka_partition));
+CREATE TABLE IF NOT EXISTS outbox (
+    id TEXT PRIMARY KEY, seq BIGINT NOT NULL, topic TEXT NOT NULL, message_key TEXT, value TEXT NOT NULL);
+"""
+
+STATUS_COLUMNS = ("key", "system_id", "station_id", "last_updated", "num_bikes_available", "num_ebikes_available",
+                  "num_docks_available", "is_installed", "is_renting", "is_returning", "kafka_partition", "value")
+INFORMATION_COLUMNS = ("key", "system_id", "station_id", "last_updated", "name", "lat", "lon", "capacity", "value")
+EPISODE_COLUMNS = ("key", "kind", "system_id", "station_id", "started", "threshold_alerted")
 
 
-def is_empty(status: Mapping[str, Any]) -> bool:
-    return bool(status.get("is_installed")) and bool(status.get("is_renting")) and status.get("num_bikes_available") == 0
-
-
-def is_full(status: Mapping[str, Any]) -> bool:
-    return (bool(status.get("is_installed")) and bool(status.get("is_returning"))
-            and status.get("num_docks_available") == 0)
+class StoreError(RuntimeError):
+    """The store cannot be opened or written; the message names the store, the cause and the fix."""
 
 
 @dataclass
-class LiveState:
-    status: dict[str, dict[str, Any]] = field(default_factory=dict)
-    information: dict[str, dict[str, Any]] = field(default_factory=dict)
+class Changes:
+    """What one batch of messages changed, written in one transaction."""
 
-    def apply_status(self, key: str, value: Mapping[str, Any]) -> bool:
-        """Keep ``value`` unless an observation at least as new is already known. True if applied."""
-        return _newest(self.status, key, value)
+    status: dict[str, tuple] = field(default_factory=dict)
+    """key -> a row of :data:`STATUS_COLUMNS` (the newest of the batch)."""
+    information: dict[str, tuple | None] = field(default_factory=dict)
+    """key -> a row of :data:`INFORMATION_COLUMNS`, or None to delete it (a tombstone)."""
+    episodes: dict[str, list[tuple]] = field(default_factory=dict)
+    """key -> the station's open episodes now (rows of :data:`EPISODE_COLUMNS`), replacing the stored ones."""
+    outbox: list[tuple[str, str, str | None, str]] = field(default_factory=list)
+    """(id, topic, key, value) to send."""
+    offsets: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+    """(topic, partition) -> (next offset, the partition's clock)."""
 
-    def apply_information(self, key: str, value: Mapping[str, Any]) -> bool:
-        """Keep a description unless a newer one is known (a backfill with ``--publish`` sends old
-        ones after the live pipeline's). True if applied."""
-        return _newest(self.information, key, value)
+    def __bool__(self) -> bool:
+        return bool(self.offsets or self.outbox)
 
-    def remove_information(self, key: str) -> None:
-        """Forget a station's description (its tombstone on the compacted information topic)."""
-        self.information.pop(key, None)
+
+class LiveStore:
+    """One connection to the store; :meth:`open` picks the engine from the URL."""
+
+    def __init__(self, connection: Any, *, url: str, placeholder: str = "?") -> None:
+        self._db = connection
+        self.url = url
+        self._placeholder = placeholder
+        self._seq = 0
+
+    @classmethod
+    def open(cls, url: str, *, readonly: bool = False) -> LiveStore:
+        """``postgresql://...`` for PostgreSQL; anything else is a SQLite file path (``sqlite:///`` optional)
+        or ``:memory:``. Creates the tables unless ``readonly``."""
+        if url.startswith(("postgresql://", "postgres://")):
+            store = cls(_connect_postgres(url), url=_without_password(url), placeholder="%s")
+        else:
+            store = cls(_connect_sqlite(url.removeprefix("sqlite://"), readonly), url=url)
+        if not readonly:
+            store._write(lambda: [store._execute(statement) for statement in SCHEMA.split(";") if statement.strip()])
+            store._seq = store._scalar("SELECT COALESCE(MAX(seq), 0) FROM outbox")
+        return store
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- the consumer's side ---------------------------------------------------------------------
+
+    def commit(self, changes: Changes) -> None:
+        """Write one batch's changes and offsets atomically (or nothing, raising :class:`StoreError`)."""
+        def write() -> None:
+            self._upsert("station_status", STATUS_COLUMNS, changes.status.values())
+            deleted = [(key,) for key, row in changes.information.items() if row is None]
+            self._executemany("DELETE FROM station_information WHERE key = ?", deleted)
+            self._upsert("station_information", INFORMATION_COLUMNS, [r for r in changes.information.values() if r])
+            self._executemany("DELETE FROM episodes WHERE key = ?", [(key,) for key in changes.episodes])
+            self._insert("episodes", EPISODE_COLUMNS, [row for rows in changes.episodes.values() for row in rows])
+            outbox = [(id_, self._seq + n, topic, key, value) for n, (id_, topic, key, value) in enumerate(changes.outbox, 1)]
+            self._insert("outbox", ("id", "seq", "topic", "message_key", "value"), outbox, on_conflict="DO NOTHING")
+            self._upsert("consumer_offsets", ("topic", "kafka_partition", "next_offset", "clock"),
+                         [(*tp, *where) for tp, where in changes.offsets.items()], key="topic, kafka_partition")
+
+        self._write(write)
+        self._seq += len(changes.outbox)
+
+    def offsets(self) -> dict[tuple[str, int], tuple[int, int]]:
+        """(topic, partition) -> (next offset, clock), as last committed."""
+        rows = self._query("SELECT topic, kafka_partition, next_offset, clock FROM consumer_offsets")
+        return {(topic, partition): (offset, clock) for topic, partition, offset, clock in rows}
+
+    def machines(self) -> list[tuple]:
+        """Per station: key, system, station, partition, last_updated; for rebuilding the episode machines."""
+        return self._query("SELECT key, system_id, station_id, kafka_partition, last_updated FROM station_status")
+
+    def information_times(self) -> list[tuple[str, int]]:
+        """Per described station: key, ``last_updated`` of its description."""
+        return self._query("SELECT key, last_updated FROM station_information")
+
+    def episode_rows(self) -> list[tuple[str, str, int, bool]]:
+        """The open episodes: key, kind, start, whether their threshold alerted."""
+        return [(key, kind, started, bool(alerted))
+                for key, kind, started, alerted in self._query("SELECT key, kind, started, threshold_alerted FROM episodes")]
+
+    def outbox(self, limit: int = 10_000) -> list[tuple[str, str, str | None, str]]:
+        """The messages still to send, oldest first: (id, topic, key, value)."""
+        return self._query("SELECT id, topic, message_key, value FROM outbox ORDER BY seq LIMIT ?", (limit,))
+
+    def sent(self, ids: Sequence[str]) -> None:
+        """Forget outbox messages Kafka acknowledged."""
+        self._write(lambda: self._executemany("DELETE FROM outbox WHERE id = ?", [(id_,) for id_ in ids]))
+
+    # -- readers (dashboard, alerts DAG, status) -------------------------------------------------
+
+    def open_episodes(self, system_id: str | None = None) -> list[dict[str, Any]]:
+        where, params = _system_filter(system_id, "e.")
+        return self._dicts(
+            "SELECT e.system_id, e.station_id, e.kind, e.started, e.threshold_alerted, s.last_updated AS seen"
+            f" FROM episodes e JOIN station_status s ON s.key = e.key {where} ORDER BY e.started", params)
+
+    def stations(self, system_id: str | None = None) -> list[dict[str, Any]]:
+        """Every station's latest status with its description (None where not described)."""
+        where, params = _system_filter(system_id, "s.")
+        return self._dicts(
+            "SELECT s.system_id, s.station_id, s.last_updated, s.num_bikes_available, s.num_ebikes_available,"
+            " s.num_docks_available, s.is_installed, s.is_renting, s.is_returning, i.name, i.lat, i.lon, i.capacity"
+            f" FROM station_status s LEFT JOIN station_information i ON i.key = s.key {where}"
+            " ORDER BY s.system_id, s.station_id", params)
 
     def summary(self) -> dict[str, Any]:
-        systems = Counter(value.get("system_id") for value in self.status.values())
-        return {
-            "stations": len(self.status),
-            "described": len(self.information),
-            "empty": sum(is_empty(v) for v in self.status.values()),
-            "full": sum(is_full(v) for v in self.status.values()),
-            "bikes_available": sum(v.get("num_bikes_available") or 0 for v in self.status.values()),
-            "systems": dict(systems),
-        }
+        """Counts for logs and health checks."""
+        status = self._query(
+            "SELECT COUNT(*), COALESCE(SUM(num_bikes_available), 0), COALESCE(MAX(last_updated), 0) FROM station_status")[0]
+        kinds = dict(self._query("SELECT kind, COUNT(*) FROM episodes GROUP BY kind"))
+        return {"stations": status[0], "described": self._scalar("SELECT COUNT(*) FROM station_information"),
+                "empty": kinds.get("empty", 0), "full": kinds.get("full", 0), "bikes_available": int(status[1]),
+                "newest_last_updated": int(status[2]), "outbox": self._scalar("SELECT COUNT(*) FROM outbox")}
+
+    def status_value(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM station_status WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def information_value(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM station_information WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    # -- SQL plumbing ------------------------------------------------------------------------------
+
+    def _sql(self, statement: str) -> str:
+        return statement if self._placeholder == "?" else statement.replace("?", self._placeholder)
+
+    def _execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        cursor = self._db.cursor()
+        cursor.execute(self._sql(statement), params)
+        return cursor
+
+    def _executemany(self, statement: str, rows: Iterable[Sequence[Any]]) -> None:
+        rows = list(rows)
+        if rows:
+            self._db.cursor().executemany(self._sql(statement), rows)
+
+    def _insert(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], *, on_conflict: str = "") -> None:
+        marks = ", ".join("?" * len(columns))
+        conflict = f" ON CONFLICT {on_conflict}" if on_conflict else ""
+        self._executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}){conflict}", rows)
+
+    def _upsert(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], *, key: str = "key") -> None:
+        keys = {name.strip() for name in key.split(",")}
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
+        self._insert(table, columns, rows, on_conflict=f"({key}) DO UPDATE SET {updates}")
+
+    def _query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return self._read(statement, params)[1]
+
+    def _scalar(self, statement: str) -> Any:
+        return self._query(statement)[0][0]
+
+    def _dicts(self, statement: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        names, rows = self._read(statement, params)
+        return [dict(zip(names, row)) for row in rows]
+
+    def _read(self, statement: str, params: Sequence[Any]) -> tuple[list[str], list[tuple]]:
+        try:
+            cursor = self._execute(statement, params)
+            names, rows = [d[0] for d in cursor.description], cursor.fetchall()
+            self._db.commit()  # end the read transaction: a reader must not pin an old snapshot
+        except (sqlite3.Error, *_postgres_errors()) as exc:
+            self._rollback()
+            raise StoreError(f"cannot read the live state store {self.url} ({_cause(exc)})") from None
+        return names, [tuple(row) for row in rows]
+
+    def _write(self, work) -> None:
+        try:
+            work()
+            self._db.commit()
+        except (sqlite3.Error, *_postgres_errors()) as exc:
+            self._rollback()
+            raise StoreError(
+                f"cannot write the live state store {self.url} ({_cause(exc)}); nothing of this batch was "
+                "committed - free disk space or fix the store's permissions, then restart the consumer"
+            ) from None
+
+    def _rollback(self) -> None:
+        try:
+            self._db.rollback()
+        except Exception:  # the connection itself is gone; the error that got us here says why
+            pass
 
 
-def _newest(known: dict[str, dict[str, Any]], key: str, value: Mapping[str, Any]) -> bool:
-    current = known.get(key)
-    if current is not None and current.get("last_updated", 0) > value.get("last_updated", 0):
-        return False
-    known[key] = dict(value)
-    return True
+def _system_filter(system_id: str | None, alias: str) -> tuple[str, tuple]:
+    return (f"WHERE {alias}system_id = ?", (system_id,)) if system_id else ("", ())
+
+
+def _connect_sqlite(path: str, readonly: bool) -> sqlite3.Connection:
+    if path != ":memory:":
+        if readonly and not Path(path).exists():
+            raise StoreError(f"the live state store {path} does not exist; start the consumer (`make up`) first")
+        if not readonly:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    target = f"file:{path}?mode=ro" if readonly else path
+    try:
+        db = sqlite3.connect(target, uri=readonly, timeout=30, check_same_thread=False)
+        if not readonly:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # a commit survives a power cut, not only a crash
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the live state store {path} ({exc}); check the path and its permissions") from None
+    return db
+
+
+def _connect_postgres(url: str) -> Any:
+    import psycopg
+
+    try:
+        return psycopg.connect(url, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise StoreError(f"cannot connect to the live state store {_without_password(url)} ({_cause(exc)}); "
+                         "check CITIBIKES_LIVE_STORE and that the server runs") from None
+
+
+def _postgres_errors() -> tuple[type[BaseException], ...]:
+    try:
+        import psycopg
+    except ImportError:
+        return ()
+    return (psycopg.Error,)
+
+
+def _without_password(url: str) -> str:
+    """The URL as it may be logged: ``user:secret@`` becomes ``user:***@``."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
+
+
+def _cause(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

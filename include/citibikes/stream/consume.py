@@ -1,11 +1,17 @@
-"""The long-lived consumer: station status and information topics -> the live state of every station.
+"""The long-lived consumer: station status and information topics -> the live state store -> alerts.
 
-Messages are applied in partition order (a station's key always maps to one partition), duplicates
-from producer retries are dropped by their ``message_id`` header, and offsets are committed only
-after the messages were applied, so a restart never skips data (at-least-once, made idempotent by
-the dedupe and by applying only observations newer than what is known). A tombstone (a null value)
-on the compacted information topic removes the station's description; one on the status topic is
-counted and ignored.
+Each batch of messages is applied by the :class:`~citibikes.live.tracker.Tracker` and written,
+with the offsets after it, in one store transaction; on start (and on every partition
+assignment) consumption resumes from the store's offsets, not Kafka's, so a crash at any moment
+neither loses nor applies anything twice. Offsets are also committed to Kafka, asynchronously, only
+so that lag tools see the group's progress. Redelivered duplicates are dropped by their
+``message_id`` header (and an observation older than the station's known one changes nothing).
+
+Alerts and dead letters enter the store's outbox in the batch's transaction and are produced after
+it; Kafka's acknowledgement removes them from the outbox, so a crash in between sends one again
+under the same id, never loses it. A message that cannot be read is counted, logged with its
+topic/partition/offset and copied to the dead-letter topic; it never blocks its partition. When the
+broker goes away the consumer logs it and carries on when it comes back (librdkafka reconnects).
 """
 
 from __future__ import annotations
@@ -13,13 +19,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections import Counter, OrderedDict
 from typing import Any, Callable
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from citibikes.live.store import LiveState
+from citibikes.live.store import LiveStore
+from citibikes.live.tracker import Tracker
 
 log = logging.getLogger("citibikes.consumer")
 
@@ -31,6 +37,10 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "session.timeout.ms": 30_000,
     "client.id": "citibikes-consumer",
 }
+OUTBOX_PRODUCER_DEFAULTS: dict[str, Any] = {"enable.idempotence": True, "acks": "all", "linger.ms": 20,
+                                            "client.id": "citibikes-consumer-outbox"}
+_TRANSIENT = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE, KafkaError.UNKNOWN_TOPIC_OR_PART,
+              KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT}
 
 
 def consumer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
@@ -53,75 +63,118 @@ class RecentIds:
         return False
 
 
-@dataclass
-class ConsumeStats:
-    consumed: int = 0
-    applied: int = 0
-    duplicates: int = 0
-    invalid: int = 0
-    tombstones: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-
 class LiveConsumer:
-    """Consumes the status and information topics into a :class:`LiveState`."""
+    """Consumes the status and information topics into a :class:`LiveStore` (see the module doc)."""
 
-    def __init__(self, consumer: Consumer, status_topic: str, information_topic: str,
-                 state: LiveState | None = None) -> None:
-        self.consumer = consumer
-        self.status_topic = status_topic
-        self.information_topic = information_topic
-        self.state = state or LiveState()
-        self.stats = ConsumeStats()
+    def __init__(self, consumer: Consumer, store: LiveStore, tracker: Tracker, producer: Producer | None = None,
+                 *, batch: int = 5000) -> None:
+        self.consumer, self.store, self.tracker, self.producer = consumer, store, tracker, producer
+        self.batch = batch
+        self.counts: Counter[tuple[str, str]] = Counter()
+        """(topic, outcome) -> messages: applied, old, duplicate, invalid, tombstone."""
+        self.committed_at = 0.0
         self._recent = RecentIds()
         self._eof: set[tuple[str, int]] = set()
+        self._resume: dict[tuple[str, int], int] = {}
+        self._in_flight: set[str] = set()
+        self._delivered: list[str] = []
+        self._broker_down_logged = 0.0
+
+    @property
+    def topics(self) -> list[str]:
+        return [self.tracker.status_topic, self.tracker.information_topic]
+
+    def start(self) -> None:
+        """Take up the store's state, send what its outbox still holds, subscribe."""
+        self._resume = self.tracker.restore(self.store)
+        self.send_outbox()
+        self.consumer.subscribe(self.topics, on_assign=self._on_assign)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            tp.offset = self._resume.get((tp.topic, tp.partition), OFFSET_BEGINNING)
+        consumer.assign(partitions)
+
+    def poll_once(self, timeout_s: float = 1.0) -> int:
+        """Apply one batch, commit it to the store with its offsets, send the outbox. Returns the
+        number of messages received."""
+        received = 0
+        for message in self.consumer.consume(self.batch, timeout=timeout_s):
+            if error := message.error():
+                self._on_error(message, error)
+                continue
+            received += 1
+            self._apply(message)
+        changes = self.tracker.take()
+        if changes:
+            self.store.commit(changes)  # StoreError stops the consumer: nothing after it is committed
+            self.committed_at = time.time()
+            for (topic, partition), (offset, _) in changes.offsets.items():
+                self._resume[(topic, partition)] = offset
+            self._commit_to_kafka(changes.offsets)
+        self.send_outbox()
+        return received
 
     def _apply(self, message: Any) -> None:
-        self.stats.consumed += 1
-        headers = dict(message.headers() or [])
-        message_id = headers.get("message_id")
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        self._eof.discard((topic, partition))
+        message_id = next((v for k, v in message.headers() or () if k == "message_id"), None)
         if message_id is not None and self._recent.seen(message_id):
-            self.stats.duplicates += 1
-            return
-        raw = message.value()
-        try:
-            key = message.key().decode()
-            value = None if raw is None else json.loads(raw)
-        except (ValueError, AttributeError, UnicodeDecodeError):
-            key = value = None
-        if raw is None and key is not None:  # a tombstone: on the information topic the station was removed
-            self.stats.tombstones += 1
-            if message.topic() == self.information_topic:
-                self.state.remove_information(key)
-                self.stats.applied += 1
-            return
-        if key is None or not isinstance(value, dict):
-            self.stats.invalid += 1
-            log.warning("skipping an unreadable message at %s[%d]@%d", message.topic(), message.partition(), message.offset())
-            return
-        apply = self.state.apply_status if message.topic() == self.status_topic else self.state.apply_information
-        self.stats.applied += apply(key, value)
+            self.tracker.skip(topic, partition, offset)
+            outcome = "duplicate"
+        else:
+            outcome = self.tracker.apply(topic, partition, offset, message.key(), message.value())
+        self.counts[(topic, outcome)] += 1
+        if outcome == "invalid":
+            log.warning("skipping an unreadable message at %s[%d]@%d%s", topic, partition, offset,
+                        " (copied to the dead-letter topic)" if self.tracker.dead_letter_topic else "")
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s: %s", topic, outcome, describe(message.value()))
 
-    def poll_once(self, timeout_s: float = 1.0, batch: int = 1000) -> int:
-        """Apply one batch and commit its offsets; returns the number of messages received."""
-        messages = self.consumer.consume(batch, timeout=timeout_s)
-        received = 0
-        for message in messages:
-            error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    self._eof.add((message.topic(), message.partition()))
-                    continue
-                if error.fatal() or error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError.UNKNOWN_TOPIC_OR_PART):
-                    raise KafkaException(error)
-                log.warning("consumer: %s", error.str())
+    def _on_error(self, message: Any, error: KafkaError) -> None:
+        if error.code() == KafkaError._PARTITION_EOF:
+            self._eof.add((message.topic(), message.partition()))
+        elif error.fatal():
+            raise KafkaException(error)
+        elif error.code() in _TRANSIENT:
+            if time.monotonic() - self._broker_down_logged > 30:  # once per outage, not per poll
+                log.warning("Kafka unavailable (%s); retrying until it is back", error.str())
+                self._broker_down_logged = time.monotonic()
+        else:
+            log.warning("consumer: %s", error.str())
+
+    def _commit_to_kafka(self, offsets: dict[tuple[str, int], tuple[int, int]]) -> None:
+        """Tell the group our progress (for lag tools only: the store's offsets are the ones we resume from)."""
+        try:
+            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), (o, _) in offsets.items()],
+                                 asynchronous=True)
+        except KafkaException as exc:
+            log.debug("offset commit to Kafka failed (%s); the store has them", exc)
+
+    def send_outbox(self, timeout_s: float = 5.0) -> int:
+        """Produce what the outbox holds (not already in flight); forget what Kafka acknowledged.
+        Returns how many are still waiting."""
+        if self.producer is None:
+            return 0
+        for id_, topic, key, value in self.store.outbox():
+            if id_ in self._in_flight:
                 continue
-            self._eof.discard((message.topic(), message.partition()))
-            self._apply(message)
-            received += 1
-        if received:
-            self.consumer.commit(asynchronous=False)
-        return received
+            self._in_flight.add(id_)
+            self.producer.produce(topic, key=key, value=value, headers=[("message_id", id_.encode())],
+                                  on_delivery=lambda err, msg, id_=id_: self._on_delivery(err, id_))
+        if self._in_flight:
+            self.producer.flush(timeout_s)
+        if self._delivered:
+            self.store.sent(self._delivered)
+            self._delivered = []
+        return len(self._in_flight)
+
+    def _on_delivery(self, error: KafkaError | None, id_: str) -> None:
+        self._in_flight.discard(id_)
+        if error is None:
+            self._delivered.append(id_)
+        else:  # stays in the outbox: sent again by the next round
+            log.warning("outbox message %s not delivered (%s); will retry", id_, error.str())
 
     def caught_up(self) -> bool:
         """True when every assigned partition reported end-of-partition since its last message."""
@@ -129,23 +182,43 @@ class LiveConsumer:
         return bool(assignment) and all((tp.topic, tp.partition) in self._eof for tp in assignment)
 
     def run(self, *, should_stop: Callable[[], bool], until_caught_up: bool = False,
-            on_interval: Callable[[LiveConsumer], None] | None = None, interval_s: float = 30.0) -> None:
-        """Consume until ``should_stop()`` (or, with ``until_caught_up``, until the end of every partition)."""
-        self.consumer.subscribe([self.status_topic, self.information_topic])
-        last_report = time.monotonic()
+            after_batch: Callable[[LiveConsumer], None] | None = None) -> None:
+        """Start, then consume until ``should_stop()`` (or, with ``until_caught_up``, until the end of
+        every partition); each batch is committed before the next check."""
+        self.start()
         while not should_stop():
             self.poll_once()
-            if on_interval and time.monotonic() - last_report >= interval_s:
-                on_interval(self)
-                last_report = time.monotonic()
+            if after_batch:
+                after_batch(self)
             if until_caught_up and self.caught_up():
                 break
 
-    def lag(self) -> int:
-        """Messages not yet consumed across the assigned partitions."""
-        total = 0
-        positions = self.consumer.position(self.consumer.assignment())
-        for tp in positions:
+    def close(self) -> None:
+        """Send what the outbox holds, leave the group, close the store."""
+        try:
+            self.send_outbox()
+        finally:
+            self.consumer.close()
+            self.store.close()
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Messages not yet applied, per assigned partition (from the store's offsets)."""
+        lags = {}
+        for tp in self.consumer.assignment():
             _, high = self.consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=5)
-            total += max(0, high - max(tp.offset, 0))
-        return total
+            lags[(tp.topic, tp.partition)] = max(0, high - max(self._resume.get((tp.topic, tp.partition), 0), 0))
+        return lags
+
+
+def describe(value: bytes | None) -> str:
+    """A message for the DEBUG log: a description's name and capacity, a status's bikes and docks."""
+    try:
+        data = json.loads(value) if value is not None else None
+    except ValueError:
+        return "unreadable"
+    if not isinstance(data, dict):
+        return "null" if data is None else "unreadable"
+    station = f"{data.get('system_id')}:{data.get('station_id')}"
+    if "name" in data:
+        return f"{station} {data['name']!r}, capacity {data.get('capacity')}"
+    return f"{station} bikes {data.get('num_bikes_available')}, docks {data.get('num_docks_available')}"
