@@ -61,3 +61,13 @@ def airflow_db() -> Path:
                             capture_output=True, text=True, env=os.environ.copy())
     assert result.returncode == 0, result.stderr[-2000:]
     return _AIRFLOW_HOME
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A real PostgreSQL server (Debian's package) for the whole session."""
+    from support.postgres import PostgresServer
+
+    server = PostgresServer().start()
+    yield server.url
+    server.stop()

@@ -12,6 +12,7 @@ while the consumer writes it. The same SQL runs on both engines (placeholders as
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,7 +142,8 @@ class LiveStore:
         where, params = _system_filter(system_id, "e.")
         return self._dicts(
             "SELECT e.system_id, e.station_id, e.kind, e.started, e.threshold_alerted, s.last_updated AS seen"
-            f" FROM episodes e JOIN station_status s ON s.key = e.key {where} ORDER BY e.started", params)
+            f" FROM episodes e JOIN station_status s ON s.key = e.key {where}"
+            " ORDER BY e.started, e.system_id, e.station_id, e.kind", params)
 
     def stations(self, system_id: str | None = None) -> list[dict[str, Any]]:
         """Every station's latest status with its description (None where not described)."""
@@ -242,6 +244,9 @@ def _connect_sqlite(path: str, readonly: bool) -> sqlite3.Connection:
             raise StoreError(f"the live state store {path} does not exist; start the consumer (`make up`) first")
         if not readonly:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            if not all(os.access(p, os.W_OK) for p in (path, Path(path).parent) if os.path.exists(p)):
+                raise StoreError(f"the live state store {path} is read-only (its file or folder cannot be written); "
+                                 "give the consumer write access or set CITIBIKES_LIVE_STORE to a writable path")
     target = f"file:{path}?mode=ro" if readonly else path
     try:
         db = sqlite3.connect(target, uri=readonly, timeout=30, check_same_thread=False)

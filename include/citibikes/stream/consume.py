@@ -1,10 +1,12 @@
 """The long-lived consumer: station status and information topics -> the live state store -> alerts.
 
 Each batch of messages is applied by the :class:`~citibikes.live.tracker.Tracker` and written,
-with the offsets after it, in one store transaction; on start (and on every partition
-assignment) consumption resumes from the store's offsets, not Kafka's, so a crash at any moment
-neither loses nor applies anything twice. Offsets are also committed to Kafka, asynchronously, only
-so that lag tools see the group's progress. Redelivered duplicates are dropped by their
+with the offsets after it, in one store transaction; consumption resumes from the store's offsets,
+not Kafka's, so a crash at any moment neither loses nor applies anything twice. One consumer owns
+a store and reads every partition of both topics: it assigns them itself (new partitions are picked
+up within a minute) rather than joining a group, so a restart resumes at once instead of waiting
+out the dead member's session. Offsets are also committed to Kafka under the group id,
+asynchronously, only so that lag tools see its progress. Redelivered duplicates are dropped by their
 ``message_id`` header (and an observation older than the station's known one changes nothing).
 
 Alerts and dead letters enter the store's outbox in the batch's transaction and are produced after
@@ -34,17 +36,29 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "auto.offset.reset": "earliest",
     "enable.auto.commit": False,
     "enable.partition.eof": True,
-    "session.timeout.ms": 30_000,
     "client.id": "citibikes-consumer",
 }
 OUTBOX_PRODUCER_DEFAULTS: dict[str, Any] = {"enable.idempotence": True, "acks": "all", "linger.ms": 20,
                                             "client.id": "citibikes-consumer-outbox"}
-_TRANSIENT = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE, KafkaError.UNKNOWN_TOPIC_OR_PART,
-              KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT}
+
+REASSIGN_EVERY_S = 60.0
 
 
 def consumer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
-    return {**CONSUMER_DEFAULTS, "bootstrap.servers": bootstrap, **overrides}
+    return {**CONSUMER_DEFAULTS, "bootstrap.servers": bootstrap, "error_cb": _client_error, **overrides}
+
+
+_outage_logged = [0.0]
+
+
+def _client_error(error: KafkaError) -> None:
+    """librdkafka's client-level errors (the broker is gone, a connection failed): logged once per
+    half minute of an outage; the client reconnects by itself."""
+    if error.fatal():
+        log.error("Kafka client failed: %s", error.str())
+    elif time.monotonic() - _outage_logged[0] > 30:
+        log.warning("Kafka unavailable (%s); retrying until it is back", error.str())
+        _outage_logged[0] = time.monotonic()
 
 
 class RecentIds:
@@ -78,26 +92,39 @@ class LiveConsumer:
         self._resume: dict[tuple[str, int], int] = {}
         self._in_flight: set[str] = set()
         self._delivered: list[str] = []
-        self._broker_down_logged = 0.0
+        self._assigned: set[tuple[str, int]] = set()
+        self._assigned_at = 0.0
 
     @property
     def topics(self) -> list[str]:
         return [self.tracker.status_topic, self.tracker.information_topic]
 
     def start(self) -> None:
-        """Take up the store's state, send what its outbox still holds, subscribe."""
+        """Take up the store's state, send what its outbox still holds, assign every partition."""
         self._resume = self.tracker.restore(self.store)
         self.send_outbox()
-        self.consumer.subscribe(self.topics, on_assign=self._on_assign)
+        self.assign()
 
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            tp.offset = self._resume.get((tp.topic, tp.partition), OFFSET_BEGINNING)
-        consumer.assign(partitions)
+    def assign(self) -> None:
+        """Read every partition of both topics from the store's offsets (the beginning where it has
+        none); a no-op when the partitions did not change."""
+        try:
+            metadata = self.consumer.list_topics(timeout=10).topics
+        except KafkaException as exc:
+            log.warning("cannot list the topics (%s); retrying", exc.args[0].str() if exc.args else exc)
+            return
+        partitions = {(topic, p) for topic in self.topics if topic in metadata for p in metadata[topic].partitions}
+        if partitions and partitions != self._assigned:
+            self.consumer.assign([TopicPartition(t, p, self._resume.get((t, p), OFFSET_BEGINNING))
+                                  for t, p in sorted(partitions)])
+            self._assigned = partitions
+        self._assigned_at = time.monotonic()
 
     def poll_once(self, timeout_s: float = 1.0) -> int:
         """Apply one batch, commit it to the store with its offsets, send the outbox. Returns the
         number of messages received."""
+        if not self._assigned or time.monotonic() - self._assigned_at > REASSIGN_EVERY_S:
+            self.assign()
         received = 0
         for message in self.consumer.consume(self.batch, timeout=timeout_s):
             if error := message.error():
@@ -136,12 +163,8 @@ class LiveConsumer:
             self._eof.add((message.topic(), message.partition()))
         elif error.fatal():
             raise KafkaException(error)
-        elif error.code() in _TRANSIENT:
-            if time.monotonic() - self._broker_down_logged > 30:  # once per outage, not per poll
-                log.warning("Kafka unavailable (%s); retrying until it is back", error.str())
-                self._broker_down_logged = time.monotonic()
         else:
-            log.warning("consumer: %s", error.str())
+            _client_error(error)
 
     def _commit_to_kafka(self, offsets: dict[tuple[str, int], tuple[int, int]]) -> None:
         """Tell the group our progress (for lag tools only: the store's offsets are the ones we resume from)."""
@@ -202,11 +225,16 @@ class LiveConsumer:
             self.store.close()
 
     def lag(self) -> dict[tuple[str, int], int]:
-        """Messages not yet applied, per assigned partition (from the store's offsets)."""
+        """Messages not yet applied, per assigned partition: the end offset last seen in a fetch
+        (no broker round trip, so it answers while the broker is away) minus the store's offset."""
         lags = {}
         for tp in self.consumer.assignment():
-            _, high = self.consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=5)
-            lags[(tp.topic, tp.partition)] = max(0, high - max(self._resume.get((tp.topic, tp.partition), 0), 0))
+            try:
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if high >= 0:
+                lags[(tp.topic, tp.partition)] = max(0, high - self._resume.get((tp.topic, tp.partition), 0))
         return lags
 
 
