@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install up down status test bench clean-state help
+.PHONY: install postgres up down status test bench clean-state help
 
 help:
 	@echo "make up       start Kafka, the feed and Airflow; unpause the DAGs; print the UI address"
@@ -36,8 +36,15 @@ down:
 status:
 	@$(BIN)/citibikes status || true   # exit 3 (nothing runs) is for scripts: `citibikes status`
 
-test: install
+test: install postgres
 	$(BIN)/python -m pytest
+
+# The live store's tests run a real PostgreSQL server from Debian's package (started by the tests).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		echo "installing PostgreSQL (Debian's postgresql package) for the live store's tests"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } \
+		|| { echo "error: cannot install PostgreSQL; run 'sudo apt-get install postgresql' and try again"; exit 2; }; }
 
 bench: install
 	$(BIN)/python -m bench

@@ -33,8 +33,8 @@ from support.kafka_read import read_topic
 pytestmark = pytest.mark.kafka
 CLI = [sys.executable, "-m", "citibikes.cli"]
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} - [\w.]+ - (DEBUG|INFO|WARNING|ERROR) - .+$")
-CONSUMER_SUMMARY = re.compile(r" - citibikes\.consumer - INFO - \d+ messages consumed \(\d+ applied, \d+ duplicates\); "
-                              r"(\d+) stations live, \d+ empty, \d+ full, lag \d+$")
+CONSUMER_SUMMARY = re.compile(r" - citibikes\.consumer - INFO - \d+ messages consumed \(\d+ applied, \d+ duplicates, "
+                              r"\d+ unreadable\); (\d+) stations live, \d+ described, \d+ empty, \d+ full, \d+ bikes; lag \d+$")
 
 
 @pytest.fixture

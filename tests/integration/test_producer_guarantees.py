@@ -124,8 +124,8 @@ def test_the_cli_producer_is_idempotent_acks_all_zstd(kafka_broker, tmp_path: Pa
         assert result.returncode == 0, result.stderr
     finally:
         server.shutdown()
-    for topic in settings.topics.values():
-        _assert_idempotent_zstd(stored_batches(kafka_broker, topic.name))
+    for key in ("station_information", "station_status", "quarantine"):  # what `citibikes run` produces to
+        _assert_idempotent_zstd(stored_batches(kafka_broker, settings.topics[key].name))
 
 
 @pytest.mark.airflow

@@ -57,7 +57,7 @@ def test_an_episode_closing_after_its_threshold_alerts_it_first() -> None:
 def test_old_observations_change_nothing_and_not_installed_is_never_empty() -> None:
     live = tracker()
     assert live.apply(STATUS, 0, 0, None, status("A", 100)) == "applied"
-    assert live.apply(STATUS, 0, 1, None, status("A", 100, bikes=0)) == "old"
+    assert live.apply(STATUS, 0, 1, None, status("A", 100, bikes=0)) == "duplicate"
     assert live.apply(STATUS, 0, 2, None, status("A", 50)) == "old"
     assert live.apply(STATUS, 0, 3, None, status("A", 200, bikes=0, installed=False)) == "applied"
     assert live.take().episodes == {}

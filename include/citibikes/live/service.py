@@ -75,9 +75,9 @@ def serve(settings: Settings, *, should_stop: Callable[[], bool], test_mode: boo
 
 
 def update_metrics(live: LiveConsumer, metrics: ConsumerMetrics) -> None:
-    episodes = Counter(kind for station in live.tracker.stations.values() for kind, _ in station.machine.open_episodes())
-    metrics.update(live.counts, live.lag(), max(live.tracker.clocks.values(), default=0),
-                   live.store.summary()["outbox"], dict(episodes), live.committed_at)
+    s = live.store.summary()
+    metrics.update(live.counts, live.lag(), max(live.tracker.clocks.values(), default=0), s["outbox"],
+                   s["open_episodes"], live.committed_at)
 
 
 def summary(live: LiveConsumer) -> dict:
@@ -90,7 +90,9 @@ def summary(live: LiveConsumer) -> dict:
 
 def log_summary(live: LiveConsumer, s: dict | None = None) -> None:
     s = s or summary(live)
-    per_topic = ", ".join(f"{topic}: {sum(n.values())}" for topic, n in s["messages"].items()) or "none"
-    log.info("%d messages consumed (%s); %d stations live, %d described, %d empty, %d full, %d bikes; lag %d",
-             sum(sum(n.values()) for n in s["messages"].values()), per_topic, s["stations"], s["described"],
-             s["empty"], s["full"], s["bikes_available"], s["lag"])
+    outcomes: Counter[str] = Counter()
+    for per_outcome in s["messages"].values():
+        outcomes.update(per_outcome)
+    log.info("%d messages consumed (%d applied, %d duplicates, %d unreadable); %d stations live, %d described, "
+             "%d empty, %d full, %d bikes; lag %d", sum(outcomes.values()), outcomes["applied"], outcomes["duplicate"],
+             outcomes["invalid"], s["stations"], s["described"], s["empty"], s["full"], s["bikes_available"], s["lag"])

@@ -155,13 +155,16 @@ class LiveStore:
             " ORDER BY s.system_id, s.station_id", params)
 
     def summary(self) -> dict[str, Any]:
-        """Counts for logs and health checks."""
-        status = self._query(
-            "SELECT COUNT(*), COALESCE(SUM(num_bikes_available), 0), COALESCE(MAX(last_updated), 0) FROM station_status")[0]
-        kinds = dict(self._query("SELECT kind, COUNT(*) FROM episodes GROUP BY kind"))
-        return {"stations": status[0], "described": self._scalar("SELECT COUNT(*) FROM station_information"),
-                "empty": kinds.get("empty", 0), "full": kinds.get("full", 0), "bikes_available": int(status[1]),
-                "newest_last_updated": int(status[2]), "outbox": self._scalar("SELECT COUNT(*) FROM outbox")}
+        """Counts for logs and health checks: stations, and how many are empty or full now."""
+        stations, bikes, newest, empty, full = self._query(
+            "SELECT COUNT(*), COALESCE(SUM(num_bikes_available), 0), COALESCE(MAX(last_updated), 0),"
+            " COALESCE(SUM(CASE WHEN is_installed AND is_renting AND num_bikes_available = 0 THEN 1 ELSE 0 END), 0),"
+            " COALESCE(SUM(CASE WHEN is_installed AND is_returning AND num_docks_available = 0 THEN 1 ELSE 0 END), 0)"
+            " FROM station_status")[0]
+        return {"stations": stations, "described": self._scalar("SELECT COUNT(*) FROM station_information"),
+                "empty": int(empty), "full": int(full), "bikes_available": int(bikes),
+                "open_episodes": dict(self._query("SELECT kind, COUNT(*) FROM episodes GROUP BY kind")),
+                "newest_last_updated": int(newest), "outbox": self._scalar("SELECT COUNT(*) FROM outbox")}
 
     def status_value(self, key: str) -> str | None:
         rows = self._query("SELECT value FROM station_status WHERE key = ?", (key,))

@@ -28,7 +28,8 @@ from citibikes.live import alerts
 from citibikes.live.episodes import MAX_GAP_S, Change, Kind, Observation, StationEpisodes
 from citibikes.live.store import Changes, LiveStore
 
-Outcome = Literal["applied", "old", "invalid", "tombstone"]
+Outcome = Literal["applied", "duplicate", "old", "invalid", "tombstone"]
+"""``duplicate``: the observation is the one known (a producer retry's copy); ``old``: an older one."""
 
 
 class StatusValue(msgspec.Struct, kw_only=True):
@@ -142,7 +143,7 @@ class Tracker:
         if station is None:
             station = self.stations[key] = Station(value.system_id, value.station_id, partition)
         elif station.machine.previous is not None and value.last_updated <= station.machine.previous:
-            return "old"
+            return "duplicate" if value.last_updated == station.machine.previous else "old"
         installed = value.is_installed
         changes = station.machine.step(Observation(value.last_updated, value.num_bikes_available,
                                                    value.num_docks_available, installed and value.is_renting,
@@ -159,8 +160,9 @@ class Tracker:
     def _information(self, raw: bytes) -> Outcome:
         value = _decode_information(raw)
         key = f"{value.system_id}:{value.station_id}"
-        if self._information_updated.get(key, value.last_updated) > value.last_updated:
-            return "old"
+        known = self._information_updated.get(key)
+        if known is not None and known >= value.last_updated:
+            return "duplicate" if known == value.last_updated else "old"
         self._information_updated[key] = value.last_updated
         self._changes.information[key] = (key, value.system_id, value.station_id, value.last_updated,
                                           value.name, value.lat, value.lon, value.capacity, raw.decode())

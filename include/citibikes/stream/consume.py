@@ -6,8 +6,10 @@ not Kafka's, so a crash at any moment neither loses nor applies anything twice. 
 a store and reads every partition of both topics: it assigns them itself (new partitions are picked
 up within a minute) rather than joining a group, so a restart resumes at once instead of waiting
 out the dead member's session. Offsets are also committed to Kafka under the group id,
-asynchronously, only so that lag tools see its progress. Redelivered duplicates are dropped by their
-``message_id`` header (and an observation older than the station's known one changes nothing).
+asynchronously, only so that lag tools see its progress. Duplicates from producer retries are
+dropped by what their ``message_id`` is made of (the station and the snapshot's ``last_updated``):
+an observation not newer than the station's known one changes nothing, across restarts too, and
+without reading every message's headers (the costliest call per message).
 
 Alerts and dead letters enter the store's outbox in the batch's transaction and are produced after
 it; Kafka's acknowledgement removes them from the outbox, so a crash in between sends one again
@@ -21,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from typing import Any, Callable
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -61,22 +63,6 @@ def _client_error(error: KafkaError) -> None:
         _outage_logged[0] = time.monotonic()
 
 
-class RecentIds:
-    """The last ``size`` message ids seen, to drop redelivered duplicates."""
-
-    def __init__(self, size: int = 200_000) -> None:
-        self._ids: OrderedDict[bytes, None] = OrderedDict()
-        self._size = size
-
-    def seen(self, message_id: bytes) -> bool:
-        if message_id in self._ids:
-            return True
-        self._ids[message_id] = None
-        if len(self._ids) > self._size:
-            self._ids.popitem(last=False)
-        return False
-
-
 class LiveConsumer:
     """Consumes the status and information topics into a :class:`LiveStore` (see the module doc)."""
 
@@ -87,7 +73,6 @@ class LiveConsumer:
         self.counts: Counter[tuple[str, str]] = Counter()
         """(topic, outcome) -> messages: applied, old, duplicate, invalid, tombstone."""
         self.committed_at = 0.0
-        self._recent = RecentIds()
         self._eof: set[tuple[str, int]] = set()
         self._resume: dict[tuple[str, int], int] = {}
         self._in_flight: set[str] = set()
@@ -125,13 +110,21 @@ class LiveConsumer:
         number of messages received."""
         if not self._assigned or time.monotonic() - self._assigned_at > REASSIGN_EVERY_S:
             self.assign()
-        received = 0
-        for message in self.consumer.consume(self.batch, timeout=timeout_s):
+        messages = self.consumer.consume(self.batch, timeout=timeout_s)
+        apply, counts, eof, debug = self.tracker.apply, self.counts, self._eof, log.isEnabledFor(logging.DEBUG)
+        for message in messages:
             if error := message.error():
                 self._on_error(message, error)
                 continue
-            received += 1
-            self._apply(message)
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            eof.discard((topic, partition))
+            outcome = apply(topic, partition, offset, message.key(), message.value())
+            counts[(topic, outcome)] += 1
+            if outcome == "invalid":
+                log.warning("skipping an unreadable message at %s[%d]@%d%s", topic, partition, offset,
+                            " (copied to the dead-letter topic)" if self.tracker.dead_letter_topic else "")
+            elif debug:
+                log.debug("%s %s: %s", topic, outcome, describe(message.value()))
         changes = self.tracker.take()
         if changes:
             self.store.commit(changes)  # StoreError stops the consumer: nothing after it is committed
@@ -140,23 +133,7 @@ class LiveConsumer:
                 self._resume[(topic, partition)] = offset
             self._commit_to_kafka(changes.offsets)
         self.send_outbox()
-        return received
-
-    def _apply(self, message: Any) -> None:
-        topic, partition, offset = message.topic(), message.partition(), message.offset()
-        self._eof.discard((topic, partition))
-        message_id = next((v for k, v in message.headers() or () if k == "message_id"), None)
-        if message_id is not None and self._recent.seen(message_id):
-            self.tracker.skip(topic, partition, offset)
-            outcome = "duplicate"
-        else:
-            outcome = self.tracker.apply(topic, partition, offset, message.key(), message.value())
-        self.counts[(topic, outcome)] += 1
-        if outcome == "invalid":
-            log.warning("skipping an unreadable message at %s[%d]@%d%s", topic, partition, offset,
-                        " (copied to the dead-letter topic)" if self.tracker.dead_letter_topic else "")
-        elif log.isEnabledFor(logging.DEBUG):
-            log.debug("%s %s: %s", topic, outcome, describe(message.value()))
+        return len(messages)
 
     def _on_error(self, message: Any, error: KafkaError) -> None:
         if error.code() == KafkaError._PARTITION_EOF:
