@@ -489,10 +489,11 @@ def test_unreadable_body_is_returned_as_new_for_the_parser_to_judge(server: Scri
     assert [(r.outcome, r.body, r.last_updated) for r in results] == [("new", html, None)] * 2
 
 
-def test_read_header_tolerates_each_gbfs_timestamp_style() -> None:
+def test_read_header_reads_times_as_the_parser_does() -> None:
     header = read_header(b'{"last_updated": 1710335271, "ttl": 5, "version": "2.3", "data": {}}')
     assert (header.last_updated, header.ttl, header.version) == (1710335271, 5, "2.3")
-    assert read_header(b'{"last_updated": "1710335271", "data": {}}').last_updated == 1710335271
+    assert read_header(b'{"last_updated": "2024-03-13T13:07:51Z", "data": {}}').last_updated == 1710335271
+    assert read_header(b'{"last_updated": "1710335271", "data": {}}').last_updated is None  # parse_feed refuses it too
     assert read_header(b'{"last_updated": 1710335271123, "data": {}}').last_updated == 1710335271
     assert read_header(b'{"last_updated": "yesterday", "ttl": "x", "data": {}}') == read_header(b'{"data": {}}')
     assert read_header(b'{"last_updated": 1') is None

@@ -7,9 +7,8 @@ feed's ``name`` to an absolute URL, so callers never guess URLs from names (vend
 the same object from a folder of saved feed files, for validating or backfilling offline, and
 :func:`read_local_file` reads such files (plain or gzip) with the same size limit as HTTP.
 
-:func:`read_header` reads just ``last_updated``, ``ttl`` and ``version`` of any GBFS document, in
-POSIX seconds or RFC 3339 (GBFS 3.x); it never judges whether the rest of the body is valid, that
-is :mod:`citibikes.gbfs.normalize`'s job.
+:func:`read_header` reads just ``last_updated``, ``ttl`` and ``version`` of any GBFS document; it
+never judges whether the rest of the body is valid, that is :mod:`citibikes.gbfs.parse`'s job.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from __future__ import annotations
 import logging
 import zlib
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -25,6 +23,7 @@ from urllib.parse import urljoin, urlsplit
 import msgspec
 
 from citibikes.gbfs.errors import FeedError
+from citibikes.gbfs.fields import Invalid, as_posix
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +35,6 @@ FEED_FILE_SUFFIXES = (".json", ".json.gz")
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 """Largest feed body accepted (after decompression); Citi Bike's station_information is about 1 MB."""
 GZIP_MAGIC = b"\x1f\x8b"
-MILLISECONDS_ABOVE = 100_000_000_000
-"""A POSIX time above this was sent in milliseconds (as :mod:`citibikes.gbfs.normalize` reads it too)."""
 
 
 @dataclass
@@ -98,30 +95,32 @@ class Discovery:
         return cls(system_id=system, url=path.as_uri(), version=version, language=language, feeds=feeds)
 
 
-class FeedHeader(msgspec.Struct):
-    """The common top-level fields of every GBFS document, decoded without building ``data``."""
+class Header(msgspec.Struct):
+    """The common top-level fields of a GBFS document, decoded without building ``data``."""
 
     last_updated: Any = None
+    """POSIX seconds (read as :func:`~citibikes.gbfs.fields.as_posix` reads times), or None."""
     ttl: Any = None
+    """A non-negative whole number, or None."""
     version: Any = None
-
-
-@dataclass(frozen=True)
-class Header:
-    last_updated: int | None
-    """POSIX seconds, whatever the document used (seconds or RFC 3339)."""
-    ttl: int | None
-    version: str | None
+    """A string, or None."""
 
 
 def read_header(body: bytes) -> Header | None:
     """``last_updated``, ``ttl`` and ``version`` of a GBFS document, or ``None`` if it is not a JSON object."""
     try:
-        raw = msgspec.json.decode(body, type=FeedHeader)
+        header = msgspec.json.decode(body, type=Header)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    version = raw.version if isinstance(raw.version, str) else None
-    return Header(_posix_seconds(raw.last_updated), _seconds(raw.ttl), version)
+    try:
+        header.last_updated = as_posix(header.last_updated, set())
+    except Invalid:
+        header.last_updated = None
+    if type(header.ttl) is not int or header.ttl < 0:
+        header.ttl = None
+    if not isinstance(header.version, str):
+        header.version = None
+    return header
 
 
 def parse_discovery(
@@ -306,28 +305,3 @@ def too_large_error(url: str, max_bytes: int) -> FeedError:
         f"{url} is larger than the {max_bytes:,}-byte limit; check it serves a GBFS feed, or raise max_bytes",
         reason="payload_too_large", url=url,
     )
-
-
-def _posix_seconds(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return int(value / 1000 if value > MILLISECONDS_ABOVE else value)
-    if isinstance(value, str):
-        text = value.strip()
-        if text.isdigit():
-            return _posix_seconds(int(text))
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            return None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-        return int(moment.timestamp())
-    return None
-
-
-def _seconds(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        return None
-    return int(value)
