@@ -14,13 +14,7 @@ import pytest
 from http_server import Reply, ScriptedServer
 
 from citibikes.config import SystemConfig
-from citibikes.gbfs.client import (
-    USER_AGENT,
-    ClientState,
-    GbfsClient,
-    build_retry,
-    build_session,
-)
+from citibikes.gbfs.client import USER_AGENT, ClientState, GbfsClient, build_retry
 from citibikes.gbfs.discovery import Discovery, read_header
 from citibikes.gbfs.errors import FeedError
 from citibikes.stack.process import free_port
@@ -48,8 +42,7 @@ def server() -> Iterator[ScriptedServer]:
 
 
 def make_client(discovery_url: str, *, language: str = "en", **options: Any) -> GbfsClient:
-    if "session" not in options:
-        options.setdefault("retry", FAST_RETRY)
+    options.setdefault("retry", FAST_RETRY)
     options.setdefault("timeout", 2.0)
     return GbfsClient(SystemConfig(SYSTEM_ID, discovery_url, language=language), **options)
 
@@ -278,9 +271,9 @@ def test_persistent_server_errors_raise_http_error_naming_status_and_url(server:
     assert server.count("/feeds/station_status.json") == 3  # first try + 2 retries
 
 
-def test_the_session_retry_policy_is_the_one_used(server: ScriptedServer) -> None:
+def test_the_retry_policy_is_the_one_used(server: ScriptedServer) -> None:
     url = serve_system(server, ("station_status", Reply(500)))
-    with make_client(url, session=build_session(build_retry(retries=0))) as client, pytest.raises(FeedError):
+    with make_client(url, retry=build_retry(retries=0)) as client, pytest.raises(FeedError):
         client.fetch("station_status")
     assert server.count("/feeds/station_status.json") == 1
 
@@ -444,7 +437,7 @@ def test_ttl_skips_the_network_until_it_passes(server: ScriptedServer) -> None:
     clock = FakeClock(10_000.0)
     url = serve_system(server, ("station_status", Reply(200, station_status(9_990, ttl=60))))
     feed_path = "/feeds/station_status.json"
-    with make_client(url, clock=clock, ttl_slack_s=2.0) as client:
+    with make_client(url, clock=clock) as client:
         first = client.fetch("station_status")
         clock.advance(30)
         skipped = client.fetch("station_status")
@@ -623,8 +616,3 @@ def test_state_of_another_discovery_url_is_not_used(server: ScriptedServer) -> N
                                             {"station_status": "https://old.example.org/ss.json"}))
     with make_client(url, state=stale) as client:
         assert client.fetch("station_status").url == server.url("/feeds/station_status.json")
-
-
-def test_session_and_retry_together_are_refused() -> None:
-    with pytest.raises(ValueError, match="build_session"):
-        GbfsClient(SystemConfig(SYSTEM_ID, "https://example.org/gbfs.json"), session=build_session(), retry=FAST_RETRY)
