@@ -38,7 +38,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache, cached_property, lru_cache
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -102,6 +102,14 @@ class SystemSpec:
         return self.station_fraction >= 1.0 or unit_hash(self.seed, station_id) < self.station_fraction
 
 
+def check_timing(tick_s: float, speed: float) -> None:
+    """ValueError unless the tick is at least 1 second and the speed positive."""
+    if not tick_s >= 1.0:
+        raise ValueError(f"tick_s={tick_s!r}: the tick must be at least 1 second")
+    if not speed > 0.0:
+        raise ValueError(f"speed={speed!r}: the replay speed must be positive")
+
+
 def derive_seed(base_seed: int, key: str) -> int:
     """A stable 63-bit seed from a base seed and a name (``hash()`` differs per process)."""
     digest = hashlib.blake2b(f"{base_seed}:{key}".encode(), digest_size=8).digest()
@@ -119,32 +127,28 @@ def citibike_spec(base_seed: int = 0, *, system_id: str = "citibike", gbfs_versi
                       seed=derive_seed(base_seed, "citibike"))
 
 
-def synthetic_spec(number: int, base_seed: int = 0) -> SystemSpec:
-    """``synth-NN``: its own ids, coordinates moved to a grid cell of its own, 1/4 to all stations."""
-    if not 0 <= number <= 99:
-        raise ValueError(f"synthetic system number {number} is not between 0 and 99")
-    system_id = f"synth-{number:02d}"
+def resolve_system(system_id: str, base_seed: int = 0) -> SystemSpec | None:
+    """The spec of ``citibike``, ``citibike-v3`` or ``synth-00`` .. ``synth-99``; None otherwise.
+
+    ``synth-NN`` has its own ids, coordinates moved to a grid cell of its own and 1/4 to all stations.
+    """
+    if system_id == "citibike":
+        return citibike_spec(base_seed)
+    if system_id == "citibike-v3":
+        return citibike_spec(base_seed, system_id=system_id, gbfs_version=GBFS_V3)
+    prefix, _, digits = system_id.partition("synth-")
+    if prefix or len(digits) != 2 or not digits.isdigit():
+        return None
+    number = int(digits)
     return SystemSpec(
         system_id=system_id,
-        name=f"Synthetic {number:02d} (derived from Citi Bike)",
+        name=f"Synthetic {digits} (derived from Citi Bike)",
         seed=derive_seed(base_seed, system_id),
         station_id_prefix=f"{system_id}-",
         lat_shift=0.5 * (number % 10 + 1),
         lon_shift=-0.5 * (number // 10 + 1),
         station_fraction=(1.0, 0.25, 0.5, 0.75)[number % 4],
     )
-
-
-def resolve_system(system_id: str, base_seed: int = 0) -> SystemSpec | None:
-    """The spec of ``citibike``, ``citibike-v3`` or ``synth-00`` .. ``synth-99``; None otherwise."""
-    if system_id == "citibike":
-        return citibike_spec(base_seed)
-    if system_id == "citibike-v3":
-        return citibike_spec(base_seed, system_id=system_id, gbfs_version=GBFS_V3)
-    prefix, _, number = system_id.partition("synth-")
-    if not prefix and len(number) == 2 and number.isdigit():
-        return synthetic_spec(int(number), base_seed)
-    return None
 
 
 # --------------------------------------------------------------------------- timeline
@@ -339,19 +343,6 @@ class Document:
         return gzip.compress(self.body, compresslevel=5, mtime=0)
 
 
-@dataclass(frozen=True)
-class StationState:
-    """One station at one instant: what ``station_status`` reports for it."""
-
-    station_id: str
-    state: State
-    last_reported: int
-    installed: bool
-
-    def count(self, name: str) -> int:
-        return self.state[COUNT_FIELDS.index(name)]
-
-
 @lru_cache(maxsize=65536)
 def rfc3339(posix_s: int) -> str:
     """GBFS 3.0 time: RFC 3339 with the system's local offset, e.g. ``2024-03-13T09:07:51-04:00``."""
@@ -367,12 +358,7 @@ class ReplayFeed:
 
     def __init__(self, spec: SystemSpec, *, tick_s: float = DEFAULT_TICK_S, speed: float = DEFAULT_SPEED,
                  timeline: Timeline | None = None) -> None:
-        if not tick_s >= 1.0:
-            raise ValueError(f"tick_s={tick_s!r}: the tick must be at least 1 second")
-        if not speed > 0.0:
-            raise ValueError(f"speed={speed!r}: the replay speed must be positive")
-        if spec.gbfs_version not in (GBFS_V2, GBFS_V3):
-            raise ValueError(f"gbfs_version {spec.gbfs_version!r}: use {GBFS_V2!r} or {GBFS_V3!r}")
+        check_timing(tick_s, speed)
         self.spec = spec
         self.tick_s = float(tick_s)
         self.ttl = max(1, round(tick_s))
@@ -384,8 +370,8 @@ class ReplayFeed:
         self._lock = threading.Lock()
         self._event_times_cache: dict[tuple[int, int], list[list[float]]] = {}
         self._documents: dict[str, Document] = {}
-        self._information_stations = _json_encoder.encode(
-            [self._render_information(track) for track in self.tracks])
+        self._information_data = msgspec.Raw(_json_encoder.encode(
+            {"stations": [self._render_information(track) for track in self.tracks]}))
         self._status_templates = [self._status_template(track) for track in self.tracks]
 
     @property
@@ -417,14 +403,9 @@ class ReplayFeed:
 
     # ----- evolution
 
-    def station_states(self, at: float) -> list[StationState]:
-        """Every kept station's state at exactly ``at`` (documents use the tick start)."""
-        prefix = self.spec.station_id_prefix
-        return [StationState(prefix + track.station_id, state, reported, track.installed)
-                for track, (state, reported) in zip(self.tracks, self._evaluate(at))]
-
-    def _evaluate(self, at: float) -> list[tuple[State, int]]:
-        """(state, last_reported) per kept station: the events done by ``at`` and the latest one's time."""
+    def states(self, at: float) -> list[tuple[State, int]]:
+        """(state, last_reported) of each of :attr:`tracks` at exactly ``at`` (documents use the tick
+        start): the events done by ``at`` and the latest one's time."""
         cycle, index, fraction = self.position(at)
         times = self._event_times(cycle, index)
         limit = math.floor(at)
@@ -483,30 +464,22 @@ class ReplayFeed:
         return {name: f"{base_url.rstrip('/')}/{self.system_id}/{path}" for name, path in self.feed_paths().items()}
 
     def document(self, feed: str, now: float) -> Document:
-        """The current document of one data feed (not ``gbfs``, which needs the URLs)."""
-        renderers: dict[str, Callable[[float], Document]] = {
-            SYSTEM_INFORMATION: self.system_information,
-            STATION_INFORMATION: self.station_information,
-            STATION_STATUS: self.station_status,
-        }
-        if self.is_v3:
-            renderers[VEHICLE_TYPES] = self.vehicle_types
-        try:
-            return renderers[feed](now)
-        except KeyError:
-            raise KeyError(f"system {self.system_id!r} has no feed {feed!r}") from None
+        """The document of one data feed (not ``gbfs``, which needs the URLs) at the tick of ``now``."""
+        if feed not in self.feed_names():
+            raise KeyError(f"system {self.system_id!r} has no feed {feed!r}")
+        tick = self.tick_start(now)
+        with self._lock:
+            document = self._documents.get(feed)
+            if document is None or document.last_updated != math.floor(tick):
+                document = self._wrap(self._data(feed, tick), tick)
+                self._documents[feed] = document
+            return document
 
     def station_status(self, now: float) -> Document:
-        return self._cached(STATION_STATUS, now, self._render_status)
+        return self.document(STATION_STATUS, now)
 
     def station_information(self, now: float) -> Document:
-        return self._cached(STATION_INFORMATION, now, self._render_information_document)
-
-    def system_information(self, now: float) -> Document:
-        return self._cached(SYSTEM_INFORMATION, now, lambda tick: self._wrap(self._system_data(), tick))
-
-    def vehicle_types(self, now: float) -> Document:
-        return self._cached(VEHICLE_TYPES, now, lambda tick: self._wrap({"vehicle_types": _vehicle_types()}, tick))
+        return self.document(STATION_INFORMATION, now)
 
     def discovery(self, now: float, feed_urls: Mapping[str, str]) -> Document:
         """``gbfs.json`` listing ``feed_urls`` (absolute URLs the caller built from the request)."""
@@ -514,30 +487,21 @@ class ReplayFeed:
         data = {"feeds": feeds} if self.is_v3 else {LANGUAGE: {"feeds": feeds}}
         return self._wrap(data, self.tick_start(now))
 
-    def _cached(self, feed: str, now: float, render: Callable[[float], Document]) -> Document:
-        tick = self.tick_start(now)
-        with self._lock:
-            document = self._documents.get(feed)
-            if document is None or document.last_updated != math.floor(tick):
-                document = render(tick)
-                self._documents[feed] = document
-            return document
-
-    def _time(self, posix_s: int) -> int | str:
-        return rfc3339(posix_s) if self.is_v3 else posix_s
-
     def _wrap(self, data: Any, tick: float) -> Document:
         last_updated = math.floor(tick)
-        doc = {"last_updated": self._time(last_updated), "ttl": self.ttl,
+        doc = {"last_updated": rfc3339(last_updated) if self.is_v3 else last_updated, "ttl": self.ttl,
                "version": self.spec.gbfs_version, "data": data}
         return Document(_json_encoder.encode(doc), last_updated, self.ttl)
 
-    def _render_information_document(self, tick: float) -> Document:
-        last_updated = math.floor(tick)
-        head = _json_encoder.encode({"last_updated": self._time(last_updated), "ttl": self.ttl,
-                                     "version": self.spec.gbfs_version})
-        body = head[:-1] + b',"data":{"stations":' + self._information_stations + b"}}"
-        return Document(body, last_updated, self.ttl)
+    def _data(self, feed: str, tick: float) -> Any:
+        if feed == STATION_STATUS:
+            return {"stations": [self._status_record(template, state, reported)
+                                 for template, (state, reported) in zip(self._status_templates, self.states(tick))]}
+        if feed == STATION_INFORMATION:
+            return self._information_data
+        if feed == SYSTEM_INFORMATION:
+            return self._system_data()
+        return {"vehicle_types": _vehicle_types()}
 
     def _render_information(self, track: StationTrack) -> dict[str, Any]:
         record = dict(track.info)
@@ -559,11 +523,6 @@ class ReplayFeed:
         extras = {k: v for k, v in track.template.items() if k not in STATUS_STANDARD_KEYS}
         installed: bool | int = track.installed if self.is_v3 else int(track.installed)
         return {"station_id": self.spec.station_id_prefix + track.station_id, "is_installed": installed, **extras}
-
-    def _render_status(self, tick: float) -> Document:
-        records = [self._status_record(template, state, reported)
-                   for template, (state, reported) in zip(self._status_templates, self._evaluate(tick))]
-        return self._wrap({"stations": records}, tick)
 
     def _status_record(self, template: Mapping[str, Any], state: State, reported: int) -> dict[str, Any]:
         bikes, ebikes, bikes_disabled, docks, docks_disabled, renting, returning = state

@@ -46,6 +46,7 @@ from citibikes.replay.evolve import (
     Document,
     ReplayFeed,
     SystemSpec,
+    check_timing,
     citibike_spec,
     default_timeline,
     resolve_system,
@@ -322,10 +323,7 @@ def make_server(host: str = DEFAULT_HOST, port: int = 0, *, tick_s: float = DEFA
                 speed: float = DEFAULT_SPEED, seed: int = 0, clock: Callable[[], float] = time.time,
                 slow_s: float = DEFAULT_SLOW_S) -> ReplayServer:
     """A bound (not yet serving) replay server; ``port=0`` picks a free port (see ``.url``)."""
-    if not tick_s >= 1.0:
-        raise ValueError(f"tick_s={tick_s!r}: the tick must be at least 1 second")
-    if not speed > 0.0:
-        raise ValueError(f"speed={speed!r}: the replay speed must be positive")
+    check_timing(tick_s, speed)
     default_timeline()  # decode the recordings now, not in the first request
     return ReplayServer(host, port, tick_s=tick_s, speed=speed, seed=seed, clock=clock, slow_s=slow_s)
 
