@@ -151,14 +151,8 @@ class FetchResult:
     body: bytes | None
     last_updated: int | None
     """The feed's ``last_updated`` in POSIX seconds; ``None`` if the body has no readable one."""
-    ttl: int | None
     fetched_at: float
     """When the data was fetched (for ``skipped_ttl``: the earlier fetch it still stands for)."""
-    http_status: int | None
-    """``None`` for ``file://`` and ``skipped_ttl``."""
-    elapsed_s: float
-    bytes_read: int
-    """Size of the (decoded) body read; 0 for ``not_modified`` and ``skipped_ttl``."""
 
 
 @dataclass(frozen=True)
@@ -250,8 +244,7 @@ class GbfsClient:
         seen = self.state.feeds.get(feed, FeedState())
         now = self._clock()
         if not force and seen.is_fresh(now, slack_s=TTL_SLACK_S):
-            return FetchResult(feed, url, "skipped_ttl", None, seen.last_updated, seen.ttl, seen.fetched_at or 0.0,
-                               http_status=None, elapsed_s=0.0, bytes_read=0)
+            return FetchResult(feed, url, "skipped_ttl", None, seen.last_updated, seen.fetched_at or 0.0)
         response, _ = self._get(feed, url, FeedState() if force else seen)
         if response.status == 304:
             self.state.feeds[feed] = replace(seen, fetched_at=now, **_validators(response, seen))
@@ -277,14 +270,9 @@ class GbfsClient:
 
     def _result(self, feed: str, url: str, outcome: Outcome, body: bytes | None,
                 entry: FeedState, response: _Response) -> FetchResult:
-        result = FetchResult(
-            feed=feed, url=url, outcome=outcome, body=body,
-            last_updated=entry.last_updated, ttl=entry.ttl, fetched_at=entry.fetched_at or 0.0,
-            http_status=response.status, elapsed_s=response.elapsed_s, bytes_read=len(response.body),
-        )
         log.debug("%s %s: %s (%d bytes in %.2f s)", self.system.system_id, feed, outcome,
-                  result.bytes_read, result.elapsed_s)
-        return result
+                  len(response.body), response.elapsed_s)
+        return FetchResult(feed, url, outcome, body, entry.last_updated, entry.fetched_at or 0.0)
 
     def _get(self, feed: str, url: str, seen: FeedState) -> tuple[_Response, str]:
         """The response for ``url`` (conditional on ``seen``) and the URL it finally came from."""
