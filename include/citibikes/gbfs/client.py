@@ -62,6 +62,8 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 STATE_FORMAT = 1
 TTL_SLACK_S = 2.0
 """A feed is fetched again this long before its ttl runs out (the minute schedule is not exact)."""
+MIN_DISCOVERY_TTL_S = 60.0
+"""gbfs.json is fetched again at most this often, whatever its ttl."""
 CHUNK_BYTES = 64 * 1024
 """Most bytes taken per read; a read returns what has arrived, so limits are checked as data comes."""
 
@@ -182,7 +184,6 @@ class GbfsClient:
         timeout: float | None = None,
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_download_s: float = 60.0,
-        min_discovery_ttl_s: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.system = system
@@ -195,7 +196,6 @@ class GbfsClient:
         self._timeout = float(system.timeout_s if timeout is None else timeout)  # to connect, and per read
         self._max_bytes = max_bytes
         self._max_download_s = max_download_s
-        self._min_discovery_ttl_s = min_discovery_ttl_s
         self._clock = clock
 
     @classmethod
@@ -219,7 +219,7 @@ class GbfsClient:
         cached = self.state.discovery if self.state.discovery and self.state.discovery.url == url else None
         seen = self.state.feeds.get(DISCOVERY_FEED, FeedState()) if cached else FeedState()
         now = self._clock()
-        if cached and not force and seen.is_fresh(now, slack_s=0.0, min_ttl_s=self._min_discovery_ttl_s):
+        if cached and not force and seen.is_fresh(now, slack_s=0.0, min_ttl_s=MIN_DISCOVERY_TTL_S):
             return cached
         folder = _local_path(url)
         if folder is not None and folder.is_dir():
