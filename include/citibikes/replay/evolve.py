@@ -1,32 +1,25 @@
 """A live-looking GBFS feed computed from the recorded Citi Bike snapshots, without HTTP.
 
 The live API is unreachable offline, so the replay server serves these documents instead. The
-four recorded ``station_status`` snapshots are played back in a ping-pong loop (1->2->3->4->3->2->1
-->...), so there is never a jump. ``speed`` recorded seconds pass per wall-clock second (default 4:
-a recorded 14-minute interval plays in about 3.5 minutes, one loop in about 20 minutes). The loop
-is anchored at the Unix epoch, so the state is a pure function of the wall-clock time: two
-processes with the same seed serve the same bytes.
+four recorded ``station_status`` snapshots play in a ping-pong loop (1->2->3->4->3->2->1->...), so
+there is never a jump, at ``speed`` recorded seconds per wall-clock second (default 4: one loop in
+about 20 minutes). The loop is anchored at the Unix epoch, so the state is a pure function of the
+wall-clock time: two processes with the same seed serve the same bytes.
 
-Between two snapshots A and B each station moves from A to B in unit steps ("events"): a rental
-or return moves one bike against one dock, other changes (disabled bikes or docks, capacity) are
-paired so that the station total only ever moves monotonically between A's and B's total; every
-counter stays between its A and B values, so nothing turns negative, and e-bikes never exceed
-bikes. Each event happens at a random instant of the interval, drawn from (seed, loop number,
-interval), so the evolution differs per loop and per system yet is reproducible.
+Between two snapshots each station moves in unit steps ("events"): a rental or return moves one
+bike against one dock, other changes are paired so that the station total moves monotonically;
+every counter stays between its two recorded values and e-bikes never exceed bikes. Each event
+happens at a random instant drawn from (seed, loop, interval): reproducible, yet different per
+loop and per system.
 
-Documents are computed for the start of the current tick (``tick_s``) and cached, so all requests
-within one tick get identical bytes; ``last_updated`` is the tick start and ``ttl`` is ``tick_s``.
-A station's ``last_reported`` is the instant of its latest event, so it changes exactly when the
-station changes, and then lies within the tick that just ended. Stations that never change in the
-recordings (and are not on the 86400 "never reported" sentinel) "report" once per loop, keeping
-their recorded age. Stations that are not installed stay at zero. ``station_information`` keeps
-its content; only its ``last_updated`` advances with each tick (like the real feed).
+Documents are computed for the start of the current tick and cached (``last_updated`` is the tick
+start, ``ttl`` the tick). A station's ``last_reported`` is the instant of its latest event; stations
+that never change (but for the 86400 "never reported" sentinel) report once per loop, keeping their
+recorded age; stations not installed stay at zero. ``station_information`` keeps its content.
 
-Systems (:func:`resolve_system`): ``citibike`` (GBFS 2.3, the recorded quirks kept: 0/1 integers,
-the 86400 sentinel, vendor extras), ``citibike-v3`` (the same data rendered as GBFS 3.0) and
-``synth-NN`` (derived systems with their own ids, coordinates, station subset and seed).
+Systems (:func:`resolve_system`): ``citibike`` (GBFS 2.3 with the recorded quirks: 0/1 integers,
+the 86400 sentinel, vendor extras), ``citibike-v3`` (the same data as GBFS 3.0) and ``synth-NN``.
 """
-
 from __future__ import annotations
 
 import bisect
@@ -451,21 +444,18 @@ class ReplayFeed:
 
     # ----- documents
 
-    def feed_names(self) -> tuple[str, ...]:
-        names = (SYSTEM_INFORMATION, STATION_INFORMATION, STATION_STATUS)
-        return names + (VEHICLE_TYPES,) if self.is_v3 else names
-
     def feed_paths(self) -> dict[str, str]:
-        """Feed name -> path below ``/{system_id}/`` (2.3 has a language folder, 3.0 none)."""
-        folder = f"{GBFS_V2}/{LANGUAGE}" if not self.is_v3 else GBFS_V3
-        return {name: f"{folder}/{name}.json" for name in self.feed_names()}
+        """Data feed name -> path below ``/{system_id}/`` (2.3 has a language folder, 3.0 none)."""
+        names = (SYSTEM_INFORMATION, STATION_INFORMATION, STATION_STATUS) + ((VEHICLE_TYPES,) if self.is_v3 else ())
+        folder = GBFS_V3 if self.is_v3 else f"{GBFS_V2}/{LANGUAGE}"
+        return {name: f"{folder}/{name}.json" for name in names}
 
     def feed_urls(self, base_url: str) -> dict[str, str]:
         return {name: f"{base_url.rstrip('/')}/{self.system_id}/{path}" for name, path in self.feed_paths().items()}
 
     def document(self, feed: str, now: float) -> Document:
         """The document of one data feed (not ``gbfs``, which needs the URLs) at the tick of ``now``."""
-        if feed not in self.feed_names():
+        if feed not in self.feed_paths():
             raise KeyError(f"system {self.system_id!r} has no feed {feed!r}")
         tick = self.tick_start(now)
         with self._lock:
