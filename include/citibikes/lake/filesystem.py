@@ -179,13 +179,9 @@ class Storage:
         return [key for key, _ in files]
 
     def _put_local(self, files: Sequence[tuple[str, bytes]]) -> None:
-        """Each file to a temporary file beside its path; all fsync'd; each renamed over its path, in
-        order; then each folder fsync'd once (the renames are durable on return).
-
-        Writing every file before the first fsync lets the file system commit them together (measured:
-        about half the time of writing, fsyncing and renaming one file after the other). On failure
-        the files renamed before it stay (maybe not durable yet), the others' temporary files are removed.
-        """
+        """The group commit: each file to a temporary file beside its path, all fsync'd, each renamed
+        over its path in order, then each folder fsync'd once (the renames are durable on return).
+        Writing every file before the first fsync lets the file system commit them together."""
         opened: list[tuple[str, Path, Path, BinaryIO]] = []  # key, temporary, path, open temporary file
         renamed = 0
         key = files[0][0] if files else ""  # the file being worked on, named by the error
