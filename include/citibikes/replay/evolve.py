@@ -54,18 +54,20 @@ VEHICLE_TYPES = "vehicle_types"
 CLASSIC_BIKE_TYPE = "1"
 EBIKE_TYPE = "2"
 
-COUNT_FIELDS = (
+STATE_FIELDS = (
     "num_bikes_available",
     "num_ebikes_available",
     "num_bikes_disabled",
     "num_docks_available",
     "num_docks_disabled",
+    "is_renting",
+    "is_returning",
 )
-FLAG_FIELDS = ("is_renting", "is_returning")
+"""The GBFS 2.3 status fields of a :data:`State`, in its order."""
 BIKES, EBIKES, BIKES_DISABLED, DOCKS, DOCKS_DISABLED, RENTING, RETURNING = range(7)
 TOTAL_FIELDS = (BIKES, BIKES_DISABLED, DOCKS, DOCKS_DISABLED)
 """The counters whose sum is the station total (bikes + docks, available or disabled)."""
-STATUS_STANDARD_KEYS = frozenset((*COUNT_FIELDS, *FLAG_FIELDS, "station_id", "is_installed", "last_reported"))
+STATUS_STANDARD_KEYS = frozenset((*STATE_FIELDS, "station_id", "is_installed", "last_reported"))
 INFO_LOCALIZED_KEYS = ("name", "short_name")
 
 State = tuple[int, int, int, int, int, int, int]
@@ -192,9 +194,7 @@ class Timeline:
 
 
 def record_state(record: Mapping[str, Any]) -> State:
-    counts = tuple(int(record.get(name) or 0) for name in COUNT_FIELDS)
-    flags = tuple(int(record.get(name) or 0) for name in FLAG_FIELDS)
-    return counts + flags  # type: ignore[return-value]
+    return tuple(int(record.get(name) or 0) for name in STATE_FIELDS)  # type: ignore[return-value]
 
 
 def ping_pong_segments(timestamps: Sequence[int]) -> tuple[Segment, ...]:
@@ -515,12 +515,9 @@ class ReplayFeed:
         return {"station_id": self.spec.station_id_prefix + track.station_id, "is_installed": installed, **extras}
 
     def _status_record(self, template: Mapping[str, Any], state: State, reported: int) -> dict[str, Any]:
-        bikes, ebikes, bikes_disabled, docks, docks_disabled, renting, returning = state
         if not self.is_v3:
-            return {**template, "num_bikes_available": bikes, "num_ebikes_available": ebikes,
-                    "num_bikes_disabled": bikes_disabled, "num_docks_available": docks,
-                    "num_docks_disabled": docks_disabled, "is_renting": renting, "is_returning": returning,
-                    "last_reported": reported}
+            return {**template, **dict(zip(STATE_FIELDS, state)), "last_reported": reported}
+        bikes, ebikes, bikes_disabled, docks, docks_disabled, renting, returning = state
         return {**template, "num_vehicles_available": bikes,
                 "vehicle_types_available": [{"vehicle_type_id": CLASSIC_BIKE_TYPE, "count": bikes - ebikes},
                                             {"vehicle_type_id": EBIKE_TYPE, "count": ebikes}],
