@@ -86,16 +86,6 @@ class Settings:
     """The live consumer's state store: a SQLite file path, or a ``postgresql://`` URL."""
     consumer_metrics_port: int
     """Where the live consumer serves its Prometheus metrics (0: nowhere)."""
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    def system(self, system_id: str) -> SystemConfig:
-        for system in self.systems:
-            if system.system_id == system_id:
-                return system
-        known = ", ".join(s.system_id for s in self.systems) or "none"
-        raise ConfigError(
-            f"unknown system {system_id!r} (configured: {known}); add it to {self.systems_file}"
-        )
 
 
 DEFAULT_TOPICS = {
@@ -209,7 +199,7 @@ def load_systems(path: Path, env: Mapping[str, str] | None = None) -> tuple[Syst
     return tuple(systems)
 
 
-def _load_pipeline(path: Path) -> tuple[dict[str, TopicConfig], QualityConfig, dict[str, Any]]:
+def _load_pipeline(path: Path) -> tuple[dict[str, TopicConfig], QualityConfig]:
     doc = _read_yaml(path, "pipeline") if path.exists() else {}
     topics = dict(DEFAULT_TOPICS)
     for key, spec in (doc.get("topics") or {}).items():
@@ -229,8 +219,7 @@ def _load_pipeline(path: Path) -> tuple[dict[str, TopicConfig], QualityConfig, d
         raise ConfigError(f"pipeline file {path}: unknown quality settings {sorted(unknown)}; known: {sorted(known)}")
     if "last_reported_sentinels" in quality_doc:
         quality_doc["last_reported_sentinels"] = tuple(quality_doc["last_reported_sentinels"])
-    quality = QualityConfig(**quality_doc)
-    return topics, quality, {k: v for k, v in doc.items() if k not in ("topics", "quality")}
+    return topics, QualityConfig(**quality_doc)
 
 
 FEED_MODES = ("live", "replay", "auto")
@@ -255,7 +244,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     state_dir = Path(_env(env, "CITIBIKES_STATE_DIR", str(PROJECT_ROOT / ".state"))).resolve()
     systems_file = Path(_env(env, "CITIBIKES_SYSTEMS_FILE") or default_systems_file(feed_mode(env)))
     pipeline_file = Path(_env(env, "CITIBIKES_PIPELINE_FILE", str(PROJECT_ROOT / "config" / "pipeline.yaml")))
-    topics, quality, extra = _load_pipeline(pipeline_file)
+    topics, quality = _load_pipeline(pipeline_file)
     log_level = (_env(env, "LOG_LEVEL", "INFO") or "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError(f"LOG_LEVEL={log_level!r} is not a log level; use DEBUG, INFO, WARNING or ERROR")
@@ -275,5 +264,4 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         status_snapshot_every_s=_int_env(env, "CITIBIKES_STATUS_SNAPSHOT_EVERY", 900),
         live_store=_env(env, "CITIBIKES_LIVE_STORE", str(state_dir / "live" / "live.db")),
         consumer_metrics_port=_int_env(env, "CITIBIKES_CONSUMER_METRICS_PORT", 9464, allow_zero=True),
-        extra=extra,
     )

@@ -31,7 +31,6 @@ from citibikes.replay.evolve import (
     ping_pong_segments,
     resolve_system,
     segment_events,
-    synthetic_spec,
 )
 from citibikes.replay.recordings import Recording, recorded
 
@@ -71,6 +70,11 @@ def run(feed: ReplayFeed) -> list[dict]:
 
 def by_id(document: dict) -> dict[str, dict]:
     return {record["station_id"]: record for record in document["data"]["stations"]}
+
+
+def states_at(feed: ReplayFeed, at: float) -> dict[str, tuple]:
+    """Station id as recorded -> state (the counts, then the flags) at wall-clock time ``at``."""
+    return {track.station_id: state for track, (state, _) in zip(feed.tracks, feed.states(at))}
 
 
 def test_counts_stay_valid_over_two_loops(run: list[dict], recorded_status: list[dict[str, dict]]) -> None:
@@ -193,20 +197,19 @@ def test_each_segment_starts_at_snapshot_a_and_reaches_snapshot_b(feed: ReplayFe
     cycle = 1000  # any loop: the recorded states do not depend on it
     for index, segment in enumerate(segments):
         for snapshot, fraction in ((segment.start, 0.0), (segment.end, 1.0)):
-            states = {s.station_id: s for s in feed.station_states(feed.time_of(cycle, index, fraction))}
+            states = states_at(feed, feed.time_of(cycle, index, fraction))
             for sid, record in recorded_status[snapshot].items():
                 if record["is_installed"] and record["last_reported"] != SENTINEL:
-                    assert [states[sid].count(n) for n in COUNTS] == [record[n] for n in COUNTS], (index, sid)
+                    assert list(states[sid][:5]) == [record[n] for n in COUNTS], (index, sid)
 
 
 def test_stations_move_gradually_between_snapshots(feed: ReplayFeed) -> None:
     cycle, index = 1000, 0
-    a = {s.station_id: s.state for s in feed.station_states(feed.time_of(cycle, index, 0.0))}
-    b = {s.station_id: s.state for s in feed.station_states(feed.time_of(cycle, index, 1.0))}
 
     def at(fraction: float) -> dict[str, tuple]:
-        return {s.station_id: s.state for s in feed.station_states(feed.time_of(cycle, index, fraction))}
+        return states_at(feed, feed.time_of(cycle, index, fraction))
 
+    a, b = at(0.0), at(1.0)
     middle = at(0.5)
     assert sum(1 for sid, state in middle.items() if state not in (a[sid], b[sid])) > 100
     arrived = [sum(1 for sid, state in at(f).items() if state == b[sid] != a[sid]) for f in (0.1, 0.5, 0.9)]
@@ -264,11 +267,10 @@ def test_not_installed_stations_are_zero_and_sentinel_stations_frozen_even_if_re
     ]
     feed = ReplayFeed(resolve_system("citibike"), timeline=build_timeline(info, statuses))
     for step in range(0, 1200, 20):
-        states = {s.station_id: s for s in feed.station_states(T0 + step)}
-        assert states["a"].state == (0, 0, 0, 0, 0, 0, 0)
-        assert states["b"].state[:5] == (4, 0, 0, 6, 0) and states["b"].last_reported == SENTINEL
-    assert {states["c"].state[BIKES] for step in range(0, 300)
-            for states in [{s.station_id: s for s in feed.station_states(T0 + step)}]} == set(range(4, 10))
+        (a, _), (b, b_reported), _ = feed.states(T0 + step)
+        assert a == (0, 0, 0, 0, 0, 0, 0)
+        assert b[:5] == (4, 0, 0, 6, 0) and b_reported == SENTINEL
+    assert {feed.states(T0 + step)[2][0][BIKES] for step in range(0, 300)} == set(range(4, 10))
 
 
 def test_ping_pong_has_no_jump() -> None:
@@ -306,7 +308,7 @@ def test_v3_renders_the_same_counts_in_gbfs_3_shape(feed: ReplayFeed) -> None:
     assert all(s["name"][0]["language"] == "en" and isinstance(s["name"][0]["text"], str) for s in information)
     assert all(m == m.lower() for s in information for m in s.get("rental_methods", []))
     assert v3.feed_paths()["vehicle_types"] == "3.0/vehicle_types.json"
-    vehicle_types = json.loads(v3.vehicle_types(T0).body)["data"]["vehicle_types"]
+    vehicle_types = json.loads(v3.document("vehicle_types", T0).body)["data"]["vehicle_types"]
     assert {t["vehicle_type_id"] for t in vehicle_types} == {"1", "2"}
 
 
@@ -324,7 +326,7 @@ def test_synthetic_systems_are_distinct_and_derived(feed: ReplayFeed) -> None:
     for number in (1, 4, 5, 42):
         synth = ReplayFeed(resolve_system(f"synth-{number:02d}"), tick_s=TICK_S)
         stations = json.loads(synth.station_information(T0).body)["data"]["stations"]
-        spec = synthetic_spec(number)
+        spec = resolve_system(f"synth-{number:02d}")
         prefix = f"synth-{number:02d}-"
         assert all(s["station_id"].startswith(prefix) for s in stations)
         expected = 2208 * spec.station_fraction
@@ -343,8 +345,7 @@ def test_synthetic_systems_are_distinct_and_derived(feed: ReplayFeed) -> None:
 
 def test_synthetic_systems_evolve_on_their_own(feed: ReplayFeed) -> None:
     full = ReplayFeed(resolve_system("synth-04"), tick_s=TICK_S)
-    synth = {s.station_id.removeprefix("synth-04-"): s.state for s in full.station_states(T0)}
-    real = {s.station_id: s.state for s in feed.station_states(T0)}
+    synth, real = states_at(full, T0), states_at(feed, T0)
     assert sum(1 for sid in real if real[sid] != synth[sid]) > 100
     again = ReplayFeed(resolve_system("synth-04"), tick_s=TICK_S).station_status(T0).body
     assert again == full.station_status(T0).body

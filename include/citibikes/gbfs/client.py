@@ -11,24 +11,9 @@ servers without hammering them and without hanging a scheduled task:
   and a feed is not requested again before its ``ttl`` has passed;
 * a body whose ``last_updated`` did not move is reported ``unchanged`` so nothing is re-emitted.
 
-Whether a body is valid GBFS is not decided here: :func:`citibikes.gbfs.normalize.parse_feed`
-does that. ``file://`` URLs (a ``gbfs.json`` file, or a folder of feed files) are read from disk
+Whether a body is valid GBFS is not decided here: :func:`citibikes.gbfs.parse.parse_feed` does
+that. ``file://`` URLs (a ``gbfs.json`` file, or a folder of feed files) are read from disk
 with the same size limit, for offline validation and backfills.
-
-Public API::
-
-    build_retry(*, retries=3, backoff_factor=0.5, backoff_jitter=0.5, backoff_max=10.0,
-                retry_after_max_s=30.0) -> urllib3.Retry
-    build_session(retry: Retry | None = None, *, user_agent=USER_AGENT) -> requests.Session
-    GbfsClient(system: SystemConfig, *, session=None, state=None, retry=None, timeout=None,
-               max_bytes=DEFAULT_MAX_BYTES, max_download_s=60.0, ttl_slack_s=2.0,
-               min_discovery_ttl_s=60.0, clock=time.time)
-        GbfsClient.for_folder(folder, system_id=None, **options) -> GbfsClient
-        .discover(*, force=False) -> Discovery      # cached for max(its ttl, min_discovery_ttl_s)
-        .fetch(feed, *, force=False) -> FetchResult # force: ignore ttl and validators, always "new"
-        .state -> ClientState                       # .to_dict() / ClientState.from_dict(data)
-        .close(); usable as a context manager
-    FetchResult.outcome: "new" (body set) | "unchanged" | "not_modified" | "skipped_ttl" (body None)
 
 Persist :attr:`GbfsClient.state` only after the new bodies were handled (published): the state
 says what has been seen, so saving it first would turn a failed publish into an ``unchanged``.
@@ -70,16 +55,15 @@ from citibikes.gbfs.discovery import (
 )
 from citibikes.gbfs.errors import FeedError
 
-__all__ = [
-    "DEFAULT_MAX_BYTES", "USER_AGENT", "ClientState", "Discovery", "FeedState", "FetchResult",
-    "GbfsClient", "Outcome", "build_retry", "build_session",
-]
-
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"citibikes/{__version__} (GBFS ingestion pipeline; python-requests/{requests.__version__})"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 STATE_FORMAT = 1
+TTL_SLACK_S = 2.0
+"""A feed is fetched again this long before its ttl runs out (the minute schedule is not exact)."""
+MIN_DISCOVERY_TTL_S = 60.0
+"""gbfs.json is fetched again at most this often, whatever its ttl."""
 CHUNK_BYTES = 64 * 1024
 """Most bytes taken per read; a read returns what has arrived, so limits are checked as data comes."""
 
@@ -91,14 +75,13 @@ def build_retry(
     retries: int = 3,
     backoff_factor: float = 0.5,
     backoff_jitter: float = 0.5,
-    backoff_max: float = 10.0,
     retry_after_max_s: float = 30.0,
 ) -> Retry:
     """urllib3 retry policy for GBFS GETs.
 
     At most ``retries`` retries in total (the budget), on connection errors, HTTP 429/5xx and one
     read timeout. The first retry is immediate, the n-th waits ``backoff_factor * 2**(n-1)`` plus
-    up to ``backoff_jitter`` (at most ``backoff_max``), or the server's ``Retry-After`` capped at
+    up to ``backoff_jitter`` (at most 10 s), or the server's ``Retry-After`` capped at
     ``retry_after_max_s``. After the last retry the final response is returned (not raised), so
     callers see its status.
     """
@@ -111,24 +94,11 @@ def build_retry(
         status_forcelist=RETRY_STATUSES,
         backoff_factor=backoff_factor,
         backoff_jitter=backoff_jitter,
-        backoff_max=backoff_max,
+        backoff_max=10.0,
         respect_retry_after_header=True,
         retry_after_max=retry_after_max_s,  # type: ignore[arg-type]  # urllib3 types it int; floats work
         raise_on_status=False,
     )
-
-
-def build_session(retry: Retry | None = None, *, user_agent: str = USER_AGENT) -> requests.Session:
-    """A ``requests.Session`` that retries per ``retry`` (default :func:`build_retry`) and names citibikes.
-
-    ``Accept-Encoding`` is requests' default (gzip, deflate), which it decodes transparently.
-    """
-    session = requests.Session()
-    adapter = HTTPAdapter(max_retries=retry if retry is not None else build_retry())
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    session.headers.update({"User-Agent": user_agent, "Accept": "application/json"})
-    return session
 
 
 @dataclass
@@ -183,14 +153,8 @@ class FetchResult:
     body: bytes | None
     last_updated: int | None
     """The feed's ``last_updated`` in POSIX seconds; ``None`` if the body has no readable one."""
-    ttl: int | None
     fetched_at: float
     """When the data was fetched (for ``skipped_ttl``: the earlier fetch it still stands for)."""
-    http_status: int | None
-    """``None`` for ``file://`` and ``skipped_ttl``."""
-    elapsed_s: float
-    bytes_read: int
-    """Size of the (decoded) body read; 0 for ``not_modified`` and ``skipped_ttl``."""
 
 
 @dataclass(frozen=True)
@@ -215,28 +179,23 @@ class GbfsClient:
         self,
         system: SystemConfig,
         *,
-        session: requests.Session | None = None,
         state: ClientState | None = None,
         retry: Retry | None = None,
-        timeout: float | tuple[float, float] | None = None,
+        timeout: float | None = None,
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_download_s: float = 60.0,
-        ttl_slack_s: float = 2.0,
-        min_discovery_ttl_s: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if session is not None and retry is not None:
-            raise ValueError("pass retry to build_session(retry) when you bring your own session, not to GbfsClient")
         self.system = system
         self.state = state if state is not None else ClientState()
-        self._owns_session = session is None
-        self._session = session if session is not None else build_session(retry)
-        seconds = system.timeout_s if timeout is None else timeout
-        self._timeout = seconds if isinstance(seconds, tuple) else (float(seconds), float(seconds))
+        self._session = requests.Session()  # Accept-Encoding: gzip, deflate (decoded by requests)
+        adapter = HTTPAdapter(max_retries=retry if retry is not None else build_retry())
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
+        self._timeout = float(system.timeout_s if timeout is None else timeout)  # to connect, and per read
         self._max_bytes = max_bytes
         self._max_download_s = max_download_s
-        self._ttl_slack_s = ttl_slack_s
-        self._min_discovery_ttl_s = min_discovery_ttl_s
         self._clock = clock
 
     @classmethod
@@ -252,9 +211,7 @@ class GbfsClient:
         self.close()
 
     def close(self) -> None:
-        """Close the HTTP session if this client created it."""
-        if self._owns_session:
-            self._session.close()
+        self._session.close()
 
     def discover(self, *, force: bool = False) -> Discovery:
         """The system's feeds, from cache while fresh, else from ``discovery_url``."""
@@ -262,7 +219,7 @@ class GbfsClient:
         cached = self.state.discovery if self.state.discovery and self.state.discovery.url == url else None
         seen = self.state.feeds.get(DISCOVERY_FEED, FeedState()) if cached else FeedState()
         now = self._clock()
-        if cached and not force and seen.is_fresh(now, slack_s=0.0, min_ttl_s=self._min_discovery_ttl_s):
+        if cached and not force and seen.is_fresh(now, slack_s=0.0, min_ttl_s=MIN_DISCOVERY_TTL_S):
             return cached
         folder = _local_path(url)
         if folder is not None and folder.is_dir():
@@ -286,8 +243,8 @@ class GbfsClient:
         url = discovery.feed_url(feed)
         seen = self.state.feeds.get(feed, FeedState())
         now = self._clock()
-        if not force and seen.is_fresh(now, slack_s=self._ttl_slack_s):
-            return _skipped(feed, url, seen)
+        if not force and seen.is_fresh(now, slack_s=TTL_SLACK_S):
+            return FetchResult(feed, url, "skipped_ttl", None, seen.last_updated, seen.fetched_at or 0.0)
         response, _ = self._get(feed, url, FeedState() if force else seen)
         if response.status == 304:
             self.state.feeds[feed] = replace(seen, fetched_at=now, **_validators(response, seen))
@@ -297,7 +254,8 @@ class GbfsClient:
                 self.state.discovery = None  # the feed moved: discover again next time
             raise self._http_error(feed, url, response)
         entry = _state_after(response, now)
-        outcome = "new" if force else _outcome(seen.last_updated, entry.last_updated)
+        unchanged = not force and entry.last_updated is not None and entry.last_updated == seen.last_updated
+        outcome: Outcome = "unchanged" if unchanged else "new"
         if entry.last_updated is not None and seen.last_updated is not None and entry.last_updated < seen.last_updated:
             log.warning("%s %s: last_updated went back from %d to %d (a stale cache?)",
                         self.system.system_id, feed, seen.last_updated, entry.last_updated)
@@ -312,14 +270,9 @@ class GbfsClient:
 
     def _result(self, feed: str, url: str, outcome: Outcome, body: bytes | None,
                 entry: FeedState, response: _Response) -> FetchResult:
-        result = FetchResult(
-            feed=feed, url=url, outcome=outcome, body=body,
-            last_updated=entry.last_updated, ttl=entry.ttl, fetched_at=entry.fetched_at or 0.0,
-            http_status=response.status, elapsed_s=response.elapsed_s, bytes_read=len(response.body),
-        )
         log.debug("%s %s: %s (%d bytes in %.2f s)", self.system.system_id, feed, outcome,
-                  result.bytes_read, result.elapsed_s)
-        return result
+                  len(response.body), response.elapsed_s)
+        return FetchResult(feed, url, outcome, body, entry.last_updated, entry.fetched_at or 0.0)
 
     def _get(self, feed: str, url: str, seen: FeedState) -> tuple[_Response, str]:
         """The response for ``url`` (conditional on ``seen``) and the URL it finally came from."""
@@ -334,7 +287,8 @@ class GbfsClient:
             error.system_id, error.feed = self.system.system_id, feed
             raise
         except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-            raise self._transport_error(feed, url, exc) from None
+            reason, message = _describe_transport_error(exc, url, self._timeout)
+            raise FeedError(message, reason=reason, system_id=self.system.system_id, feed=feed, url=url) from None
 
     def _http_get(self, url: str, seen: FeedState, started: float) -> tuple[_Response, str]:
         headers = {}
@@ -382,10 +336,6 @@ class GbfsClient:
             reason="http_error", system_id=self.system.system_id, feed=feed, url=url,
         )
 
-    def _transport_error(self, feed: str, url: str, exc: Exception) -> FeedError:
-        reason, message = _describe_transport_error(exc, url, self._timeout)
-        return FeedError(message, reason=reason, system_id=self.system.system_id, feed=feed, url=url)
-
 
 def _state_after(response: _Response, now: float) -> FeedState:
     """What a 2xx response tells about its feed: its header and the validators to send next time."""
@@ -396,17 +346,6 @@ def _state_after(response: _Response, now: float) -> FeedState:
         fetched_at=now,
         etag=response.etag,
         last_modified=response.last_modified,
-    )
-
-
-def _outcome(previous: int | None, current: int | None) -> Outcome:
-    return "unchanged" if current is not None and current == previous else "new"
-
-
-def _skipped(feed: str, url: str, seen: FeedState) -> FetchResult:
-    return FetchResult(
-        feed=feed, url=url, outcome="skipped_ttl", body=None, last_updated=seen.last_updated,
-        ttl=seen.ttl, fetched_at=seen.fetched_at or 0.0, http_status=None, elapsed_s=0.0, bytes_read=0,
     )
 
 
@@ -436,7 +375,7 @@ def _status_advice(response: _Response) -> str:
     return "check the URL in config/systems.yaml"
 
 
-def _describe_transport_error(exc: Exception, url: str, timeout: tuple[float, float]) -> tuple[str, str]:
+def _describe_transport_error(exc: Exception, url: str, timeout: float) -> tuple[str, str]:
     """Reason code and one-line message for a requests or urllib3 (body read) exception."""
     causes = _causes(exc)
 
@@ -446,9 +385,9 @@ def _describe_transport_error(exc: Exception, url: str, timeout: tuple[float, fl
     check_url = "check the URL in config/systems.yaml or your network"
     refused = caused_by(urllib3.exceptions.NewConnectionError)  # subclasses ConnectTimeoutError, is no timeout
     if not refused and caused_by(requests.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError):
-        return "unreachable", f"cannot reach {url} (no connection within {timeout[0]:g} s); {check_url}"
+        return "unreachable", f"cannot reach {url} (no connection within {timeout:g} s); {check_url}"
     if caused_by(requests.ReadTimeout, urllib3.exceptions.ReadTimeoutError):
-        return "timeout", (f"{url} did not answer within {timeout[1]:g} s; the server is slow or down: "
+        return "timeout", (f"{url} did not answer within {timeout:g} s; the server is slow or down: "
                            "retry later or raise timeout_s in config/systems.yaml")
     if caused_by(requests.exceptions.ContentDecodingError, urllib3.exceptions.DecodeError):
         return "decode_error", f"{url} sent a body that cannot be decoded ({_short(causes)}); retry later"

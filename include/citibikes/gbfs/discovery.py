@@ -7,9 +7,8 @@ feed's ``name`` to an absolute URL, so callers never guess URLs from names (vend
 the same object from a folder of saved feed files, for validating or backfilling offline, and
 :func:`read_local_file` reads such files (plain or gzip) with the same size limit as HTTP.
 
-:func:`read_header` reads just ``last_updated``, ``ttl`` and ``version`` of any GBFS document, in
-POSIX seconds or RFC 3339 (GBFS 3.x); it never judges whether the rest of the body is valid, that
-is :mod:`citibikes.gbfs.normalize`'s job.
+:func:`read_header` reads just ``last_updated``, ``ttl`` and ``version`` of any GBFS document; it
+never judges whether the rest of the body is valid, that is :mod:`citibikes.gbfs.parse`'s job.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from __future__ import annotations
 import logging
 import zlib
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -25,6 +23,7 @@ from urllib.parse import urljoin, urlsplit
 import msgspec
 
 from citibikes.gbfs.errors import FeedError
+from citibikes.gbfs.fields import Invalid, as_posix
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +35,7 @@ FEED_FILE_SUFFIXES = (".json", ".json.gz")
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 """Largest feed body accepted (after decompression); Citi Bike's station_information is about 1 MB."""
 GZIP_MAGIC = b"\x1f\x8b"
-MILLISECONDS_ABOVE = 100_000_000_000
-"""A POSIX time above this was sent in milliseconds (as :mod:`citibikes.gbfs.normalize` reads it too)."""
+POINT_AT_GBFS_JSON = "check discovery_url in config/systems.yaml points at gbfs.json"
 
 
 @dataclass
@@ -62,13 +60,6 @@ class Discovery:
                 "pick a listed feed or check discovery_url in config/systems.yaml",
                 reason="feed_missing", system_id=self.system_id, feed=name, url=self.url,
             ) from None
-
-    def to_dict(self) -> dict[str, Any]:
-        return msgspec.to_builtins(self)
-
-    @classmethod
-    def from_dict(cls, data: Any) -> Discovery:
-        return msgspec.convert(data, cls)
 
     @classmethod
     def from_folder(cls, folder: str | Path, system_id: str | None = None) -> Discovery:
@@ -98,30 +89,32 @@ class Discovery:
         return cls(system_id=system, url=path.as_uri(), version=version, language=language, feeds=feeds)
 
 
-class FeedHeader(msgspec.Struct):
-    """The common top-level fields of every GBFS document, decoded without building ``data``."""
+class Header(msgspec.Struct):
+    """The common top-level fields of a GBFS document, decoded without building ``data``."""
 
     last_updated: Any = None
+    """POSIX seconds (read as :func:`~citibikes.gbfs.fields.as_posix` reads times), or None."""
     ttl: Any = None
+    """A non-negative whole number, or None."""
     version: Any = None
-
-
-@dataclass(frozen=True)
-class Header:
-    last_updated: int | None
-    """POSIX seconds, whatever the document used (seconds or RFC 3339)."""
-    ttl: int | None
-    version: str | None
+    """A string, or None."""
 
 
 def read_header(body: bytes) -> Header | None:
     """``last_updated``, ``ttl`` and ``version`` of a GBFS document, or ``None`` if it is not a JSON object."""
     try:
-        raw = msgspec.json.decode(body, type=FeedHeader)
+        header = msgspec.json.decode(body, type=Header)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    version = raw.version if isinstance(raw.version, str) else None
-    return Header(_posix_seconds(raw.last_updated), _seconds(raw.ttl), version)
+    try:
+        header.last_updated = as_posix(header.last_updated, set())
+    except Invalid:
+        header.last_updated = None
+    if type(header.ttl) is not int or header.ttl < 0:
+        header.ttl = None
+    if not isinstance(header.version, str):
+        header.version = None
+    return header
 
 
 def parse_discovery(
@@ -132,82 +125,54 @@ def parse_discovery(
     Relative feed URLs resolve against ``base_url`` (where the body really came from, after
     redirects), by default ``url``.
     """
-    doc = _decode_object(body, url, system_id)
-    data = doc.get("data")
-    if isinstance(data, dict) and isinstance(data.get("feeds"), list):
-        chosen_language, entries = None, data["feeds"]
-    else:
-        chosen_language, entries = _choose_language(data, language, url, system_id)
-    feeds = _feed_urls(entries, base_url or url)
-    if not feeds:
-        raise FeedError(
-            f"discovery document {url} lists no feeds with a URL; check discovery_url in config/systems.yaml",
-            reason="no_feeds", system_id=system_id, feed=DISCOVERY_FEED, url=url,
-        )
-    version = doc.get("version")
-    return Discovery(
-        system_id=system_id,
-        url=url,
-        version=str(version) if version else DEFAULT_VERSION,
-        language=chosen_language,
-        feeds=feeds,
-    )
 
+    def fail(reason: str, problem: str) -> FeedError:
+        return FeedError(f"discovery document {url} {problem}", reason=reason, system_id=system_id,
+                         feed=DISCOVERY_FEED, url=url)
 
-def _decode_object(body: bytes, url: str, system_id: str) -> dict[str, Any]:
     try:
         doc = msgspec.json.decode(body)
     except msgspec.DecodeError:
         start = " ".join(body[:40].decode("utf-8", "replace").split())
-        raise FeedError(
-            f"discovery document {url} is not JSON (starts with {start!r}); "
-            "check discovery_url in config/systems.yaml points at gbfs.json",
-            reason="not_json", system_id=system_id, feed=DISCOVERY_FEED, url=url,
-        ) from None
+        raise fail("not_json", f"is not JSON (starts with {start!r}); {POINT_AT_GBFS_JSON}") from None
     if not isinstance(doc, dict):
-        raise FeedError(
-            f"discovery document {url} is a JSON {type(doc).__name__}, not an object with 'data'; "
-            "check discovery_url in config/systems.yaml points at gbfs.json",
-            reason="no_feeds", system_id=system_id, feed=DISCOVERY_FEED, url=url,
-        )
-    return doc
+        raise fail("no_feeds", f"is a JSON {type(doc).__name__}, not an object with 'data'; {POINT_AT_GBFS_JSON}")
+    data = doc.get("data")
+    if isinstance(data, dict) and isinstance(data.get("feeds"), list):
+        chosen_language, entries = None, data["feeds"]
+    else:
+        languages = {
+            key: value["feeds"]
+            for key, value in (data.items() if isinstance(data, dict) else ())
+            if isinstance(value, dict) and isinstance(value.get("feeds"), list)
+        }
+        if not languages:
+            raise fail("no_feeds", f"has no feeds (expected data.feeds or data.<language>.feeds); {POINT_AT_GBFS_JSON}")
+        chosen_language = _choose_language(list(languages), language, url, system_id)
+        entries = languages[chosen_language]
+    feeds = _feed_urls(entries, base_url or url)
+    if not feeds:
+        raise fail("no_feeds", "lists no feeds with a URL; check discovery_url in config/systems.yaml")
+    version = doc.get("version")
+    return Discovery(system_id, url, str(version) if version else DEFAULT_VERSION, chosen_language, feeds)
 
 
-def _choose_language(data: Any, wanted: str | None, url: str, system_id: str) -> tuple[str, list[Any]]:
-    """GBFS 1.x/2.x: the feed list of the wanted language, else the closest or first one (with a warning)."""
-    languages = {
-        key: value["feeds"]
-        for key, value in (data.items() if isinstance(data, dict) else ())
-        if isinstance(value, dict) and isinstance(value.get("feeds"), list)
-    }
-    if not languages:
-        raise FeedError(
-            f"discovery document {url} has no feeds (expected data.feeds or data.<language>.feeds); "
-            "check discovery_url in config/systems.yaml points at gbfs.json",
-            reason="no_feeds", system_id=system_id, feed=DISCOVERY_FEED, url=url,
-        )
-    chosen = _matching_language(wanted, list(languages))
-    if chosen is None:
-        chosen = next(iter(languages))
-        log.warning(
-            "%s: language %r is not in %s (it has %s); using %r, set language in config/systems.yaml to choose",
-            system_id, wanted, url, ", ".join(languages), chosen,
-        )
-    return chosen, languages[chosen]
-
-
-def _matching_language(wanted: str | None, available: list[str]) -> str | None:
-    """Exact match first, then the same primary language (``en`` matches ``en-US`` and back)."""
-    if not wanted:
-        return None
-    folded = {language.lower(): language for language in available}
-    if wanted.lower() in folded:
-        return folded[wanted.lower()]
-    primary = wanted.lower().split("-")[0]
-    for key, language in folded.items():
-        if key.split("-")[0] == primary:
-            return language
-    return None
+def _choose_language(available: list[str], wanted: str | None, url: str, system_id: str) -> str:
+    """GBFS 1.x/2.x: the wanted language, else the same primary language (``en`` matches ``en-US``
+    and back), else the first one (with a warning)."""
+    if wanted:
+        folded = {language.lower(): language for language in available}
+        if wanted.lower() in folded:
+            return folded[wanted.lower()]
+        primary = wanted.lower().split("-")[0]
+        for key, language in folded.items():
+            if key.split("-")[0] == primary:
+                return language
+    log.warning(
+        "%s: language %r is not in %s (it has %s); using %r, set language in config/systems.yaml to choose",
+        system_id, wanted, url, ", ".join(available), available[0],
+    )
+    return available[0]
 
 
 def _feed_urls(entries: list[Any], base_url: str) -> dict[str, str]:
@@ -217,13 +182,11 @@ def _feed_urls(entries: list[Any], base_url: str) -> dict[str, str]:
         if not isinstance(entry, dict) or not isinstance(entry.get("url"), str) or not entry["url"].strip():
             continue
         url = urljoin(base_url, entry["url"].strip())
-        name = entry.get("name") if isinstance(entry.get("name"), str) else _name_from_url(url)
+        name = entry.get("name")
+        if not isinstance(name, str):
+            name = PurePosixPath(urlsplit(url).path).name.split(".")[0]
         feeds.setdefault(name, url)
     return feeds
-
-
-def _name_from_url(url: str) -> str:
-    return PurePosixPath(urlsplit(url).path).name.split(".")[0]
 
 
 def _feed_files(folder: Path) -> dict[str, Path]:
@@ -236,6 +199,7 @@ def _feed_files(folder: Path) -> dict[str, Path]:
 
 
 def _folder_version_and_language(files: dict[str, Path]) -> tuple[str, str | None]:
+    """The version of the first of these files that has one, and the language of a 1.x/2.x gbfs.json."""
     for name in (DISCOVERY_FEED, "system_information", "station_status", "station_information"):
         if name not in files:
             continue
@@ -247,11 +211,7 @@ def _folder_version_and_language(files: dict[str, Path]) -> tuple[str, str | Non
 
 
 def _discovery_language(body: bytes) -> str | None:
-    try:
-        doc = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        return None
-    data = doc.get("data") if isinstance(doc, dict) else None
+    data = msgspec.json.decode(body).get("data")  # read_header took it: a JSON object
     if isinstance(data, dict) and data and "feeds" not in data:
         return next(iter(data))
     return None
@@ -308,26 +268,3 @@ def too_large_error(url: str, max_bytes: int) -> FeedError:
     )
 
 
-def _posix_seconds(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return int(value / 1000 if value > MILLISECONDS_ABOVE else value)
-    if isinstance(value, str):
-        text = value.strip()
-        if text.isdigit():
-            return _posix_seconds(int(text))
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            return None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-        return int(moment.timestamp())
-    return None
-
-
-def _seconds(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        return None
-    return int(value)

@@ -2,17 +2,14 @@
 
 Readers must never see half a file. Locally every object is written to a hidden temporary file in
 the same folder (``.<name>.<random>.tmp``: no ``*.parquet`` glob matches it and pyarrow datasets
-skip dot files), flushed to disk with fsync and renamed over the final name, which POSIX makes
-atomic; the folder is fsync'd after the rename. Files written together (:meth:`Storage.put_many`)
-share that work as a group commit: all written, then all fsync'd, then renamed, then each folder
-fsync'd once - about half the cost of one by one (BENCHMARKS.md). On S3 the complete object is
-handed to the client in one write. With ``allow_delayed_open`` (set by :func:`s3_filesystem`;
-pass it too when handing in a ready filesystem) pyarrow sends objects up to its part size (10 MiB;
-a status snapshot is ~65 KB) as one PUT, which S3 applies atomically; larger objects go up as a
-multipart upload, which S3 shows only after CompleteMultipartUpload, sent only when every part
-arrived. Without the option pyarrow starts a multipart upload when the stream opens, whatever the
-size. Storage errors become
-:class:`LakeError` with the cause and the fix.
+skip dot files), fsync'd and renamed over the final name, which POSIX makes atomic; the folder is
+fsync'd after the rename. Files written together (:meth:`Storage.put_many`) share that work as a
+group commit, about half the cost of one by one (BENCHMARKS.md). On S3 the complete object is
+handed to the client in one write; with ``allow_delayed_open`` (set by :func:`s3_filesystem`; pass
+it too when handing in a ready filesystem) pyarrow sends objects up to its part size (10 MiB; a
+status snapshot is ~65 KB) as one PUT, which S3 applies atomically, and larger ones as a multipart
+upload, which S3 shows only once complete. Storage errors become :class:`LakeError` with the cause
+and the fix.
 """
 
 from __future__ import annotations
@@ -32,9 +29,6 @@ from citibikes.lake.errors import LakeError
 BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 URI_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 URI_HINT = "set CITIBIKES_LAKE_URI to a folder, file:///folder or s3://bucket/prefix"
-CREDENTIALS_HINT = (
-    "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the keys of the Airflow connection)"
-)
 
 
 @dataclass(frozen=True)
@@ -121,29 +115,6 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def explain_storage_error(exc: BaseException, what: str, location: LakeLocation, endpoint: str | None) -> LakeError:
-    """Turn a storage client's error into a one-line LakeError naming cause and fix."""
-    text = str(exc)
-    where = endpoint or "S3"
-    if isinstance(exc, PermissionError) and location.scheme == "file":
-        return LakeError(f"{what}: permission denied in {location.path}; make the folder writable or choose another lake URI")
-    if location.scheme != "s3":
-        return LakeError(f"{what}: {first_line(exc)}; check the lake folder {location.path}")
-    if re.search(r"NETWORK_CONNECTION|curlCode|Could not connect|Couldn't connect|resolve host|timed out", text, re.I):
-        return LakeError(
-            f"{what}: S3 endpoint {where} is unreachable; start the S3 server or fix CITIBIKES_S3_ENDPOINT_URL"
-        )
-    if re.search(r"NO_SUCH_BUCKET|NoSuchBucket", text):
-        return LakeError(f"{what}: bucket {location.bucket!r} does not exist at {where}; create it or fix the lake URI")
-    if re.search(
-        r"ACCESS_DENIED|AccessDenied|SIGNATURE_DOES_NOT_MATCH|InvalidAccessKeyId|INVALID_ACCESS_KEY|"
-        r"UserNotFound|ExpiredToken|HTTP status 40[13]",
-        text,
-    ):
-        return LakeError(f"{what}: S3 at {where} refused the credentials for bucket {location.bucket!r}; {CREDENTIALS_HINT}")
-    return LakeError(f"{what}: {first_line(exc)}; check the S3 settings and the server at {where}")
-
-
 @dataclass
 class Storage:
     """Keys (``a/b/c.parquet``, relative to the lake root) mapped onto a pyarrow filesystem."""
@@ -165,7 +136,26 @@ class Storage:
         return f"{self.location.uri}/{key}" if key else self.location.uri
 
     def error(self, exc: BaseException, what: str) -> LakeError:
-        return explain_storage_error(exc, what, self.location, self.endpoint)
+        """A storage client's error as a one-line LakeError naming cause and fix."""
+        text, where, location = str(exc), self.endpoint or "S3", self.location
+        if isinstance(exc, PermissionError) and location.scheme == "file":
+            return LakeError(f"{what}: permission denied in {location.path}; make the folder writable or choose another lake URI")
+        if location.scheme != "s3":
+            return LakeError(f"{what}: {first_line(exc)}; check the lake folder {location.path}")
+        if re.search(r"NETWORK_CONNECTION|curlCode|Could not connect|Couldn't connect|resolve host|timed out", text, re.I):
+            return LakeError(
+                f"{what}: S3 endpoint {where} is unreachable; start the S3 server or fix CITIBIKES_S3_ENDPOINT_URL"
+            )
+        if re.search(r"NO_SUCH_BUCKET|NoSuchBucket", text):
+            return LakeError(f"{what}: bucket {location.bucket!r} does not exist at {where}; create it or fix the lake URI")
+        if re.search(
+            r"ACCESS_DENIED|AccessDenied|SIGNATURE_DOES_NOT_MATCH|InvalidAccessKeyId|INVALID_ACCESS_KEY|"
+            r"UserNotFound|ExpiredToken|HTTP status 40[13]",
+            text,
+        ):
+            return LakeError(f"{what}: S3 at {where} refused the credentials for bucket {location.bucket!r}; check "
+                             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the keys of the Airflow connection)")
+        return LakeError(f"{what}: {first_line(exc)}; check the S3 settings and the server at {where}")
 
     def put(self, key: str, data: bytes) -> str:
         """Write ``data`` as the whole object ``key``, replacing it atomically; returns the key."""
@@ -178,19 +168,46 @@ class Storage:
         before it may be written, and nothing of it or those after it is (no temporary file is left).
         """
         if self.local:
-            paths = {Path(self.path(key)): key for key, _ in files}
-            try:
-                write_local_atomically([(Path(self.path(key)), data) for key, data in files])
-            except LocalWriteError as exc:
-                raise self.error(exc.cause, f"cannot write {self.uri(paths[exc.path])}") from None
-            return [key for key, _ in files]
-        for key, data in files:
-            try:
-                with self.filesystem.open_output_stream(self.path(key), compression=None) as out:
-                    out.write(data)
-            except OSError as exc:
-                raise self.error(exc, f"cannot write {self.uri(key)}") from None
+            self._put_local(files)
+        else:
+            for key, data in files:
+                try:
+                    with self.filesystem.open_output_stream(self.path(key), compression=None) as out:
+                        out.write(data)
+                except OSError as exc:
+                    raise self.error(exc, f"cannot write {self.uri(key)}") from None
         return [key for key, _ in files]
+
+    def _put_local(self, files: Sequence[tuple[str, bytes]]) -> None:
+        """The group commit: each file to a temporary file beside its path, all fsync'd, each renamed
+        over its path in order, then each folder fsync'd once (the renames are durable on return).
+        Writing every file before the first fsync lets the file system commit them together."""
+        opened: list[tuple[str, Path, Path, BinaryIO]] = []  # key, temporary, path, open temporary file
+        renamed = 0
+        key = files[0][0] if files else ""  # the file being worked on, named by the error
+        try:
+            for key, data in files:
+                path = Path(self.path(key))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+                out = open(temporary, "wb")
+                opened.append((key, temporary, path, out))
+                out.write(data)
+                out.flush()
+            for key, _, _, out in opened:
+                os.fsync(out.fileno())
+                out.close()
+            for key, temporary, path, _ in opened:
+                os.replace(temporary, path)
+                renamed += 1
+            for folder, key in {path.parent: key for key, _, path, _ in opened}.items():
+                fsync_folder(folder)
+        except OSError as exc:
+            raise self.error(exc, f"cannot write {self.uri(key)}") from None
+        finally:
+            for _, temporary, _, out in opened[renamed:]:
+                out.close()
+                temporary.unlink(missing_ok=True)
 
     def get(self, key: str) -> bytes | None:
         """The object's bytes, or None when it does not exist."""
@@ -230,7 +247,17 @@ class Storage:
     def check_access(self) -> None:
         """Fail now, with the cause and the fix, if the lake cannot be used (not at the first write)."""
         if self.local:
-            ensure_local_folder(Path(self.location.path))
+            folder = Path(self.location.path)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:
+                raise LakeError(f"lake folder {folder} is a file; remove it or choose another lake URI") from None
+            except PermissionError:
+                raise LakeError(f"cannot create lake folder {folder}: permission denied; choose a writable lake URI") from None
+            except OSError as exc:
+                raise LakeError(f"cannot create lake folder {folder}: {first_line(exc)}; choose another lake URI") from None
+            if not os.access(folder, os.W_OK):
+                raise LakeError(f"lake folder {folder} is not writable; fix its permissions or choose another lake URI")
             return
         try:
             self.filesystem.get_file_info(pafs.FileSelector(self.location.path, allow_not_found=True))
@@ -242,63 +269,6 @@ class Storage:
                 f"cannot open lake {self.uri()}: bucket {self.location.bucket!r} does not exist at "
                 f"{self.endpoint or 'S3'} (or the access key is unknown there); create the bucket or fix the lake URI"
             )
-
-
-def ensure_local_folder(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise LakeError(f"lake folder {folder} is a file; remove it or choose another lake URI") from None
-    except PermissionError:
-        raise LakeError(f"cannot create lake folder {folder}: permission denied; choose a writable lake URI") from None
-    except OSError as exc:
-        raise LakeError(f"cannot create lake folder {folder}: {first_line(exc)}; choose another lake URI") from None
-    if not os.access(folder, os.W_OK):
-        raise LakeError(f"lake folder {folder} is not writable; fix its permissions or choose another lake URI")
-
-
-class LocalWriteError(Exception):
-    """Writing ``path`` (one of a group, see :func:`write_local_atomically`) failed with ``cause``."""
-
-    def __init__(self, path: Path, cause: OSError) -> None:
-        super().__init__(f"{path}: {cause}")
-        self.path, self.cause = path, cause
-
-
-def write_local_atomically(files: Sequence[tuple[Path, bytes]]) -> None:
-    """Each ``(path, data)`` to a temporary file beside its path; all fsync'd; each renamed over its
-    path, in order; then each folder fsync'd once (the renames are durable on return).
-
-    Writing every file before the first fsync lets the file system commit them together (measured:
-    about half the time of writing, fsyncing and renaming one file after the other). On failure
-    (:class:`LocalWriteError`, naming the file) the files renamed before it stay (maybe not durable yet),
-    the others' temporary files are removed.
-    """
-    opened: list[tuple[Path, Path, BinaryIO]] = []  # temporary, path, open temporary file
-    renamed = 0
-    current = files[0][0] if files else Path()
-    try:
-        for current, data in files:
-            current.parent.mkdir(parents=True, exist_ok=True)
-            temporary = current.with_name(f".{current.name}.{uuid.uuid4().hex[:12]}.tmp")
-            out = open(temporary, "wb")
-            opened.append((temporary, current, out))
-            out.write(data)
-            out.flush()
-        for _, current, out in opened:
-            os.fsync(out.fileno())
-            out.close()
-        for temporary, current, _ in opened:
-            os.replace(temporary, current)
-            renamed += 1
-        for folder, current in {path.parent: path for _, path, _ in opened}.items():
-            fsync_folder(folder)
-    except OSError as exc:
-        raise LocalWriteError(current, exc) from exc
-    finally:
-        for temporary, _, out in opened[renamed:]:
-            out.close()
-            temporary.unlink(missing_ok=True)
 
 
 def fsync_folder(folder: Path) -> None:

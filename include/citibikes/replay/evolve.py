@@ -1,32 +1,25 @@
 """A live-looking GBFS feed computed from the recorded Citi Bike snapshots, without HTTP.
 
 The live API is unreachable offline, so the replay server serves these documents instead. The
-four recorded ``station_status`` snapshots are played back in a ping-pong loop (1->2->3->4->3->2->1
-->...), so there is never a jump. ``speed`` recorded seconds pass per wall-clock second (default 4:
-a recorded 14-minute interval plays in about 3.5 minutes, one loop in about 20 minutes). The loop
-is anchored at the Unix epoch, so the state is a pure function of the wall-clock time: two
-processes with the same seed serve the same bytes.
+four recorded ``station_status`` snapshots play in a ping-pong loop (1->2->3->4->3->2->1->...), so
+there is never a jump, at ``speed`` recorded seconds per wall-clock second (default 4: one loop in
+about 20 minutes). The loop is anchored at the Unix epoch, so the state is a pure function of the
+wall-clock time: two processes with the same seed serve the same bytes.
 
-Between two snapshots A and B each station moves from A to B in unit steps ("events"): a rental
-or return moves one bike against one dock, other changes (disabled bikes or docks, capacity) are
-paired so that the station total only ever moves monotonically between A's and B's total; every
-counter stays between its A and B values, so nothing turns negative, and e-bikes never exceed
-bikes. Each event happens at a random instant of the interval, drawn from (seed, loop number,
-interval), so the evolution differs per loop and per system yet is reproducible.
+Between two snapshots each station moves in unit steps ("events"): a rental or return moves one
+bike against one dock, other changes are paired so that the station total moves monotonically;
+every counter stays between its two recorded values and e-bikes never exceed bikes. Each event
+happens at a random instant drawn from (seed, loop, interval): reproducible, yet different per
+loop and per system.
 
-Documents are computed for the start of the current tick (``tick_s``) and cached, so all requests
-within one tick get identical bytes; ``last_updated`` is the tick start and ``ttl`` is ``tick_s``.
-A station's ``last_reported`` is the instant of its latest event, so it changes exactly when the
-station changes, and then lies within the tick that just ended. Stations that never change in the
-recordings (and are not on the 86400 "never reported" sentinel) "report" once per loop, keeping
-their recorded age. Stations that are not installed stay at zero. ``station_information`` keeps
-its content; only its ``last_updated`` advances with each tick (like the real feed).
+Documents are computed for the start of the current tick and cached (``last_updated`` is the tick
+start, ``ttl`` the tick). A station's ``last_reported`` is the instant of its latest event; stations
+that never change (but for the 86400 "never reported" sentinel) report once per loop, keeping their
+recorded age; stations not installed stay at zero. ``station_information`` keeps its content.
 
-Systems (:func:`resolve_system`): ``citibike`` (GBFS 2.3, the recorded quirks kept: 0/1 integers,
-the 86400 sentinel, vendor extras), ``citibike-v3`` (the same data rendered as GBFS 3.0) and
-``synth-NN`` (derived systems with their own ids, coordinates, station subset and seed).
+Systems (:func:`resolve_system`): ``citibike`` (GBFS 2.3 with the recorded quirks: 0/1 integers,
+the 86400 sentinel, vendor extras), ``citibike-v3`` (the same data as GBFS 3.0) and ``synth-NN``.
 """
-
 from __future__ import annotations
 
 import bisect
@@ -38,7 +31,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache, cached_property, lru_cache
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -61,18 +54,20 @@ VEHICLE_TYPES = "vehicle_types"
 CLASSIC_BIKE_TYPE = "1"
 EBIKE_TYPE = "2"
 
-COUNT_FIELDS = (
+STATE_FIELDS = (
     "num_bikes_available",
     "num_ebikes_available",
     "num_bikes_disabled",
     "num_docks_available",
     "num_docks_disabled",
+    "is_renting",
+    "is_returning",
 )
-FLAG_FIELDS = ("is_renting", "is_returning")
+"""The GBFS 2.3 status fields of a :data:`State`, in its order."""
 BIKES, EBIKES, BIKES_DISABLED, DOCKS, DOCKS_DISABLED, RENTING, RETURNING = range(7)
 TOTAL_FIELDS = (BIKES, BIKES_DISABLED, DOCKS, DOCKS_DISABLED)
 """The counters whose sum is the station total (bikes + docks, available or disabled)."""
-STATUS_STANDARD_KEYS = frozenset((*COUNT_FIELDS, *FLAG_FIELDS, "station_id", "is_installed", "last_reported"))
+STATUS_STANDARD_KEYS = frozenset((*STATE_FIELDS, "station_id", "is_installed", "last_reported"))
 INFO_LOCALIZED_KEYS = ("name", "short_name")
 
 State = tuple[int, int, int, int, int, int, int]
@@ -102,6 +97,14 @@ class SystemSpec:
         return self.station_fraction >= 1.0 or unit_hash(self.seed, station_id) < self.station_fraction
 
 
+def check_timing(tick_s: float, speed: float) -> None:
+    """ValueError unless the tick is at least 1 second and the speed positive."""
+    if not tick_s >= 1.0:
+        raise ValueError(f"tick_s={tick_s!r}: the tick must be at least 1 second")
+    if not speed > 0.0:
+        raise ValueError(f"speed={speed!r}: the replay speed must be positive")
+
+
 def derive_seed(base_seed: int, key: str) -> int:
     """A stable 63-bit seed from a base seed and a name (``hash()`` differs per process)."""
     digest = hashlib.blake2b(f"{base_seed}:{key}".encode(), digest_size=8).digest()
@@ -119,32 +122,28 @@ def citibike_spec(base_seed: int = 0, *, system_id: str = "citibike", gbfs_versi
                       seed=derive_seed(base_seed, "citibike"))
 
 
-def synthetic_spec(number: int, base_seed: int = 0) -> SystemSpec:
-    """``synth-NN``: its own ids, coordinates moved to a grid cell of its own, 1/4 to all stations."""
-    if not 0 <= number <= 99:
-        raise ValueError(f"synthetic system number {number} is not between 0 and 99")
-    system_id = f"synth-{number:02d}"
+def resolve_system(system_id: str, base_seed: int = 0) -> SystemSpec | None:
+    """The spec of ``citibike``, ``citibike-v3`` or ``synth-00`` .. ``synth-99``; None otherwise.
+
+    ``synth-NN`` has its own ids, coordinates moved to a grid cell of its own and 1/4 to all stations.
+    """
+    if system_id == "citibike":
+        return citibike_spec(base_seed)
+    if system_id == "citibike-v3":
+        return citibike_spec(base_seed, system_id=system_id, gbfs_version=GBFS_V3)
+    prefix, _, digits = system_id.partition("synth-")
+    if prefix or len(digits) != 2 or not digits.isdigit():
+        return None
+    number = int(digits)
     return SystemSpec(
         system_id=system_id,
-        name=f"Synthetic {number:02d} (derived from Citi Bike)",
+        name=f"Synthetic {digits} (derived from Citi Bike)",
         seed=derive_seed(base_seed, system_id),
         station_id_prefix=f"{system_id}-",
         lat_shift=0.5 * (number % 10 + 1),
         lon_shift=-0.5 * (number // 10 + 1),
         station_fraction=(1.0, 0.25, 0.5, 0.75)[number % 4],
     )
-
-
-def resolve_system(system_id: str, base_seed: int = 0) -> SystemSpec | None:
-    """The spec of ``citibike``, ``citibike-v3`` or ``synth-00`` .. ``synth-99``; None otherwise."""
-    if system_id == "citibike":
-        return citibike_spec(base_seed)
-    if system_id == "citibike-v3":
-        return citibike_spec(base_seed, system_id=system_id, gbfs_version=GBFS_V3)
-    prefix, _, number = system_id.partition("synth-")
-    if not prefix and len(number) == 2 and number.isdigit():
-        return synthetic_spec(int(number), base_seed)
-    return None
 
 
 # --------------------------------------------------------------------------- timeline
@@ -195,9 +194,7 @@ class Timeline:
 
 
 def record_state(record: Mapping[str, Any]) -> State:
-    counts = tuple(int(record.get(name) or 0) for name in COUNT_FIELDS)
-    flags = tuple(int(record.get(name) or 0) for name in FLAG_FIELDS)
-    return counts + flags  # type: ignore[return-value]
+    return tuple(int(record.get(name) or 0) for name in STATE_FIELDS)  # type: ignore[return-value]
 
 
 def ping_pong_segments(timestamps: Sequence[int]) -> tuple[Segment, ...]:
@@ -339,19 +336,6 @@ class Document:
         return gzip.compress(self.body, compresslevel=5, mtime=0)
 
 
-@dataclass(frozen=True)
-class StationState:
-    """One station at one instant: what ``station_status`` reports for it."""
-
-    station_id: str
-    state: State
-    last_reported: int
-    installed: bool
-
-    def count(self, name: str) -> int:
-        return self.state[COUNT_FIELDS.index(name)]
-
-
 @lru_cache(maxsize=65536)
 def rfc3339(posix_s: int) -> str:
     """GBFS 3.0 time: RFC 3339 with the system's local offset, e.g. ``2024-03-13T09:07:51-04:00``."""
@@ -367,12 +351,7 @@ class ReplayFeed:
 
     def __init__(self, spec: SystemSpec, *, tick_s: float = DEFAULT_TICK_S, speed: float = DEFAULT_SPEED,
                  timeline: Timeline | None = None) -> None:
-        if not tick_s >= 1.0:
-            raise ValueError(f"tick_s={tick_s!r}: the tick must be at least 1 second")
-        if not speed > 0.0:
-            raise ValueError(f"speed={speed!r}: the replay speed must be positive")
-        if spec.gbfs_version not in (GBFS_V2, GBFS_V3):
-            raise ValueError(f"gbfs_version {spec.gbfs_version!r}: use {GBFS_V2!r} or {GBFS_V3!r}")
+        check_timing(tick_s, speed)
         self.spec = spec
         self.tick_s = float(tick_s)
         self.ttl = max(1, round(tick_s))
@@ -384,8 +363,8 @@ class ReplayFeed:
         self._lock = threading.Lock()
         self._event_times_cache: dict[tuple[int, int], list[list[float]]] = {}
         self._documents: dict[str, Document] = {}
-        self._information_stations = _json_encoder.encode(
-            [self._render_information(track) for track in self.tracks])
+        self._information_data = msgspec.Raw(_json_encoder.encode(
+            {"stations": [self._render_information(track) for track in self.tracks]}))
         self._status_templates = [self._status_template(track) for track in self.tracks]
 
     @property
@@ -417,14 +396,9 @@ class ReplayFeed:
 
     # ----- evolution
 
-    def station_states(self, at: float) -> list[StationState]:
-        """Every kept station's state at exactly ``at`` (documents use the tick start)."""
-        prefix = self.spec.station_id_prefix
-        return [StationState(prefix + track.station_id, state, reported, track.installed)
-                for track, (state, reported) in zip(self.tracks, self._evaluate(at))]
-
-    def _evaluate(self, at: float) -> list[tuple[State, int]]:
-        """(state, last_reported) per kept station: the events done by ``at`` and the latest one's time."""
+    def states(self, at: float) -> list[tuple[State, int]]:
+        """(state, last_reported) of each of :attr:`tracks` at exactly ``at`` (documents use the tick
+        start): the events done by ``at`` and the latest one's time."""
         cycle, index, fraction = self.position(at)
         times = self._event_times(cycle, index)
         limit = math.floor(at)
@@ -470,43 +444,32 @@ class ReplayFeed:
 
     # ----- documents
 
-    def feed_names(self) -> tuple[str, ...]:
-        names = (SYSTEM_INFORMATION, STATION_INFORMATION, STATION_STATUS)
-        return names + (VEHICLE_TYPES,) if self.is_v3 else names
-
     def feed_paths(self) -> dict[str, str]:
-        """Feed name -> path below ``/{system_id}/`` (2.3 has a language folder, 3.0 none)."""
-        folder = f"{GBFS_V2}/{LANGUAGE}" if not self.is_v3 else GBFS_V3
-        return {name: f"{folder}/{name}.json" for name in self.feed_names()}
+        """Data feed name -> path below ``/{system_id}/`` (2.3 has a language folder, 3.0 none)."""
+        names = (SYSTEM_INFORMATION, STATION_INFORMATION, STATION_STATUS) + ((VEHICLE_TYPES,) if self.is_v3 else ())
+        folder = GBFS_V3 if self.is_v3 else f"{GBFS_V2}/{LANGUAGE}"
+        return {name: f"{folder}/{name}.json" for name in names}
 
     def feed_urls(self, base_url: str) -> dict[str, str]:
         return {name: f"{base_url.rstrip('/')}/{self.system_id}/{path}" for name, path in self.feed_paths().items()}
 
     def document(self, feed: str, now: float) -> Document:
-        """The current document of one data feed (not ``gbfs``, which needs the URLs)."""
-        renderers: dict[str, Callable[[float], Document]] = {
-            SYSTEM_INFORMATION: self.system_information,
-            STATION_INFORMATION: self.station_information,
-            STATION_STATUS: self.station_status,
-        }
-        if self.is_v3:
-            renderers[VEHICLE_TYPES] = self.vehicle_types
-        try:
-            return renderers[feed](now)
-        except KeyError:
-            raise KeyError(f"system {self.system_id!r} has no feed {feed!r}") from None
+        """The document of one data feed (not ``gbfs``, which needs the URLs) at the tick of ``now``."""
+        if feed not in self.feed_paths():
+            raise KeyError(f"system {self.system_id!r} has no feed {feed!r}")
+        tick = self.tick_start(now)
+        with self._lock:
+            document = self._documents.get(feed)
+            if document is None or document.last_updated != math.floor(tick):
+                document = self._wrap(self._data(feed, tick), tick)
+                self._documents[feed] = document
+            return document
 
     def station_status(self, now: float) -> Document:
-        return self._cached(STATION_STATUS, now, self._render_status)
+        return self.document(STATION_STATUS, now)
 
     def station_information(self, now: float) -> Document:
-        return self._cached(STATION_INFORMATION, now, self._render_information_document)
-
-    def system_information(self, now: float) -> Document:
-        return self._cached(SYSTEM_INFORMATION, now, lambda tick: self._wrap(self._system_data(), tick))
-
-    def vehicle_types(self, now: float) -> Document:
-        return self._cached(VEHICLE_TYPES, now, lambda tick: self._wrap({"vehicle_types": _vehicle_types()}, tick))
+        return self.document(STATION_INFORMATION, now)
 
     def discovery(self, now: float, feed_urls: Mapping[str, str]) -> Document:
         """``gbfs.json`` listing ``feed_urls`` (absolute URLs the caller built from the request)."""
@@ -514,30 +477,21 @@ class ReplayFeed:
         data = {"feeds": feeds} if self.is_v3 else {LANGUAGE: {"feeds": feeds}}
         return self._wrap(data, self.tick_start(now))
 
-    def _cached(self, feed: str, now: float, render: Callable[[float], Document]) -> Document:
-        tick = self.tick_start(now)
-        with self._lock:
-            document = self._documents.get(feed)
-            if document is None or document.last_updated != math.floor(tick):
-                document = render(tick)
-                self._documents[feed] = document
-            return document
-
-    def _time(self, posix_s: int) -> int | str:
-        return rfc3339(posix_s) if self.is_v3 else posix_s
-
     def _wrap(self, data: Any, tick: float) -> Document:
         last_updated = math.floor(tick)
-        doc = {"last_updated": self._time(last_updated), "ttl": self.ttl,
+        doc = {"last_updated": rfc3339(last_updated) if self.is_v3 else last_updated, "ttl": self.ttl,
                "version": self.spec.gbfs_version, "data": data}
         return Document(_json_encoder.encode(doc), last_updated, self.ttl)
 
-    def _render_information_document(self, tick: float) -> Document:
-        last_updated = math.floor(tick)
-        head = _json_encoder.encode({"last_updated": self._time(last_updated), "ttl": self.ttl,
-                                     "version": self.spec.gbfs_version})
-        body = head[:-1] + b',"data":{"stations":' + self._information_stations + b"}}"
-        return Document(body, last_updated, self.ttl)
+    def _data(self, feed: str, tick: float) -> Any:
+        if feed == STATION_STATUS:
+            return {"stations": [self._status_record(template, state, reported)
+                                 for template, (state, reported) in zip(self._status_templates, self.states(tick))]}
+        if feed == STATION_INFORMATION:
+            return self._information_data
+        if feed == SYSTEM_INFORMATION:
+            return self._system_data()
+        return {"vehicle_types": _vehicle_types()}
 
     def _render_information(self, track: StationTrack) -> dict[str, Any]:
         record = dict(track.info)
@@ -560,18 +514,10 @@ class ReplayFeed:
         installed: bool | int = track.installed if self.is_v3 else int(track.installed)
         return {"station_id": self.spec.station_id_prefix + track.station_id, "is_installed": installed, **extras}
 
-    def _render_status(self, tick: float) -> Document:
-        records = [self._status_record(template, state, reported)
-                   for template, (state, reported) in zip(self._status_templates, self._evaluate(tick))]
-        return self._wrap({"stations": records}, tick)
-
     def _status_record(self, template: Mapping[str, Any], state: State, reported: int) -> dict[str, Any]:
-        bikes, ebikes, bikes_disabled, docks, docks_disabled, renting, returning = state
         if not self.is_v3:
-            return {**template, "num_bikes_available": bikes, "num_ebikes_available": ebikes,
-                    "num_bikes_disabled": bikes_disabled, "num_docks_available": docks,
-                    "num_docks_disabled": docks_disabled, "is_renting": renting, "is_returning": returning,
-                    "last_reported": reported}
+            return {**template, **dict(zip(STATE_FIELDS, state)), "last_reported": reported}
+        bikes, ebikes, bikes_disabled, docks, docks_disabled, renting, returning = state
         return {**template, "num_vehicles_available": bikes,
                 "vehicle_types_available": [{"vehicle_type_id": CLASSIC_BIKE_TYPE, "count": bikes - ebikes},
                                             {"vehicle_type_id": EBIKE_TYPE, "count": ebikes}],

@@ -45,7 +45,7 @@ from citibikes.replay.evolve import (
     STATION_STATUS,
     Document,
     ReplayFeed,
-    SystemSpec,
+    check_timing,
     citibike_spec,
     default_timeline,
     resolve_system,
@@ -76,35 +76,6 @@ HTML_ERROR_PAGE = (
 )
 
 
-class SystemRegistry:
-    """Creates each system's :class:`ReplayFeed` on first use and keeps it."""
-
-    def __init__(self, *, tick_s: float, speed: float, seed: int) -> None:
-        self.tick_s, self.speed, self.seed = tick_s, speed, seed
-        self._feeds: dict[str, ReplayFeed] = {}
-        self._lock = threading.Lock()
-
-    def spec(self, system_id: str) -> SystemSpec | None:
-        if system_id in FAULTS:
-            return citibike_spec(self.seed, system_id=system_id)
-        return resolve_system(system_id, self.seed)
-
-    def feed(self, system_id: str) -> ReplayFeed | None:
-        with self._lock:
-            feed = self._feeds.get(system_id)
-            if feed is None:
-                spec = self.spec(system_id)
-                if spec is None:
-                    return None
-                feed = ReplayFeed(spec, tick_s=self.tick_s, speed=self.speed)
-                self._feeds[system_id] = feed
-            return feed
-
-    def loaded(self) -> list[str]:
-        with self._lock:
-            return sorted(self._feeds)
-
-
 class ReplayServer(http.server.ThreadingHTTPServer):
     """The HTTP server; ``start_in_thread()`` and ``shutdown()`` (or ``with``) for tests."""
 
@@ -114,13 +85,33 @@ class ReplayServer(http.server.ThreadingHTTPServer):
 
     def __init__(self, host: str, port: int, *, tick_s: float, speed: float, seed: int,
                  clock: Callable[[], float], slow_s: float) -> None:
-        self.registry = SystemRegistry(tick_s=tick_s, speed=speed, seed=seed)
+        self.tick_s, self.speed, self.seed = tick_s, speed, seed
         self.clock = clock
         self.slow_s = slow_s
         self.stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._serving = threading.Event()
+        self._feeds: dict[str, ReplayFeed] = {}
+        self._feeds_lock = threading.Lock()
         super().__init__((host, port), ReplayHandler)
+
+    def feed(self, system_id: str) -> ReplayFeed | None:
+        """The system's feed, created on first use; None for an unknown system."""
+        with self._feeds_lock:
+            if system_id not in self._feeds:
+                if system_id in FAULTS:
+                    spec = citibike_spec(self.seed, system_id=system_id)
+                else:
+                    spec = resolve_system(system_id, self.seed)
+                if spec is None:
+                    return None
+                self._feeds[system_id] = ReplayFeed(spec, tick_s=self.tick_s, speed=self.speed)
+            return self._feeds[system_id]
+
+    def loaded(self) -> list[str]:
+        """The systems served so far."""
+        with self._feeds_lock:
+            return sorted(self._feeds)
 
     @property
     def url(self) -> str:
@@ -196,12 +187,12 @@ class ReplayHandler(http.server.BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         path = parts.path
         if path == "/healthz":
-            return self._send_json(200, {"status": "ok", "systems_loaded": self.server.registry.loaded()})
+            return self._send_json(200, {"status": "ok", "systems_loaded": self.server.loaded()})
         if path == "/":
             return self._send_json(200, {"systems": list(SYSTEM_PATTERNS), "faults": FAULTS,
                                          "example": f"{self._base_url()}/citibike/gbfs.json"})
         system_id, _, rest = path.lstrip("/").partition("/")
-        feed = self.server.registry.feed(system_id)
+        feed = self.server.feed(system_id)
         if feed is None:
             return self._send_error_json(404, f"unknown system {system_id!r}; known: {', '.join(SYSTEM_PATTERNS)}")
         query = parse_qs(parts.query)
@@ -322,10 +313,7 @@ def make_server(host: str = DEFAULT_HOST, port: int = 0, *, tick_s: float = DEFA
                 speed: float = DEFAULT_SPEED, seed: int = 0, clock: Callable[[], float] = time.time,
                 slow_s: float = DEFAULT_SLOW_S) -> ReplayServer:
     """A bound (not yet serving) replay server; ``port=0`` picks a free port (see ``.url``)."""
-    if not tick_s >= 1.0:
-        raise ValueError(f"tick_s={tick_s!r}: the tick must be at least 1 second")
-    if not speed > 0.0:
-        raise ValueError(f"speed={speed!r}: the replay speed must be positive")
+    check_timing(tick_s, speed)
     default_timeline()  # decode the recordings now, not in the first request
     return ReplayServer(host, port, tick_s=tick_s, speed=speed, seed=seed, clock=clock, slow_s=slow_s)
 
