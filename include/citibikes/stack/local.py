@@ -1,9 +1,10 @@
 """``up``, ``down`` and ``status`` of the whole local stack, without Docker.
 
 ``up`` starts, in order and each only if not already running: the Kafka broker (jars fetched from
-Maven Central on first use), the project's topics, the offline replay feed (when the live feed is
-not used) and Airflow standalone; then it unpauses the project's DAGs and prints where everything
-is. ``down`` stops what ``up`` started, in reverse order, by pid file.
+Maven Central on first use), the project's topics, the live consumer (``citibikes consume``), the
+offline replay feed (when the live feed is not used) and Airflow standalone; then it unpauses the
+project's DAGs and prints where everything is. ``down`` stops what ``up`` started, in reverse
+order, by pid file (the consumer before the broker, so it commits its batch and leaves its group).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Ports:
     airflow: int
     airflow_worker_log: int
     airflow_trigger_log: int
+    consumer_metrics: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Ports:
@@ -48,6 +50,7 @@ class Ports:
             airflow=port("CITIBIKES_AIRFLOW_PORT", 8080),
             airflow_worker_log=port("CITIBIKES_AIRFLOW_WORKER_LOG_PORT", 8793),
             airflow_trigger_log=port("CITIBIKES_AIRFLOW_TRIGGER_LOG_PORT", 8794),
+            consumer_metrics=port("CITIBIKES_CONSUMER_METRICS_PORT", 9464),
         )
 
 
@@ -77,6 +80,22 @@ def replay_service(settings: Settings, port: int) -> Service:
         ready=healthy,
         start_timeout_s=30,
         fix_hint="set CITIBIKES_REPLAY_PORT to a free port",
+    )
+
+
+def consumer_service(settings: Settings, port: int) -> Service:
+    """The live consumer; its metrics port (``CITIBIKES_CONSUMER_METRICS_PORT``, read by the
+    consumer's own settings too) answering means it is ready. SIGTERM: it commits the batch in hand
+    and leaves its group."""
+    return Service(
+        name="consumer",
+        command=[sys.executable, "-m", "citibikes.cli", "consume", "--log-file", ""],  # the log is the service's
+        run_dir=settings.state_dir / "run",
+        log_file=settings.state_dir / "logs" / "consumer.log",
+        ports=[("127.0.0.1", port)],
+        start_timeout_s=60,
+        stop_timeout_s=30,
+        fix_hint="set CITIBIKES_CONSUMER_METRICS_PORT to a free port",
     )
 
 
@@ -132,6 +151,10 @@ def up(env: Mapping[str, str] | None = None, out: Print = print) -> int:
     for change in ensure_topics(admin, settings.topics.values()):
         out(f"  topic {change.topic}: {change.action}")
 
+    consumer = consumer_service(settings, ports.consumer_metrics)
+    metrics_url = f"http://127.0.0.1:{ports.consumer_metrics}/metrics"
+    out(f"Consumer: {consumer.start()} (metrics {metrics_url}, store {settings.live_store}, log: {consumer.log_file})")
+
     if mode == "replay":
         out(f"Replay feed: {replay_service(settings, ports.replay).start()} on http://127.0.0.1:{ports.replay}/citibike/gbfs.json")
 
@@ -147,6 +170,7 @@ def up(env: Mapping[str, str] | None = None, out: Print = print) -> int:
     out(f"  Trigger:     AIRFLOW_HOME={standalone.home} .venv/bin/airflow dags trigger citibikes_ingest")
     out("               (or the play button in the UI; it also runs by itself every minute)")
     out(f"  Lake:        {settings.lake_uri}")
+    out(f"  Consumer:    metrics {metrics_url}   live state: {settings.live_store}")
     out(f"  Topics:      .venv/bin/citibikes tail {settings.topics['station_status'].name}")
     out("  Stop:        make down")
     return 0 if not errors else 1
@@ -157,6 +181,7 @@ def down(env: Mapping[str, str] | None = None, out: Print = print) -> int:
     ports = Ports.from_env(env)
     settings = load_settings(env)
     out(f"Airflow: {airflow(settings, ports).stop()}")
+    out(f"Consumer: {consumer_service(settings, ports.consumer_metrics).stop()}")
     out(f"Replay feed: {replay_service(settings, ports.replay).stop()}")
     out(f"Kafka: {broker(settings, ports).stop()}")
     return 0
@@ -168,6 +193,7 @@ def status(env: Mapping[str, str] | None = None, out: Print = print) -> int:
     settings = load_settings(env)
     services = {
         "kafka": (broker(settings, ports).service(), f"127.0.0.1:{ports.kafka}"),
+        "consumer": (consumer_service(settings, ports.consumer_metrics), f"http://127.0.0.1:{ports.consumer_metrics}/metrics"),
         "replay": (replay_service(settings, ports.replay), f"http://127.0.0.1:{ports.replay}"),
         "airflow": (airflow(settings, ports).service(), f"http://127.0.0.1:{ports.airflow}"),
     }
