@@ -214,8 +214,8 @@ def check_consumer(metrics_url: str, store_url: str, *, pid: int | None, log_fil
                     + (f"; its last log line: {last}" if last else ""),
                     "start it with `make up` (or `citibikes consume`)")
     lag = "not measured yet" if reading.lag is None else f"{reading.lag:,}"
-    age = "no event applied yet" if reading.newest_age_s is None else f"{ago(reading.newest_age_s)} old"
-    seen = (f"{where}lag {lag}, newest event {age}, {reading.rate:.1f} msg/s, "
+    age = "no event applied yet" if reading.newest_age_s is None else f"newest event {ago(reading.newest_age_s)} old"
+    seen = (f"{where}lag {lag}, {age}, {reading.rate:.1f} msg/s, "
             f"{reading.messages:,} messages since start (metrics {metrics_url}, store {shown_store(store_url)})")
     facts = {"lag": reading.lag, "newest_age_s": reading.newest_age_s, "messages": reading.messages}
     idle = time.time() - reading.last_commit if reading.last_commit else None
@@ -257,13 +257,14 @@ def shown_store(url: str) -> str:
 AIRFLOW_PARTS = ("scheduler", "metadatabase", "dag_processor", "triggerer")
 
 
-def check_scheduler(api_url: str, *, pid: int | None, log_file: Path, timeout_s: float = 2.0) -> Check:
+def check_scheduler(api_url: str, *, pid: int | None, log_file: Path, timeout_s: float = 4.0) -> Check:
     """``GET /api/v2/monitor/health``: the scheduler's heartbeat and the other components' state."""
     try:
         health = requests.get(f"{api_url}/api/v2/monitor/health", timeout=timeout_s).json()
-    except (requests.RequestException, ValueError):
+    except (requests.RequestException, ValueError) as exc:
         state = f"its process runs (pid {pid}) but " if pid else ""
-        return down("scheduler", f"{state}the Airflow API at {api_url} does not answer",
+        how = f"within {timeout_s:.0f} s (busy or starting?)" if isinstance(exc, requests.Timeout) else ""
+        return down("scheduler", f"{state}the Airflow API at {api_url} does not answer {how}".rstrip(),
                     f"see {log_file}; restart: make down && make up" if pid else "start Airflow with `make up`")
     return scheduler_health(health, pid=pid, log_file=log_file)
 
@@ -283,7 +284,7 @@ def scheduler_health(health: Mapping[str, Any], *, pid: int | None = None, log_f
 
 
 def check_dags(api_url: str, password: str | None, dag_folder: Path, *, user: str = "admin",
-               timeout_s: float = 3.0) -> list[Check]:
+               timeout_s: float = 4.0) -> list[Check]:
     """The last finished run of each DAG loaded from ``dag_folder``, through the REST API (JWT from
     ``POST /auth/token``)."""
     session = requests.Session()
