@@ -14,12 +14,15 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
 
 from citibikes.stack.process import tail
+
+if TYPE_CHECKING:
+    from citibikes.lake import Lake, RunRecord
 
 CHECK_DEADLINE_S = 6.0
 """The whole check ends after this; a part still waiting for an answer is reported DOWN."""
@@ -108,18 +111,25 @@ def check_broker(bootstrap: str, topics: Sequence[str], groups: Sequence[str], *
     try:
         starts = _offsets(admin, partitions, "earliest", timeout_s)
         ends = _offsets(admin, partitions, "latest", timeout_s)
-        lags = {group: group_lag(admin, group, starts, ends, timeout_s) for group in groups}
     except KafkaException as exc:
-        return down("broker", f"{where} answers, but reading offsets failed ({first_line(exc)})",
+        return down("broker", f"{where} answers, but reading the end offsets failed ({_kafka_text(exc)})",
                     f"see {log_file or 'the broker log'}")
+    lags: dict[str, dict[tuple[str, int], int]] = {}
+    lag_texts = {}
+    for group in groups:
+        try:  # a group's coordinator may still be loading: that group's lag is unknown, the broker is fine
+            lags[group] = group_lag(admin, group, starts, ends, timeout_s)
+            lag_texts[group] = _lag_text(lags[group])
+        except KafkaException as exc:
+            lag_texts[group] = f"unknown ({_kafka_text(exc)})"
     details = [f"topic {t}: {plural(len(metadata.topics[t].partitions), 'partition')}, end offsets "
                + ", ".join(f"{ends[(t, p)]:,}" for p in sorted(metadata.topics[t].partitions)) for t in present]
-    details += [f"group {g}: lag {_lag_text(lag)}" for g, lag in lags.items()]
+    details += [f"group {g}: lag {text}" for g, text in lag_texts.items()]
     facts = {"end_offsets": ends, "lag": lags}
     if missing:
         return down("broker", f"{where} answers, but topics are missing: {', '.join(missing)}",
                     "create them with `citibikes topics` (`make up` does it)", details=tuple(details), facts=facts)
-    groups_text = "".join(f"; group {g} lag {sum(lag.values()) if lag else 'unknown'}" for g, lag in lags.items())
+    groups_text = "".join(f"; group {g} lag {sum(lags[g].values()) if lags.get(g) else 'unknown'}" for g in groups)
     counts = f"{plural(len(present), 'topic')}, {plural(sum(ends.values()), 'message')}"
     return healthy("broker", f"{where} answers: {counts}{groups_text}", details=tuple(details), facts=facts)
 
@@ -148,6 +158,11 @@ def group_lag(admin: Any, group: str, starts: Mapping[tuple[str, int], int], end
     topics = {topic for topic, _ in committed}
     return {tp: max(0, end - max(committed.get(tp, starts[tp]), starts[tp]))
             for tp, end in ends.items() if tp[0] in topics}
+
+
+def _kafka_text(exc: Exception) -> str:
+    error = exc.args[0] if exc.args else None
+    return error.str() if hasattr(error, "str") else first_line(exc)
 
 
 def _lag_text(lag: Mapping[tuple[str, int], int]) -> str:
@@ -362,7 +377,7 @@ def check_feed(system_id: str, url: str, *, fix: str, replay_pid: int | None = N
     return healthy(f"feed {system_id}", f"{url} answers ({time.monotonic() - started:.2f} s{served})")
 
 
-def check_lake(lake_uri: str, open_lake: Callable[[], Any], *, stale_after_s: float) -> Check:
+def check_lake(lake_uri: str, open_lake: Callable[[], Lake], *, stale_after_s: float) -> Check:
     """The newest ``pipeline_runs`` file: when it was written (DOWN when longer ago than
     ``stale_after_s``) and which run it records."""
     from citibikes.lake import LakeError
@@ -388,7 +403,7 @@ def check_lake(lake_uri: str, open_lake: Callable[[], Any], *, stale_after_s: fl
     return healthy("lake", seen, facts=facts)
 
 
-def newest_run(lake: Any) -> tuple[float, Any] | None:
+def newest_run(lake: Lake) -> tuple[float, RunRecord] | None:
     """(when it was written, the run) of the newest file in the newest ``pipeline_runs`` date
     partition; lists one day, not the whole table."""
     import pyarrow.fs as pafs
@@ -397,13 +412,14 @@ def newest_run(lake: Any) -> tuple[float, Any] | None:
 
     root = lake.storage.path()
     runs = f"{root}/pipeline_runs"
-    days = [info.base_name for info in lake.filesystem.get_file_info(pafs.FileSelector(runs, allow_not_found=True))
-            if info.type == pafs.FileType.Directory and info.base_name.startswith("date=")]
-    if not days:
-        return None
-    files = [info for info in lake.filesystem.get_file_info(pafs.FileSelector(f"{runs}/{max(days)}"))
-             if info.type == pafs.FileType.File and info.base_name.endswith(".parquet")
-             and not info.base_name.startswith(".")]
+    try:
+        days = [info.base_name for info in lake.filesystem.get_file_info(pafs.FileSelector(runs, allow_not_found=True))
+                if info.type == pafs.FileType.Directory and info.base_name.startswith("date=")]
+        files = [info for info in lake.filesystem.get_file_info(pafs.FileSelector(f"{runs}/{max(days)}"))
+                 if info.type == pafs.FileType.File and info.base_name.endswith(".parquet")
+                 and not info.base_name.startswith(".")] if days else []
+    except OSError as exc:
+        raise lake.storage.error(exc, f"cannot list {lake.uri}/pipeline_runs") from None
     if not files:
         return None
     newest = max(files, key=lambda info: info.mtime)
