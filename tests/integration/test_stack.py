@@ -114,7 +114,7 @@ def test_up_runs_the_pipeline_and_down_stops_everything(stack_env: dict[str, str
         assert "stopped" in line and "killed" not in line, down.stdout  # Airflow may need the group SIGTERM
         assert not pid_alive(pid)
     assert down.stdout.index("Consumer: stopped") < down.stdout.index("Kafka: stopped"), down.stdout
-    assert "Consumer stopped" in (state_dir / "logs" / "consumer.log").read_text(), "SIGTERM: batch committed, group left"
+    assert "Consumer stopped" in (state_dir / "logs" / "consumer.log").read_text(), "SIGTERM: the batch in hand committed, closed cleanly"
     for name in ("CITIBIKES_KAFKA_PORT", "CITIBIKES_REPLAY_PORT", "CITIBIKES_AIRFLOW_PORT", "CITIBIKES_CONSUMER_METRICS_PORT"):
         assert not port_open("127.0.0.1", int(env[name]))
     assert _cli(env, "status").returncode == 3

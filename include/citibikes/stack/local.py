@@ -4,7 +4,7 @@
 Maven Central on first use), the project's topics, the live consumer (``citibikes consume``), the
 offline replay feed (when the live feed is not used) and Airflow standalone; then it unpauses the
 project's DAGs and prints where everything is. ``down`` stops what ``up`` started, in reverse
-order, by pid file (the consumer before the broker, so it commits its batch and leaves its group).
+order, by pid file (the consumer before the broker: it commits the batch in hand, then exits).
 ``status`` is the health check of :mod:`citibikes.stack.health`.
 """
 
@@ -94,7 +94,7 @@ def replay_service(settings: Settings, port: int) -> Service:
 def consumer_service(settings: Settings, port: int) -> Service:
     """The live consumer; its metrics port (``CITIBIKES_CONSUMER_METRICS_PORT``, read by the
     consumer's own settings too) answering means it is ready. SIGTERM: it commits the batch in hand
-    and leaves its group."""
+    and closes cleanly."""
     return Service(
         name="consumer",
         command=[sys.executable, "-m", "citibikes.cli", "consume", "--log-file", ""],  # the log is the service's
