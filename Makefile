@@ -10,9 +10,9 @@ STAMP  := $(VENV)/.installed
 .PHONY: install postgres up down status test bench clean-state help
 
 help:
-	@echo "make up       start Kafka, the feed and Airflow; unpause the DAGs; print the UI address"
+	@echo "make up       start Kafka, the live consumer, the feed and Airflow; unpause the DAGs; print the UI address"
 	@echo "make down     stop everything make up started"
-	@echo "make status   show what runs"
+	@echo "make status   health check: what is down, why, and the fix"
 	@echo "make test     run the whole test suite (starts and stops its own Kafka broker)"
 	@echo "make bench    run the benchmarks"
 
@@ -34,7 +34,7 @@ down:
 	@if [ -x $(BIN)/citibikes ]; then $(BIN)/citibikes down; else echo "nothing to stop (not installed)"; fi
 
 status:
-	@$(BIN)/citibikes status || true   # exit 3 (nothing runs) is for scripts: `citibikes status`
+	@$(BIN)/citibikes status || true   # exit 1 (something down) and 3 (nothing runs) are for scripts: `citibikes status`
 
 test: install postgres
 	$(BIN)/python -m pytest

@@ -350,9 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default=None, metavar="LEVEL",
                        help="DEBUG, INFO, WARNING or ERROR, any case (default: LOG_LEVEL or INFO)")
 
-    add("up", cmd_up, "start Kafka, the feed, Airflow (only what is not running) and unpause the DAGs")
+    add("up", cmd_up, "start Kafka, the live consumer, the feed, Airflow (only what is not running) and unpause the DAGs")
     add("down", cmd_down, "stop everything `up` started")
-    add("status", cmd_status, "show which local services run")
+    add("status", cmd_status, "health check: broker, consumer, Airflow and its DAG runs, feed, lake "
+                              "(exit 0: all OK, 1: something is down, 3: nothing runs)")
     add("topics", cmd_topics, "create or align the Kafka topics from configuration")
     p = add("replay", cmd_replay, "serve the offline GBFS feed built from recorded snapshots")
     p.add_argument("--host", default="127.0.0.1")

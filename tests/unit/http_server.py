@@ -66,7 +66,7 @@ class SeenRequest:
 
 
 class ScriptedServer:
-    """Serves scripted replies on ``127.0.0.1:<free port>``; unknown paths get 404."""
+    """Serves scripted replies on ``127.0.0.1:<free port>`` to GET and POST alike; unknown paths get 404."""
 
     def __init__(self) -> None:
         self._scripts: dict[str, list[Reply]] = {}
@@ -132,6 +132,10 @@ class ScriptedServer:
                     self._send(reply)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up first (timeouts, size limits): expected in tests
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))  # the body is not scripted
+                self.do_GET()
 
             def _send(self, reply: Reply) -> None:
                 body = reply.encoded_body()

@@ -38,7 +38,7 @@ DOCKERFILE = ROOT / "docker" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 SCHEMA_FILE = ROOT / "tests" / "fixtures" / "compose-spec.json"
 
-PROJECT_SERVICES = ("replay", "init", "s3-init", "airflow")
+PROJECT_SERVICES = ("replay", "init", "s3-init", "consumer", "airflow")
 """Services that run the project image and get the shared pipeline environment."""
 
 AIRFLOW_SETTINGS = {
@@ -270,7 +270,7 @@ def test_kafka_is_a_single_kraft_node(services: dict[str, Any]) -> None:
     assert env["KAFKA_LOG_DIRS"] == "/var/lib/kafka/data"
 
 
-@pytest.mark.parametrize("name", ["kafka", "s3", "replay", "airflow"])
+@pytest.mark.parametrize("name", ["kafka", "s3", "replay", "consumer", "airflow"])
 def test_long_running_services_have_healthchecks(services: dict[str, Any], name: str) -> None:
     check = services[name].get("healthcheck") or {}
     assert not check.get("disable"), f"{name} healthcheck is disabled"
@@ -295,6 +295,7 @@ def test_dependencies_start_things_in_order(services: dict[str, Any]) -> None:
         "s3-init": "service_completed_successfully",
     }
     assert conditions("init") == {"kafka": "service_healthy"}
+    assert conditions("consumer") == {"kafka": "service_healthy", "init": "service_completed_successfully"}
     assert conditions("s3-init") == {"s3": "service_healthy"}
     for one_shot in ("init", "s3-init"):
         assert services[one_shot].get("restart") == "no", f"{one_shot} runs once"
@@ -304,7 +305,7 @@ def test_service_commands_parse_with_the_project_cli(services: dict[str, Any]) -
     from citibikes.cli import build_parser
 
     parser = build_parser()
-    for name in ("replay", "init"):
+    for name in ("replay", "init", "consumer"):
         service = services[name]
         assert service["entrypoint"] == ["/usr/bin/dumb-init", "--"], (
             f"{name}: the Airflow image's entrypoint would run `airflow {' '.join(service['command'])}`")
@@ -313,8 +314,23 @@ def test_service_commands_parse_with_the_project_cli(services: dict[str, Any]) -
         parser.parse_args(command[1:])  # argparse exits (SystemExit) on an unknown command or option
     replay = parser.parse_args(services["replay"]["command"][1:])
     assert (replay.host, replay.port) == ("0.0.0.0", 8765)
+    consume = parser.parse_args(services["consumer"]["command"][1:])
+    assert consume.log_file == "" and not consume.test_mode, "the container logs to stdout and runs for good"
     assert services["airflow"]["command"] in ("standalone", ["standalone"])
     assert "entrypoint" not in services["airflow"], "airflow keeps the image's entrypoint (db check, user setup)"
+
+
+def test_consumer_serves_its_metrics_port_and_shares_its_store_with_airflow(services: dict[str, Any]) -> None:
+    """The healthcheck reads the port the consumer serves; the store is on a named volume that the
+    airflow container (dashboard, alerts DAG) mounts at the same place."""
+    from citibikes.config import load_settings
+
+    settings = load_settings(environment(services["consumer"]))
+    assert f"127.0.0.1:{settings.consumer_metrics_port}/metrics" in " ".join(services["consumer"]["healthcheck"]["test"])
+    mounts = {target: source for source, target, *_ in (str(v).split(":") for v in services["consumer"]["volumes"])}
+    [(target, volume)] = [(t, s) for t, s in mounts.items() if Path(settings.live_store).is_relative_to(t)]
+    assert not volume.startswith((".", "/", "~")), f"the store {settings.live_store} must be on a named volume"
+    assert f"{volume}:{target}" in [str(v) for v in services["airflow"]["volumes"]]
 
 
 def test_s3_init_script_is_python(services: dict[str, Any]) -> None:

@@ -80,15 +80,24 @@ def airflow_env(settings: Settings, *, port: int, worker_log_port: int = 8793, t
     return env
 
 
+def _stored_passwords(home: Path) -> dict:
+    try:
+        return json.loads((home / "passwords.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def known_password(home: Path, env: Mapping[str, str] | None = None) -> str | None:
+    """The admin password if one is set or stored (None before the first ``up``); writes nothing."""
+    env = os.environ if env is None else env
+    return env.get("CITIBIKES_AIRFLOW_PASSWORD") or _stored_passwords(home).get(ADMIN_USER)
+
+
 def admin_password(home: Path) -> str:
     """The admin password: ``CITIBIKES_AIRFLOW_PASSWORD`` or one generated once and kept in the state folder."""
     passwords_file = home / "passwords.json"
-    wanted = os.environ.get("CITIBIKES_AIRFLOW_PASSWORD")
-    try:
-        stored = json.loads(passwords_file.read_text())
-    except (FileNotFoundError, ValueError):
-        stored = {}
-    password = wanted or stored.get(ADMIN_USER) or secrets.token_urlsafe(12)
+    stored = _stored_passwords(home)
+    password = known_password(home) or secrets.token_urlsafe(12)
     if stored.get(ADMIN_USER) != password:
         home.mkdir(parents=True, exist_ok=True)
         passwords_file.write_text(json.dumps({ADMIN_USER: password}) + "\n")

@@ -1,13 +1,16 @@
 """``up``, ``down`` and ``status`` of the whole local stack, without Docker.
 
 ``up`` starts, in order and each only if not already running: the Kafka broker (jars fetched from
-Maven Central on first use), the project's topics, the offline replay feed (when the live feed is
-not used) and Airflow standalone; then it unpauses the project's DAGs and prints where everything
-is. ``down`` stops what ``up`` started, in reverse order, by pid file.
+Maven Central on first use), the project's topics, the live consumer (``citibikes consume``), the
+offline replay feed (when the live feed is not used) and Airflow standalone; then it unpauses the
+project's DAGs and prints where everything is. ``down`` stops what ``up`` started, in reverse
+order, by pid file (the consumer before the broker: it commits the batch in hand, then exits).
+``status`` is the health check of :mod:`citibikes.stack.health`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -17,11 +20,17 @@ from typing import Callable, Mapping
 import requests
 
 from citibikes.config import LIVE_CITIBIKE_DISCOVERY_URL, PROJECT_ROOT, Settings, feed_mode, load_settings, load_systems
-from citibikes.stack.airflow import ADMIN_USER, AirflowStandalone, admin_password
+from citibikes.stack import health
+from citibikes.stack.airflow import ADMIN_USER, AirflowStandalone, admin_password, known_password
 from citibikes.stack.kafka import KafkaBroker
 from citibikes.stack.process import Service, StackError
+from citibikes.stream.consume import CONSUMER_DEFAULTS
 
 Print = Callable[[str], None]
+PROJECT_GROUPS = (CONSUMER_DEFAULTS["group.id"],)
+"""Consumer groups whose lag ``status`` reports: the live consumer's."""
+LAKE_STALE_INTERVALS = 5
+"""The lake is stale when nothing was written for this many pipeline intervals."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,7 @@ class Ports:
     airflow: int
     airflow_worker_log: int
     airflow_trigger_log: int
+    consumer_metrics: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Ports:
@@ -48,6 +58,7 @@ class Ports:
             airflow=port("CITIBIKES_AIRFLOW_PORT", 8080),
             airflow_worker_log=port("CITIBIKES_AIRFLOW_WORKER_LOG_PORT", 8793),
             airflow_trigger_log=port("CITIBIKES_AIRFLOW_TRIGGER_LOG_PORT", 8794),
+            consumer_metrics=port("CITIBIKES_CONSUMER_METRICS_PORT", 9464),
         )
 
 
@@ -80,15 +91,44 @@ def replay_service(settings: Settings, port: int) -> Service:
     )
 
 
-def live_feed_reachable(url: str, timeout: float = 4.0) -> str | None:
-    """None when the live discovery URL answers with JSON, else the reason it does not."""
-    try:
-        response = requests.get(url, timeout=timeout)
-        response.raise_for_status()
-        response.json()
-        return None
-    except (requests.RequestException, ValueError) as exc:
-        return type(exc).__name__ if not str(exc) else str(exc).split("(Caused by")[-1].strip(" )")[:120]
+def consumer_service(settings: Settings, port: int) -> Service:
+    """The live consumer; its metrics port (``CITIBIKES_CONSUMER_METRICS_PORT``, read by the
+    consumer's own settings too) answering means it is ready. SIGTERM: it commits the batch in hand
+    and closes cleanly."""
+    return Service(
+        name="consumer",
+        command=[sys.executable, "-m", "citibikes.cli", "consume", "--log-file", ""],  # the log is the service's
+        run_dir=settings.state_dir / "run",
+        log_file=settings.state_dir / "logs" / "consumer.log",
+        ports=[("127.0.0.1", port)],
+        start_timeout_s=60,
+        stop_timeout_s=30,
+        fix_hint="set CITIBIKES_CONSUMER_METRICS_PORT to a free port",
+    )
+
+
+FEED_CHOICE = ("CITIBIKES_FEED", "CITIBIKES_REPLAY_URL", "CITIBIKES_SYSTEMS_FILE")
+"""What ``up`` resolved about the feed; ``status`` checks the same feed in a later shell."""
+
+
+def remember_feed(settings: Settings, env: Mapping[str, str]) -> None:
+    run_dir = settings.state_dir / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "feed.json").write_text(json.dumps({k: env[k] for k in FEED_CHOICE if env.get(k)}) + "\n")
+
+
+def stack_settings(env: dict[str, str]) -> Settings:
+    """The settings of the running stack: the feed the last ``up`` chose, unless the environment names
+    one (the replay feed on ``CITIBIKES_REPLAY_PORT``, as ``up`` serves it)."""
+    if not any(env.get(k) for k in FEED_CHOICE):
+        try:
+            saved = json.loads((load_settings(env).state_dir / "run" / "feed.json").read_text())
+        except (FileNotFoundError, ValueError):
+            saved = {}
+        env.update({k: str(v) for k, v in saved.items() if k in FEED_CHOICE})
+    if feed_mode(env) == "replay":
+        env.setdefault("CITIBIKES_REPLAY_URL", f"http://127.0.0.1:{Ports.from_env(env).replay}")
+    return load_settings(env)
 
 
 def resolve_feed(env: dict[str, str], out: Print) -> str:
@@ -100,7 +140,7 @@ def resolve_feed(env: dict[str, str], out: Print) -> str:
     if mode == "auto":
         systems = load_systems(PROJECT_ROOT / "config" / "systems.yaml", env)
         url = systems[0].discovery_url if systems else LIVE_CITIBIKE_DISCOVERY_URL
-        reason = live_feed_reachable(url)
+        reason = health.feed_problem(url)
         if reason is None:
             mode = "live"
             out(f"Feed: live ({url})")
@@ -122,6 +162,7 @@ def up(env: Mapping[str, str] | None = None, out: Print = print) -> int:
     mode = resolve_feed(env, out)
     os.environ.update(env)  # services inherit the resolved choice
     settings = load_settings(env)
+    remember_feed(settings, env)
 
     kafka = broker(settings, ports)
     out(f"Kafka: {kafka.start()} on {kafka.bootstrap} (data in {kafka.data_dir})")
@@ -131,6 +172,11 @@ def up(env: Mapping[str, str] | None = None, out: Print = print) -> int:
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap, "log_level": 3})
     for change in ensure_topics(admin, settings.topics.values()):
         out(f"  topic {change.topic}: {change.action}")
+
+    consumer = consumer_service(settings, ports.consumer_metrics)
+    metrics_url = f"http://127.0.0.1:{ports.consumer_metrics}/metrics"
+    store = health.shown_store(settings.live_store)
+    out(f"Consumer: {consumer.start()} (metrics {metrics_url}, store {store}, log: {consumer.log_file})")
 
     if mode == "replay":
         out(f"Replay feed: {replay_service(settings, ports.replay).start()} on http://127.0.0.1:{ports.replay}/citibike/gbfs.json")
@@ -147,7 +193,9 @@ def up(env: Mapping[str, str] | None = None, out: Print = print) -> int:
     out(f"  Trigger:     AIRFLOW_HOME={standalone.home} .venv/bin/airflow dags trigger citibikes_ingest")
     out("               (or the play button in the UI; it also runs by itself every minute)")
     out(f"  Lake:        {settings.lake_uri}")
+    out(f"  Consumer:    metrics {metrics_url}   live state: {store}")
     out(f"  Topics:      .venv/bin/citibikes tail {settings.topics['station_status'].name}")
+    out("  Health:      make status")
     out("  Stop:        make down")
     return 0 if not errors else 1
 
@@ -157,23 +205,53 @@ def down(env: Mapping[str, str] | None = None, out: Print = print) -> int:
     ports = Ports.from_env(env)
     settings = load_settings(env)
     out(f"Airflow: {airflow(settings, ports).stop()}")
+    out(f"Consumer: {consumer_service(settings, ports.consumer_metrics).stop()}")
     out(f"Replay feed: {replay_service(settings, ports.replay).stop()}")
     out(f"Kafka: {broker(settings, ports).stop()}")
     return 0
 
 
 def status(env: Mapping[str, str] | None = None, out: Print = print) -> int:
+    """Print the health of every part; 0 when all is well, 1 when something is down, 3 when nothing runs."""
+    from citibikes.lake import lake_from_settings
+
     env = dict(os.environ if env is None else env)
     ports = Ports.from_env(env)
-    settings = load_settings(env)
-    services = {
-        "kafka": (broker(settings, ports).service(), f"127.0.0.1:{ports.kafka}"),
-        "replay": (replay_service(settings, ports.replay), f"http://127.0.0.1:{ports.replay}"),
-        "airflow": (airflow(settings, ports).service(), f"http://127.0.0.1:{ports.airflow}"),
-    }
-    running = 0
-    for name, (service, where) in services.items():
-        pid = service.pid()
-        running += pid is not None
-        out(f"{name:8} {'running (pid %d) at %s' % (pid, where) if pid else 'stopped'}")
-    return 0 if running else 3
+    settings = stack_settings(env)
+    mode = feed_mode(env)
+    kafka, standalone = broker(settings, ports), airflow(settings, ports)
+    consumer = consumer_service(settings, ports.consumer_metrics)
+    pids = {"kafka": kafka.pid(), "consumer": consumer.pid(), "replay": replay_service(settings, ports.replay).pid(),
+            "airflow": standalone.service().pid()}
+    if mode == "replay":
+        feed_fix = f"start the offline replay feed with `make up` (log: {settings.state_dir / 'logs' / 'replay.log'})"
+    else:
+        feed_fix = f"check the network and the system's discovery_url in {settings.systems_file}, or use CITIBIKES_FEED=replay"
+    probes: list[tuple[str, health.Probe]] = [
+        ("broker", lambda: health.check_broker(
+            settings.kafka_bootstrap, [t.name for t in settings.topics.values()], PROJECT_GROUPS,
+            pid=pids["kafka"], log_file=kafka.log_dir / "stdout.log")),
+        ("consumer", lambda: health.check_consumer(
+            f"http://127.0.0.1:{ports.consumer_metrics}/metrics", settings.live_store,
+            pid=pids["consumer"], log_file=consumer.log_file)),
+        ("scheduler", lambda: health.check_scheduler(standalone.url, pid=pids["airflow"],
+                                                     log_file=settings.state_dir / "logs" / "airflow.log")),
+        ("dags", lambda: health.check_dags(standalone.url, known_password(standalone.home, env), PROJECT_ROOT / "dags",
+                                           user=ADMIN_USER)),
+        *((f"feed {s.system_id}", lambda s=s: health.check_feed(s.system_id, s.discovery_url, fix=feed_fix,
+                                                                  replay_pid=pids["replay"] if mode == "replay" else None))
+          for s in settings.systems if s.enabled),
+        ("lake", lambda: health.check_lake(settings.lake_uri, lambda: lake_from_settings(settings),
+                                           stale_after_s=LAKE_STALE_INTERVALS * settings.interval_s)),
+    ]
+    checks = health.run_all(probes)
+    for check in checks:
+        for line in check.lines():
+            out(line)
+    broken = [c.name for c in checks if not c.ok]
+    services = [c for c in checks if c.name in ("broker", "consumer", "scheduler")]
+    if not any(pids.values()) and not any(c.ok for c in services):
+        out("Nothing runs: start the stack with `make up`.")
+        return 3
+    out(f"DOWN: {', '.join(broken)} (causes and fixes above)" if broken else f"All {len(checks)} checks OK.")
+    return 1 if broken else 0
