@@ -14,7 +14,7 @@ from prometheus_client import generate_latest
 
 from citibikes.lake import RunRecord, open_lake
 from citibikes.live.metrics import ConsumerMetrics
-from citibikes.live.store import STATUS_COLUMNS, Changes, LiveStore
+from citibikes.live.store import STATUS_COLUMNS, Changes, LiveStore, shown_url
 from citibikes.stack import health
 from citibikes.stack.process import free_port
 
@@ -153,7 +153,7 @@ def test_lines_show_state_cause_fix_and_details() -> None:
     ("postgresql://live:secret@db:5432/live", "postgresql://live:***@db:5432/live"),
 ])
 def test_store_urls_are_shown_without_password(url: str, shown: str) -> None:
-    assert health.shown_store(url) == shown
+    assert shown_url(url) == shown
 
 
 def test_status_checks_the_feed_the_last_up_chose(tmp_path: Path) -> None:

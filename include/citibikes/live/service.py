@@ -1,7 +1,7 @@
 """``citibikes consume``: the live consumer as a service (what ``make up`` starts beside Airflow).
 
 Builds the consumer from the settings (store, topics, thresholds per system, metrics port), runs
-it until asked to stop (SIGTERM or Ctrl-C: the batch in hand is committed, the group left), logs a
+it until asked to stop (SIGTERM or Ctrl-C: the batch in hand is committed, the outbox sent), logs a
 summary per interval and keeps the Prometheus metrics fresh. ``test_mode`` reads both topics from
 the start into a throwaway in-memory store under a throwaway group, reports the counts per topic
 and returns.

@@ -17,6 +17,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS station_status (
@@ -80,7 +81,7 @@ class LiveStore:
         """``postgresql://...`` for PostgreSQL; anything else is a SQLite file path (``sqlite:///`` optional)
         or ``:memory:``. Creates the tables unless ``readonly``."""
         if url.startswith(("postgresql://", "postgres://")):
-            store = cls(_connect_postgres(url), url=_without_password(url), placeholder="%s")
+            store = cls(_connect_postgres(url), url=shown_url(url), placeholder="%s")
         else:
             store = cls(_connect_sqlite(url.removeprefix("sqlite://"), readonly), url=url)
         if not readonly:
@@ -267,7 +268,7 @@ def _connect_postgres(url: str) -> Any:
     try:
         return psycopg.connect(url, connect_timeout=10)
     except psycopg.Error as exc:
-        raise StoreError(f"cannot connect to the live state store {_without_password(url)} ({_cause(exc)}); "
+        raise StoreError(f"cannot connect to the live state store {shown_url(url)} ({_cause(exc)}); "
                          "check CITIBIKES_LIVE_STORE and that the server runs") from None
 
 
@@ -279,13 +280,12 @@ def _postgres_errors() -> tuple[type[BaseException], ...]:
     return (psycopg.Error,)
 
 
-def _without_password(url: str) -> str:
-    """The URL as it may be logged: ``user:secret@`` becomes ``user:***@``."""
-    scheme, sep, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not at or ":" not in credentials:
+def shown_url(url: str) -> str:
+    """The store's URL as it may be printed or logged: a PostgreSQL password becomes ``***``."""
+    parts = urlsplit(url)
+    if "://" not in url or not parts.password:
         return url
-    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
 
 
 def _cause(exc: BaseException) -> str:

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit
 
 import requests
 
+from citibikes.live.store import shown_url
 from citibikes.stack.process import tail
 
 if TYPE_CHECKING:
@@ -231,7 +232,7 @@ def check_consumer(metrics_url: str, store_url: str, *, pid: int | None, log_fil
     lag = "not measured yet" if reading.lag is None else f"{reading.lag:,}"
     age = "no event applied yet" if reading.newest_age_s is None else f"newest event {ago(reading.newest_age_s)} old"
     seen = (f"{where}lag {lag}, {age}, {reading.rate:.1f} msg/s, "
-            f"{reading.messages:,} messages since start (metrics {metrics_url}, store {shown_store(store_url)})")
+            f"{reading.messages:,} messages since start (metrics {metrics_url}, store {shown_url(store_url)})")
     facts = {"lag": reading.lag, "newest_age_s": reading.newest_age_s, "messages": reading.messages}
     idle = time.time() - reading.last_commit if reading.last_commit else None
     if reading.lag and idle is not None and idle > CONSUMER_STUCK_AFTER_S:
@@ -255,16 +256,8 @@ def _store_age(store_url: str) -> str:
     except StoreError as exc:
         return f"; store: {exc}"
     if not newest:
-        return f"; the store {shown_store(store_url)} holds no event yet"
-    return f"; the store's newest event is {ago(time.time() - newest)} old ({shown_store(store_url)})"
-
-
-def shown_store(url: str) -> str:
-    """The store's URL as it may be printed: a PostgreSQL password becomes ``***``."""
-    parts = urlsplit(url)
-    if "://" not in url or not parts.password:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+        return f"; the store {shown_url(store_url)} holds no event yet"
+    return f"; the store's newest event is {ago(time.time() - newest)} old ({shown_url(store_url)})"
 
 
 # -- Airflow -------------------------------------------------------------------------------------

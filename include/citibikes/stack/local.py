@@ -20,6 +20,7 @@ from typing import Callable, Mapping
 import requests
 
 from citibikes.config import LIVE_CITIBIKE_DISCOVERY_URL, PROJECT_ROOT, Settings, feed_mode, load_settings, load_systems
+from citibikes.live.store import shown_url
 from citibikes.stack import health
 from citibikes.stack.airflow import ADMIN_USER, AirflowStandalone, admin_password, known_password
 from citibikes.stack.kafka import KafkaBroker
@@ -175,7 +176,7 @@ def up(env: Mapping[str, str] | None = None, out: Print = print) -> int:
 
     consumer = consumer_service(settings, ports.consumer_metrics)
     metrics_url = f"http://127.0.0.1:{ports.consumer_metrics}/metrics"
-    store = health.shown_store(settings.live_store)
+    store = shown_url(settings.live_store)
     out(f"Consumer: {consumer.start()} (metrics {metrics_url}, store {store}, log: {consumer.log_file})")
 
     if mode == "replay":
