@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -24,7 +25,7 @@ CREATE TABLE IF NOT EXISTS station_status (
     key TEXT PRIMARY KEY, system_id TEXT NOT NULL, station_id TEXT NOT NULL, last_updated BIGINT NOT NULL,
     num_bikes_available INTEGER, num_ebikes_available INTEGER, num_docks_available INTEGER,
     is_installed BOOLEAN, is_renting BOOLEAN, is_returning BOOLEAN, kafka_partition INTEGER NOT NULL,
-    value TEXT NOT NULL);
+    value TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL);
 CREATE TABLE IF NOT EXISTS station_information (
     key TEXT PRIMARY KEY, system_id TEXT NOT NULL, station_id TEXT NOT NULL, last_updated BIGINT NOT NULL,
     name TEXT, lat DOUBLE PRECISION, lon DOUBLE PRECISION, capacity INTEGER, value TEXT NOT NULL);
@@ -53,7 +54,7 @@ class Changes:
     """What one batch of messages changed, written in one transaction."""
 
     status: dict[str, tuple] = field(default_factory=dict)
-    """key -> a row of :data:`STATUS_COLUMNS` (the newest of the batch)."""
+    """key -> a row of :data:`STATUS_COLUMNS` (the newest of the batch); the commit adds ``applied_at``."""
     information: dict[str, tuple | None] = field(default_factory=dict)
     """key -> a row of :data:`INFORMATION_COLUMNS`, or None to delete it (a tombstone)."""
     episodes: dict[str, list[tuple]] = field(default_factory=dict)
@@ -97,7 +98,8 @@ class LiveStore:
     def commit(self, changes: Changes) -> None:
         """Write one batch's changes and offsets atomically (or nothing, raising :class:`StoreError`)."""
         def write() -> None:
-            self._upsert("station_status", STATUS_COLUMNS, changes.status.values())
+            now = time.time()
+            self._upsert("station_status", (*STATUS_COLUMNS, "applied_at"), [(*row, now) for row in changes.status.values()])
             deleted = [(key,) for key, row in changes.information.items() if row is None]
             self._executemany("DELETE FROM station_information WHERE key = ?", deleted)
             self._upsert("station_information", INFORMATION_COLUMNS, [r for r in changes.information.values() if r])
@@ -154,6 +156,10 @@ class LiveStore:
             " s.num_docks_available, s.is_installed, s.is_renting, s.is_returning, i.name, i.lat, i.lon, i.capacity"
             f" FROM station_status s LEFT JOIN station_information i ON i.key = s.key {where}"
             " ORDER BY s.system_id, s.station_id", params)
+
+    def applied(self) -> dict[str, tuple[int, float]]:
+        """key -> (``last_updated`` of its latest status, when the consumer committed it): freshness."""
+        return {key: (updated, at) for key, updated, at in self._query("SELECT key, last_updated, applied_at FROM station_status")}
 
     def summary(self) -> dict[str, Any]:
         """Counts for logs and health checks: stations, and how many are empty or full now."""

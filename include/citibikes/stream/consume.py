@@ -105,7 +105,7 @@ class LiveConsumer:
             self._assigned = partitions
         self._assigned_at = time.monotonic()
 
-    def poll_once(self, timeout_s: float = 1.0) -> int:
+    def poll_once(self, timeout_s: float = 0.25) -> int:
         """Apply one batch, commit it to the store with its offsets, send the outbox. Returns the
         number of messages received."""
         if not self._assigned or time.monotonic() - self._assigned_at > REASSIGN_EVERY_S:
