@@ -4,6 +4,10 @@ normalize  check a Citi Bike status snapshot from bytes (parse, normalize, valid
 pipeline   citibikes backfill of a recorded archive (lake only, --publish) and of a replayed day
            (--publish), against a naive baseline (~10 min)
 dag        scheduled minute-DAG durations under airflow standalone, 1 and 50 systems (~20 min)
+consumer   the live consumer applying a backlog with durable commits, against reading only (~5 min)
+
+Not run by default (they need the running stack, or take long): `bench/freshness.py` (with `make up`:
+feed -> Kafka -> live state -> alert over 30 minute-runs) and `bench/consumer_apply.py --soak-minutes 10`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ BENCHMARKS = {
     "normalize": ["normalize_validate.py"],
     "pipeline": ["pipeline_throughput.py"],
     "dag": ["dag_duration.py"],
+    "consumer": ["consumer_apply.py"],
 }
 
 

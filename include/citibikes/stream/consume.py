@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from citibikes.live.store import LiveStore
+from citibikes.live.store import LiveStore, StoreError
 from citibikes.live.tracker import Tracker
 
 log = logging.getLogger("citibikes.consumer")
@@ -194,9 +194,12 @@ class LiveConsumer:
                 break
 
     def close(self) -> None:
-        """Send what the outbox holds, leave the group, close the store."""
+        """Send what the outbox holds (what cannot be sent stays in it for the next start), commit the
+        offsets to Kafka, close the store."""
         try:
             self.send_outbox()
+        except (StoreError, KafkaException) as exc:  # already failing: the error that stopped us says why
+            log.warning("outbox not sent at shutdown (%s); it is sent at the next start", exc)
         finally:
             self.consumer.close()
             self.store.close()
