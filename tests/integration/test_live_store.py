@@ -13,6 +13,7 @@ import pytest
 
 from citibikes.live.store import LiveStore, StoreError
 from citibikes.live.tracker import Tracker
+from support.postgres import fresh_database
 
 M = 60
 
@@ -30,12 +31,7 @@ def _status(station: str, at: int, bikes: int) -> bytes:
 def store_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "live.db")
-    url = request.getfixturevalue("postgres_url")
-    store = LiveStore.open(url)  # a clean database per test
-    for table in ("station_status", "station_information", "episodes", "consumer_offsets", "outbox"):
-        store._write(lambda table=table: store._execute(f"DELETE FROM {table}"))
-    store.close()
-    return url
+    return fresh_database(request.getfixturevalue("postgres_url"))
 
 
 def test_a_batch_commits_state_episodes_offsets_and_outbox_together(store_url: str) -> None:

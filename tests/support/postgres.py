@@ -70,3 +70,15 @@ class PostgresServer:
             self._run("pg_ctl", "-D", str(self.home / "data"), "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.home, ignore_errors=True)
+
+
+def fresh_database(url: str) -> str:
+    """A new, empty database on the server of ``url``; returns its URL."""
+    import uuid
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute(f"CREATE DATABASE {name}")
+    return url.rsplit("/", 1)[0] + "/" + name
