@@ -161,7 +161,7 @@ def _log_settings(args: argparse.Namespace):
 def cmd_run(args: argparse.Namespace) -> int:
     """The pipeline without Airflow: the same tasks as the minute DAG, once or every interval."""
     from citibikes.lake import lake_from_settings
-    from citibikes.ingest import one_line
+    from citibikes.errors import one_line
     from citibikes.tasks import run_all
     from citibikes.stream.publish import Publisher, make_producer
     from citibikes.stream.topics import require_broker

@@ -66,11 +66,9 @@ class Fetched(msgspec.Struct):
         return any(outcome == "new" for outcome in self.outcomes.values())
 
 
-def fetch_system(system: SystemConfig, lake: Lake, state: SystemState, *,
-                 client_options: Mapping[str, Any] | None = None) -> Fetched:
+def fetch_system(system: SystemConfig, lake: Lake, state: SystemState) -> Fetched:
     """Fetch station_information, station_status and (when listed) vehicle_types; archive every new body."""
-    client = GbfsClient(system, state=ClientState.from_dict(state.client) if state.client else None,
-                        **(client_options or {}))
+    client = GbfsClient(system, state=ClientState.from_dict(state.client) if state.client else None)
     try:
         fetched = _fetch(client)
         fetched.client_state = client.state.to_dict()
@@ -373,8 +371,3 @@ def inspect_feeds(client: GbfsClient, quality: QualityConfig, *, recorded: bool 
                       language=discovery.language, last_updated=dict(fetched.last_updated),
                       summary=step.summary.to_dict())
 
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one line for run records and logs (its type when the message does not say)."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text if isinstance(exc, FeedError) or ":" in text else f"{type(exc).__name__}: {text}"

@@ -28,13 +28,13 @@ import msgspec
 import pyarrow as pa
 
 from citibikes.config import Settings, SystemConfig
+from citibikes.errors import one_line
 from citibikes.ingest import (
     Fetched,
     Step,
     check_fetched,
     fetch_system,
     landed_rows,
-    one_line,
     outcome,
     publish_step,
     run_record,

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from citibikes.gbfs.discovery import GZIP_MAGIC
 from citibikes.gbfs.errors import FeedError
 from citibikes.gbfs.fields import MAX_POSIX_S, Invalid, as_posix
 from citibikes.gbfs.model import STATION_INFORMATION, STATION_STATUS, VEHICLE_TYPES
@@ -29,7 +30,6 @@ RECORDS_KEY = {STATION_INFORMATION: "stations", STATION_STATUS: "stations", VEHI
 """The array under ``data`` that holds each parsed feed's records."""
 
 _UTF8_BOM = b"\xef\xbb\xbf"
-_GZIP_MAGIC = b"\x1f\x8b"
 _DECODER = msgspec.json.Decoder()
 
 # Keys that tell the two station feeds apart (used to catch a body fetched from the wrong URL).
@@ -127,7 +127,7 @@ def _why_not_json(body: bytes, decoder_message: str) -> tuple[str, str]:
     if start.startswith(b"<"):
         return "not_json", (f"got an HTML/XML page instead of JSON (starts with {_snippet(start)}); "
                             "the URL probably serves an error or login page, check it in a browser")
-    if body.startswith(_GZIP_MAGIC):
+    if body.startswith(GZIP_MAGIC):
         return "not_json", "got gzip-compressed bytes instead of JSON; decompress the body before parsing"
     if "truncated" in decoder_message and start[:1] in (b"{", b"["):
         return "truncated_json", (f"the JSON ends before the document is complete ({len(body)} bytes); "

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
+from citibikes.errors import first_line
 from citibikes.lake.errors import LakeError
 
 BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -109,10 +110,6 @@ def s3_filesystem(
     except (OSError, ValueError) as exc:
         raise LakeError(f"cannot set up the S3 client: {first_line(exc)}; check the S3 settings") from None
 
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 @dataclass

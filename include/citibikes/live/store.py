@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
+from citibikes.errors import first_line
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS station_status (
     key TEXT PRIMARY KEY, system_id TEXT NOT NULL, station_id TEXT NOT NULL, last_updated BIGINT NOT NULL,
@@ -223,7 +225,7 @@ class LiveStore:
             self._db.commit()  # end the read transaction: a reader must not pin an old snapshot
         except (sqlite3.Error, *_postgres_errors()) as exc:
             self._rollback()
-            raise StoreError(f"cannot read the live state store {self.url} ({_cause(exc)})") from None
+            raise StoreError(f"cannot read the live state store {self.url} ({first_line(exc)})") from None
         return names, [tuple(row) for row in rows]
 
     def _write(self, work) -> None:
@@ -233,7 +235,7 @@ class LiveStore:
         except (sqlite3.Error, *_postgres_errors()) as exc:
             self._rollback()
             raise StoreError(
-                f"cannot write the live state store {self.url} ({_cause(exc)}); nothing of this batch was "
+                f"cannot write the live state store {self.url} ({first_line(exc)}); nothing of this batch was "
                 "committed - free disk space or fix the store's permissions, then restart the consumer"
             ) from None
 
@@ -274,7 +276,7 @@ def _connect_postgres(url: str) -> Any:
     try:
         return psycopg.connect(url, connect_timeout=10)
     except psycopg.Error as exc:
-        raise StoreError(f"cannot connect to the live state store {shown_url(url)} ({_cause(exc)}); "
+        raise StoreError(f"cannot connect to the live state store {shown_url(url)} ({first_line(exc)}); "
                          "check CITIBIKES_LIVE_STORE and that the server runs") from None
 
 
@@ -293,6 +295,3 @@ def shown_url(url: str) -> str:
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
 
-
-def _cause(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -43,8 +43,9 @@ import pyarrow.compute as pc
 
 from citibikes import changes
 from citibikes.config import QualityConfig, Settings
+from citibikes.errors import one_line
 from citibikes.gbfs.model import STATION_INFORMATION, STATION_INFORMATION_SCHEMA, STATION_STATUS
-from citibikes.ingest import Checked, Step, check_information, check_status, one_line, outcome, publish_step, \
+from citibikes.ingest import Checked, Step, check_information, check_status, outcome, publish_step, \
     run_record, select, step_files
 from citibikes.lake import Lake, RunRecord
 from citibikes.lake.layout import hive_partition

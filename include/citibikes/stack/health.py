@@ -19,6 +19,7 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
+from citibikes.errors import first_line
 from citibikes.live.store import shown_url
 from citibikes.stack.process import tail
 
@@ -434,7 +435,3 @@ def ago(seconds: float) -> str:
 def plural(n: int, word: str) -> str:
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
