@@ -39,7 +39,7 @@ def test_a_batch_commits_state_episodes_offsets_and_outbox_together(store_url: s
     for offset, value in enumerate([_status("A", 0, 3), _status("A", M, 0), _status("B", M, 2)]):
         live.apply("status", offset % 2, offset, None, value)
     store.commit(live.take())
-    again = LiveStore.open(store_url, readonly=store_url.startswith("postgresql"))
+    again = LiveStore.open(store_url, readonly=True)
     assert again.offsets() == {("status", 0): (3, M), ("status", 1): (2, M)}
     assert [(e["station_id"], e["kind"], e["started"]) for e in again.open_episodes()] == [("A", "empty", M)]
     assert [json.loads(v)["event"] for _, _, _, v in again.outbox()] == ["opened"]
@@ -91,3 +91,13 @@ def test_a_full_disk_fails_with_the_fix_and_commits_nothing(tmp_path) -> None:
         store.commit(live.take())
     assert store.offsets() == {("status", 0): (1, 0)}
     assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM station_status").fetchone() == (1,)
+
+
+def test_one_consumer_per_store(store_url: str) -> None:
+    """A second writer would apply batches the first does not know of: it is refused, with the fix."""
+    first = LiveStore.open(store_url)
+    with pytest.raises(StoreError, match=r"another consumer already writes the live state store .*; stop it first"):
+        LiveStore.open(store_url)
+    LiveStore.open(store_url, readonly=True).close()  # readers are welcome
+    first.close()
+    LiveStore.open(store_url).close()

@@ -12,6 +12,7 @@ while the consumer writes it. The same SQL runs on both engines (placeholders as
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import time
@@ -78,22 +79,41 @@ class LiveStore:
         self.url = url
         self._placeholder = placeholder
         self._seq = 0
+        self._lock: Any = None
 
     @classmethod
     def open(cls, url: str, *, readonly: bool = False) -> LiveStore:
         """``postgresql://...`` for PostgreSQL; anything else is a SQLite file path (``sqlite:///`` optional)
-        or ``:memory:``. Creates the tables unless ``readonly``."""
+        or ``:memory:``. Unless ``readonly``: takes the writer's lock (one consumer per store: a second
+        would apply batches the first does not know of) and creates the tables."""
         if url.startswith(("postgresql://", "postgres://")):
             store = cls(_connect_postgres(url), url=shown_url(url), placeholder="%s")
         else:
             store = cls(_connect_sqlite(url.removeprefix("sqlite://"), readonly), url=url)
         if not readonly:
+            store._take_lock(url.removeprefix("sqlite://"))
             store._write(lambda: [store._execute(statement) for statement in SCHEMA.split(";") if statement.strip()])
             store._seq = store._scalar("SELECT COALESCE(MAX(seq), 0) FROM outbox")
         return store
 
     def close(self) -> None:
         self._db.close()
+        if self._lock is not None:
+            self._lock.close()
+
+    def _take_lock(self, path: str) -> None:
+        busy = f"another consumer already writes the live state store {self.url}; stop it first (`make down`)"
+        if self._placeholder != "?":  # PostgreSQL: a session lock, released when the connection ends
+            if not self._scalar("SELECT pg_try_advisory_lock(7243514611)"):
+                self.close()
+                raise StoreError(busy)
+        elif path != ":memory:":  # SQLite: an exclusive lock on a file beside the store, released when we exit
+            self._lock = open(f"{path}.lock", "a+")
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.close()
+                raise StoreError(busy) from None
 
     # -- the consumer's side ---------------------------------------------------------------------
 
