@@ -214,16 +214,18 @@ class Tracker:
         heapq.heappush(heap, (station.machine.previous + MAX_GAP_S + 1, key, "expire", 0))
 
     def _advance(self, partition: int, at: int) -> None:
-        """Move the partition's clock to ``at`` and act on the deadlines it passed (stale ones are skipped)."""
+        """Move the partition's clock to ``at`` and act on the deadlines it passed, in time order and each
+        at its own time (a deadline made stale by a later observation is skipped, or moved), so that
+        the outcome does not depend on which stale deadlines a restart left out."""
         if at <= self.clocks.get(partition, 0):
             return
         self.clocks[partition] = now = at
         heap = self._deadlines.get(partition)
-        while heap and heap[0][0] <= now:
-            _, key, what, start = heapq.heappop(heap)
+        while heap and heap[0][0] <= now:  # in time order, each judged at its own time
+            when, key, what, start = heapq.heappop(heap)
             station = self.stations[key]
             if what == "expire":
-                if changes := station.machine.expire(now):
+                if changes := station.machine.expire(when):
                     self._episode_changes(key, station, changes)
                 elif station.machine.open_episodes():  # seen since: wait for its new silence
                     heapq.heappush(heap, (station.machine.previous + MAX_GAP_S + 1, key, "expire", 0))
