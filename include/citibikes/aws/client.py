@@ -110,7 +110,7 @@ class Aws:
             return AwsError(f"{self.where} rejected the credentials ({code}, {what}); refresh them or "
                             f"{CREDENTIALS_HINT}", code=code)
         return AwsError(f"{what} failed at {self.where}: {code}{': ' + message if message else ''}; "
-                        "fix that, then run the command again", code=code)
+                        "`citibikes aws status` shows what is missing or differs", code=code)
 
 
 def aws_from_settings(settings: Settings, session: boto3.Session | None = None) -> Aws:
