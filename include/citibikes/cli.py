@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
+from citibikes.aws.commands import add_aws_commands
 from citibikes.config import ConfigError, load_settings
 from citibikes.gbfs.errors import FeedError
 from citibikes.stack.process import StackError
@@ -391,10 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=5, help="messages per partition (default 5)")
     p.add_argument("--from-beginning", action="store_true")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new messages until Ctrl-C")
+    add_aws_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from citibikes.aws.errors import AwsError
     from citibikes.stream.publish import DeliveryError
     from citibikes.lake import LakeError
     from citibikes.live.store import StoreError
@@ -403,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (*USER_ERRORS, TopicError, DeliveryError, BrokerUnavailable, LakeError, StoreError) as exc:
+    except (*USER_ERRORS, TopicError, DeliveryError, BrokerUnavailable, LakeError, StoreError, AwsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

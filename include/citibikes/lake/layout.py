@@ -11,13 +11,15 @@ of adding a duplicate. ``date``/``hour`` are the UTC date and hour of ``last_upd
     raw/system=citibike/feed=station_status/date=2024-03-13/hour=13/1710335271.json.zst
     pipeline_runs/date=2024-03-13/scheduled__2024-03-13T13_00_00_00_00-citibike.parquet
     _state/<key>
+    _athena/<query id>.csv
 
 A backfill writes the snapshots of an hour together: the second name holds the station_status rows
 of several snapshots, the first to the last ``last_updated`` of its name (:func:`curated_key` with
 ``last``; the quarantine likewise). The same snapshots give the same name again.
 
-Names starting with ``.`` or ``_`` are never data: temporary files and the state store use them,
-and readers (pyarrow datasets, the ``*.parquet`` glob) skip them.
+Names starting with ``.`` or ``_`` are never data: temporary files, the state store and Athena's
+query results (the output location of the workgroup ``citibikes aws setup`` creates) use them, and
+readers (pyarrow datasets, the ``*.parquet`` glob) skip them.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ FEED_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 STATE_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
 UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 STATE_PREFIX = "_state"
+RAW_PREFIX = "raw"
+ATHENA_RESULTS_PREFIX = "_athena"
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,7 @@ def raw_key(system_id: str, feed: str, last_updated: int, suffix: str = ".json.z
     """The zstd-compressed copy of the feed exactly as fetched."""
     date, hour = utc_date_hour(last_updated)
     return (
-        f"raw/system={check_system_id(system_id)}/feed={check_feed(feed)}/date={date}/hour={hour}/"
+        f"{RAW_PREFIX}/system={check_system_id(system_id)}/feed={check_feed(feed)}/date={date}/hour={hour}/"
         f"{int(last_updated)}{suffix}"
     )
 
