@@ -86,6 +86,18 @@ class Settings:
     """The live consumer's state store: a SQLite file path, or a ``postgresql://`` URL."""
     consumer_metrics_port: int
     """Where the live consumer serves its Prometheus metrics (0: nowhere)."""
+    catalog: str = "auto"
+    """Which catalog the catalog DAG keeps: ``duckdb`` (a file in the state folder), ``glue`` (AWS Glue)
+    or ``auto``: Glue for an S3 lake connection, DuckDB for a folder."""
+    glue_database: str = "citibikes_analytics"
+    glue_crawler: str = "citibikes-lake"
+    glue_crawler_role: str | None = None
+    """The IAM role the Glue crawler runs as (needed only when the catalog is Glue)."""
+
+    @property
+    def catalog_path(self) -> Path:
+        """The embedded catalog (a DuckDB file): ``<state_dir>/catalog/citibikes.duckdb``."""
+        return self.state_dir / "catalog" / "citibikes.duckdb"
 
 
 DEFAULT_TOPICS = {
@@ -264,4 +276,19 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         status_snapshot_every_s=_int_env(env, "CITIBIKES_STATUS_SNAPSHOT_EVERY", 900),
         live_store=_env(env, "CITIBIKES_LIVE_STORE", str(state_dir / "live" / "live.db")),
         consumer_metrics_port=_int_env(env, "CITIBIKES_CONSUMER_METRICS_PORT", 9464, allow_zero=True),
+        catalog=_catalog_env(env),
+        glue_database=_env(env, "CITIBIKES_GLUE_DATABASE", "citibikes_analytics"),
+        glue_crawler=_env(env, "CITIBIKES_GLUE_CRAWLER", "citibikes-lake"),
+        glue_crawler_role=_env(env, "CITIBIKES_GLUE_CRAWLER_ROLE"),
     )
+
+
+CATALOGS = ("auto", "duckdb", "glue")
+
+
+def _catalog_env(env: Mapping[str, str]) -> str:
+    value = (_env(env, "CITIBIKES_CATALOG", "auto") or "auto").lower()
+    if value not in CATALOGS:
+        raise ConfigError(f"CITIBIKES_CATALOG={value!r} is not a catalog; use auto (Glue for an S3 lake, DuckDB "
+                          "for a folder), duckdb or glue")
+    return value

@@ -1,0 +1,62 @@
+"""The AWS path: which catalog to keep, and the Glue crawler's configuration over the lake's table folders.
+
+The crawler gets one S3 target (data store) per table root (:func:`citibikes.catalog.crawl.table_roots`:
+``curated/<table>/``, ``quarantine/``, ``pipeline_runs/``), never the lake's root, so ``raw/`` and
+``_state/`` never become tables; each target becomes one table named after its folder, as in the
+DuckDB catalog. Names starting with ``_`` or ``.`` are excluded (temporary files, markers). After the
+first crawl only new folders (new partitions) are crawled: the tables' schemas are fixed, and files
+added to a known partition are read by Athena without a crawl.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from citibikes.catalog.crawl import TableRoot
+from citibikes.catalog.errors import CatalogError
+
+CONNECTION_CATALOGS = {"fs": "duckdb", "aws": "glue"}
+"""The catalog ``auto`` chooses for each type of the ``citibikes_lake`` connection."""
+EXCLUSIONS = ["**/_*", "**/_*/**", "**/.*", "**/.*/**"]
+
+
+def choose_catalog(setting: str, connection_type: str) -> str:
+    """``duckdb`` or ``glue``: the setting (``CITIBIKES_CATALOG`` or the DAG's ``catalog`` param), or
+    for ``auto`` the lake connection's type (``aws``: Glue, ``fs``: DuckDB)."""
+    if setting in ("duckdb", "glue"):
+        return setting
+    if setting != "auto":
+        raise CatalogError(f"catalog {setting!r} is unknown; use auto, duckdb or glue")
+    try:
+        return CONNECTION_CATALOGS[connection_type]
+    except KeyError:
+        raise CatalogError(f"the lake connection has type {connection_type!r}, which no catalog follows; make it fs "
+                           "or aws, or set CITIBIKES_CATALOG to duckdb or glue") from None
+
+
+def crawler_config(lake_uri: str, roots: Iterable[TableRoot], *, name: str, role: str | None,
+                   database: str) -> dict[str, Any]:
+    """The ``CreateCrawler``/``UpdateCrawler`` arguments for a crawler over an S3 lake's table roots."""
+    if not lake_uri.startswith("s3://"):
+        raise CatalogError(f"a Glue crawler reads S3, and the lake is {lake_uri}; set CITIBIKES_CATALOG=duckdb "
+                           "for a folder lake")
+    if not role:
+        raise CatalogError("the Glue crawler needs an IAM role; set CITIBIKES_GLUE_CRAWLER_ROLE to its name or ARN")
+    base = lake_uri.rstrip("/")
+    return {
+        "Name": name,
+        "Role": role,
+        "DatabaseName": database,
+        "Description": "citibikes lake: one table per table folder (raw/ and _state/ are not crawled)",
+        "Targets": {"S3Targets": [{"Path": f"{base}/{root.prefix}/", "Exclusions": EXCLUSIONS}
+                                  for root in sorted(roots, key=lambda r: r.prefix)]},
+        "SchemaChangePolicy": {"UpdateBehavior": "LOG", "DeleteBehavior": "LOG"},
+        "RecrawlPolicy": {"RecrawlBehavior": "CRAWL_NEW_FOLDERS_ONLY"},
+        "Configuration": json.dumps({
+            "Version": 1.0,
+            "Grouping": {"TableGroupingPolicy": "CombineCompatibleSchemas"},
+            "CrawlerOutput": {"Partitions": {"AddOrUpdateBehavior": "InheritFromTable"}},
+        }, sort_keys=True),
+    }
