@@ -93,6 +93,8 @@ class Settings:
     glue_crawler: str = "citibikes-lake"
     glue_crawler_role: str | None = None
     """The IAM role the Glue crawler runs as (needed only when the catalog is Glue)."""
+    glue_crawl_every_s: int = 1800
+    """The Glue crawler runs at most this often (each run is billed; it crawls only new folders)."""
 
     @property
     def catalog_path(self) -> Path:
@@ -280,6 +282,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         glue_database=_env(env, "CITIBIKES_GLUE_DATABASE", "citibikes_analytics"),
         glue_crawler=_env(env, "CITIBIKES_GLUE_CRAWLER", "citibikes-lake"),
         glue_crawler_role=_env(env, "CITIBIKES_GLUE_CRAWLER_ROLE"),
+        glue_crawl_every_s=_int_env(env, "CITIBIKES_GLUE_CRAWL_EVERY", 1800, allow_zero=True),
     )
 
 

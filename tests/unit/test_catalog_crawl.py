@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from citibikes.catalog.crawl import Partition, Table, TableRoot, _value_problem, fingerprint, misfit, partition_sort_key
 from citibikes.catalog.duckdb_catalog import read_list, view_sql
 from citibikes.catalog.errors import CatalogError
-from citibikes.catalog.glue import choose_catalog, crawler_config
+from citibikes.catalog.glue import choose_catalog, crawl_due, crawler_config
 from citibikes.config import ConfigError, load_settings
 from citibikes.lake.tables import TABLE_SCHEMAS
 
@@ -116,3 +117,13 @@ def test_the_glue_crawler_has_one_data_store_per_table_root() -> None:
         crawler_config("s3://bucket/lake", roots, name="c", role=None, database="d")
     with pytest.raises(CatalogError, match="CITIBIKES_CATALOG=duckdb"):
         crawler_config("/data/lake", roots, name="c", role="r", database="d")
+
+
+def test_the_glue_crawler_runs_at_most_every_interval_and_never_twice_at_once() -> None:
+    now = datetime(2024, 3, 13, 13, 30, tzinfo=UTC)
+    assert crawl_due(None, now, 1800)  # not created yet
+    assert crawl_due({"State": "READY"}, now, 1800)  # never crawled
+    assert not crawl_due({"State": "RUNNING", "LastCrawl": {"StartTime": now - timedelta(hours=2)}}, now, 1800)
+    assert not crawl_due({"State": "READY", "LastCrawl": {"StartTime": now - timedelta(minutes=10)}}, now, 1800)
+    assert crawl_due({"State": "READY", "LastCrawl": {"StartTime": now - timedelta(minutes=30)}}, now, 1800)
+    assert crawl_due({"State": "READY", "LastCrawl": {"StartTime": now}}, now, 0)

@@ -5,13 +5,17 @@ The crawler gets one S3 target (data store) per table root (:func:`citibikes.cat
 ``_state/`` never become tables; each target becomes one table named after its folder, as in the
 DuckDB catalog. Names starting with ``_`` or ``.`` are excluded (temporary files, markers). After the
 first crawl only new folders (new partitions) are crawled: the tables' schemas are fixed, and files
-added to a known partition are read by Athena without a crawl.
+added to a known partition are read by Athena without a crawl. Each crawler run is billed (at least
+a few minutes of DPU time), and the lake gets data every minute: :func:`crawl_due` lets it run at
+most every ``CITIBIKES_GLUE_CRAWL_EVERY`` seconds; a run it skips loses nothing, since the next one
+crawls every folder that is new by then.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 from citibikes.catalog.crawl import TableRoot
@@ -60,3 +64,14 @@ def crawler_config(lake_uri: str, roots: Iterable[TableRoot], *, name: str, role
             "CrawlerOutput": {"Partitions": {"AddOrUpdateBehavior": "InheritFromTable"}},
         }, sort_keys=True),
     }
+
+
+def crawl_due(crawler: Mapping[str, Any] | None, now: datetime, every_s: int) -> bool:
+    """Whether to run the crawler (``GetCrawler``'s ``Crawler``, None if it does not exist yet): not
+    while it runs, and not sooner than ``every_s`` after its last crawl started."""
+    if crawler is None:
+        return True
+    if crawler.get("State") in ("RUNNING", "STOPPING"):
+        return False
+    started = (crawler.get("LastCrawl") or {}).get("StartTime")
+    return started is None or (now - started).total_seconds() >= every_s
