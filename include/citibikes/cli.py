@@ -337,13 +337,15 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 def cmd_catalog(args: argparse.Namespace) -> int:
     """Print the embedded catalog's tables (crawl the lake into it first with --refresh)."""
-    from citibikes.catalog import describe, refresh_catalog
+    from citibikes.catalog import S3Access, describe, refresh_catalog
     from citibikes.lake import lake_from_settings
 
     settings = load_settings()
     if args.refresh:
         setup_logging(settings.log_level)
-        print(refresh_catalog(lake_from_settings(settings), settings.catalog_path).line())
+        lake = lake_from_settings(settings)
+        s3 = S3Access.from_environment(settings.s3_endpoint_url, settings.s3_region) if lake.uri.startswith("s3://") else None
+        print(refresh_catalog(lake, settings.catalog_path, s3=s3).line())
     print("\n".join(describe(settings.catalog_path, partitions=args.partitions)))
     return 0
 

@@ -7,6 +7,7 @@
 
 from citibikes.catalog.duckdb_catalog import (
     CrawlSummary,
+    S3Access,
     connect,
     describe,
     refresh_catalog,
@@ -14,5 +15,5 @@ from citibikes.catalog.duckdb_catalog import (
 )
 from citibikes.catalog.errors import CatalogError, CatalogInputError
 
-__all__ = ["CatalogError", "CatalogInputError", "CrawlSummary", "connect", "describe",
+__all__ = ["CatalogError", "CatalogInputError", "CrawlSummary", "S3Access", "connect", "describe",
            "refresh_catalog", "switch_partition"]

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import duckdb
 import pyarrow as pa
@@ -72,6 +73,41 @@ ARROW_PARTITION_TYPES = {"system": pa.string(), "date": pa.date32(), "hour": pa.
 
 
 @dataclass(frozen=True)
+class S3Access:
+    """How DuckDB reaches an S3 lake (httpfs and a secret): what the crawler needs to create the views
+    (DuckDB binds a view, expanding its globs, when it is created) and a reader to query them."""
+
+    region: str
+    access_key: str | None = None
+    secret_key: str | None = None
+    session_token: str | None = None
+    endpoint_url: str | None = None
+    """``http://host:port`` of an S3-compatible server (path-style); None for AWS."""
+
+    @classmethod
+    def from_environment(cls, endpoint_url: str | None, region: str) -> S3Access:
+        """The standard AWS variables' keys (what ``citibikes`` commands open an S3 lake with)."""
+        return cls(region, os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY"),
+                   os.environ.get("AWS_SESSION_TOKEN"), endpoint_url)
+
+    def prepare(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Load httpfs (from the ``duckdb-extension-httpfs`` package: no download) and add the secret."""
+        from duckdb_extensions import import_extension
+
+        import_extension("httpfs", con=con)
+        con.load_extension("httpfs")
+        options = [f"REGION {_literal(self.region)}"]
+        if self.access_key:
+            options += [f"KEY_ID {_literal(self.access_key)}", f"SECRET {_literal(self.secret_key or '')}"]
+        if self.session_token:
+            options.append(f"SESSION_TOKEN {_literal(self.session_token)}")
+        if self.endpoint_url:
+            parts = urlsplit(self.endpoint_url)
+            options += [f"ENDPOINT {_literal(parts.netloc)}", "URL_STYLE 'path'", f"USE_SSL {parts.scheme == 'https'}"]
+        con.execute(f"CREATE OR REPLACE SECRET citibikes_lake (TYPE s3, {', '.join(options)})")
+
+
+@dataclass(frozen=True)
 class CrawlSummary:
     path: Path
     version: int
@@ -92,9 +128,11 @@ class CrawlSummary:
 
 # -- writers -----------------------------------------------------------------------------------
 
-def refresh_catalog(lake: Lake, path: Path | str, *, lock_wait_s: float = LOCK_WAIT_S) -> CrawlSummary:
+def refresh_catalog(lake: Lake, path: Path | str, *, s3: S3Access | None = None,
+                    lock_wait_s: float = LOCK_WAIT_S) -> CrawlSummary:
     """Crawl the lake and replace the catalog at ``path`` with what it found (see the module doc).
-    On bad input (:class:`~citibikes.catalog.errors.CatalogInputError`) the catalog stays as it was."""
+    On bad input (:class:`~citibikes.catalog.errors.CatalogInputError`) the catalog stays as it was.
+    An S3 lake needs ``s3``: DuckDB reads the lake when it creates the views."""
     path, began = Path(path), time.perf_counter()
     with writer_lock(path, lock_wait_s):
         previous = load_state(path)
@@ -103,13 +141,14 @@ def refresh_catalog(lake: Lake, path: Path | str, *, lock_wait_s: float = LOCK_W
             previous = CatalogState(lake=lake.uri, version=previous.version)
         state = crawl(lake, previous)
         state.version += 1
-        write_state(path, state)
+        write_state(path, state, s3)
     tables = {name: {"partitions": len(t.partitions), "files": t.file_count, "rows": t.rows} for name, t in state.tables.items()}
     return CrawlSummary(path, state.version, tables, state.footers_read, time.perf_counter() - began)
 
 
 def switch_partition(lake: Lake, path: Path | str, table: str, partition: str, files: list[str] | None,
-                     version: int | None = None, *, lock_wait_s: float = LOCK_WAIT_S) -> Partition | None:
+                     version: int | None = None, *, s3: S3Access | None = None,
+                     lock_wait_s: float = LOCK_WAIT_S) -> Partition | None:
     """Point one partition of ``table`` (``system=x/date=d/hour=h``) at ``files`` (keys relative to
     the lake root, in the partition's folder, already written), compacted ``version`` (higher than
     the partition's last), or back at every file of its folder (``files`` None; None is returned
@@ -122,7 +161,7 @@ def switch_partition(lake: Lake, path: Path | str, table: str, partition: str, f
             raise CatalogError(f"no catalog at {path}; crawl the lake first (citibikes catalog --refresh)")
         state = with_partition_files(state, lake, table, partition, files, version)
         state.version += 1
-        write_state(path, state)
+        write_state(path, state, s3)
     return state.tables[table].partitions.get(partition)
 
 
@@ -152,8 +191,11 @@ def writer_lock(path: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
         os.close(descriptor)  # releases the lock
 
 
-def write_state(path: Path, state: CatalogState) -> None:
+def write_state(path: Path, state: CatalogState, s3: S3Access | None = None) -> None:
     """Write ``state`` as a new DuckDB file beside ``path`` and rename it over ``path`` (call under :func:`writer_lock`)."""
+    if state.lake.startswith("s3://") and s3 is None:
+        raise CatalogError(f"the DuckDB catalog of S3 lake {state.lake} needs the lake's S3 settings to create its "
+                           "views (DuckDB reads the lake then); pass them, or keep this lake's catalog in Glue")
     folder = path.parent
     for leftover in folder.glob(f".{path.name}.*.tmp*"):  # of a writer that died; none runs now
         leftover.unlink(missing_ok=True)
@@ -161,6 +203,8 @@ def write_state(path: Path, state: CatalogState) -> None:
     try:
         con = duckdb.connect(str(temporary))
         try:
+            if s3 is not None:
+                s3.prepare(con)
             _fill(con, state)
         finally:
             con.close()
@@ -171,6 +215,8 @@ def write_state(path: Path, state: CatalogState) -> None:
             os.close(descriptor)
         os.replace(temporary, path)
         fsync_folder(folder)
+    except CatalogError:
+        raise
     except (duckdb.Error, OSError) as exc:
         raise CatalogError(f"cannot write catalog {path}: {first_line(exc)}; check the state folder "
                            "(space, permissions)") from None
@@ -229,7 +275,12 @@ def _fill(con: duckdb.DuckDBPyConnection, state: CatalogState) -> None:
         con.unregister("_arrow")
     for table in tables:
         if table.partitions:
-            con.execute(view_sql(table))
+            try:
+                con.execute(view_sql(table))  # DuckDB binds the view now: expands its globs, reads a footer
+            except duckdb.Error as exc:
+                raise CatalogError(f"cannot create the view of table {table.name} in {state.lake}: {first_line(exc)}; "
+                                   "a retry registers the lake as it is then (were files removed during the crawl?), "
+                                   "else check the lake's settings") from None
         else:  # a table the pipeline writes, with no file yet: empty, with its columns
             con.register("_arrow", _empty(table, state.schemas[table.fingerprint]))
             con.execute(f'CREATE TABLE "{table.name}" AS SELECT * FROM _arrow')
@@ -292,14 +343,17 @@ def _attach(path: Path, alias: str) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def connect(path: Path | str) -> duckdb.DuckDBPyConnection:
-    """A read-only connection to the current catalog, its tables queryable by name."""
+def connect(path: Path | str, s3: S3Access | None = None) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to the current catalog, its tables queryable by name (``s3``: how to
+    reach an S3 lake's files)."""
     path = Path(path)
     if not path.exists():
         raise CatalogError(f"no catalog at {path} yet; run `citibikes catalog --refresh` or let the "
                            "citibikes_catalog DAG run")
     con = _attach(path, "citibikes")
     con.execute("USE citibikes")
+    if s3 is not None:
+        s3.prepare(con)
     return con
 
 
