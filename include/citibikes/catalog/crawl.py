@@ -442,7 +442,8 @@ def with_partition_files(state: CatalogState, lake: Lake, table: str, path: str,
 
 
 def _checked_file(state: CatalogState, lake: Lake, table: Table, path: str, key: str) -> FileRecord:
-    if not key.startswith(f"{table.prefix}/{path}/") or not key.endswith(".parquet") or "/" in key[len(table.prefix) + len(path) + 2:]:
+    folder = f"{table.prefix}/{path}/"
+    if not key.startswith(folder) or not key.endswith(".parquet") or "/" in key[len(folder):]:
         raise CatalogInputError(f"{lake.storage.uri(key)} is not a .parquet file directly in the folder of table "
                                 f"{table.name} partition {path}; write the compacted file there")
     footer = _footer(lake, key)

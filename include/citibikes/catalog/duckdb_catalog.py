@@ -156,8 +156,9 @@ def switch_partition(lake: Lake, path: Path | str, table: str, partition: str, f
     """Point one partition of ``table`` (``system=x/date=d/hour=h``) at ``files`` (keys relative to
     the lake root, in the partition's folder, already written), compacted ``version`` (higher than
     the partition's last), or back at every file of its folder (``files`` None; None is returned
-    when the folder holds none: the partition is gone); one atomic catalog replacement. Readers of the old catalog keep reading the old files: delete those only once no
-    reader can hold that catalog any more. What compaction calls."""
+    when the folder holds none: the partition is gone); one atomic catalog replacement. What
+    compaction calls: readers of the old catalog keep reading the old files, so delete those only
+    once no reader can hold that catalog any more."""
     path = Path(path)
     with writer_lock(path, lock_wait_s):
         state = load_state(path)
@@ -247,7 +248,8 @@ def _fill(con: duckdb.DuckDBPyConnection, state: CatalogState) -> None:
         "_tables": pa.table({
             "table_name": [t.name for t in tables], "prefix": [t.prefix for t in tables], "root": [t.root for t in tables],
             "partition_keys": pa.array([list(t.partition_keys) for t in tables], pa.list_(pa.string())),
-            "schema_fingerprint": [t.fingerprint for t in tables], "union_by_name": pa.array([t.union_by_name for t in tables], pa.bool_()),
+            "schema_fingerprint": [t.fingerprint for t in tables],
+            "union_by_name": pa.array([t.union_by_name for t in tables], pa.bool_()),
             "partitions": pa.array([len(t.partitions) for t in tables], pa.int64()),
             "files": pa.array([t.file_count for t in tables], pa.int64()),
             "rows": pa.array([t.rows for t in tables], pa.int64()), "bytes": pa.array([t.bytes for t in tables], pa.int64()),
