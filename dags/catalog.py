@@ -11,13 +11,13 @@ lake's tables and partitions in a catalog under the same names: `station_status`
 |---|---|
 | `choose` | which catalog: the `catalog` param (default `CITIBIKES_CATALOG`, else `auto`: the `citibikes_lake` connection's type decides, `fs` -> DuckDB, `aws` -> Glue) |
 | `crawl_duckdb` | crawls the lake into `<state>/catalog/citibikes.duckdb` (a view per table, partitions typed: `date` DATE, `hour` INTEGER), written beside the old one and renamed over it: readers are never blocked and never see half a catalog. Only new files' footers are read |
-| `glue_crawler_config` | the Glue crawler's configuration (database `CITIBIKES_GLUE_DATABASE`, default `citibikes_analytics`; one S3 target per table root; role `CITIBIKES_GLUE_CRAWLER_ROLE`); skips the Glue tasks while the crawler runs or ran less than `CITIBIKES_GLUE_CRAWL_EVERY` s (default 1800) ago - a skipped run loses nothing, the next crawls every new folder |
+| `glue_crawler_config` | the Glue crawler's configuration: database `CITIBIKES_GLUE_DATABASE` (default `citibikes_analytics`), role `CITIBIKES_GLUE_CRAWLER_ROLE` (default `citibikes-glue-crawler`; both made by `citibikes aws setup`), one S3 target per table root, only new folders crawled after the first run; skips the Glue tasks while the crawler runs or ran less than `CITIBIKES_GLUE_CRAWL_EVERY` s (default 1800) ago - a skipped run loses nothing, the next crawls every new folder |
 | `crawler_exists` | create or update the crawler |
 | `create_crawler` / `update_crawler` | the Amazon provider's `GlueCrawlerCreateOperator` / `GlueCrawlerUpdateOperator` |
-| `run_crawler` | `GlueCrawlerRunOperator`, deferrable: waits in the triggerer, not in a worker slot |
+| `run_crawler` | `GlueCrawlerRunOperator`: waits for the crawl in the triggerer (deferrable) when aiobotocore is installed (`apache-airflow-providers-amazon[aiobotocore]`), else in its worker |
 
 Bad input - a foreign file in a table folder, a Parquet file whose schema does not fit its table,
-a missing Glue role - fails the task at once with one line naming the object and the fix; the
+a folder lake sent to Glue - fails the task at once with one line naming the object and the fix; the
 catalog stays as it was. An unreachable lake, a catalog file another process holds open for
 writing, or an AWS error is retried. Events that arrive while a run is going are served by the
 next run, which sees the whole lake, so none is needed for correctness.
@@ -27,6 +27,7 @@ Logic: `include/citibikes/catalog/`; this file only wires it.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from importlib.util import find_spec
 
 import pendulum
 from airflow.providers.amazon.aws.hooks.glue_crawler import GlueCrawlerHook
@@ -39,12 +40,14 @@ from airflow.sdk import Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from citibikes.catalog import CatalogError, CatalogInputError, S3Access, refresh_catalog
-from citibikes.catalog.crawl import table_roots
 from citibikes.catalog.glue import choose_catalog, crawl_due, crawler_config
 from citibikes.config import CATALOGS, load_settings
 from citibikes_airflow.assets import CATALOG, TABLE_ASSETS
 from citibikes_airflow.hooks.lake import LakeHook
 
+DEFERRABLE = find_spec("aiobotocore") is not None
+"""The provider's Glue trigger needs aiobotocore (``apache-airflow-providers-amazon[aiobotocore]``);
+without it the run task waits for the crawler in its worker slot instead."""
 LAKE_CONN_ID = LakeHook.default_conn_name
 """The lake's connection; for an S3 lake it is an ``aws`` connection, and the Glue calls use it too."""
 
@@ -104,12 +107,12 @@ def citibikes_catalog():
 
     @task.short_circuit
     def glue_crawler_config() -> dict | bool:
-        """The crawler's configuration over the lake's table roots, or False (skip) when it is not due."""
+        """The crawler's configuration (one S3 target per table root), or False (skip) when it is not due."""
         current = load_settings()
         lake = LakeHook().get_lake()
         try:
-            config = crawler_config(lake.uri, table_roots(lake), name=current.glue_crawler,
-                                    role=current.glue_crawler_role, database=current.glue_database)
+            config = crawler_config(lake.uri, name=current.glue_crawler, role=current.glue_crawler_role,
+                                    database=current.glue_database)
         except CatalogError as exc:
             raise AirflowFailException(str(exc)) from None
         hook = GlueCrawlerHook(aws_conn_id=LAKE_CONN_ID)
@@ -132,7 +135,7 @@ def citibikes_catalog():
     update = GlueCrawlerUpdateOperator(task_id="update_crawler", config=config, aws_conn_id=LAKE_CONN_ID,
                                        doc_md="Update the Glue crawler's targets and settings.")
     run = GlueCrawlerRunOperator(
-        task_id="run_crawler", crawler_name=settings.glue_crawler, aws_conn_id=LAKE_CONN_ID, deferrable=True,
+        task_id="run_crawler", crawler_name=settings.glue_crawler, aws_conn_id=LAKE_CONN_ID, deferrable=DEFERRABLE,
         fail_on_already_running=False, poll_interval=15, trigger_rule="none_failed_min_one_success",
         outlets=[CATALOG], doc_md="Run the crawler and wait for it in the triggerer; emits citibikes.catalog.")
     chosen >> [crawl_duckdb(), config]

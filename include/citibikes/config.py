@@ -92,7 +92,8 @@ class Settings:
     glue_database: str = "citibikes_analytics"
     glue_crawler: str = "citibikes-lake"
     glue_crawler_role: str | None = None
-    """The IAM role the Glue crawler runs as (needed only when the catalog is Glue)."""
+    """The IAM role (name or ARN) the Glue crawler runs as; None: ``citibikes-glue-crawler``, which
+    ``citibikes aws setup`` creates."""
     glue_crawl_every_s: int = 1800
     """The Glue crawler runs at most this often (each run is billed; it crawls only new folders)."""
 

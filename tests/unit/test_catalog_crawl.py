@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 import pytest
 
-from citibikes.catalog.crawl import Partition, Table, TableRoot, _value_problem, fingerprint, misfit, partition_sort_key
+from citibikes.aws.plan import CRAWLER_ROLE, DATABASE
+from citibikes.catalog.crawl import Partition, Table, _value_problem, fingerprint, misfit, partition_sort_key
 from citibikes.catalog.duckdb_catalog import read_list, view_sql
 from citibikes.catalog.errors import CatalogError
 from citibikes.catalog.glue import choose_catalog, crawl_due, crawler_config
@@ -103,20 +104,19 @@ def test_the_catalog_follows_the_lake_connection_unless_told() -> None:
         load_settings({"CITIBIKES_CATALOG": "athena"})
 
 
-def test_the_glue_crawler_has_one_data_store_per_table_root() -> None:
-    roots = [TableRoot("station_status", "curated/station_status", None), TableRoot("quarantine", "quarantine", None),
-             TableRoot("pipeline_runs", "pipeline_runs", ("date",))]
-    config = crawler_config("s3://bucket/lake/", roots, name="c", role="arn:aws:iam::1:role/r", database="citibikes_analytics")
+def test_the_glue_crawler_has_one_data_store_per_table_root_with_what_aws_setup_makes() -> None:
+    config = crawler_config("s3://bucket/lake/", name="c", database=DATABASE)
     assert [t["Path"] for t in config["Targets"]["S3Targets"]] == [
-        "s3://bucket/lake/curated/station_status/", "s3://bucket/lake/pipeline_runs/", "s3://bucket/lake/quarantine/"]
+        "s3://bucket/lake/curated/station_information/", "s3://bucket/lake/curated/station_status/",
+        "s3://bucket/lake/pipeline_runs/", "s3://bucket/lake/quarantine/"]  # no raw/, _state/, _athena/
     assert all("**/_*" in t["Exclusions"] for t in config["Targets"]["S3Targets"])
-    assert config["DatabaseName"] == "citibikes_analytics" and config["Role"].endswith("role/r")
+    assert config["DatabaseName"] == "citibikes_analytics" == load_settings({}).glue_database
+    assert config["Role"] == CRAWLER_ROLE  # the role citibikes aws setup creates, allowed to read exactly these folders
+    assert crawler_config("s3://b", name="c", database="d", role="arn:aws:iam::1:role/r")["Role"] == "arn:aws:iam::1:role/r"
     assert config["RecrawlPolicy"] == {"RecrawlBehavior": "CRAWL_NEW_FOLDERS_ONLY"}
     assert json.loads(config["Configuration"])["Grouping"] == {"TableGroupingPolicy": "CombineCompatibleSchemas"}
-    with pytest.raises(CatalogError, match="CITIBIKES_GLUE_CRAWLER_ROLE"):
-        crawler_config("s3://bucket/lake", roots, name="c", role=None, database="d")
     with pytest.raises(CatalogError, match="CITIBIKES_CATALOG=duckdb"):
-        crawler_config("/data/lake", roots, name="c", role="r", database="d")
+        crawler_config("/data/lake", name="c", database="d")
 
 
 def test_the_glue_crawler_runs_at_most_every_interval_and_never_twice_at_once() -> None:

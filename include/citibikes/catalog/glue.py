@@ -1,9 +1,13 @@
 """The AWS path: which catalog to keep, and the Glue crawler's configuration over the lake's table folders.
 
-The crawler gets one S3 target (data store) per table root (:func:`citibikes.catalog.crawl.table_roots`:
-``curated/<table>/``, ``quarantine/``, ``pipeline_runs/``), never the lake's root, so ``raw/`` and
-``_state/`` never become tables; each target becomes one table named after its folder, as in the
-DuckDB catalog. Names starting with ``_`` or ``.`` are excluded (temporary files, markers). After the
+The crawler gets one S3 target (data store) per table root of the layout
+(:data:`citibikes.lake.layout.TABLES`: ``curated/station_status/``, ``curated/station_information/``,
+``quarantine/``, ``pipeline_runs/``), never the lake's root, so ``raw/``, ``_state/`` and
+``_athena/`` never become tables; each target becomes one table named after its folder, as in the
+DuckDB catalog. These are the folders the crawler's role (``citibikes aws setup``) may read, so a new
+table reaches Glue when the layout names it (the DuckDB catalog takes any folder below ``curated/``).
+Names starting with ``_`` or ``.`` are excluded (temporary files, markers). The database and role
+are those ``citibikes aws setup`` creates, unless set otherwise. After the
 first crawl only new folders (new partitions) are crawled: the tables' schemas are fixed, and files
 added to a known partition are read by Athena without a crawl. Each crawler run is billed (at least
 a few minutes of DPU time), and the lake gets data every minute: :func:`crawl_due` lets it run at
@@ -18,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from citibikes.catalog.crawl import TableRoot
+from citibikes.aws.plan import CRAWLER_ROLE, TABLE_PREFIXES
 from citibikes.catalog.errors import CatalogError
 
 CONNECTION_CATALOGS = {"fs": "duckdb", "aws": "glue"}
@@ -40,22 +44,20 @@ def choose_catalog(setting: str, connection_type: str) -> str:
                            "or aws, or set CITIBIKES_CATALOG to duckdb or glue") from None
 
 
-def crawler_config(lake_uri: str, roots: Iterable[TableRoot], *, name: str, role: str | None,
-                   database: str) -> dict[str, Any]:
-    """The ``CreateCrawler``/``UpdateCrawler`` arguments for a crawler over an S3 lake's table roots."""
+def crawler_config(lake_uri: str, *, name: str, database: str, role: str | None = None,
+                   prefixes: Iterable[str] = TABLE_PREFIXES) -> dict[str, Any]:
+    """The ``CreateCrawler``/``UpdateCrawler`` arguments for a crawler over an S3 lake's table roots
+    (``role`` None: the one ``citibikes aws setup`` creates)."""
     if not lake_uri.startswith("s3://"):
         raise CatalogError(f"a Glue crawler reads S3, and the lake is {lake_uri}; set CITIBIKES_CATALOG=duckdb "
                            "for a folder lake")
-    if not role:
-        raise CatalogError("the Glue crawler needs an IAM role; set CITIBIKES_GLUE_CRAWLER_ROLE to its name or ARN")
     base = lake_uri.rstrip("/")
     return {
         "Name": name,
-        "Role": role,
+        "Role": role or CRAWLER_ROLE,
         "DatabaseName": database,
-        "Description": "citibikes lake: one table per table folder (raw/ and _state/ are not crawled)",
-        "Targets": {"S3Targets": [{"Path": f"{base}/{root.prefix}/", "Exclusions": EXCLUSIONS}
-                                  for root in sorted(roots, key=lambda r: r.prefix)]},
+        "Description": "citibikes lake: one table per table folder (raw/, _state/, _athena/ are not crawled)",
+        "Targets": {"S3Targets": [{"Path": f"{base}/{prefix}/", "Exclusions": EXCLUSIONS} for prefix in sorted(prefixes)]},
         "SchemaChangePolicy": {"UpdateBehavior": "LOG", "DeleteBehavior": "LOG"},
         "RecrawlPolicy": {"RecrawlBehavior": "CRAWL_NEW_FOLDERS_ONLY"},
         "Configuration": json.dumps({
