@@ -2,7 +2,7 @@
 
 A table is one folder of the lake, its *root*: ``curated/<table>/`` for every folder below
 ``curated/``, and the other roots :data:`citibikes.lake.layout.TABLES` names (``quarantine/``,
-``pipeline_runs/``). ``raw/`` (the JSON archive) and ``_state/`` are never tables, nor is any other
+``pipeline_runs/``). ``raw/`` (the JSON archive), ``_state/`` and ``_athena/`` are never tables, nor is any other
 top-level folder. Below a root, each data file sits in a Hive partition folder, named by the
 table's partition keys in order: ``system=<id>/date=<YYYY-MM-DD>/hour=<H>/<name>.parquet``
 (``pipeline_runs``: ``date=`` only). A table the layout does not know (``curated/rebalancing``)
@@ -48,8 +48,6 @@ from citibikes.lake import Lake, layout
 from citibikes.lake.tables import TABLE_SCHEMAS
 
 CURATED = "curated"
-NEVER_TABLES = ("raw", layout.STATE_PREFIX)
-"""Top-level folders that are never tables: the raw JSON archive and the pipeline's state."""
 TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 PARTITION_TYPES = {"system": "VARCHAR", "date": "DATE", "hour": "INTEGER"}
 """DuckDB types of the partition keys; any other key is VARCHAR."""
