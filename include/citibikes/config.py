@@ -86,6 +86,9 @@ class Settings:
     """The live consumer's state store: a SQLite file path, or a ``postgresql://`` URL."""
     consumer_metrics_port: int
     """Where the live consumer serves its Prometheus metrics (0: nowhere)."""
+    alerts_webhook_conn: str | None = None
+    """The Airflow HTTP connection the alerts DAG posts its to-do lists to; None: the task log and
+    a JSON-lines file under ``<state_dir>/alerts/``."""
 
 
 DEFAULT_TOPICS = {
@@ -264,4 +267,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         status_snapshot_every_s=_int_env(env, "CITIBIKES_STATUS_SNAPSHOT_EVERY", 900),
         live_store=_env(env, "CITIBIKES_LIVE_STORE", str(state_dir / "live" / "live.db")),
         consumer_metrics_port=_int_env(env, "CITIBIKES_CONSUMER_METRICS_PORT", 9464, allow_zero=True),
+        alerts_webhook_conn=_env(env, "CITIBIKES_ALERTS_WEBHOOK_CONN"),
     )

@@ -16,6 +16,7 @@ import itertools
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -33,6 +34,7 @@ from citibikes.lake.tables import (
     RunRecord,
     parquet_bytes,
     quarantine_table,
+    rebalancing_table,
     runs_from_table,
     runs_table,
     by_station,
@@ -186,11 +188,27 @@ class Lake:
             files.append((layout.run_key(run_id, first.system_id, first.started_at), parquet_bytes(runs_table(group))))
         return self.write_files(files)
 
+    def write_rebalancing(self, run_id: str, run_after: float, outages: Sequence[Any],
+                          systems: Iterable[str] = ()) -> list[str]:
+        """A run's to-do list (:class:`~citibikes.live.rebalance.Outage` rows): one file per system with
+        outages, named after the run (:func:`~citibikes.lake.layout.rebalancing_key`), so a rerun
+        replaces it. Of the other ``systems`` only those this run listed before (a rerun that finds
+        nothing left to do) get a file, an empty one; the rest get none (no file per run and system)."""
+        by_system: dict[str, list[Any]] = {}
+        for outage in outages:
+            by_system.setdefault(outage.system_id, []).append(outage)
+        files = []
+        for system in sorted(set(systems) | set(by_system)):
+            key = layout.rebalancing_key(run_id, system, run_after)
+            if system in by_system or self.storage.exists(key):
+                files.append((key, parquet_bytes(rebalancing_table(run_id, by_system.get(system, [])))))
+        return self.write_files(files)
+
     # -- reading -----------------------------------------------------------------------------
 
     def files(self, name: str, system: str | None = None) -> list[str]:
         """Keys of a table's Parquet files (``station_status``, ``station_information``,
-        ``quarantine``, ``pipeline_runs``), optionally of one system only."""
+        ``quarantine``, ``pipeline_runs``, ``rebalancing``), optionally of one system only."""
         table = layout.table_layout(name)
         prefix = table.prefix
         if system is not None and "system" in table.partition_keys:

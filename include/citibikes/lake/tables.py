@@ -87,10 +87,36 @@ PIPELINE_RUNS_SCHEMA = pa.schema([
     required("schema_version", pa.int32()),
 ])
 
+HELPER = pa.struct([
+    required("station_id", pa.string()),
+    optional("name", pa.string()),
+    required("distance_m", pa.int32()),
+    required("available", pa.int32()),
+])
+"""A station that could help an outage (:class:`citibikes.live.rebalance.Helper`)."""
+
+REBALANCING_SCHEMA = pa.schema([
+    required("run_id", pa.string()),
+    required("system_id", pa.string()),
+    required("station_id", pa.string()),
+    optional("name", pa.string()),
+    required("kind", pa.string()),
+    required("started", TIMESTAMP_UTC),
+    required("as_of", TIMESTAMP_UTC),
+    required("duration_s", pa.int64()),
+    required("threshold_s", pa.int32()),
+    optional("lat", pa.float64()),
+    optional("lon", pa.float64()),
+    required("helpers", pa.list_(pa.field("element", HELPER, nullable=False))),
+    required("schema_version", pa.int32()),
+])
+"""One row per long outage of a rebalancing to-do list (:class:`citibikes.live.rebalance.Outage`)."""
+
 TABLE_SCHEMAS: dict[str, pa.Schema] = {
     **SCHEMAS,
     "quarantine": QUARANTINE_SCHEMA,
     "pipeline_runs": PIPELINE_RUNS_SCHEMA,
+    "rebalancing": REBALANCING_SCHEMA,
 }
 
 OUTCOMES = ("success", "no_new_data", "stale", "failed", "skipped")
@@ -139,6 +165,11 @@ def runs_table(runs: Sequence[RunRecord]) -> pa.Table:
 
 def quarantine_table(records: Sequence[QuarantinedRecord]) -> pa.Table:
     return _records_table("quarantine", msgspec.to_builtins(records))
+
+
+def rebalancing_table(run_id: str, outages: Sequence[Any]) -> pa.Table:
+    """The to-do list a run made (:class:`~citibikes.live.rebalance.Outage` structs or their dicts)."""
+    return _records_table("rebalancing", [{**row, "run_id": run_id} for row in msgspec.to_builtins(outages)])
 
 
 def _records_table(name: str, rows: list[dict[str, Any]]) -> pa.Table:
