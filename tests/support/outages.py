@@ -15,10 +15,10 @@ F        40.760    15     0      full since T0 + 1 min, 1,112 m from E
 S        40.740    0      9      empty since T0 + 40 min: 5 min, below the threshold
 =======  ========  =====  =====  ==========================================
 
-Every station is seen at T0, +15, +30 and +45 min (an episode of a station unseen for 40 min
-closes), S until +40 min; E and F also at +1 min. The clock ends at T0 + 45 min. Expected to-do
-list (threshold 30 min): E empty 44 min, helped by A (111 m, 10 bikes), C (334 m, 8), D (445 m, 6);
-F full 44 min, helped by D (667 m, 6 docks), B (890 m, 9), A (1,001 m, 10).
+Every station is seen at T0 (``t0`` of :func:`build_store`), +15, +30 and +45 min (an episode of
+a station unseen for 40 min closes), S until +40 min; E and F also at +1 min. The clock ends at
+T0 + 45 min. Expected to-do list (threshold 30 min): E empty 44 min, helped by A (111 m, 10 bikes),
+C (334 m, 8), D (445 m, 6); F full 44 min, helped by D (667 m, 6 docks), B (890 m, 9), A (1,001 m, 10).
 """
 
 from __future__ import annotations
@@ -49,26 +49,28 @@ def _status(system: str, station: str, at: int, bikes: int, docks: int) -> bytes
                        "is_returning": True}).encode()
 
 
-def _information(system: str, station: str, lat: float) -> bytes:
-    return json.dumps({"system_id": system, "station_id": station, "last_updated": T0, "name": f"{station} St",
+def _information(system: str, station: str, lat: float, at: int) -> bytes:
+    return json.dumps({"system_id": system, "station_id": station, "last_updated": at, "name": f"{station} St",
                        "lat": lat, "lon": LON, "capacity": 20}).encode()
 
 
-def build_store(path: Path | str, system: str = "citibike", threshold_s: int = 30 * M) -> LiveStore:
-    """The store of the module doc at ``path`` (SQLite), as the consumer would have committed it."""
+def build_store(path: Path | str, system: str = "citibike", threshold_s: int = 30 * M, t0: int = T0) -> LiveStore:
+    """The store of the module doc at ``path`` (SQLite), its clock starting at ``t0``, as a consumer
+    would have left it: committed, its alerts sent."""
     tracker = Tracker(status_topic="status", information_topic="information", alerts_topic="alerts",
                       thresholds={system: threshold_s})
     normal = {"E": (5, 15), "F": (10, 5), "S": (3, 6)}
     table = {s: (b, d) for s, (_, b, d) in STATIONS.items()}
-    timeline = [(T0, {**table, **normal}), (T0 + M, {s: table[s] for s in "EF"}),
-                (T0 + 15 * M, {**table, "S": normal["S"]}), (T0 + 30 * M, {**table, "S": normal["S"]}),
-                (T0 + 40 * M, {"S": table["S"]}), (END, {s: v for s, v in table.items() if s != "S"})]
-    messages = [("information", _information(system, s, lat)) for s, (lat, _, _) in STATIONS.items()]
+    timeline = [(t0, {**table, **normal}), (t0 + M, {s: table[s] for s in "EF"}),
+                (t0 + 15 * M, {**table, "S": normal["S"]}), (t0 + 30 * M, {**table, "S": normal["S"]}),
+                (t0 + 40 * M, {"S": table["S"]}), (t0 + 45 * M, {s: v for s, v in table.items() if s != "S"})]
+    messages = [("information", _information(system, s, lat, t0)) for s, (lat, _, _) in STATIONS.items()]
     messages += [("status", _status(system, s, at, b, d)) for at, seen in timeline for s, (b, d) in seen.items()]
     for offset, (topic, value) in enumerate(messages):
         tracker.apply(topic, 0, offset, None, value)
     store = LiveStore.open(str(path))
     store.commit(tracker.take())
+    store.sent([id_ for id_, *_ in store.outbox()])
     return store
 
 
