@@ -91,9 +91,9 @@ def test_an_outage_without_a_position_is_listed_without_helpers_and_nobody_may_h
     assert todo(stations, [], {"s": 30 * M}) == []
 
 
-def test_fifty_systems_of_1400_stations_plan_in_under_two_seconds() -> None:
-    """70,000 stations, one in ten an outage past its threshold, each system in its own city
-    (about 0.55 s on a shared 2-core machine; the bound leaves room for a busy one)."""
+def test_fifty_systems_of_1400_stations_plan_in_under_two_cpu_seconds() -> None:
+    """70,000 stations, one in ten an outage past its threshold, each system in its own city (about
+    0.55 s here; CPU time, so that other work on a shared machine does not count)."""
     rng = random.Random(7)
     stations, episodes = [], []
     for s in range(50):
@@ -104,8 +104,8 @@ def test_fifty_systems_of_1400_stations_plan_in_under_two_seconds() -> None:
                                     bikes=0 if out else rng.randint(0, 20), system=system))
             if out:
                 episodes.append(episode(f"{n}", "empty", T - 45 * M, system))
-    started = time.perf_counter()
+    started = time.process_time()
     rows = todo(stations, episodes, {})
-    elapsed = time.perf_counter() - started
+    elapsed = time.process_time() - started
     assert len(rows) == 7000 and all(len(r.helpers) == 3 for r in rows)
-    assert elapsed < 2.0, f"{elapsed:.2f} s"
+    assert elapsed < 2.0, f"{elapsed:.2f} CPU s"
