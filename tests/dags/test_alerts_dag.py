@@ -48,7 +48,7 @@ def _helpers(outages: list[dict]) -> dict:
             for o in outages}
 
 
-def test_a_run_lands_the_list_in_the_lake_and_appends_it_to_the_alerts_file(alerts_env: Path) -> None:
+def test_a_run_lands_the_list_in_the_lake_and_appends_it_to_the_alerts_file_once(alerts_env: Path) -> None:
     run = _alerts_dag().test()
     assert run.state == "success", {ti.task_id: ti.state for ti in run.get_task_instances()}
 
@@ -66,6 +66,13 @@ def test_a_run_lands_the_list_in_the_lake_and_appends_it_to_the_alerts_file(aler
     assert _helpers(sent["outages"]) == EXPECTED
     assert [f.split("/system=")[1] for f in sent["files"]] == [
         f"citibike/date={run.run_after:%Y-%m-%d}/{sent['files'][0].rsplit('/', 1)[1]}"]
+
+    # Woken again with the same outages: nothing changed, so nothing is written or sent.
+    again = _alerts_dag().test()
+    assert again.state == "success"
+    assert {ti.task_id: ti.state for ti in again.get_task_instances()} == {"plan": "success", "notify": "skipped"}
+    assert len(notes.read_text().splitlines()) == 1
+    assert open_lake(str(alerts_env / "lake")).read_table("rebalancing").num_rows == 2
 
 
 class _Webhook(ThreadingHTTPServer):

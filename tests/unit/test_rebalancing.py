@@ -1,4 +1,4 @@
-"""The alerts DAG's step without Airflow: a real SQLite live store -> the to-do list -> the lake table."""
+"""The alerts DAG's step without Airflow: a real SQLite live store -> the to-do lists that changed -> the lake."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from citibikes.config import load_settings
 from citibikes.lake import open_lake
 from citibikes.lake.layout import rebalancing_key
 from citibikes.live.store import StoreError
-from citibikes.rebalancing import describe, plan
+from citibikes.rebalancing import describe, mark_sent, plan
 from support.outages import DURATION_S, END, EXPECTED, T0, build_store, recover
 
 RUN_AFTER = 1_800_003_000.5
@@ -30,9 +30,16 @@ def setup(tmp_path: Path):
     store.close()
 
 
+def _run(settings, lake, run_id: str) -> dict:
+    """What one DAG run does: plan, then (the notifier sent it) record the lists as sent."""
+    todo = plan(settings, lake, run_id, RUN_AFTER)
+    mark_sent(lake, todo)
+    return todo
+
+
 def test_plan_lists_the_long_outages_and_lands_them_in_the_lake(setup) -> None:
     settings, lake, _ = setup
-    todo = plan(settings, lake, "asset_triggered__2027-01-15T08:50:00+00:00", RUN_AFTER)
+    todo = _run(settings, lake, "asset_triggered__2027-01-15T08:50:00+00:00")
 
     key = "curated/rebalancing/system=citibike/date=2027-01-15/asset_triggered__2027-01-15T08_50_00_00_00.parquet"
     assert todo["files"] == [key]
@@ -57,18 +64,36 @@ def test_plan_lists_the_long_outages_and_lands_them_in_the_lake(setup) -> None:
     ]
 
 
+def test_only_lists_that_changed_since_the_last_ones_sent_are_kept(setup) -> None:
+    settings, lake, store = setup
+    _run(settings, lake, "run-1")
+    same = plan(settings, lake, "run-2", RUN_AFTER)  # the same outages, only longer: nothing to send, no file
+    assert (same["systems"], same["outages"], same["files"]) == ({}, [], [])
+    assert describe(same) == ["no to-do list changed since the last ones sent"]
+
+    recover(store, "E", END + 60)
+    changed = plan(settings, lake, "run-3", RUN_AFTER)  # E recovered: F alone is a new list (its sending fails)
+    assert [o["station_id"] for o in changed["outages"]] == ["F"]
+    unsent = plan(settings, lake, "run-4", RUN_AFTER)  # not recorded as sent: the next run sends it again
+    assert unsent["systems"] == changed["systems"] and unsent["outages"] == changed["outages"]
+    assert lake.files("rebalancing") == [rebalancing_key(r, "citibike", RUN_AFTER) for r in ("run-1", "run-3", "run-4")]
+
+
 def test_a_rerun_replaces_its_list_and_empties_it_when_nothing_is_left(setup) -> None:
     settings, lake, store = setup
-    first = plan(settings, lake, "run-1", RUN_AFTER)
+    first = _run(settings, lake, "run-1")
     recover(store, "E", END + 60)
-    again = plan(settings, lake, "run-1", RUN_AFTER)
+    again = _run(settings, lake, "run-1")
     assert again["files"] == first["files"]
     assert [r["station_id"] for r in lake.read_table("rebalancing").to_pylist()] == ["F"]
 
     recover(store, "F", END + 120)
-    assert plan(settings, lake, "run-1", RUN_AFTER)["files"] == first["files"]  # rewritten, empty
+    cleared = _run(settings, lake, "run-1")
+    assert cleared["files"] == first["files"] and cleared["systems"]["citibike"]["full"] == 0
     assert lake.read_table("rebalancing").num_rows == 0
-    assert plan(settings, lake, "run-2", RUN_AFTER)["files"] == []  # nothing to do: no file at all
+    assert describe(cleared) == ["citibike: 0 empty and 0 full stations past their outage threshold "
+                                 "as of 2027-01-15 08:47:00 UTC"]
+    assert _run(settings, lake, "run-2")["files"] == []  # nothing to do, as sent: no file at all
     assert lake.files("rebalancing") == [rebalancing_key("run-1", "citibike", RUN_AFTER)]
 
 

@@ -218,13 +218,6 @@ class Storage:
                 raise LakeError(f"cannot read {self.uri(key)}: it is a folder, not a file; remove it") from None
             raise self.error(exc, f"cannot read {self.uri(key)}") from None
 
-    def exists(self, key: str) -> bool:
-        """Whether the object ``key`` exists (one stat or HEAD request, no bytes read)."""
-        try:
-            return self.filesystem.get_file_info(self.path(key)).type == pafs.FileType.File
-        except OSError as exc:
-            raise self.error(exc, f"cannot look up {self.uri(key)}") from None
-
     def delete_tree(self, prefix: str) -> None:
         """Remove everything under ``prefix`` (a folder locally, all keys below it on S3); no error if absent."""
         try:

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -189,20 +190,16 @@ class Lake:
         return self.write_files(files)
 
     def write_rebalancing(self, run_id: str, run_after: float, outages: Sequence[Any],
-                          systems: Iterable[str] = ()) -> list[str]:
-        """A run's to-do list (:class:`~citibikes.live.rebalance.Outage` rows): one file per system with
-        outages, named after the run (:func:`~citibikes.lake.layout.rebalancing_key`), so a rerun
-        replaces it. Of the other ``systems`` only those this run listed before (a rerun that finds
-        nothing left to do) get a file, an empty one; the rest get none (no file per run and system)."""
-        by_system: dict[str, list[Any]] = {}
-        for outage in outages:
-            by_system.setdefault(outage.system_id, []).append(outage)
-        files = []
-        for system in sorted(set(systems) | set(by_system)):
-            key = layout.rebalancing_key(run_id, system, run_after)
-            if system in by_system or self.storage.exists(key):
-                files.append((key, parquet_bytes(rebalancing_table(run_id, by_system.get(system, [])))))
-        return self.write_files(files)
+                          systems: Iterable[str]) -> list[str]:
+        """A run's to-do lists (:class:`~citibikes.live.rebalance.Outage` rows or their dicts): one file
+        per system of the outages and of ``systems`` (empty when it has none), named after the run
+        (:func:`~citibikes.lake.layout.rebalancing_key`), so a rerun replaces it."""
+        by_system: dict[str, list[Any]] = {system: [] for system in systems}
+        for outage in msgspec.to_builtins(outages):
+            by_system.setdefault(outage["system_id"], []).append(outage)
+        return self.write_files((layout.rebalancing_key(run_id, system, run_after),
+                                 parquet_bytes(rebalancing_table(run_id, rows)))
+                                for system, rows in sorted(by_system.items()))
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -7,8 +7,9 @@ connection's auth, headers from its extra, a failing status raises); without it,
 appended as one JSON line to ``<state_dir>/alerts/rebalancing-<date>.jsonl`` (the date of the run).
 Either way it is written to the task log, one line per outage.
 
-The JSON is the alerts DAG's ``plan`` result (:func:`citibikes.rebalancing.plan`: ``run_id``,
-``run_after``, ``systems``, ``outages``, ``files``) plus ``triggered_by``, the alerts that woke the run.
+The JSON is the alerts DAG's ``plan`` result, the lists that changed (:func:`citibikes.rebalancing.plan`:
+``run_id``, ``run_after``, ``systems``, ``outages``, ``files``) plus ``triggered_by``, the alerts
+that woke the run.
 """
 
 from __future__ import annotations
