@@ -2,9 +2,10 @@
 values pyarrow (the pipeline's reader) sees, and no file uses an encoding older readers reject.
 
 The lake is made by the pipeline's own code paths: a backfill of a recorded archive (station_status
-hour files grouped by station, station_information versions, quarantine, run records) and a minute
+hour files grouped by station, station_information versions, quarantine, run records), a minute
 step of the recorded Citi Bike feed landed the way the minute DAG's write task lands it (a
-station_status file per snapshot in the feed's order, the descriptions, the quarantine, the run).
+station_status file per snapshot in the feed's order, the descriptions, the quarantine, the run)
+and a rebalancing to-do list planned from a live state store the way the alerts DAG plans it.
 
 Spark 3.2 (pyspark in local mode, one session for the module) is the strictest reader at hand: its
 vectorized Parquet reader, which Spark uses whenever the selected columns are all flat, decodes
@@ -37,9 +38,11 @@ from citibikes.lake import Lake, open_lake
 from citibikes.lake.layout import TABLES
 from citibikes.lake.store import PARTITION_TYPES
 from citibikes.lake.tables import TABLE_SCHEMAS
+from citibikes.rebalancing import plan
 from citibikes.replay.backfill import backfill
 from citibikes.replay.recordings import recorded
 from citibikes.state import SystemState
+from support.outages import build_store
 
 READABLE_ENCODINGS = {"PLAIN", "PLAIN_DICTIONARY", "RLE", "RLE_DICTIONARY"}
 """What every reader decodes: Spark's vectorized reader before 3.3 knows these only."""
@@ -61,6 +64,9 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
     settings = load_settings({"CITIBIKES_FEED": "replay", "CITIBIKES_STATE_DIR": str(root / "state")})
     report = backfill(archive, "citibike", settings=settings, lake=lake, workers=1)
     assert report.processed == 8 and not report.failed, report.errors
+    build_store(root / "live.db").close()
+    live = load_settings({"CITIBIKES_FEED": "replay", "CITIBIKES_LIVE_STORE": str(root / "live.db")})
+    assert plan(live, lake, "asset_triggered__2027-01-15T08:50:00+00:00", 1_800_003_000)["files"]
     return lake
 
 
@@ -168,8 +174,9 @@ def test_no_file_uses_an_encoding_or_codec_older_readers_reject(lake: Lake) -> N
 # -- Spark 3.2 -------------------------------------------------------------------------------------------------
 
 SPARK_TYPES: dict[Callable[[pa.DataType], bool], str] = {
-    pa.types.is_string: "string", pa.types.is_int32: "int", pa.types.is_boolean: "boolean",
-    pa.types.is_float64: "double", pa.types.is_timestamp: "timestamp", pa.types.is_date32: "date",
+    pa.types.is_string: "string", pa.types.is_int32: "int", pa.types.is_int64: "bigint",
+    pa.types.is_boolean: "boolean", pa.types.is_float64: "double", pa.types.is_timestamp: "timestamp",
+    pa.types.is_date32: "date",
 }
 
 
@@ -215,7 +222,7 @@ def _polars_type(kind: pa.DataType) -> pl.DataType:
         return pl.Struct({field.name: _polars_type(field.type) for field in kind})
     if pa.types.is_timestamp(kind):
         return pl.Datetime("ms", "UTC")
-    return {pa.string(): pl.String(), pa.int32(): pl.Int32(), pa.bool_(): pl.Boolean(),
+    return {pa.string(): pl.String(), pa.int32(): pl.Int32(), pa.int64(): pl.Int64(), pa.bool_(): pl.Boolean(),
             pa.float64(): pl.Float64(), pa.date32(): pl.Date()}[kind]
 
 
@@ -230,7 +237,8 @@ def test_polars_reads_every_table_like_pyarrow(lake: Lake, name: str) -> None:
     assert _rows(columns, selected.rows()) == _expected(lake, name, columns)
 
 
-DUCKDB_TYPES = {"string": "VARCHAR", "int32": "INTEGER", "bool": "BOOLEAN", "double": "DOUBLE",
+DUCKDB_KEYWORDS = {row[0] for row in duckdb.sql("SELECT keyword_name FROM duckdb_keywords()").fetchall()}
+DUCKDB_TYPES = {"string": "VARCHAR", "int32": "INTEGER", "int64": "BIGINT", "bool": "BOOLEAN", "double": "DOUBLE",
                 "timestamp[ms, tz=UTC]": "TIMESTAMP WITH TIME ZONE", "date32[day]": "DATE"}
 
 
@@ -240,8 +248,13 @@ def _duckdb_type(kind: pa.DataType) -> str:
     if pa.types.is_list(kind):
         return f"{_duckdb_type(kind.value_type)}[]"
     if pa.types.is_struct(kind):
-        return "STRUCT(" + ", ".join(f"{field.name} {_duckdb_type(field.type)}" for field in kind) + ")"
+        return "STRUCT(" + ", ".join(f"{_duckdb_name(field.name)} {_duckdb_type(field.type)}" for field in kind) + ")"
     return DUCKDB_TYPES[str(kind)]
+
+
+def _duckdb_name(name: str) -> str:
+    """A struct field's name as DuckDB writes it in a type: quoted when it is a keyword (``"name"``)."""
+    return f'"{name}"' if name in DUCKDB_KEYWORDS else name
 
 
 @pytest.mark.parametrize("name", TABLE_NAMES)
