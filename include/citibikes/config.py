@@ -86,6 +86,9 @@ class Settings:
     """The live consumer's state store: a SQLite file path, or a ``postgresql://`` URL."""
     consumer_metrics_port: int
     """Where the live consumer serves its Prometheus metrics (0: nowhere)."""
+    alerts_webhook_conn: str | None = None
+    """The Airflow HTTP connection the alerts DAG posts its to-do lists to; None: the task log and
+    a JSON-lines file under ``<state_dir>/alerts/``."""
     catalog: str = "auto"
     """Which catalog the catalog DAG keeps: ``duckdb`` (a file in the state folder), ``glue`` (AWS Glue)
     or ``auto``: Glue for an S3 lake connection, DuckDB for a folder."""
@@ -279,6 +282,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         status_snapshot_every_s=_int_env(env, "CITIBIKES_STATUS_SNAPSHOT_EVERY", 900),
         live_store=_env(env, "CITIBIKES_LIVE_STORE", str(state_dir / "live" / "live.db")),
         consumer_metrics_port=_int_env(env, "CITIBIKES_CONSUMER_METRICS_PORT", 9464, allow_zero=True),
+        alerts_webhook_conn=_env(env, "CITIBIKES_ALERTS_WEBHOOK_CONN"),
         catalog=_catalog_env(env),
         glue_database=_env(env, "CITIBIKES_GLUE_DATABASE", "citibikes_analytics"),
         glue_crawler=_env(env, "CITIBIKES_GLUE_CRAWLER", "citibikes-lake"),

@@ -50,3 +50,16 @@ def test_ingest_dag_shape(dagbag) -> None:
     # One alias, to which `write` adds events only for the tables that got files (see test_ingest_dag).
     assert [outlet.name for outlet in dag.get_task("write").outlets] == ["citibikes.lake_writes"]
     assert dag.get_task("fetch").retry_exponential_backoff
+
+
+def test_alerts_dag_is_scheduled_on_the_watched_alerts_asset(dagbag) -> None:
+    dag = dagbag.dags["citibikes_alerts"]
+    assert dag.max_active_runs == 1
+    assert "notify" in dag.get_task("plan").downstream_task_ids
+    (asset,) = dag.timetable.asset_condition.objects
+    assert asset.name == "citibikes.station_alerts" and asset.uri.endswith("/bikes-station-alerts")
+    (watcher,) = asset.watchers
+    classpath, kwargs = watcher.trigger.serialize()
+    assert classpath == "airflow.providers.apache.kafka.triggers.await_message.AwaitMessageTrigger"
+    assert kwargs["topics"] == ["bikes-station-alerts"] and kwargs["kafka_config_id"] == "citibikes_alerts_watcher"
+    assert kwargs["apply_function"] == "citibikes_airflow.watchers.worth_a_run" and kwargs["poll_interval"] == 0

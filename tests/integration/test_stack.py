@@ -2,11 +2,13 @@
 and Airflow standalone.
 
 Everything runs on free ports with its own state folder, so it never touches a developer's stack.
-Then a DAG run triggered through the REST API must succeed under the real scheduler.
+Then a DAG run triggered through the REST API must succeed under the real scheduler, and a
+threshold alert sent to Kafka must start the event-driven alerts DAG through its AssetWatcher.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,9 +17,14 @@ from pathlib import Path
 
 import pytest
 import requests
+from confluent_kafka import ConsumerGroupState, KafkaException, Producer
+from confluent_kafka.admin import AdminClient
 
+from citibikes.live import alerts
+from citibikes.stack.airflow import ALERTS_WATCHER_GROUP
 from citibikes.stack.process import free_port, pid_alive, port_open
 from support.kafka_read import read_topic
+from support.outages import M, build_store
 
 pytestmark = [pytest.mark.kafka, pytest.mark.airflow, pytest.mark.timeout(600)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,15 +65,48 @@ def _pid(env: dict[str, str], name: str) -> int:
     return int((Path(env["CITIBIKES_STATE_DIR"]) / "run" / f"{name}.pid").read_text())
 
 
+def _wait_for_the_alerts_watcher(bootstrap: str, timeout_s: float = 120) -> None:
+    """Until the triggerer runs the alerts DAG's watcher: its consumer group is stable on the alerts topic."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            group = admin.describe_consumer_groups([ALERTS_WATCHER_GROUP])[ALERTS_WATCHER_GROUP].result()
+        except KafkaException:  # no coordinator for the group yet
+            group = None
+        if group and group.state == ConsumerGroupState.STABLE and any(
+                tp.topic == "bikes-station-alerts" for m in group.members
+                for tp in (m.assignment.topic_partitions if m.assignment else [])):
+            time.sleep(2)  # and it has looked up the end offset it starts from
+            return
+        time.sleep(1)
+    raise AssertionError(f"the alerts watcher (group {ALERTS_WATCHER_GROUP}) never joined in {timeout_s:.0f} s")
+
+
+def _alerts_run(ui: str, headers: dict, timeout_s: float = 120) -> dict:
+    """The first citibikes_alerts run, once it finished."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        runs = requests.get(f"{ui}/api/v2/dags/citibikes_alerts/dagRuns", headers=headers, timeout=10).json()["dag_runs"]
+        if runs and runs[0]["state"] in ("success", "failed"):
+            return runs[0]
+        time.sleep(1)
+    raise AssertionError(f"no finished citibikes_alerts run within {timeout_s:.0f} s of the alert")
+
+
 def test_up_runs_the_pipeline_and_down_stops_everything(stack_env: dict[str, str], kafka_broker) -> None:
     env = stack_env
+    state_dir = Path(env["CITIBIKES_STATE_DIR"])
+    # Two long outages of a system "e2e" in the store the consumer takes up, a day ahead of the replay
+    # feed's clock so that the consumer never closes them as silent.
+    t0 = int(time.time()) + 86400
+    build_store(state_dir / "live" / "live.db", system="e2e", t0=t0).close()
     started = time.monotonic()
     up = _cli(env, "up")
     assert up.returncode == 0, up.stdout + up.stderr
     ui = f"http://127.0.0.1:{env['CITIBIKES_AIRFLOW_PORT']}"
     assert f"Airflow UI:  {ui}   login: admin / stack-test-password" in up.stdout
-    assert "DAGs unpaused: citibikes_catalog, citibikes_ingest" in up.stdout
-    state_dir = Path(env["CITIBIKES_STATE_DIR"])
+    assert "DAGs unpaused: citibikes_alerts, citibikes_catalog, citibikes_ingest" in up.stdout
     metrics = f"http://127.0.0.1:{env['CITIBIKES_CONSUMER_METRICS_PORT']}/metrics"
     assert f"Consumer: started (metrics {metrics}, store {state_dir / 'live' / 'live.db'}" in up.stdout
     print(f"up took {time.monotonic() - started:.1f} s")
@@ -90,6 +130,29 @@ def test_up_runs_the_pipeline_and_down_stops_everything(stack_env: dict[str, str
     lake = Path(env["CITIBIKES_STATE_DIR"]) / "lake"
     assert list(lake.glob("curated/station_status/system=citibike/date=*/hour=*/*.parquet"))
     assert read_topic(f"127.0.0.1:{env['CITIBIKES_KAFKA_PORT']}", "bikes-station-status")
+
+    # Event-driven: a threshold alert on bikes-station-alerts -> AssetWatcher -> a citibikes_alerts run.
+    bootstrap = f"127.0.0.1:{env['CITIBIKES_KAFKA_PORT']}"
+    waited = time.monotonic()
+    _wait_for_the_alerts_watcher(bootstrap)
+    print(f"alerts watcher running {time.monotonic() - waited:.1f} s after the ingest run")
+    threshold = alerts.alert("threshold", "empty", "e2e", "E", t0 + M, t0 + 31 * M, 30 * M)
+    producer = Producer({"bootstrap.servers": bootstrap})
+    producer.produce("bikes-station-alerts", key=b"e2e:E", value=alerts.encode(threshold))
+    assert producer.flush(10) == 0
+    sent = time.monotonic()
+    run = _alerts_run(ui, headers)
+    print(f"citibikes_alerts run finished {time.monotonic() - sent:.1f} s after the alert")
+    assert (run["state"], run["run_type"]) == ("success", "asset_triggered"), \
+        (state_dir / "logs" / "airflow.log").read_text()[-3000:]
+    (notes,) = (state_dir / "alerts").glob("rebalancing-*.jsonl")
+    sent_list = json.loads(notes.read_text().splitlines()[0])
+    assert sent_list["run_id"] == run["dag_run_id"]
+    assert sent_list["triggered_by"] == [json.loads(alerts.encode(threshold))]
+    assert sent_list["systems"]["e2e"] == {"as_of": t0 + 45 * M, "empty": 1, "full": 1}
+    assert list(state_dir.glob("lake/curated/rebalancing/system=e2e/date=*/*.parquet"))
+    logs = list((state_dir / "airflow" / "logs" / "dag_id=citibikes_alerts").glob("run_id=*/task_id=notify/attempt=1.log"))
+    assert logs and "empty E E St for 44 min: bikes from A A St (111 m, 10 bikes)" in logs[0].read_text()
 
     kafka_pid = _pid(env, "kafka")
     again = _cli(env, "up")

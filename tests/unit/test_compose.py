@@ -445,10 +445,13 @@ def test_addresses_agree_between_services(services: dict[str, Any]) -> None:
 def test_airflow_connections_parse_and_agree_with_the_pipeline_settings(services: dict[str, Any]) -> None:
     env = environment(services["airflow"])
     connections = {k: json.loads(v) for k, v in env.items() if k.startswith("AIRFLOW_CONN_")}
-    assert set(connections) == {"AIRFLOW_CONN_KAFKA_DEFAULT", "AIRFLOW_CONN_CITIBIKES_LAKE"}
+    assert set(connections) == {"AIRFLOW_CONN_KAFKA_DEFAULT", "AIRFLOW_CONN_CITIBIKES_LAKE",
+                                 "AIRFLOW_CONN_CITIBIKES_ALERTS_WATCHER"}
 
     kafka = connections["AIRFLOW_CONN_KAFKA_DEFAULT"]
     assert kafka == {"conn_type": "kafka", "extra": {"bootstrap.servers": env["CITIBIKES_KAFKA_BOOTSTRAP"]}}
+    watcher = connections["AIRFLOW_CONN_CITIBIKES_ALERTS_WATCHER"]
+    assert watcher["extra"]["bootstrap.servers"] == env["CITIBIKES_KAFKA_BOOTSTRAP"]
 
     lake = connections["AIRFLOW_CONN_CITIBIKES_LAKE"]
     assert lake["conn_type"] == "aws"
@@ -471,7 +474,8 @@ def test_connections_are_those_the_local_stack_derives(services: dict[str, Any],
     settings = load_settings(pipeline_env(services))
     assert json.loads(env["AIRFLOW_CONN_CITIBIKES_LAKE"]) == stack_airflow.lake_connection(settings)
     local = stack_airflow.airflow_env(settings, port=8080, base={})
-    assert json.loads(env["AIRFLOW_CONN_KAFKA_DEFAULT"]) == json.loads(local["AIRFLOW_CONN_KAFKA_DEFAULT"])
+    for name in ("AIRFLOW_CONN_KAFKA_DEFAULT", "AIRFLOW_CONN_CITIBIKES_ALERTS_WATCHER"):
+        assert json.loads(env[name]) == json.loads(local[name]), name
     for name, value in AIRFLOW_SETTINGS.items():
         assert local.get(name) == value, f"the local stack sets {name}={local.get(name)!r}, compose {value!r}"
 
@@ -496,7 +500,7 @@ def test_image_versions_match_the_local_stack(services: dict[str, Any]) -> None:
 def test_airflow_accepts_the_connection_json(services: dict[str, Any]) -> None:
     connection_module = pytest.importorskip("airflow.models.connection")
     env = environment(services["airflow"])
-    for key in ("AIRFLOW_CONN_KAFKA_DEFAULT", "AIRFLOW_CONN_CITIBIKES_LAKE"):
+    for key in ("AIRFLOW_CONN_KAFKA_DEFAULT", "AIRFLOW_CONN_CITIBIKES_LAKE", "AIRFLOW_CONN_CITIBIKES_ALERTS_WATCHER"):
         conn_id = key.removeprefix("AIRFLOW_CONN_").lower()
         conn = connection_module.Connection.from_json(env[key], conn_id=conn_id)
         assert conn.conn_type == json.loads(env[key])["conn_type"]

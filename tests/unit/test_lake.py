@@ -780,11 +780,7 @@ def test_status_parquet_is_an_order_of_magnitude_smaller_than_the_feed(first_sta
     per_row, raw_per_row = len(parquet) / first_status.num_rows, raw_bytes / first_status.num_rows
     assert raw_per_row > 300
     assert per_row < 40, f"{per_row:.1f} bytes per status row"
-    chunks = column_chunks(parquet)
-    assert chunks["station_id"].compression == chunks["extras"].compression == "ZSTD"
-    # one value per snapshot: zstd would only add its frame; counts and flags: a few bits per value
-    assert chunks["system_id"].compression == chunks["last_updated"].compression == "UNCOMPRESSED"
-    assert chunks["num_docks_available"].compression == chunks["is_installed"].compression == "UNCOMPRESSED"
+    assert {chunk.compression for chunk in column_chunks(parquet).values()} == {"ZSTD"}
 
 
 def test_status_parquet_has_statistics_of_ids_and_times(first_status: pa.Table) -> None:
@@ -812,8 +808,7 @@ def test_the_file_makers_make_the_bytes_the_lake_writes(lake: Lake, tmp_path: Pa
 
 
 def test_tiny_files_are_stored_uncompressed_and_read_the_same(first_status: pa.Table) -> None:
-    for rows, codecs in ((3, {"UNCOMPRESSED"}), (SMALL_TABLE_ROWS, {"UNCOMPRESSED"}),
-                         (SMALL_TABLE_ROWS + 1, {"UNCOMPRESSED", "ZSTD"})):
+    for rows, codecs in ((3, {"UNCOMPRESSED"}), (SMALL_TABLE_ROWS, {"UNCOMPRESSED"}), (SMALL_TABLE_ROWS + 1, {"ZSTD"})):
         table = first_status.slice(0, rows)
         data = parquet_bytes(table)
         assert {chunk.compression for chunk in column_chunks(data).values()} == codecs, rows
@@ -826,17 +821,18 @@ def test_unique_columns_skip_the_dictionary(first_status: pa.Table, information:
     encodings = {path: chunk.encodings for path, chunk in column_chunks(parquet_bytes(first_status)).items()}
     assert "RLE_DICTIONARY" not in encodings["station_id"] and "RLE_DICTIONARY" not in encodings["extras"]
     assert "RLE_DICTIONARY" in encodings["vehicle_types_available.list.element.vehicle_type_id"]
-    assert "DELTA_BINARY_PACKED" in encodings["num_bikes_available"]  # whole numbers: delta-encoded instead
-    assert "DELTA_BINARY_PACKED" in encodings["vehicle_types_available.list.element.count"]
+    assert "RLE_DICTIONARY" in encodings["num_bikes_available"]  # counts repeat: a dictionary, runs of indices
+    assert "RLE_DICTIONARY" in encodings["vehicle_types_available.list.element.count"]
+    assert set(encodings["is_renting"]) == {"PLAIN", "RLE"}  # flags: PLAIN bit-packs them (RLE: the levels)
     described = {path: chunk.encodings for path, chunk in column_chunks(parquet_bytes(information)).items()}
     for unique in ("station_id", "name", "short_name", "address", "extras"):
         assert "RLE_DICTIONARY" not in described[unique], unique
     assert "RLE_DICTIONARY" in described["region_id"]
 
 
-def test_delta_encoded_counts_read_the_same_in_duckdb(tmp_path: Path) -> None:
-    """Counts (delta-encoded, uncompressed) and flags (bit-packed) as pyarrow and DuckDB read them,
-    nulls and nested vehicle type counts included."""
+def test_dictionary_encoded_counts_read_the_same_in_duckdb(tmp_path: Path) -> None:
+    """Counts (dictionaries, the largest int32 included) and flags (bit-packed) as pyarrow and DuckDB
+    read them, nulls and nested vehicle type counts included (Spark and polars: tests/integration/test_lake_engines.py)."""
     document = recorded_document()
     for i, station in enumerate(document["data"]["stations"]):
         if i % 7 == 0:
@@ -850,9 +846,9 @@ def test_delta_encoded_counts_read_the_same_in_duckdb(tmp_path: Path) -> None:
     path = tmp_path / "status.parquet"
     path.write_bytes(status_file("citibike", table, SNAPSHOT_AT)[1])
     chunks = column_chunks(path)
-    assert chunks["num_bikes_available"].compression == chunks["is_renting"].compression == "UNCOMPRESSED"
-    assert chunks["last_reported"].compression == "ZSTD"
-    assert "DELTA_BINARY_PACKED" in chunks["num_ebikes_available"].encodings
+    assert chunks["num_bikes_available"].compression == chunks["is_renting"].compression == "ZSTD"
+    assert "RLE_DICTIONARY" in chunks["num_ebikes_available"].encodings
+    assert "RLE_DICTIONARY" in chunks["vehicle_types_available.list.element.count"].encodings
     assert pq.read_table(path).equals(table)
     names = ["station_id", "num_bikes_available", "num_ebikes_available", "num_docks_available", "is_renting",
              "vehicle_types_available"]

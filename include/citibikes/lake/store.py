@@ -16,7 +16,9 @@ import itertools
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -33,6 +35,7 @@ from citibikes.lake.tables import (
     RunRecord,
     parquet_bytes,
     quarantine_table,
+    rebalancing_table,
     runs_from_table,
     runs_table,
     by_station,
@@ -186,11 +189,23 @@ class Lake:
             files.append((layout.run_key(run_id, first.system_id, first.started_at), parquet_bytes(runs_table(group))))
         return self.write_files(files)
 
+    def write_rebalancing(self, run_id: str, run_after: float, outages: Sequence[Any],
+                          systems: Iterable[str]) -> list[str]:
+        """A run's to-do lists (:class:`~citibikes.live.rebalance.Outage` rows or their dicts): one file
+        per system of the outages and of ``systems`` (empty when it has none), named after the run
+        (:func:`~citibikes.lake.layout.rebalancing_key`), so a rerun replaces it."""
+        by_system: dict[str, list[Any]] = {system: [] for system in systems}
+        for outage in msgspec.to_builtins(outages):
+            by_system.setdefault(outage["system_id"], []).append(outage)
+        return self.write_files((layout.rebalancing_key(run_id, system, run_after),
+                                 parquet_bytes(rebalancing_table(run_id, rows)))
+                                for system, rows in sorted(by_system.items()))
+
     # -- reading -----------------------------------------------------------------------------
 
     def files(self, name: str, system: str | None = None) -> list[str]:
         """Keys of a table's Parquet files (``station_status``, ``station_information``,
-        ``quarantine``, ``pipeline_runs``), optionally of one system only."""
+        ``quarantine``, ``pipeline_runs``, ``rebalancing``), optionally of one system only."""
         table = layout.table_layout(name)
         prefix = table.prefix
         if system is not None and "system" in table.partition_keys:

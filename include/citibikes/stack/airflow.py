@@ -3,8 +3,8 @@
 ``airflow standalone`` runs the scheduler, DAG processor, API server (UI) and triggerer on the
 embedded SQLite metadata database with the LocalExecutor. Everything it needs comes from the
 environment built here (no airflow.cfg edits): the DAG and plugin folders of this repository, no
-examples, parallelism sized for small machines, and the Kafka and lake connections as
-``AIRFLOW_CONN_*`` derived from the project's own settings.
+examples, parallelism sized for small machines, and the Kafka, alerts-watcher and lake connections
+as ``AIRFLOW_CONN_*`` derived from the project's own settings.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from citibikes.config import PROJECT_ROOT, Settings
 from citibikes.stack.process import Service, StackError
 
 ADMIN_USER = "admin"
+ALERTS_WATCHER_GROUP = "citibikes-alerts-dag"
 
 
 def lake_connection(settings: Settings) -> dict:
@@ -40,6 +41,13 @@ def lake_connection(settings: Settings) -> dict:
         return conn
     path = uri.removeprefix("file://")
     return {"conn_type": "fs", "extra": {"path": str(Path(path).resolve())}}
+
+
+def alerts_watcher_connection(settings: Settings) -> dict:
+    """The ``citibikes_alerts_watcher`` connection of the alerts DAG's AssetWatcher: its own consumer
+    group, starting at the end of the topic when new, offsets committed by the trigger alone."""
+    return {"conn_type": "kafka", "extra": {"bootstrap.servers": settings.kafka_bootstrap, "group.id": ALERTS_WATCHER_GROUP,
+                                            "auto.offset.reset": "latest", "enable.auto.commit": False}}
 
 
 def airflow_env(settings: Settings, *, port: int, worker_log_port: int = 8793, trigger_log_port: int = 8794,
@@ -70,6 +78,7 @@ def airflow_env(settings: Settings, *, port: int, worker_log_port: int = 8793, t
             {"conn_type": "kafka", "extra": {"bootstrap.servers": settings.kafka_bootstrap}}
         ),
         "AIRFLOW_CONN_CITIBIKES_LAKE": json.dumps(lake_connection(settings)),
+        "AIRFLOW_CONN_CITIBIKES_ALERTS_WATCHER": json.dumps(alerts_watcher_connection(settings)),
         # The tasks load the same settings as the CLI.
         "CITIBIKES_STATE_DIR": str(settings.state_dir),
         "CITIBIKES_SYSTEMS_FILE": str(settings.systems_file),
