@@ -335,6 +335,21 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def cmd_catalog(args: argparse.Namespace) -> int:
+    """Print the embedded catalog's tables (crawl the lake into it first with --refresh)."""
+    from citibikes.catalog import S3Access, describe, refresh_catalog
+    from citibikes.lake import lake_from_settings
+
+    settings = load_settings()
+    if args.refresh:
+        setup_logging(settings.log_level)
+        lake = lake_from_settings(settings)
+        s3 = S3Access.from_environment(settings.s3_endpoint_url, settings.s3_region) if lake.uri.startswith("s3://") else None
+        print(refresh_catalog(lake, settings.catalog_path, s3=s3).line())
+    print("\n".join(describe(settings.catalog_path, partitions=args.partitions)))
+    return 0
+
+
 # -- parser ------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -387,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     add_log_level(p)
     p.add_argument("--log-file", default="citibikes_pipeline.log")
+    p = add("catalog", cmd_catalog, "show the lake's catalog (a DuckDB file in the state folder): tables, partitions, rows")
+    p.add_argument("--refresh", action="store_true", help="crawl the lake first (what the citibikes_catalog DAG does)")
+    p.add_argument("--partitions", action="store_true", help="list every partition too")
     p = add("tail", cmd_tail, "print the latest messages of a topic as JSON lines")
     p.add_argument("topic")
     p.add_argument("-n", type=int, default=5, help="messages per partition (default 5)")
@@ -398,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from citibikes.aws.errors import AwsError
+    from citibikes.catalog.errors import CatalogError
     from citibikes.stream.publish import DeliveryError
     from citibikes.lake import LakeError
     from citibikes.live.store import StoreError
@@ -406,7 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (*USER_ERRORS, TopicError, DeliveryError, BrokerUnavailable, LakeError, StoreError, AwsError) as exc:
+    except (*USER_ERRORS, TopicError, DeliveryError, BrokerUnavailable, LakeError, StoreError, AwsError,
+            CatalogError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

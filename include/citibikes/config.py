@@ -89,6 +89,21 @@ class Settings:
     alerts_webhook_conn: str | None = None
     """The Airflow HTTP connection the alerts DAG posts its to-do lists to; None: the task log and
     a JSON-lines file under ``<state_dir>/alerts/``."""
+    catalog: str = "auto"
+    """Which catalog the catalog DAG keeps: ``duckdb`` (a file in the state folder), ``glue`` (AWS Glue)
+    or ``auto``: Glue for an S3 lake connection, DuckDB for a folder."""
+    glue_database: str = "citibikes_analytics"
+    glue_crawler: str = "citibikes-lake"
+    glue_crawler_role: str | None = None
+    """The IAM role (name or ARN) the Glue crawler runs as; None: ``citibikes-glue-crawler``, which
+    ``citibikes aws setup`` creates."""
+    glue_crawl_every_s: int = 1800
+    """The Glue crawler runs at most this often (each run is billed; it crawls only new folders)."""
+
+    @property
+    def catalog_path(self) -> Path:
+        """The embedded catalog (a DuckDB file): ``<state_dir>/catalog/citibikes.duckdb``."""
+        return self.state_dir / "catalog" / "citibikes.duckdb"
 
 
 DEFAULT_TOPICS = {
@@ -268,4 +283,20 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         live_store=_env(env, "CITIBIKES_LIVE_STORE", str(state_dir / "live" / "live.db")),
         consumer_metrics_port=_int_env(env, "CITIBIKES_CONSUMER_METRICS_PORT", 9464, allow_zero=True),
         alerts_webhook_conn=_env(env, "CITIBIKES_ALERTS_WEBHOOK_CONN"),
+        catalog=_catalog_env(env),
+        glue_database=_env(env, "CITIBIKES_GLUE_DATABASE", "citibikes_analytics"),
+        glue_crawler=_env(env, "CITIBIKES_GLUE_CRAWLER", "citibikes-lake"),
+        glue_crawler_role=_env(env, "CITIBIKES_GLUE_CRAWLER_ROLE"),
+        glue_crawl_every_s=_int_env(env, "CITIBIKES_GLUE_CRAWL_EVERY", 1800, allow_zero=True),
     )
+
+
+CATALOGS = ("auto", "duckdb", "glue")
+
+
+def _catalog_env(env: Mapping[str, str]) -> str:
+    value = (_env(env, "CITIBIKES_CATALOG", "auto") or "auto").lower()
+    if value not in CATALOGS:
+        raise ConfigError(f"CITIBIKES_CATALOG={value!r} is not a catalog; use auto (Glue for an S3 lake, DuckDB "
+                          "for a folder), duckdb or glue")
+    return value

@@ -3,6 +3,7 @@
 The ingest DAG's ``write`` task declares the alias :data:`LAKE_WRITES` as its outlet and adds an
 event, through it, only for the tables that got files in that run (:data:`TABLE_ASSETS`): a
 downstream DAG scheduled on :data:`STATION_STATUS` runs when new status data landed, not every minute.
+The catalog DAG, scheduled on any of them, emits :data:`CATALOG` once the catalog knows the new data.
 """
 
 from __future__ import annotations
@@ -30,3 +31,6 @@ LAKE_WRITES = AssetAlias("citibikes.lake_writes", group="citibikes")
 TABLE_ASSETS = {"station_status": STATION_STATUS, "station_information": STATION_INFORMATION,
                 "pipeline_runs": PIPELINE_RUNS}
 """Lake table name -> Asset (the quarantine table has none)."""
+
+CATALOG = Asset(name="citibikes.catalog", uri="citibikes://catalog", group="citibikes")
+"""The lake's catalog (DuckDB file or Glue database) is up to date: what the checks DAG is scheduled on."""

@@ -34,21 +34,26 @@ class LakeHook(BaseHook):
                 raise LakeError(f"connection {self.lake_conn_id!r} (fs) has no extra.path; set it to the lake folder")
             return open_lake(path)
         if conn.conn_type == "aws":
-            from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-
             uri = extra.get("lake_uri")
             if not uri:
                 raise LakeError(f"connection {self.lake_conn_id!r} (aws) has no extra.lake_uri; set it to s3://bucket/prefix")
-            aws = AwsBaseHook(aws_conn_id=self.lake_conn_id, client_type="s3")
-            credentials = aws.get_credentials()
-            return open_lake(
-                uri,
-                endpoint_url=aws.conn_config.endpoint_url,
-                region=aws.conn_region_name or extra.get("region_name"),
-                access_key=credentials.access_key,
-                secret_key=credentials.secret_key,
-                session_token=credentials.token,
-            )
+            return open_lake(uri, **self.s3_settings())
         raise LakeError(
             f"connection {self.lake_conn_id!r} has type {conn.conn_type!r}; use 'fs' (a folder) or 'aws' (S3)"
         )
+
+    def s3_settings(self) -> dict[str, str | None]:
+        """Endpoint, region and credentials of an ``aws`` lake connection (``open_lake``'s keyword arguments),
+        through the Amazon provider's ``AwsBaseHook`` (keys, profiles, roles)."""
+        from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+        extra = self.get_connection(self.lake_conn_id).extra_dejson
+        aws = AwsBaseHook(aws_conn_id=self.lake_conn_id, client_type="s3")
+        credentials = aws.get_credentials()
+        return {
+            "endpoint_url": aws.conn_config.endpoint_url,
+            "region": aws.conn_region_name or extra.get("region_name"),
+            "access_key": credentials.access_key,
+            "secret_key": credentials.secret_key,
+            "session_token": credentials.token,
+        }

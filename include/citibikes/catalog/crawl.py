@@ -1,0 +1,459 @@
+"""The crawler: the lake's tables, their partitions and their Parquet schemas, as a :class:`CatalogState`.
+
+A table is one folder of the lake, its *root*: ``curated/<table>/`` for every folder below
+``curated/``, and the other roots :data:`citibikes.lake.layout.TABLES` names (``quarantine/``,
+``pipeline_runs/``). ``raw/`` (the JSON archive), ``_state/`` and ``_athena/`` are never tables, nor is any other
+top-level folder. Below a root, each data file sits in a Hive partition folder, named by the
+table's partition keys in order: ``system=<id>/date=<YYYY-MM-DD>/hour=<H>/<name>.parquet``
+(``pipeline_runs``: ``date=`` only). A table the layout does not know (a folder a user adds below ``curated/``)
+takes its keys from its files; ``system`` is text, ``date`` a date, ``hour`` an integer 0-23 and
+any other key text.
+
+By the lake's convention a name starting with ``.`` or ``_`` is not data: such folders are
+skipped, and so are such files unless they end in ``.parquet`` (in-flight temporary files, markers;
+a ``.parquet`` file in a partition folder is read by the views whatever its name, so it is data).
+Everything else that is not a ``.parquet`` file in a well-formed partition folder is a *foreign*
+file; a ``.parquet`` file whose footer cannot be read, or whose schema does not fit its table (a
+column the table requires is missing, or a column has another type), is *incompatible*. Either
+makes :func:`crawl` raise one :class:`CatalogInputError` naming the first such file, how many there
+are and the fix, and the crawl registers nothing (the catalog stays as it was); nothing is deleted
+(moving the file out of the lake, or writing it again, is the user's call).
+
+A table's schema is the lake's own for the tables it writes (:data:`citibikes.lake.tables.TABLE_SCHEMAS`);
+for another table, the schema it was first registered with (that of most of its files then), and
+its partition keys are those most of its files have. Files may add columns or leave out optional
+ones; the catalog then reads the table by column name.
+
+Footers are read once: the previous :class:`CatalogState` remembers each file's size, modification
+time, schema fingerprint and row count, so a crawl reads only the footers of new or rewritten files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import date
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from citibikes.catalog.errors import CatalogInputError
+from citibikes.config import SYSTEM_ID_PATTERN
+from citibikes.errors import first_line
+from citibikes.lake import Lake, layout
+from citibikes.lake.tables import TABLE_SCHEMAS
+
+CURATED = "curated"
+TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+PARTITION_TYPES = {"system": "VARCHAR", "date": "DATE", "hour": "INTEGER"}
+"""DuckDB types of the partition keys; any other key is VARCHAR."""
+FOOTER_THREADS = 8
+"""Footers read at once (on S3 each is two small ranged GETs; locally it hardly matters)."""
+
+
+@dataclass(frozen=True)
+class TableRoot:
+    """A table's folder: its name, its key prefix in the lake, and its partition keys (None: learned from its files)."""
+
+    name: str
+    prefix: str
+    partition_keys: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One data file as the catalog remembers it (``key`` relative to the lake root)."""
+
+    table: str
+    key: str
+    partition: str
+    size: int
+    mtime_ns: int
+    fingerprint: str
+    rows: int
+
+
+@dataclass
+class Partition:
+    """One Hive partition of a table. ``files`` is None while every ``*.parquet`` of ``location`` is
+    read (new files show up at once); a compacted partition reads only its explicit ``files``."""
+
+    table: str
+    path: str
+    """``system=citibike/date=2024-03-13/hour=13``: the folder below the table's root."""
+    location: str
+    """The folder's URI."""
+    files: tuple[str, ...] | None = None
+    compacted_version: int | None = None
+    file_count: int = 0
+    rows: int = 0
+    bytes: int = 0
+
+    @property
+    def values(self) -> dict[str, str]:
+        return dict(part.split("=", 1) for part in self.path.split("/"))
+
+
+@dataclass
+class Table:
+    name: str
+    prefix: str
+    root: str
+    """The root folder's URI."""
+    partition_keys: tuple[str, ...]
+    fingerprint: str
+    """Of the table's schema (a key of :attr:`CatalogState.schemas`)."""
+    union_by_name: bool = False
+    """Its files do not all have one schema: read them by column name."""
+    partitions: dict[str, Partition] = field(default_factory=dict)
+
+    @property
+    def file_count(self) -> int:
+        return sum(p.file_count for p in self.partitions.values())
+
+    @property
+    def rows(self) -> int:
+        return sum(p.rows for p in self.partitions.values())
+
+    @property
+    def bytes(self) -> int:
+        return sum(p.bytes for p in self.partitions.values())
+
+
+@dataclass
+class CatalogState:
+    """Everything the catalog holds: what :func:`crawl` finds, what the DuckDB file stores."""
+
+    lake: str
+    tables: dict[str, Table] = field(default_factory=dict)
+    files: dict[str, FileRecord] = field(default_factory=dict)
+    schemas: dict[str, pa.Schema] = field(default_factory=dict)
+    version: int = 0
+    """Counts the catalogs written: each crawl or partition switch writes the next."""
+    footers_read: int = 0
+    """Footers the crawl that made this state read (the others were known)."""
+
+
+# -- schemas -----------------------------------------------------------------------------------
+
+def _type_text(kind: pa.DataType) -> str:
+    """A type as text that ignores what Parquet does not keep (list item names, map field names)."""
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return f"list<{_type_text(kind.value_type)}>"
+    if pa.types.is_map(kind):
+        return f"map<{_type_text(kind.key_type)}, {_type_text(kind.item_type)}>"
+    if pa.types.is_struct(kind):
+        return "struct<" + ", ".join(f"{f.name}: {_type_text(f.type)}" for f in kind) + ">"
+    return str(kind)
+
+
+def columns_text(schema: pa.Schema) -> str:
+    """``name type[ not null], ...``: a schema as one readable line."""
+    return ", ".join(f"{f.name} {_type_text(f.type)}{'' if f.nullable else ' not null'}" for f in schema)
+
+
+def fingerprint(schema: pa.Schema) -> str:
+    """Names and types, in order (not nullability: files differing only there read as one table)."""
+    text = "\n".join(f"{f.name} {_type_text(f.type)}" for f in schema)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def misfit(schema: pa.Schema, table: pa.Schema, partition_keys: Iterable[str]) -> str | None:
+    """Why a file of ``schema`` cannot be read as part of ``table`` (None: it can)."""
+    for name in partition_keys:
+        if name in schema.names:
+            return f"it has a column {name}, the name of a partition column"
+    for wanted in table:
+        index = schema.get_field_index(wanted.name)
+        if index < 0:
+            if not wanted.nullable:
+                return f"it has no column {wanted.name}, which the table requires"
+            continue
+        got = schema.field(index).type
+        if _type_text(got) != _type_text(wanted.type):
+            return f"its column {wanted.name} is {_type_text(got)}, the table's is {_type_text(wanted.type)}"
+    return None
+
+
+# -- discovery ---------------------------------------------------------------------------------
+
+def table_roots(lake: Lake) -> list[TableRoot]:
+    """Every table folder: those the layout names, and each folder below ``curated/``."""
+    roots = {name: TableRoot(name, table.prefix, table.partition_keys) for name, table in layout.TABLES.items()}
+    for info in _list(lake, CURATED, recursive=False):
+        name = info.base_name
+        if info.type != pafs.FileType.Directory or name[0] in "._" or name in roots:
+            continue
+        if not TABLE_NAME.match(name):
+            raise CatalogInputError(
+                f"{lake.storage.uri(f'{CURATED}/{name}')}: a folder below curated/ is a table, and {name!r} cannot "
+                "name one (lowercase letters, digits, '_'); rename it or move it out of the lake")
+        roots[name] = TableRoot(name, f"{CURATED}/{name}", None)
+    return sorted(roots.values(), key=lambda root: root.name)
+
+
+def _list(lake: Lake, prefix: str, *, recursive: bool) -> list[pafs.FileInfo]:
+    selector = pafs.FileSelector(lake.storage.path(prefix), recursive=recursive, allow_not_found=True)
+    try:
+        return lake.filesystem.get_file_info(selector)
+    except OSError as exc:
+        raise lake.storage.error(exc, f"cannot list {lake.storage.uri(prefix)}") from None
+
+
+def _value_problem(key: str, value: str) -> str | None:
+    if not value:
+        return f"{key}= has no value"
+    if key == "system" and not SYSTEM_ID_PATTERN.match(value):
+        return f"system={value} is not a system id"
+    if key == "date":
+        try:
+            if len(value) != 10 or date.fromisoformat(value).isoformat() != value:
+                raise ValueError
+        except ValueError:
+            return f"date={value} is not a date (YYYY-MM-DD)"
+    if key == "hour" and not (value.isdigit() and str(int(value)) == value and int(value) < 24):
+        return f"hour={value} is not an hour (0-23, no leading zero)"
+    return None
+
+
+@dataclass
+class _Listing:
+    """A table root's data files (key, partition path, size, mtime) and the foreign ones (key, why)."""
+
+    keys: tuple[str, ...] | None
+    data: list[tuple[str, str, int, int]] = field(default_factory=list)
+    foreign: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _list_table(lake: Lake, root: TableRoot) -> _Listing:
+    """A table root's files, sorted; a table the layout does not know takes the partition keys most of its files have."""
+    listing = _Listing(root.partition_keys)
+    base = lake.storage.path(root.prefix).rstrip("/") + "/"
+    candidates: list[tuple[str, list[str], int, int]] = []
+    for info in sorted(_list(lake, root.prefix, recursive=True), key=lambda i: i.path):
+        if info.type != pafs.FileType.File:
+            continue
+        relative = info.path.removeprefix(base)
+        *folders, name = relative.split("/")
+        key = f"{root.prefix}/{relative}"
+        if any(folder[0] in "._" for folder in folders) or (name[0] in "._" and not name.endswith(".parquet")):
+            continue  # not data by the lake's convention
+        if not name.endswith(".parquet"):
+            listing.foreign.append((key, "not a .parquet file"))
+        elif not folders or not all("=" in folder for folder in folders):
+            listing.foreign.append((key, "not in a key=value partition folder"))
+        else:
+            candidates.append((key, folders, info.size, info.mtime_ns or 0))
+    sequences = [tuple(folder.split("=", 1)[0] for folder in folders) for _, folders, _, _ in candidates]
+    if listing.keys is None and sequences:
+        listing.keys = max(dict.fromkeys(sequences), key=sequences.count)
+    for (key, folders, size, mtime), keys in zip(candidates, sequences):
+        problem = next(filter(None, (_value_problem(*folder.split("=", 1)) for folder in folders)), None)
+        if keys != listing.keys:
+            listing.foreign.append((key, f"not in a {'/'.join(f'{k}=' for k in listing.keys)} folder"))
+        elif problem:
+            listing.foreign.append((key, problem))
+        else:
+            listing.data.append((key, "/".join(folders), size, mtime))
+    listing.foreign.sort()
+    return listing
+
+
+def _footer(lake: Lake, key: str) -> tuple[pa.Schema, int] | str | None:
+    """A file's schema and rows; a text saying why it is no Parquet file; None if it is gone."""
+    try:
+        with lake.filesystem.open_input_file(lake.storage.path(key)) as source:
+            metadata = pq.ParquetFile(source).metadata
+            return metadata.schema.to_arrow_schema(), metadata.num_rows
+    except FileNotFoundError:
+        return None  # removed since it was listed (a compaction's clean-up): not part of the table any more
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
+        return f"it is not a readable Parquet file ({first_line(exc)})"
+    except OSError as exc:
+        raise lake.storage.error(exc, f"cannot read {lake.storage.uri(key)}") from None
+
+
+# -- the crawl ---------------------------------------------------------------------------------
+
+def crawl(lake: Lake, previous: CatalogState | None = None) -> CatalogState:
+    """The lake's tables, partitions and files now; footers only of files ``previous`` does not know
+    (same key, size and modification time). Compacted partitions keep their files from ``previous``.
+    Raises :class:`CatalogInputError` (one line) on foreign or incompatible files."""
+    previous = previous or CatalogState(lake=lake.uri)
+    state = CatalogState(lake=lake.uri, schemas=dict(previous.schemas), version=previous.version)
+    listings = {root.name: (root, _list_table(lake, root)) for root in table_roots(lake)}
+    foreign = [item for _, listing in listings.values() for item in listing.foreign]
+
+    unknown = [(name, key) for name, (_, listing) in listings.items() for key, _, size, mtime in listing.data
+               if not _known(previous.files.get(key), size, mtime)]
+    with ThreadPoolExecutor(FOOTER_THREADS) as pool:
+        footers = dict(zip(unknown, pool.map(lambda item: _footer(lake, item[1]), unknown)))
+    state.footers_read = len(unknown)
+
+    misfits: list[tuple[str, str]] = []
+    for name, (root, listing) in listings.items():
+        records = []
+        for key, partition, size, mtime in listing.data:
+            known = previous.files.get(key)
+            if _known(known, size, mtime):
+                records.append(known)
+                continue
+            footer = footers[(name, key)]
+            if footer is None:
+                continue
+            if isinstance(footer, str):
+                misfits.append((key, footer))
+                continue
+            schema, rows = footer
+            state.schemas.setdefault(fingerprint(schema), schema)
+            records.append(FileRecord(name, key, partition, size, mtime, fingerprint(schema), rows))
+        if not records and name not in TABLE_SCHEMAS:
+            continue
+        reference = _reference(name, previous, state, records)
+        table = Table(name, root.prefix, lake.storage.uri(root.prefix), listing.keys or (), reference)
+        for fp in sorted({record.fingerprint for record in records}):
+            problem = misfit(state.schemas[fp], state.schemas[reference], table.partition_keys)
+            if problem:
+                misfits.extend((r.key, problem) for r in records if r.fingerprint == fp)
+        table.union_by_name = len({record.fingerprint for record in records}) > 1
+        _partition(lake, table, records, previous.tables.get(name))
+        state.tables[name] = table
+        state.files.update((record.key, record) for record in records)
+
+    if foreign or misfits:
+        raise CatalogInputError(_bad_input_message(lake, foreign, sorted(misfits)))
+    state.schemas = {fp: state.schemas[fp] for fp in
+                     {r.fingerprint for r in state.files.values()} | {t.fingerprint for t in state.tables.values()}}
+    return state
+
+
+def _known(record: FileRecord | None, size: int, mtime_ns: int) -> bool:
+    return record is not None and record.size == size and record.mtime_ns == mtime_ns
+
+
+def _reference(name: str, previous: CatalogState, state: CatalogState, records: list[FileRecord]) -> str:
+    """The fingerprint of a table's schema: the lake's own, else the one it was registered with, else
+    the one most of its files have (the first such in path order)."""
+    if name in TABLE_SCHEMAS:
+        schema = TABLE_SCHEMAS[name]
+        state.schemas.setdefault(fingerprint(schema), schema)
+        return fingerprint(schema)
+    if name in previous.tables:
+        return previous.tables[name].fingerprint
+    fingerprints = [record.fingerprint for record in records]
+    return max(dict.fromkeys(fingerprints), key=fingerprints.count)
+
+
+def _partition(lake: Lake, table: Table, records: list[FileRecord], before: Table | None) -> None:
+    """Group ``records`` into ``table``'s partitions; a partition compacted before keeps its files."""
+    for record in records:
+        partition = table.partitions.get(record.partition)
+        if partition is None:
+            old = before.partitions.get(record.partition) if before else None
+            compacted = old if old is not None and old.files is not None else None
+            partition = Partition(table.name, record.partition, lake.storage.uri(f"{table.prefix}/{record.partition}"),
+                                  files=compacted.files if compacted else None,
+                                  compacted_version=compacted.compacted_version if compacted else None)
+            table.partitions[record.partition] = partition
+        if partition.files is None or lake.storage.uri(record.key) in partition.files:
+            partition.file_count += 1
+            partition.rows += record.rows
+            partition.bytes += record.size
+    for partition in table.partitions.values():
+        if partition.files is not None and partition.file_count != len(partition.files):
+            present = {lake.storage.uri(r.key) for r in records if r.partition == partition.path}
+            missing = next(f for f in partition.files if f not in present)
+            raise CatalogInputError(
+                f"table {table.name} partition {partition.path} is compacted (version {partition.compacted_version}) "
+                f"into {missing}, which is gone; restore it, or point the partition back at its folder "
+                "(citibikes.catalog.switch_partition with files=None)")
+    if before is not None:  # a compacted partition whose folder is empty is still read from its files
+        for path, old in before.partitions.items():
+            if old.files is not None and path not in table.partitions:
+                raise CatalogInputError(
+                    f"table {table.name} partition {path} is compacted (version {old.compacted_version}) into "
+                    f"{old.files[0]}, which is gone; restore it, or point the partition back at its folder "
+                    "(citibikes.catalog.switch_partition with files=None)")
+    table.partitions = dict(sorted(table.partitions.items(), key=lambda item: partition_sort_key(item[0])))
+
+
+def partition_sort_key(path: str) -> tuple:
+    """Partitions in time order (``hour=9`` before ``hour=10``)."""
+    return tuple((0, int(v), "") if k == "hour" else (1, 0, v)
+                 for k, v in (part.split("=", 1) for part in path.split("/")))
+
+
+def _bad_input_message(lake: Lake, foreign: list[tuple[str, str]], misfits: list[tuple[str, str]]) -> str:
+    """One line: the first problem (incompatible files first), the fix, and how many more there are."""
+    if misfits:
+        key, why = misfits[0]
+        text = (f"{lake.storage.uri(key)} does not fit its table: {why}; write it again with the table's schema "
+                "or move it out of the lake")
+    else:
+        key, why = foreign[0]
+        text = f"{lake.storage.uri(key)} is foreign to the lake: {why}; move it out of the lake's table folders"
+    more = len(foreign) + len(misfits) - 1
+    return f"{text} (nothing registered{f'; {more} more file(s) like it' if more else ''})"
+
+
+def with_partition_files(state: CatalogState, lake: Lake, table: str, path: str, keys: list[str] | None,
+                         version: int | None) -> CatalogState:
+    """``state`` with one partition read from ``keys`` (compacted at ``version``), or again from every
+    ``.parquet`` file its folder holds now (``keys`` None; a folder with none drops the partition). The
+    files are checked like a crawl checks them. See :func:`citibikes.catalog.switch_partition`."""
+    if table not in state.tables or path not in state.tables[table].partitions:
+        raise CatalogInputError(f"table {table} has no partition {path} in the catalog; crawl the lake first "
+                                "(citibikes catalog --refresh) or fix the name")
+    state = replace(state, schemas=dict(state.schemas))  # _checked_file adds to it
+    entry = state.tables[table]
+    partition = entry.partitions[path]
+    if keys is None:
+        folder = f"{entry.prefix}/{path}"
+        listed = [f"{folder}/{info.base_name}" for info in _list(lake, folder, recursive=False)
+                  if info.type == pafs.FileType.File and info.base_name.endswith(".parquet")]
+        records = [_checked_file(state, lake, entry, path, key) for key in sorted(listed)]
+        chosen, new = records, replace(partition, files=None, compacted_version=None)
+    else:
+        if not keys:
+            raise CatalogInputError(f"table {table} partition {path}: a compacted partition needs at least one file")
+        if version is None or (partition.compacted_version is not None and version <= partition.compacted_version):
+            raise CatalogInputError(
+                f"table {table} partition {path} is at compacted version {partition.compacted_version}; "
+                f"switch it to a higher version than that, not {version}")
+        chosen = [_checked_file(state, lake, entry, path, key) for key in keys]
+        records = [r for r in state.files.values() if r.table == table and r.partition == path and r.key not in keys]
+        records += chosen
+        new = replace(partition, files=tuple(lake.storage.uri(key) for key in keys), compacted_version=version)
+    new.file_count, new.rows, new.bytes = len(chosen), sum(r.rows for r in chosen), sum(r.size for r in chosen)
+    files = {k: r for k, r in state.files.items() if not (r.table == table and r.partition == path)}
+    files.update((r.key, r) for r in records)
+    partitions = {**entry.partitions, path: new}
+    if not chosen:
+        del partitions[path]
+    tables = {**state.tables, table: replace(entry, partitions=partitions)}
+    tables[table].union_by_name = len({r.fingerprint for r in files.values() if r.table == table}) > 1
+    return replace(state, tables=tables, files=files)
+
+
+def _checked_file(state: CatalogState, lake: Lake, table: Table, path: str, key: str) -> FileRecord:
+    folder = f"{table.prefix}/{path}/"
+    if not key.startswith(folder) or not key.endswith(".parquet") or "/" in key[len(folder):]:
+        raise CatalogInputError(f"{lake.storage.uri(key)} is not a .parquet file directly in the folder of table "
+                                f"{table.name} partition {path}; write the compacted file there")
+    footer = _footer(lake, key)
+    if footer is None:
+        raise CatalogInputError(f"{lake.storage.uri(key)} does not exist; write the compacted file before switching to it")
+    if isinstance(footer, str):
+        raise CatalogInputError(f"{lake.storage.uri(key)} cannot be registered: {footer}; write it again")
+    schema, rows = footer
+    problem = misfit(schema, state.schemas[table.fingerprint], table.partition_keys)
+    if problem:
+        raise CatalogInputError(f"{lake.storage.uri(key)} does not fit table {table.name}: {problem}; write it again "
+                                "with the table's schema")
+    state.schemas.setdefault(fingerprint(schema), schema)
+    info = lake.filesystem.get_file_info(lake.storage.path(key))
+    return FileRecord(table.name, key, path, info.size, info.mtime_ns or 0, fingerprint(schema), rows)
