@@ -8,7 +8,6 @@ R * delta, R = 6,371,008.8 m: 0.001 degrees is 111.19 m, 0.002 is 222.39 m, 0.00
 from __future__ import annotations
 
 import random
-import time
 
 from citibikes.live.rebalance import Helper, Outage, clocks, todo
 
@@ -91,9 +90,9 @@ def test_an_outage_without_a_position_is_listed_without_helpers_and_nobody_may_h
     assert todo(stations, [], {"s": 30 * M}) == []
 
 
-def test_fifty_systems_of_1400_stations_plan_in_under_two_cpu_seconds() -> None:
-    """70,000 stations, one in ten an outage past its threshold, each system in its own city (about
-    0.55 s here; CPU time, so that other work on a shared machine does not count)."""
+def test_fifty_systems_of_1400_stations_each_get_their_own_helpers() -> None:
+    """70,000 stations, one in ten an outage past its threshold, each system in its own city: every
+    outage gets three helpers, all of its own system (a plan takes about 0.55 CPU s here)."""
     rng = random.Random(7)
     stations, episodes = [], []
     for s in range(50):
@@ -104,8 +103,7 @@ def test_fifty_systems_of_1400_stations_plan_in_under_two_cpu_seconds() -> None:
                                     bikes=0 if out else rng.randint(0, 20), system=system))
             if out:
                 episodes.append(episode(f"{n}", "empty", T - 45 * M, system))
-    started = time.process_time()
     rows = todo(stations, episodes, {})
-    elapsed = time.process_time() - started
     assert len(rows) == 7000 and all(len(r.helpers) == 3 for r in rows)
-    assert elapsed < 2.0, f"{elapsed:.2f} CPU s"
+    # The systems' boxes are 0.1 degrees wide and thousands of km apart: a helper within 20 km is of the same system.
+    assert all(h.distance_m < 20_000 for r in rows for h in r.helpers)
