@@ -163,6 +163,7 @@ def write_compacted(lake: Lake, item: Work) -> int:
     rows = pa.concat_tables(tables).sort_by([(key, "ascending") for key in SORT_KEYS[item.table]])
     key = layout.compacted_key(f"{layout.TABLES[item.table].prefix}/{item.partition}", item.version)
     data = parquet_bytes(rows, {layout.COMPACTION_METADATA: json.dumps({"version": item.version, "sources": list(item.sources)})})
+    lake.storage.delete_tree(key.rsplit("/", 1)[0])  # what a writer killed while writing this version left
     lake.write_files([(key, data)])
     return len(data)
 
