@@ -311,7 +311,7 @@ def test_a_catalog_held_open_for_writing_is_refused_with_the_fix(lake: Lake, cat
 def test_writers_take_turns(lake: Lake, catalog: Path) -> None:
     refresh_catalog(lake, catalog)
     with writer_lock(catalog):
-        with pytest.raises(CatalogError, match="another crawl or partition switch"):
+        with pytest.raises(CatalogError, match="another crawl has been writing"):
             refresh_catalog(lake, catalog, lock_wait_s=0.2)
     assert refresh_catalog(lake, catalog).version == 2
 
@@ -342,3 +342,15 @@ def test_the_command_refreshes_and_prints_tables_partitions_and_rows(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "pipeline_runs/notes.txt" in err
     assert describe(tmp_path / "state" / "catalog" / "citibikes.duckdb")[0].startswith("catalog ")
+
+
+def test_a_catalog_of_an_older_format_is_built_anew_and_one_of_a_newer_format_refused(lake: Lake, catalog: Path) -> None:
+    first = refresh_catalog(lake, catalog)
+    with duckdb.connect(str(catalog)) as con:
+        con.execute("UPDATE _crawl SET format = format - 1")
+    again = refresh_catalog(lake, catalog)  # the lake says everything the catalog holds: read it all again
+    assert again.version == first.version + 1 and again.footers_read == first.footers_read and again.tables == first.tables
+    with duckdb.connect(str(catalog)) as con:
+        con.execute("UPDATE _crawl SET format = format + 1")
+    with pytest.raises(CatalogError, match="upgrade citibikes, or move the file away"):
+        refresh_catalog(lake, catalog)

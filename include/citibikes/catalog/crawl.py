@@ -245,8 +245,6 @@ class _Listing:
     foreign: list[tuple[str, str]] = field(default_factory=list)
 
 
-
-
 def _list_table(lake: Lake, root: TableRoot) -> _Listing:
     """A table root's files, sorted; a table the layout does not know takes the partition keys most of its files have."""
     listing = _Listing(root.partition_keys)
