@@ -5,7 +5,7 @@ A table is one folder of the lake, its *root*: ``curated/<table>/`` for every fo
 ``pipeline_runs/``). ``raw/`` (the JSON archive), ``_state/`` and ``_athena/`` are never tables, nor is any other
 top-level folder. Below a root, each data file sits in a Hive partition folder, named by the
 table's partition keys in order: ``system=<id>/date=<YYYY-MM-DD>/hour=<H>/<name>.parquet``
-(``pipeline_runs``: ``date=`` only). A table the layout does not know (``curated/rebalancing``)
+(``pipeline_runs``: ``date=`` only). A table the layout does not know (a folder a user adds below ``curated/``)
 takes its keys from its files; ``system`` is text, ``date`` a date, ``hour`` an integer 0-23 and
 any other key text.
 
