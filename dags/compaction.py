@@ -106,7 +106,7 @@ def citibikes_compaction():
         print(", ".join(f"{system}: {n} partitions" for system, n in sorted(counts.items())) or "nothing to compact")
         return sorted(counts)
 
-    @task(map_index_template="{{ system }}")
+    @task(map_index_template="{{ system }}", doc_md="Write the compacted files of one system's closed hours.")
     def compact(system: str, params=None) -> dict:
         """Write the compacted files of one system's closed hours; logs files and bytes before and after."""
         with bad_input_fails():
