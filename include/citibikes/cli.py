@@ -352,7 +352,8 @@ def cmd_catalog(args: argparse.Namespace) -> int:
 
 def cmd_compact(args: argparse.Namespace) -> int:
     """Compact the lake's closed hours and switch the catalog to them (what the citibikes_compaction DAG does)."""
-    from citibikes.catalog import S3Access
+    from citibikes.catalog import CatalogError, S3Access
+    from citibikes.catalog.glue import choose_catalog
     from citibikes.compaction import compact
     from citibikes.lake import lake_from_settings
 
@@ -360,6 +361,9 @@ def cmd_compact(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level)
     lake = lake_from_settings(settings)
     s3 = S3Access.from_environment(settings.s3_endpoint_url, settings.s3_region) if lake.uri.startswith("s3://") else None
+    if choose_catalog(settings.catalog, "aws" if s3 else "fs") != "duckdb":  # Athena would lose the deleted files
+        raise CatalogError(f"lake {lake.uri} is catalogued by Glue, whose partitions compaction does not switch yet; "
+                           "set CITIBIKES_CATALOG=duckdb to compact it for the DuckDB catalog only")
     summary = compact(lake, settings.catalog_path, settle_s=settings.compaction_settle_s,
                       grace_s=settings.compaction_grace_s, dry_run=args.dry_run, s3=s3)
     print("\n".join(summary.lines()))

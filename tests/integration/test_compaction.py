@@ -397,6 +397,8 @@ def test_the_command_prints_files_and_bytes_before_and_after(
     monkeypatch.setenv("CITIBIKES_COMPACTION_GRACE", "0")
     assert cli.main(["compact", "--dry-run"]) == 0
     assert "would delete" in capsys.readouterr().out and folder_files(lake) != before
+    monkeypatch.setenv("CITIBIKES_CATALOG", "glue")
+    assert cli.main(["compact"]) == 2 and "catalogued by Glue" in capsys.readouterr().err
     monkeypatch.setenv("CITIBIKES_COMPACTION_SETTLE", "-1")
     assert cli.main(["compact"]) == 2
     err = capsys.readouterr().err
