@@ -350,6 +350,26 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compact(args: argparse.Namespace) -> int:
+    """Compact the lake's closed hours and switch the catalog to them (what the citibikes_compaction DAG does)."""
+    from citibikes.catalog import CatalogError, S3Access
+    from citibikes.catalog.glue import choose_catalog
+    from citibikes.compaction import compact
+    from citibikes.lake import lake_from_settings
+
+    settings = load_settings()
+    setup_logging(settings.log_level)
+    lake = lake_from_settings(settings)
+    s3 = S3Access.from_environment(settings.s3_endpoint_url, settings.s3_region) if lake.uri.startswith("s3://") else None
+    if choose_catalog(settings.catalog, "aws" if s3 else "fs") != "duckdb":  # Athena would lose the deleted files
+        raise CatalogError(f"lake {lake.uri} is catalogued by Glue, whose partitions compaction does not switch yet; "
+                           "set CITIBIKES_CATALOG=duckdb to compact it for the DuckDB catalog only")
+    summary = compact(lake, settings.catalog_path, settle_s=settings.compaction_settle_s,
+                      grace_s=settings.compaction_grace_s, dry_run=args.dry_run, s3=s3)
+    print("\n".join(summary.lines()))
+    return 0
+
+
 # -- parser ------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -405,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("catalog", cmd_catalog, "show the lake's catalog (a DuckDB file in the state folder): tables, partitions, rows")
     p.add_argument("--refresh", action="store_true", help="crawl the lake first (what the citibikes_catalog DAG does)")
     p.add_argument("--partitions", action="store_true", help="list every partition too")
+    p = add("compact", cmd_compact, "compact the lake's closed hours into one sorted file each, switch the catalog "
+                                    "to them, delete the files they replaced after the grace period")
+    p.add_argument("--dry-run", action="store_true", help="print what would be compacted and deleted; change nothing")
     p = add("tail", cmd_tail, "print the latest messages of a topic as JSON lines")
     p.add_argument("topic")
     p.add_argument("-n", type=int, default=5, help="messages per partition (default 5)")

@@ -99,6 +99,11 @@ class Settings:
     ``citibikes aws setup`` creates."""
     glue_crawl_every_s: int = 1800
     """The Glue crawler runs at most this often (each run is billed; it crawls only new folders)."""
+    compaction_settle_s: int = 7200
+    """Compaction takes an hour partition once it ended this long ago (late minute runs have landed)."""
+    compaction_grace_s: int = 3600
+    """Compaction deletes the files it replaced once the catalog has read their compacted file this long:
+    a reader that keeps a catalog connection open longer may miss rows."""
 
     @property
     def catalog_path(self) -> Path:
@@ -288,6 +293,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         glue_crawler=_env(env, "CITIBIKES_GLUE_CRAWLER", "citibikes-lake"),
         glue_crawler_role=_env(env, "CITIBIKES_GLUE_CRAWLER_ROLE"),
         glue_crawl_every_s=_int_env(env, "CITIBIKES_GLUE_CRAWL_EVERY", 1800, allow_zero=True),
+        compaction_settle_s=_int_env(env, "CITIBIKES_COMPACTION_SETTLE", 7200, allow_zero=True),
+        compaction_grace_s=_int_env(env, "CITIBIKES_COMPACTION_GRACE", 3600, allow_zero=True),
     )
 
 

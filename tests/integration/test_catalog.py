@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from citibikes import cli
-from citibikes.catalog import CatalogError, CatalogInputError, connect, describe, refresh_catalog, switch_partition
+from citibikes.catalog import CatalogError, CatalogInputError, connect, describe, refresh_catalog
 from citibikes.catalog.duckdb_catalog import writer_lock
 from citibikes.lake import Lake, open_lake
 from citibikes.lake.tables import parquet_bytes
@@ -311,7 +311,7 @@ def test_a_catalog_held_open_for_writing_is_refused_with_the_fix(lake: Lake, cat
 def test_writers_take_turns(lake: Lake, catalog: Path) -> None:
     refresh_catalog(lake, catalog)
     with writer_lock(catalog):
-        with pytest.raises(CatalogError, match="another crawl or partition switch"):
+        with pytest.raises(CatalogError, match="another crawl has been writing"):
             refresh_catalog(lake, catalog, lock_wait_s=0.2)
     assert refresh_catalog(lake, catalog).version == 2
 
@@ -321,67 +321,6 @@ def test_an_unreadable_catalog_is_named_with_the_fix(lake: Lake, catalog: Path) 
     catalog.write_bytes(b"not a duckdb file")
     with pytest.raises(CatalogError, match="move it away, and the next crawl builds it anew"):
         refresh_catalog(lake, catalog)
-
-
-# -- compaction's switch ---------------------------------------------------------------------------
-
-def test_a_partition_switches_to_its_compacted_file_atomically(lake: Lake, catalog: Path) -> None:
-    refresh_catalog(lake, catalog)
-    partition = next(p for p in (k.removeprefix("curated/station_status/").rsplit("/", 1)[0]
-                                 for k in lake.files("station_status"))
-                     if len([k for k in lake.files("station_status") if f"/{p}/" in k]) == 2)
-    folder = f"curated/station_status/{partition}"
-    minutes = [k for k in lake.files("station_status") if k.startswith(f"{folder}/")]
-    total = count(connect(catalog), "station_status")
-    # What compaction writes: the partition's rows in one file, in the same folder.
-    compacted = pa.concat_tables(pq.read_table(lake.storage.path(k)) for k in minutes)
-    first, last = (k.rsplit("/", 1)[1].removesuffix(".parquet") for k in (minutes[0], minutes[-1]))
-    key = f"{folder}/{first}-{last}.parquet"
-    lake.write_files([(key, parquet_bytes(compacted))])
-    assert count(connect(catalog), "station_status") == total + compacted.num_rows, "the folder's glob reads both"
-
-    old_reader = duckdb.connect(str(catalog), read_only=True)
-    switched = switch_partition(lake, catalog, "station_status", partition, [key], version=1)
-    assert switched.files == (lake.storage.uri(key),) and switched.compacted_version == 1
-    assert switched.rows == compacted.num_rows and switched.file_count == 1
-    con = connect(catalog)
-    assert count(con, "station_status") == total
-    assert con.execute("SELECT files, compacted_version FROM _partitions WHERE partition = ? AND table_name = 'station_status'",
-                   [partition]).fetchone() == ([lake.storage.uri(key)], 1)
-    assert count(old_reader, "station_status") == total + compacted.num_rows, "a reader keeps the catalog it opened"
-    old_reader.close()
-
-    # A crawl keeps the switch; once the minute files are gone, nothing changes for readers.
-    assert refresh_catalog(lake, catalog).tables["station_status"]["rows"] == total
-    for minute in minutes:
-        Path(lake.storage.path(minute)).unlink()
-    refresh_catalog(lake, catalog)
-    assert count(connect(catalog), "station_status") == total
-
-    # Refused: not a newer version, a file outside the folder, a file of another schema; the catalog stays.
-    before = digest(catalog)
-    with pytest.raises(CatalogInputError, match="higher version than that"):
-        switch_partition(lake, catalog, "station_status", partition, [key], version=1)
-    with pytest.raises(CatalogInputError, match="directly in the folder"):
-        switch_partition(lake, catalog, "station_status", partition, [lake.files("station_status")[-1]], version=2)
-    wrong = f"{folder}/wrong.parquet"
-    lake.write_files([(wrong, parquet_bytes(compacted.drop_columns(["station_id"])))])
-    with pytest.raises(CatalogInputError, match="no column station_id"):
-        switch_partition(lake, catalog, "station_status", partition, [wrong], version=2)
-    Path(lake.storage.path(wrong)).unlink()
-    with pytest.raises(CatalogInputError, match="has no partition"):
-        switch_partition(lake, catalog, "station_status", "system=nowhere/date=2024-01-01/hour=0", [key], version=2)
-    assert digest(catalog) == before
-
-    # The compacted file gone: the crawl says so; pointing the partition back at its folder is the fix.
-    Path(lake.storage.path(key)).unlink()
-    with pytest.raises(CatalogInputError, match="which is gone; restore it, or point the partition back"):
-        refresh_catalog(lake, catalog)
-    assert switch_partition(lake, catalog, "station_status", partition, None) is None  # its folder is empty now
-    refresh_catalog(lake, catalog)
-    assert count(connect(catalog), "station_status") == total - compacted.num_rows
-    assert connect(catalog).execute("SELECT count(*) FROM _partitions WHERE table_name = 'station_status' "
-                                    "AND partition = ?", [partition]).fetchone() == (0,)
 
 
 # -- the command ---------------------------------------------------------------------------------------
@@ -403,3 +342,15 @@ def test_the_command_refreshes_and_prints_tables_partitions_and_rows(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "pipeline_runs/notes.txt" in err
     assert describe(tmp_path / "state" / "catalog" / "citibikes.duckdb")[0].startswith("catalog ")
+
+
+def test_a_catalog_of_an_older_format_is_built_anew_and_one_of_a_newer_format_refused(lake: Lake, catalog: Path) -> None:
+    first = refresh_catalog(lake, catalog)
+    with duckdb.connect(str(catalog)) as con:
+        con.execute("UPDATE _crawl SET format = format - 1")
+    again = refresh_catalog(lake, catalog)  # the lake says everything the catalog holds: read it all again
+    assert again.version == first.version + 1 and again.footers_read == first.footers_read and again.tables == first.tables
+    with duckdb.connect(str(catalog)) as con:
+        con.execute("UPDATE _crawl SET format = format + 1")
+    with pytest.raises(CatalogError, match="upgrade citibikes, or move the file away"):
+        refresh_catalog(lake, catalog)

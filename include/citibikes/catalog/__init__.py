@@ -11,9 +11,8 @@ from citibikes.catalog.duckdb_catalog import (
     connect,
     describe,
     refresh_catalog,
-    switch_partition,
 )
 from citibikes.catalog.errors import CatalogError, CatalogInputError
 
 __all__ = ["CatalogError", "CatalogInputError", "CrawlSummary", "S3Access", "connect", "describe",
-           "refresh_catalog", "switch_partition"]
+           "refresh_catalog"]

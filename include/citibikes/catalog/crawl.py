@@ -12,6 +12,13 @@ any other key text.
 By the lake's convention a name starting with ``.`` or ``_`` is not data: such folders are
 skipped, and so are such files unless they end in ``.parquet`` (in-flight temporary files, markers;
 a ``.parquet`` file in a partition folder is read by the views whatever its name, so it is data).
+One such folder is read: a partition's compacted versions, ``<partition>/_compacted/v<N>/compacted.parquet``
+(:mod:`citibikes.compaction`), each one file, written whole or not at all, whose key-value metadata
+``citibikes.compaction`` names the partition folder's files it holds (its *sources*). A partition
+with compacted versions reads the newest one and every file of its folder that is not among that
+version's sources (a late file: a backfill or a retried minute run after the compaction), listed
+explicitly; a partition without reads its folder's glob. So the lake alone says what each
+partition holds, and a catalog built anew from it reads the same rows.
 Everything else that is not a ``.parquet`` file in a well-formed partition folder is a *foreign*
 file; a ``.parquet`` file whose footer cannot be read, or whose schema does not fit its table (a
 column the table requires is missing, or a column has another type), is *incompatible*. Either
@@ -34,8 +41,8 @@ import hashlib
 import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from datetime import date
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -75,12 +82,17 @@ class FileRecord:
     mtime_ns: int
     fingerprint: str
     rows: int
+    version: int | None = None
+    """Of a compacted file (``_compacted/v<N>/``); None for a file of the partition's folder."""
+    sources: tuple[str, ...] | None = None
+    """Of a compacted file: the names of the partition folder's files it holds."""
 
 
 @dataclass
 class Partition:
     """One Hive partition of a table. ``files`` is None while every ``*.parquet`` of ``location`` is
-    read (new files show up at once); a compacted partition reads only its explicit ``files``."""
+    read (new files show up at once); a compacted partition reads only its explicit ``files`` (its
+    newest compacted version, then any late file)."""
 
     table: str
     path: str
@@ -92,6 +104,9 @@ class Partition:
     file_count: int = 0
     rows: int = 0
     bytes: int = 0
+    switched_at: datetime | None = None
+    """When this catalog first read ``compacted_version``: the files it replaced may be deleted once
+    no reader can hold an older catalog (:func:`citibikes.compaction.delete_replaced`)."""
 
     @property
     def values(self) -> dict[str, str]:
@@ -133,7 +148,7 @@ class CatalogState:
     files: dict[str, FileRecord] = field(default_factory=dict)
     schemas: dict[str, pa.Schema] = field(default_factory=dict)
     version: int = 0
-    """Counts the catalogs written: each crawl or partition switch writes the next."""
+    """Counts the catalogs written: each crawl writes the next."""
     footers_read: int = 0
     """Footers the crawl that made this state read (the others were known)."""
 
@@ -222,10 +237,11 @@ def _value_problem(key: str, value: str) -> str | None:
 
 @dataclass
 class _Listing:
-    """A table root's data files (key, partition path, size, mtime) and the foreign ones (key, why)."""
+    """A table root's data files (key, partition path, size, mtime, compacted version or None) and
+    the foreign ones (key, why)."""
 
     keys: tuple[str, ...] | None
-    data: list[tuple[str, str, int, int]] = field(default_factory=list)
+    data: list[tuple[str, str, int, int, int | None]] = field(default_factory=list)
     foreign: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -233,42 +249,55 @@ def _list_table(lake: Lake, root: TableRoot) -> _Listing:
     """A table root's files, sorted; a table the layout does not know takes the partition keys most of its files have."""
     listing = _Listing(root.partition_keys)
     base = lake.storage.path(root.prefix).rstrip("/") + "/"
-    candidates: list[tuple[str, list[str], int, int]] = []
+    candidates: list[tuple[str, list[str], int, int, int | None]] = []
+    versions: set[tuple] = set()
     for info in sorted(_list(lake, root.prefix, recursive=True), key=lambda i: i.path):
         if info.type != pafs.FileType.File:
             continue
         relative = info.path.removeprefix(base)
         *folders, name = relative.split("/")
         key = f"{root.prefix}/{relative}"
-        if any(folder[0] in "._" for folder in folders) or (name[0] in "._" and not name.endswith(".parquet")):
+        version = layout.compacted_version(f"/{relative}")
+        if version is not None:
+            folders = folders[:-2]
+            if (*folders, version) in versions:  # compaction writes one file per version
+                listing.foreign.append((key, f"a second file in compacted version {version} (compaction writes one)"))
+                continue
+            versions.add((*folders, version))
+        elif any(folder[0] in "._" for folder in folders) or (name[0] in "._" and not name.endswith(".parquet")):
             continue  # not data by the lake's convention
         if not name.endswith(".parquet"):
             listing.foreign.append((key, "not a .parquet file"))
         elif not folders or not all("=" in folder for folder in folders):
             listing.foreign.append((key, "not in a key=value partition folder"))
         else:
-            candidates.append((key, folders, info.size, info.mtime_ns or 0))
-    sequences = [tuple(folder.split("=", 1)[0] for folder in folders) for _, folders, _, _ in candidates]
+            candidates.append((key, folders, info.size, info.mtime_ns or 0, version))
+    sequences = [tuple(folder.split("=", 1)[0] for folder in candidate[1]) for candidate in candidates]
     if listing.keys is None and sequences:
         listing.keys = max(dict.fromkeys(sequences), key=sequences.count)
-    for (key, folders, size, mtime), keys in zip(candidates, sequences):
+    for (key, folders, size, mtime, version), keys in zip(candidates, sequences):
         problem = next(filter(None, (_value_problem(*folder.split("=", 1)) for folder in folders)), None)
         if keys != listing.keys:
             listing.foreign.append((key, f"not in a {'/'.join(f'{k}=' for k in listing.keys)} folder"))
         elif problem:
             listing.foreign.append((key, problem))
         else:
-            listing.data.append((key, "/".join(folders), size, mtime))
+            listing.data.append((key, "/".join(folders), size, mtime, version))
     listing.foreign.sort()
     return listing
 
 
-def _footer(lake: Lake, key: str) -> tuple[pa.Schema, int] | str | None:
-    """A file's schema and rows; a text saying why it is no Parquet file; None if it is gone."""
+def _footer(lake: Lake, key: str, compacted: bool) -> tuple[pa.Schema, int, tuple[str, ...] | None] | str | None:
+    """A file's schema, rows and (of a compacted file) sources; a text saying why it is no Parquet
+    file, or no compacted file; None if it is gone."""
     try:
         with lake.filesystem.open_input_file(lake.storage.path(key)) as source:
             metadata = pq.ParquetFile(source).metadata
-            return metadata.schema.to_arrow_schema(), metadata.num_rows
+        sources = layout.compacted_sources(metadata.metadata) if compacted else None
+        if compacted and sources is None:
+            return (f"it has no {layout.COMPACTION_METADATA} metadata naming its sources; delete it (the next compaction "
+                    "writes the partition again)")
+        return metadata.schema.to_arrow_schema(), metadata.num_rows, sources
     except FileNotFoundError:
         return None  # removed since it was listed (a compaction's clean-up): not part of the table any more
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
@@ -281,36 +310,35 @@ def _footer(lake: Lake, key: str) -> tuple[pa.Schema, int] | str | None:
 
 def crawl(lake: Lake, previous: CatalogState | None = None) -> CatalogState:
     """The lake's tables, partitions and files now; footers only of files ``previous`` does not know
-    (same key, size and modification time). Compacted partitions keep their files from ``previous``.
-    Raises :class:`CatalogInputError` (one line) on foreign or incompatible files."""
+    (same key, size and modification time). Raises :class:`CatalogInputError` (one line) on foreign or incompatible files."""
     previous = previous or CatalogState(lake=lake.uri)
     state = CatalogState(lake=lake.uri, schemas=dict(previous.schemas), version=previous.version)
     listings = {root.name: (root, _list_table(lake, root)) for root in table_roots(lake)}
     foreign = [item for _, listing in listings.values() for item in listing.foreign]
 
-    unknown = [(name, key) for name, (_, listing) in listings.items() for key, _, size, mtime in listing.data
-               if not _known(previous.files.get(key), size, mtime)]
+    unknown = [(name, key, version is not None) for name, (_, listing) in listings.items()
+               for key, _, size, mtime, version in listing.data if not _known(previous.files.get(key), size, mtime)]
     with ThreadPoolExecutor(FOOTER_THREADS) as pool:
-        footers = dict(zip(unknown, pool.map(lambda item: _footer(lake, item[1]), unknown)))
+        footers = dict(zip(unknown, pool.map(lambda item: _footer(lake, item[1], item[2]), unknown)))
     state.footers_read = len(unknown)
 
     misfits: list[tuple[str, str]] = []
     for name, (root, listing) in listings.items():
         records = []
-        for key, partition, size, mtime in listing.data:
+        for key, partition, size, mtime, version in listing.data:
             known = previous.files.get(key)
             if _known(known, size, mtime):
                 records.append(known)
                 continue
-            footer = footers[(name, key)]
+            footer = footers[(name, key, version is not None)]
             if footer is None:
                 continue
             if isinstance(footer, str):
                 misfits.append((key, footer))
                 continue
-            schema, rows = footer
+            schema, rows, sources = footer
             state.schemas.setdefault(fingerprint(schema), schema)
-            records.append(FileRecord(name, key, partition, size, mtime, fingerprint(schema), rows))
+            records.append(FileRecord(name, key, partition, size, mtime, fingerprint(schema), rows, version, sources))
         if not records and name not in TABLE_SCHEMAS:
             continue
         reference = _reference(name, previous, state, records)
@@ -348,37 +376,29 @@ def _reference(name: str, previous: CatalogState, state: CatalogState, records: 
     return max(dict.fromkeys(fingerprints), key=fingerprints.count)
 
 
+def read_set(records: Iterable[FileRecord]) -> tuple[int | None, list[FileRecord]]:
+    """What one partition of files ``records`` reads (:func:`citibikes.lake.layout.partition_reads`)."""
+    by_key = {record.key: record for record in records}
+    version, keys = layout.partition_reads(by_key, lambda key: by_key[key].sources or ())
+    return version, [by_key[key] for key in keys]
+
+
 def _partition(lake: Lake, table: Table, records: list[FileRecord], before: Table | None) -> None:
-    """Group ``records`` into ``table``'s partitions; a partition compacted before keeps its files."""
+    """Group ``records`` into ``table``'s partitions (see the module doc); a compacted partition keeps
+    the time the catalog first read its version."""
+    groups: dict[str, list[FileRecord]] = {}
     for record in records:
-        partition = table.partitions.get(record.partition)
-        if partition is None:
-            old = before.partitions.get(record.partition) if before else None
-            compacted = old if old is not None and old.files is not None else None
-            partition = Partition(table.name, record.partition, lake.storage.uri(f"{table.prefix}/{record.partition}"),
-                                  files=compacted.files if compacted else None,
-                                  compacted_version=compacted.compacted_version if compacted else None)
-            table.partitions[record.partition] = partition
-        if partition.files is None or lake.storage.uri(record.key) in partition.files:
-            partition.file_count += 1
-            partition.rows += record.rows
-            partition.bytes += record.size
-    for partition in table.partitions.values():
-        if partition.files is not None and partition.file_count != len(partition.files):
-            present = {lake.storage.uri(r.key) for r in records if r.partition == partition.path}
-            missing = next(f for f in partition.files if f not in present)
-            raise CatalogInputError(
-                f"table {table.name} partition {partition.path} is compacted (version {partition.compacted_version}) "
-                f"into {missing}, which is gone; restore it, or point the partition back at its folder "
-                "(citibikes.catalog.switch_partition with files=None)")
-    if before is not None:  # a compacted partition whose folder is empty is still read from its files
-        for path, old in before.partitions.items():
-            if old.files is not None and path not in table.partitions:
-                raise CatalogInputError(
-                    f"table {table.name} partition {path} is compacted (version {old.compacted_version}) into "
-                    f"{old.files[0]}, which is gone; restore it, or point the partition back at its folder "
-                    "(citibikes.catalog.switch_partition with files=None)")
-    table.partitions = dict(sorted(table.partitions.items(), key=lambda item: partition_sort_key(item[0])))
+        groups.setdefault(record.partition, []).append(record)
+    now = datetime.now(UTC)
+    for path in sorted(groups, key=partition_sort_key):
+        version, reads = read_set(groups[path])
+        partition = Partition(table.name, path, lake.storage.uri(f"{table.prefix}/{path}"), compacted_version=version,
+                              file_count=len(reads), rows=sum(r.rows for r in reads), bytes=sum(r.size for r in reads))
+        if version is not None:
+            old = before.partitions.get(path) if before else None
+            partition.files = tuple(lake.storage.uri(r.key) for r in reads)
+            partition.switched_at = old.switched_at if old and old.compacted_version == version else now
+        table.partitions[path] = partition
 
 
 def partition_sort_key(path: str) -> tuple:
@@ -398,62 +418,3 @@ def _bad_input_message(lake: Lake, foreign: list[tuple[str, str]], misfits: list
         text = f"{lake.storage.uri(key)} is foreign to the lake: {why}; move it out of the lake's table folders"
     more = len(foreign) + len(misfits) - 1
     return f"{text} (nothing registered{f'; {more} more file(s) like it' if more else ''})"
-
-
-def with_partition_files(state: CatalogState, lake: Lake, table: str, path: str, keys: list[str] | None,
-                         version: int | None) -> CatalogState:
-    """``state`` with one partition read from ``keys`` (compacted at ``version``), or again from every
-    ``.parquet`` file its folder holds now (``keys`` None; a folder with none drops the partition). The
-    files are checked like a crawl checks them. See :func:`citibikes.catalog.switch_partition`."""
-    if table not in state.tables or path not in state.tables[table].partitions:
-        raise CatalogInputError(f"table {table} has no partition {path} in the catalog; crawl the lake first "
-                                "(citibikes catalog --refresh) or fix the name")
-    state = replace(state, schemas=dict(state.schemas))  # _checked_file adds to it
-    entry = state.tables[table]
-    partition = entry.partitions[path]
-    if keys is None:
-        folder = f"{entry.prefix}/{path}"
-        listed = [f"{folder}/{info.base_name}" for info in _list(lake, folder, recursive=False)
-                  if info.type == pafs.FileType.File and info.base_name.endswith(".parquet")]
-        records = [_checked_file(state, lake, entry, path, key) for key in sorted(listed)]
-        chosen, new = records, replace(partition, files=None, compacted_version=None)
-    else:
-        if not keys:
-            raise CatalogInputError(f"table {table} partition {path}: a compacted partition needs at least one file")
-        if version is None or (partition.compacted_version is not None and version <= partition.compacted_version):
-            raise CatalogInputError(
-                f"table {table} partition {path} is at compacted version {partition.compacted_version}; "
-                f"switch it to a higher version than that, not {version}")
-        chosen = [_checked_file(state, lake, entry, path, key) for key in keys]
-        records = [r for r in state.files.values() if r.table == table and r.partition == path and r.key not in keys]
-        records += chosen
-        new = replace(partition, files=tuple(lake.storage.uri(key) for key in keys), compacted_version=version)
-    new.file_count, new.rows, new.bytes = len(chosen), sum(r.rows for r in chosen), sum(r.size for r in chosen)
-    files = {k: r for k, r in state.files.items() if not (r.table == table and r.partition == path)}
-    files.update((r.key, r) for r in records)
-    partitions = {**entry.partitions, path: new}
-    if not chosen:
-        del partitions[path]
-    tables = {**state.tables, table: replace(entry, partitions=partitions)}
-    tables[table].union_by_name = len({r.fingerprint for r in files.values() if r.table == table}) > 1
-    return replace(state, tables=tables, files=files)
-
-
-def _checked_file(state: CatalogState, lake: Lake, table: Table, path: str, key: str) -> FileRecord:
-    folder = f"{table.prefix}/{path}/"
-    if not key.startswith(folder) or not key.endswith(".parquet") or "/" in key[len(folder):]:
-        raise CatalogInputError(f"{lake.storage.uri(key)} is not a .parquet file directly in the folder of table "
-                                f"{table.name} partition {path}; write the compacted file there")
-    footer = _footer(lake, key)
-    if footer is None:
-        raise CatalogInputError(f"{lake.storage.uri(key)} does not exist; write the compacted file before switching to it")
-    if isinstance(footer, str):
-        raise CatalogInputError(f"{lake.storage.uri(key)} cannot be registered: {footer}; write it again")
-    schema, rows = footer
-    problem = misfit(schema, state.schemas[table.fingerprint], table.partition_keys)
-    if problem:
-        raise CatalogInputError(f"{lake.storage.uri(key)} does not fit table {table.name}: {problem}; write it again "
-                                "with the table's schema")
-    state.schemas.setdefault(fingerprint(schema), schema)
-    info = lake.filesystem.get_file_info(lake.storage.path(key))
-    return FileRecord(table.name, key, path, info.size, info.mtime_ns or 0, fingerprint(schema), rows)

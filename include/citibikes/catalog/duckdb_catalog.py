@@ -9,9 +9,11 @@ like the Glue tables (``station_status``, ``station_information``, ``quarantine`
 Each view reads its partitions' files with ``read_parquet(..., hive_partitioning = true,
 hive_types = {'system': VARCHAR, 'date': DATE, 'hour': INTEGER})``; the list it reads is made from
 the ``_partitions`` table: while no hour of a system's day is compacted, one glob for the day
-(``system=x/date=d/hour=*/*.parquet``), else one entry per hour (its folder's glob, or the
-compacted files). A query expands the globs when it binds, so a new minute file (or a new hour of a
-day already listed) shows up without a crawl; a new day or system shows up at the next crawl.
+(``system=x/date=d/hour=*/*.parquet``), else one entry per hour (its folder's glob, or its
+compacted file and late files, :mod:`citibikes.catalog.crawl`). A query expands the globs when it
+binds, so a new minute file (or a new hour of a day none of whose hours is compacted) shows up
+without a crawl; a new day or system, or a new hour of a day with compacted hours, shows up at the
+next crawl (the catalog DAG crawls whenever the ingest DAG lands files).
 Binding lists every folder the view names: about 1 s for 36,000 hour partitions as 1,500 day globs,
 2 s as 36,000 hour globs (``bench/catalog_views.py``). DuckDB also binds a view when it is created,
 so the crawler reads the lake once more then (an S3 lake needs :class:`S3Access`), and a glob that
@@ -20,18 +22,23 @@ until the next crawl. A table the pipeline writes that has no file yet is an emp
 right columns; a new folder below ``curated/`` appears at the first crawl that finds files in it.
 
 Beside the views: ``_tables``, ``_partitions`` (``location`` is the folder; ``files`` NULL while
-the folder's files are read, else the compacted files and their ``compacted_version``), ``_files``
-(each data file's size, modification time, schema fingerprint and rows: a crawl reads only new
-footers), ``_schemas`` and ``_crawl`` (when, which lake, which catalog version).
+the folder's files are read, else the files read: the ``compacted_version``'s file and late files;
+``switched_at``: when the catalog first read that version), ``_files`` (each data file's size,
+modification time, schema fingerprint, rows and, of a compacted file, version and sources: a crawl
+reads only new footers), ``_schemas`` and ``_crawl`` (when, which lake, which catalog version).
+Everything but ``switched_at`` comes from the lake, so the file is a cache: a catalog of an older
+format is built anew (and a deleted one too), with the same views.
 
-A change never modifies the file: a crawl or a partition switch writes a new file beside it and
-renames it over the old one (``os.replace``). A reader that has the catalog open keeps reading the
-snapshot it opened; a reader that opens it afterwards gets the new one; the writer never waits for
-readers (DuckDB allows one writer *or* many read-only processes per file). Writers (crawls and
-switches) take turns on a lock file beside the catalog, so a switch is never lost to a crawl that
-started before it. One DuckDB process caches the databases it has open by path: in a process that
-still holds a connection to the catalog, ``duckdb.connect(path)`` returns that old snapshot;
-:func:`connect` (``ATTACH``) always opens the current file.
+A change never modifies the file: a crawl writes a new file beside it and renames it over the old
+one (``os.replace``). A reader that has the catalog open keeps reading the snapshot it opened; a
+reader that opens it afterwards gets the new one; the writer never waits for readers (DuckDB allows
+one writer *or* many read-only processes per file). Writers take turns on a lock file beside the
+catalog. One DuckDB process caches the databases it has open by path: in a process that still holds
+a connection to the catalog, ``duckdb.connect(path)`` returns that old snapshot; :func:`connect`
+(``ATTACH``) always opens the current file. A view expands its globs at each query, so a reader
+holding an old catalog reads a day's folders as they are now: compaction deletes the files it
+replaced only when the current catalog has read their compacted file for a grace period
+(:mod:`citibikes.compaction`).
 """
 
 from __future__ import annotations
@@ -60,7 +67,6 @@ from citibikes.catalog.crawl import (
     Table,
     columns_text,
     crawl,
-    with_partition_files,
 )
 from citibikes.catalog.errors import CatalogError
 from citibikes.errors import first_line
@@ -69,8 +75,8 @@ from citibikes.lake.filesystem import fsync_folder
 
 log = logging.getLogger("citibikes.catalog")
 
-FORMAT = 1
-"""Of the metadata tables; a catalog of another format is refused, not misread."""
+FORMAT = 2
+"""Of the metadata tables; a catalog of an older format is built anew, one of a newer format refused."""
 LOCK_WAIT_S = 120.0
 """How long a writer waits for the one before it (a crawl of a big lake takes a while)."""
 ARROW_PARTITION_TYPES = {"system": pa.string(), "date": pa.date32(), "hour": pa.int32()}
@@ -150,26 +156,6 @@ def refresh_catalog(lake: Lake, path: Path | str, *, s3: S3Access | None = None,
     return CrawlSummary(path, state.version, tables, state.footers_read, time.perf_counter() - began)
 
 
-def switch_partition(lake: Lake, path: Path | str, table: str, partition: str, files: list[str] | None,
-                     version: int | None = None, *, s3: S3Access | None = None,
-                     lock_wait_s: float = LOCK_WAIT_S) -> Partition | None:
-    """Point one partition of ``table`` (``system=x/date=d/hour=h``) at ``files`` (keys relative to
-    the lake root, in the partition's folder, already written), compacted ``version`` (higher than
-    the partition's last), or back at every file of its folder (``files`` None; None is returned
-    when the folder holds none: the partition is gone); one atomic catalog replacement. What
-    compaction calls: readers of the old catalog keep reading the old files, so delete those only
-    once no reader can hold that catalog any more."""
-    path = Path(path)
-    with writer_lock(path, lock_wait_s):
-        state = load_state(path)
-        if state is None:
-            raise CatalogError(f"no catalog at {path}; crawl the lake first (citibikes catalog --refresh)")
-        state = with_partition_files(state, lake, table, partition, files, version)
-        state.version += 1
-        write_state(path, state, s3)
-    return state.tables[table].partitions.get(partition)
-
-
 @contextlib.contextmanager
 def writer_lock(path: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
     """One catalog writer at a time (an advisory lock on ``<catalog>.lock``, released if the process dies)."""
@@ -188,7 +174,7 @@ def writer_lock(path: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise CatalogError(f"another crawl or partition switch has been writing catalog {path} for "
+                    raise CatalogError(f"another crawl has been writing catalog {path} for "
                                        f"{wait_s:.0f} s (lock {lock_path}); retry when it is done") from None
                 time.sleep(0.05)
         yield
@@ -266,6 +252,7 @@ def _fill(con: duckdb.DuckDBPyConnection, state: CatalogState) -> None:
             "file_count": pa.array([p.file_count for p in partitions], pa.int64()),
             "rows": pa.array([p.rows for p in partitions], pa.int64()),
             "bytes": pa.array([p.bytes for p in partitions], pa.int64()),
+            "switched_at": pa.array([p.switched_at for p in partitions], pa.timestamp("us", "UTC")),
         }),
         "_files": pa.table({
             "table_name": pa.array([f.table for f in files], pa.string()), "key": pa.array([f.key for f in files], pa.string()),
@@ -273,6 +260,8 @@ def _fill(con: duckdb.DuckDBPyConnection, state: CatalogState) -> None:
             "size": pa.array([f.size for f in files], pa.int64()), "mtime_ns": pa.array([f.mtime_ns for f in files], pa.int64()),
             "fingerprint": pa.array([f.fingerprint for f in files], pa.string()),
             "rows": pa.array([f.rows for f in files], pa.int64()),
+            "compacted_version": pa.array([f.version for f in files], pa.int32()),
+            "sources": pa.array([list(f.sources) if f.sources is not None else None for f in files], pa.list_(pa.string())),
         }),
     }
     for name, arrow in metadata.items():
@@ -375,6 +364,9 @@ def load_state(path: Path) -> CatalogState | None:
         except duckdb.Error as exc:
             raise CatalogError(f"{path} is not a citibikes catalog ({first_line(exc)}); move it away, and the next "
                                "crawl builds it anew") from None
+        if format_ < FORMAT:
+            log.warning("catalog %s has the older format %s; building it anew from the lake", path, format_)
+            return CatalogState(lake=lake, version=version)
         if format_ != FORMAT:
             raise CatalogError(f"catalog {path} has format {format_}, this citibikes writes {FORMAT}; upgrade "
                                "citibikes, or move the file away to build it anew")
@@ -384,16 +376,19 @@ def load_state(path: Path) -> CatalogState | None:
         for name, prefix, root, keys, fp, union in con.execute(
                 "SELECT table_name, prefix, root, partition_keys, schema_fingerprint, union_by_name FROM old._tables").fetchall():
             state.tables[name] = Table(name, prefix, root, tuple(keys), fp, union)
-        for row in con.execute("SELECT table_name, partition, location, files, compacted_version, file_count, rows, bytes "
-                               "FROM old._partitions").fetchall():
-            name, partition, location, files, version_, count, rows, size = row
+        for row in con.execute("SELECT table_name, partition, location, files, compacted_version, file_count, rows, bytes, "
+                               "switched_at FROM old._partitions").fetchall():
+            name, partition, location, files, version_, count, rows, size, switched_at = row
             state.tables[name].partitions[partition] = Partition(
-                name, partition, location, tuple(files) if files is not None else None, version_, count, rows, size)
-        files = con.execute("SELECT table_name, key, partition, size, mtime_ns, fingerprint, rows FROM old._files").arrow().read_all()
+                name, partition, location, tuple(files) if files is not None else None, version_, count, rows, size,
+                switched_at)
+        files = con.execute("SELECT table_name, key, partition, size, mtime_ns, fingerprint, rows, compacted_version, "
+                            "sources FROM old._files").arrow().read_all()
         for record in files.to_pylist():
             state.files[record["key"]] = FileRecord(
                 record["table_name"], record["key"], record["partition"], record["size"], record["mtime_ns"],
-                record["fingerprint"], record["rows"])
+                record["fingerprint"], record["rows"], record["compacted_version"],
+                tuple(record["sources"]) if record["sources"] is not None else None)
         return state
     finally:
         con.close()

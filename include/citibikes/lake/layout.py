@@ -24,11 +24,20 @@ of several snapshots, the first to the last ``last_updated`` of its name (:func:
 Names starting with ``.`` or ``_`` are never data: temporary files, the state store and Athena's
 query results (the output location of the workgroup ``citibikes aws setup`` creates) use them, and
 readers (pyarrow datasets, the ``*.parquet`` glob) skip them.
+
+Compaction (:mod:`citibikes.compaction`) writes an hour partition's rows, sorted, as one file below
+the hour's folder, where no folder glob reads it: ``<hour folder>/_compacted/v<N>/compacted.parquet``
+(:func:`compacted_key`), whose key-value metadata ``citibikes.compaction`` names the folder's files it
+holds, its *sources*. What a partition holds is then its newest compacted file and the folder's
+files not among its sources (:func:`partition_reads`): the catalog and :meth:`citibikes.lake.Lake.files`
+read that.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -41,6 +50,11 @@ UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 STATE_PREFIX = "_state"
 RAW_PREFIX = "raw"
 ATHENA_RESULTS_PREFIX = "_athena"
+COMPACTED_FOLDER = "_compacted"
+COMPACTED_NAME = "compacted.parquet"
+COMPACTED_PATTERN = re.compile(rf"/{COMPACTED_FOLDER}/v([0-9]+)/[^/._][^/]*\.parquet$")
+COMPACTION_METADATA = "citibikes.compaction"
+"""The key-value metadata of a compacted file: JSON ``{"version": N, "sources": [names]}``."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +130,39 @@ def quarantine_key(system_id: str, feed: str, last_updated: int, last: int | Non
 
 def _span(first: int, last: int | None) -> str:
     return f"{int(first)}" if last is None or int(last) == int(first) else f"{int(first)}-{int(last)}"
+
+
+def compacted_key(folder: str, version: int) -> str:
+    """Version ``version`` of the compacted file of the partition folder ``folder`` (a key)."""
+    return f"{folder}/{COMPACTED_FOLDER}/v{int(version)}/{COMPACTED_NAME}"
+
+
+def compacted_version(key: str) -> int | None:
+    """N for a compacted file's key (``<folder>/_compacted/v<N>/<name>.parquet``), else None."""
+    match = COMPACTED_PATTERN.search(key)
+    return int(match.group(1)) if match else None
+
+
+def compacted_sources(metadata: dict[bytes, bytes] | None) -> tuple[str, ...] | None:
+    """The sources a compacted file's Parquet key-value metadata names (None: it names none)."""
+    try:
+        sources = json.loads((metadata or {})[COMPACTION_METADATA.encode()])["sources"]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return tuple(sources) if isinstance(sources, list) and all(isinstance(n, str) for n in sources) else None
+
+
+def partition_reads(keys: Iterable[str], sources: Callable[[str], Iterable[str]]) -> tuple[int | None, list[str]]:
+    """What one partition holds, of ``keys`` (its folder's files and its compacted files): its newest
+    compacted version and that file followed by the folder's files not among its ``sources``, or
+    (none compacted) None and every key."""
+    keys = list(keys)
+    versions = [(version, key) for key in keys if (version := compacted_version(key)) is not None]
+    if not versions:
+        return None, keys
+    version, newest = max(versions)
+    held = set(sources(newest))
+    return version, [newest, *(k for k in keys if compacted_version(k) is None and k.rsplit("/", 1)[1] not in held)]
 
 
 def raw_key(system_id: str, feed: str, last_updated: int, suffix: str = ".json.zst") -> str:

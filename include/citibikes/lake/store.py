@@ -204,13 +204,30 @@ class Lake:
     # -- reading -----------------------------------------------------------------------------
 
     def files(self, name: str, system: str | None = None) -> list[str]:
-        """Keys of a table's Parquet files (``station_status``, ``station_information``,
-        ``quarantine``, ``pipeline_runs``, ``rebalancing``), optionally of one system only."""
+        """Keys of the Parquet files holding a table's rows (``station_status``, ``station_information``,
+        ``quarantine``, ``pipeline_runs``, ``rebalancing``), optionally of one system only: per
+        partition, its newest compacted file and the files of its folder that file does not hold
+        (:func:`~citibikes.lake.layout.partition_reads`), else every file of its folder."""
         table = layout.table_layout(name)
         prefix = table.prefix
         if system is not None and "system" in table.partition_keys:
             prefix = f"{prefix}/system={layout.check_system_id(system)}"
-        return [key for key in self.storage.list(prefix) if key.endswith(".parquet")]
+        folders: dict[str, list[str]] = {}
+        for key in self.storage.list(prefix):
+            if key.endswith(".parquet"):
+                folder = key.split(f"/{layout.COMPACTED_FOLDER}/", 1)[0] if layout.compacted_version(key) else key.rsplit("/", 1)[0]
+                folders.setdefault(folder, []).append(key)
+        return [key for keys in folders.values() for key in layout.partition_reads(keys, self.compacted_sources)[1]]
+
+    def compacted_sources(self, key: str) -> tuple[str, ...]:
+        """The names of the partition folder's files the compacted file ``key`` holds (its metadata says)."""
+        try:
+            with self.filesystem.open_input_file(self.storage.path(key)) as source:
+                metadata = pq.ParquetFile(source).metadata.metadata
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise LakeError(f"cannot read {self.storage.uri(key)}: {str(exc).splitlines()[0]}; the next compaction "
+                            "writes the partition again if you delete it") from None
+        return layout.compacted_sources(metadata) or ()
 
     def read_table(self, name: str, system: str | None = None) -> pa.Table:
         """A whole table as Arrow, with the partition columns (``system``, ``date``, ``hour``)."""

@@ -230,16 +230,20 @@ _OPTIONS = {schema: _write_options(schema) for schema in TABLE_SCHEMAS.values()}
 """The options of the lake's own tables, worked out once."""
 
 
-def parquet_bytes(table: pa.Table) -> bytes:
-    """The table as one Parquet file (see the module doc for the encoding)."""
+def parquet_bytes(table: pa.Table, metadata: dict[str, str] | None = None) -> bytes:
+    """The table as one Parquet file (see the module doc for the encoding), with ``metadata`` as the
+    file's key-value metadata (what a compacted file says about itself)."""
     options = _OPTIONS.get(table.schema) or _write_options(table.schema)
     compression: dict[str, Any] = {"compression": "none"}
     if table.num_rows > SMALL_TABLE_ROWS:
         compression = {"compression": "zstd", "compression_level": ZSTD_LEVEL}
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, **compression, use_dictionary=options["use_dictionary"],
-                   row_group_size=ROW_GROUP_ROWS, write_statistics=options["write_statistics"],
-                   store_schema=False, **READABLE_EVERYWHERE)
+    with pq.ParquetWriter(sink, table.schema, **compression, use_dictionary=options["use_dictionary"],
+                          write_statistics=options["write_statistics"], store_schema=False,
+                          **READABLE_EVERYWHERE) as writer:
+        writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        if metadata:
+            writer.add_key_value_metadata(metadata)
     return sink.getvalue().to_pybytes()
 
 

@@ -48,7 +48,7 @@ from citibikes.gbfs.model import STATION_INFORMATION, STATION_INFORMATION_SCHEMA
 from citibikes.ingest import Checked, Step, check_information, check_status, outcome, publish_step, \
     run_record, select, step_files
 from citibikes.lake import Lake, RunRecord
-from citibikes.lake.layout import hive_partition
+from citibikes.lake.layout import compacted_version, hive_partition
 from citibikes.lake.store import LakeFile, quarantine_file, status_file
 from citibikes.quality import Described, Validated
 from citibikes.replay.scan import SnapshotFile, pair, read_snapshot_file, scan
@@ -117,9 +117,12 @@ def backfill(folder: Path, system_id: str, *, settings: Settings, lake: Lake, pu
 def minute_files(lake: Lake, system_id: str) -> set[int]:
     """The ``last_updated`` of the station_status snapshots the live pipeline (the minute DAG,
     ``citibikes run``) landed in files of their own: a backfill leaves them alone, so that the rows
-    of a snapshot are never in two files (a backfill's hour file and a minute's file)."""
-    names = (key.rsplit("/", 1)[-1].removesuffix(".parquet") for key in lake.files(STATION_STATUS, system_id))
-    return {int(name) for name in names if name.isdigit()}
+    of a snapshot are never in two files (a backfill's hour file and a minute's file). A compacted
+    file's metadata names the minute files it holds (deleted once compaction is done with them)."""
+    keys = lake.files(STATION_STATUS, system_id)
+    names = [key.rsplit("/", 1)[-1] for key in keys]
+    names += [name for key in keys if compacted_version(key) is not None for name in lake.compacted_sources(key)]
+    return {int(stem) for stem in (name.removesuffix(".parquet") for name in names) if stem.isdigit()}
 
 
 # -- 2. preparing, in a pool ------------------------------------------------------------------------

@@ -42,6 +42,16 @@ class LakeHook(BaseHook):
             f"connection {self.lake_conn_id!r} has type {conn.conn_type!r}; use 'fs' (a folder) or 'aws' (S3)"
         )
 
+    def duckdb_s3(self, lake: Lake):
+        """How DuckDB reaches the lake's files (a :class:`citibikes.catalog.S3Access`), None for a folder lake:
+        the DuckDB catalog's writers need it (DuckDB reads the lake when it creates the views)."""
+        from citibikes.catalog import S3Access
+
+        if not lake.uri.startswith("s3://"):
+            return None
+        options = self.s3_settings()
+        return S3Access(region=options.pop("region") or "us-east-1", **options)
+
     def s3_settings(self) -> dict[str, str | None]:
         """Endpoint, region and credentials of an ``aws`` lake connection (``open_lake``'s keyword arguments),
         through the Amazon provider's ``AwsBaseHook`` (keys, profiles, roles)."""

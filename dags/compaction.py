@@ -1,0 +1,143 @@
+"""
+### citibikes_compaction: each closed hour of minute files becomes one sorted file
+
+Every hour, one run at a time. For each system, every hour partition of `station_status`,
+`station_information` and `quarantine` that ended at least `settle_s` ago (default
+`CITIBIKES_COMPACTION_SETTLE`, 7200 s) and reads two files or more is written again as one file
+sorted by station and time (`<hour folder>/_compacted/v<N>/compacted.parquet`, its sources named in
+its metadata); the catalog is then switched to it in one atomic replacement, and the files it
+replaced are deleted once the catalog has read the compacted file for `grace_s` (default
+`CITIBIKES_COMPACTION_GRACE`, 3600 s). Readers through the catalog never see a row missing or
+doubled: no folder glob reads `_compacted/`, and a reader opening the catalog reads either the
+old files or the new one. A reader must not keep one catalog connection longer than the grace
+period. Runs for the DuckDB catalog only: a lake catalogued by Glue is skipped (its partitions
+would need their location switched).
+
+| task | what it does |
+|---|---|
+| `choose` | skips the run unless the catalog is DuckDB (`CITIBIKES_CATALOG`, or `auto` with an `fs` lake connection) |
+| `plan` | the systems with hours to compact, and how many |
+| `compact` | one mapped task per system: writes the compacted files (whole or not at all); logs files and bytes per observation before and after |
+| `refresh` | crawls the lake into the catalog, which learns the compacted files from the lake; emits `citibikes.catalog` |
+| `delete` | deletes the sources and older versions of the partitions the catalog has read compacted for `grace_s` |
+
+`dry_run` logs what would be compacted and deleted and changes nothing. Bad input in the lake
+(a foreign file, a file in `_compacted/` compaction did not write) fails the task at once, naming
+the file and the fix; an unreachable lake or a file changed under compaction is retried. A crash
+at any point leaves the data whole, and the next run goes on from where it stopped.
+Logic: `include/citibikes/compaction.py`; this file only wires it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, dag, task
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from citibikes import compaction
+from citibikes.catalog import CatalogError, CatalogInputError, refresh_catalog
+from citibikes.catalog.glue import choose_catalog
+from citibikes.config import load_settings
+from citibikes_airflow.assets import CATALOG
+from citibikes_airflow.hooks.lake import LakeHook
+
+DEFAULT_ARGS = {
+    "owner": "citibikes",
+    "retries": 3,
+    "retry_delay": timedelta(seconds=30),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=5),
+    "execution_timeout": timedelta(minutes=30),
+}
+
+settings = load_settings()
+
+
+@contextlib.contextmanager
+def bad_input_fails() -> Iterator[None]:
+    """Bad input in the lake fails the task without retries (a person fixes the lake)."""
+    try:
+        yield
+    except CatalogInputError as exc:
+        raise AirflowFailException(str(exc)) from None
+
+
+@dag(
+    dag_id="citibikes_compaction",
+    schedule="@hourly",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(hours=2),
+    default_args=DEFAULT_ARGS,
+    params={
+        "settle_s": Param(settings.compaction_settle_s, type="integer", minimum=0,
+                          description="compact an hour once it ended this many seconds ago"),
+        "grace_s": Param(settings.compaction_grace_s, type="integer", minimum=0,
+                         description="delete replaced files once the catalog has read their compacted file this long"),
+        "dry_run": Param(False, type="boolean", description="log what would be done, change nothing"),
+    },
+    tags=["citibikes", "compaction", "duckdb"],
+    doc_md=__doc__,
+)
+def citibikes_compaction():
+    @task.short_circuit
+    def choose() -> bool:
+        """Compact only a lake whose catalog is DuckDB (the Glue catalog's partitions are not switched yet)."""
+        connection_type = LakeHook().get_connection(LakeHook.default_conn_name).conn_type
+        try:
+            chosen = choose_catalog(load_settings().catalog, connection_type)
+        except CatalogError as exc:
+            raise AirflowFailException(str(exc)) from None
+        if chosen != "duckdb":
+            print(f"the catalog is {chosen}: compaction keeps the DuckDB catalog only; nothing to do")
+        return chosen == "duckdb"
+
+    @task
+    def plan(params=None) -> list[str]:
+        """The systems with closed hours to compact (one mapped ``compact`` each)."""
+        with bad_input_fails():
+            counts = compaction.systems_with_work(LakeHook().get_lake(), load_settings().catalog_path,
+                                                  settle_s=params["settle_s"])
+        print(", ".join(f"{system}: {n} partitions" for system, n in sorted(counts.items())) or "nothing to compact")
+        return sorted(counts)
+
+    @task(map_index_template="{{ system }}", doc_md="Write the compacted files of one system's closed hours.")
+    def compact(system: str, params=None) -> dict:
+        """Write the compacted files of one system's closed hours; logs files and bytes before and after."""
+        with bad_input_fails():
+            summary = compaction.compact_files(LakeHook().get_lake(), load_settings().catalog_path,
+                                               settle_s=params["settle_s"], system=system, dry_run=params["dry_run"])
+        print("\n".join(summary.lines()[:-1]))
+        return summary.as_dict()
+
+    @task(outlets=[CATALOG], trigger_rule="none_failed")
+    def refresh(params=None) -> dict:
+        """Switch the catalog to the compacted files: a crawl, one atomic replacement of the catalog file."""
+        if params["dry_run"]:
+            raise AirflowSkipException("dry run: the catalog stays as it is")
+        hook = LakeHook()
+        lake = hook.get_lake()
+        with bad_input_fails():
+            summary = refresh_catalog(lake, load_settings().catalog_path, s3=hook.duckdb_s3(lake))
+        print(summary.line())
+        return summary.extra()
+
+    @task(trigger_rule="none_failed")
+    def delete(params=None) -> dict:
+        """Delete what the catalog has read compacted for the grace period: sources and older versions."""
+        files, size = compaction.delete_replaced(LakeHook().get_lake(), load_settings().catalog_path,
+                                                 grace_s=params["grace_s"], dry_run=params["dry_run"])
+        print(f"{'would delete' if params['dry_run'] else 'deleted'} {files:,} replaced files ({size:,} bytes)")
+        return {"files": files, "bytes": size}
+
+    systems = plan()
+    choose() >> systems
+    compact.expand(system=systems) >> refresh() >> delete()
+
+
+citibikes_compaction()

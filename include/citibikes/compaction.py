@@ -1,0 +1,237 @@
+"""Compaction: an hour partition's small files become one file sorted by station and time, and
+readers through the catalog never see a row missing or doubled, during or after.
+
+The unit is the lake's partition, the hour (one Citi Bike hour of minute files is about 132,000
+rows: one row group). The lake's convention that names starting with ``_`` are not data does the
+work, in three steps:
+
+1. **Write** (:func:`compact_files`): each closed hour partition (it ended at least ``settle_s``
+   ago) of station_status, station_information and quarantine that reads two files or more gets
+   its rows - what the catalog reads now: the folder's files, or its newest compacted version and
+   the late files beside it - sorted by ``station_id`` and ``last_updated``, as
+   ``<hour folder>/_compacted/v<N>/compacted.parquet``, written whole or not at all (a temporary
+   file renamed, or one S3 PUT) with the lake's own Parquet encoding. Its key-value metadata names
+   its version and its sources (the folder's files it holds). No folder glob of any catalog reads
+   ``_compacted/`` (nor do Athena or pyarrow datasets), so writing it changes nothing for readers.
+2. **Switch**: a crawl (:func:`citibikes.catalog.refresh_catalog`) learns the new version from the
+   lake (:mod:`citibikes.catalog.crawl`) and replaces the catalog in one rename: a reader that
+   opens it reads the compacted file and the folder's files not among its sources, never both.
+3. **Delete** (:func:`delete_replaced`): a later run deletes the sources and older versions of each
+   partition the current catalog has read compacted for at least ``grace_s``. Until then readers of
+   an older catalog keep their rows; after it, a reader still holding a catalog opened before the
+   switch would miss them (a view expands its globs at each query): open a new connection per query
+   or session (:func:`citibikes.catalog.connect`), not one kept longer than the grace period.
+
+A crash anywhere leaves the data whole: before the rename there is no compacted file; after it the
+lake says what each partition holds, and the next crawl or run goes on from there. A second run
+changes nothing (a compacted partition without late files reads one file; deleted files are gone).
+A late file landing in a compacted hour is read at once, beside the compacted file, and folded into
+the next version. Never delete anything below ``_compacted/`` by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+
+from citibikes.catalog import CatalogError, S3Access, refresh_catalog
+from citibikes.catalog.crawl import CatalogState, FileRecord, crawl, read_set
+from citibikes.catalog.duckdb_catalog import load_state
+from citibikes.lake import Lake, layout
+from citibikes.lake.tables import parquet_bytes
+
+log = logging.getLogger("citibikes.compaction")
+
+SORT_KEYS = {
+    "station_status": ("station_id", "last_updated"),
+    "station_information": ("station_id", "last_updated"),
+    "quarantine": ("station_id", "last_updated"),
+}
+"""The tables compacted (those the pipeline writes a file per minute to), each sorted by station and time."""
+
+
+@dataclass(frozen=True)
+class Work:
+    """One partition to compact: the files it reads now, the version to write, its sources."""
+
+    table: str
+    partition: str
+    version: int
+    reads: tuple[FileRecord, ...]
+    sources: tuple[str, ...]
+
+
+@dataclass
+class Figures:
+    """One table's compacted partitions: their rows, and files and bytes before and after."""
+
+    partitions: int = 0
+    rows: int = 0
+    files_before: int = 0
+    bytes_before: int = 0
+    files_after: int = 0
+    bytes_after: int = 0
+
+    def add(self, other: Figures) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class CompactionSummary:
+    """What a compaction did (or, ``dry_run``, would do): figures per table, files deleted."""
+
+    tables: dict[str, Figures] = field(default_factory=dict)
+    deleted_files: int = 0
+    deleted_bytes: int = 0
+    duration_s: float = 0.0
+    dry_run: bool = False
+
+    def lines(self) -> list[str]:
+        verb = "would compact" if self.dry_run else "compacted"
+        lines = []
+        for name, f in self.tables.items():
+            after = "" if self.dry_run else (f" -> {f.files_after:,} files, {f.bytes_after:,} bytes "
+                                             f"({_per_row(f.bytes_after, f.rows)} bytes/observation)")
+            lines.append(f"{name}: {verb} {f.partitions:,} partitions, {f.rows:,} rows: {f.files_before:,} files, "
+                         f"{f.bytes_before:,} bytes ({_per_row(f.bytes_before, f.rows)} bytes/observation){after}")
+        lines.append(f"{'would delete' if self.dry_run else 'deleted'} {self.deleted_files:,} replaced files "
+                     f"({self.deleted_bytes:,} bytes); {self.duration_s:.1f} s")
+        return lines
+
+    def as_dict(self) -> dict:
+        return {"tables": {name: vars(f) for name, f in self.tables.items()}, "deleted_files": self.deleted_files,
+                "deleted_bytes": self.deleted_bytes, "duration_s": round(self.duration_s, 3), "dry_run": self.dry_run}
+
+
+def _per_row(size: int, rows: int) -> str:
+    return f"{size / rows:.2f}" if rows else "-"
+
+
+def lake_state(lake: Lake, catalog_path: Path | str) -> CatalogState:
+    """The lake as a crawl sees it now (footers read only of files the catalog does not know)."""
+    previous = load_state(Path(catalog_path))
+    return crawl(lake, previous if previous is not None and previous.lake == lake.uri else None)
+
+
+def plan(state: CatalogState, *, settle_s: int, now: float, system: str | None = None) -> list[Work]:
+    """The partitions to compact: closed ``settle_s`` before ``now``, reading two files or more."""
+    groups: dict[tuple[str, str], list[FileRecord]] = {}
+    for record in state.files.values():
+        groups.setdefault((record.table, record.partition), []).append(record)
+    work = []
+    for (name, path), records in sorted(groups.items()):
+        table = state.tables.get(name)
+        if name not in SORT_KEYS or table is None or table.partition_keys != ("system", "date", "hour"):
+            continue
+        values = table.partitions[path].values
+        ends = datetime.fromisoformat(values["date"]).replace(tzinfo=UTC) + timedelta(hours=int(values["hour"]) + 1)
+        if (system is not None and values["system"] != system) or ends.timestamp() + settle_s > now:
+            continue
+        version, reads = read_set(records)
+        if len(reads) < 2:
+            continue
+        sources = {r.key.rsplit("/", 1)[1] for r in reads if r.version is None} | set(reads[0].sources or ())
+        work.append(Work(name, path, max((r.version or 0) for r in records) + 1, tuple(reads), tuple(sorted(sources))))
+    return work
+
+
+def systems_with_work(lake: Lake, catalog_path: Path | str, *, settle_s: int, now: float | None = None) -> dict[str, int]:
+    """Per system, how many partitions :func:`compact_files` would compact now."""
+    counts: dict[str, int] = {}
+    for item in plan(lake_state(lake, catalog_path), settle_s=settle_s, now=now or time.time()):
+        system = item.partition.split("/", 1)[0].removeprefix("system=")
+        counts[system] = counts.get(system, 0) + 1
+    return counts
+
+
+def write_compacted(lake: Lake, item: Work) -> int:
+    """Write one partition's compacted file; returns its size. The rows read must be those the crawl counted."""
+    tables = []
+    for record in item.reads:
+        table = lake.read_file(record.key, item.table)
+        if table is None or table.num_rows != record.rows:
+            raise CatalogError(f"{lake.storage.uri(record.key)} changed while table {item.table} partition "
+                               f"{item.partition} was being compacted; run the compaction again")
+        tables.append(table)
+    rows = pa.concat_tables(tables).sort_by([(key, "ascending") for key in SORT_KEYS[item.table]])
+    key = layout.compacted_key(f"{layout.TABLES[item.table].prefix}/{item.partition}", item.version)
+    data = parquet_bytes(rows, {layout.COMPACTION_METADATA: json.dumps({"version": item.version, "sources": list(item.sources)})})
+    lake.storage.delete_tree(key.rsplit("/", 1)[0])  # what a writer killed while writing this version left
+    lake.write_files([(key, data)])
+    return len(data)
+
+
+def compact_files(lake: Lake, catalog_path: Path | str, *, settle_s: int, now: float | None = None,
+                  system: str | None = None, dry_run: bool = False) -> CompactionSummary:
+    """Step 1: write the compacted file of every partition :func:`plan` names (of one ``system``, or all)."""
+    began = time.perf_counter()
+    summary = CompactionSummary(dry_run=dry_run)
+    for item in plan(lake_state(lake, catalog_path), settle_s=settle_s, now=now or time.time(), system=system):
+        figures = Figures(1, sum(r.rows for r in item.reads), len(item.reads), sum(r.size for r in item.reads))
+        if not dry_run:
+            figures.files_after, figures.bytes_after = 1, write_compacted(lake, item)
+            log.info("%s %s: %d files -> version %d", item.table, item.partition, len(item.reads), item.version)
+        summary.tables.setdefault(item.table, Figures()).add(figures)
+    summary.duration_s = time.perf_counter() - began
+    return summary
+
+
+def delete_replaced(lake: Lake, catalog_path: Path | str, *, grace_s: int, now: float | None = None,
+                    dry_run: bool = False) -> tuple[int, int]:
+    """Step 3: delete the sources and older versions of every partition the current catalog has read
+    compacted for ``grace_s`` or longer; returns the files and bytes deleted (or, ``dry_run``, due)."""
+    state = load_state(Path(catalog_path))
+    if state is None:
+        return 0, 0
+    now = now or time.time()
+    groups: dict[tuple[str, str], list[FileRecord]] = {}
+    for record in state.files.values():
+        groups.setdefault((record.table, record.partition), []).append(record)
+    files = size = 0
+    for table in state.tables.values():
+        for partition in table.partitions.values():
+            if partition.switched_at is None or partition.switched_at.timestamp() + grace_s > now:
+                continue
+            records = groups[(table.name, partition.path)]
+            current = next(r for r in records if r.version == partition.compacted_version)
+            replaced = [r for r in records if (r.version is None and r.key.rsplit("/", 1)[1] in (current.sources or ()))
+                        or (r.version is not None and r.version < current.version)]
+            for record in replaced:
+                if dry_run or _delete(lake, record):
+                    files, size = files + 1, size + record.size
+    return files, size
+
+
+def _delete(lake: Lake, record: FileRecord) -> bool:
+    """Delete one replaced file (an older version with its folder); False if it was gone already."""
+    try:
+        lake.filesystem.delete_file(lake.storage.path(record.key))
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise lake.storage.error(exc, f"cannot delete {lake.storage.uri(record.key)}") from None
+    if record.version is not None:  # what a crashed writer may have left beside it
+        lake.storage.delete_tree(record.key.rsplit("/", 1)[0])
+    return True
+
+
+def compact(lake: Lake, catalog_path: Path | str, *, settle_s: int, grace_s: int, now: float | None = None,
+            dry_run: bool = False, s3: S3Access | None = None) -> CompactionSummary:
+    """The three steps: write the compacted files, switch the catalog to them, delete what the
+    catalog has not read for ``grace_s`` (what the ``citibikes_compaction`` DAG and ``citibikes
+    compact`` do). ``s3``: how DuckDB reaches an S3 lake."""
+    began = time.perf_counter()
+    summary = compact_files(lake, catalog_path, settle_s=settle_s, now=now, dry_run=dry_run)
+    if not dry_run:
+        refresh_catalog(lake, catalog_path, s3=s3)
+    summary.deleted_files, summary.deleted_bytes = delete_replaced(lake, catalog_path, grace_s=grace_s, now=now,
+                                                                   dry_run=dry_run)
+    summary.duration_s = time.perf_counter() - began
+    return summary
