@@ -39,7 +39,7 @@ from airflow.providers.amazon.aws.operators.glue_crawler import (
 from airflow.sdk import Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from citibikes.catalog import CatalogError, CatalogInputError, S3Access, refresh_catalog
+from citibikes.catalog import CatalogError, CatalogInputError, refresh_catalog
 from citibikes.catalog.glue import choose_catalog, crawl_due, crawler_config
 from citibikes.config import CATALOGS, load_settings
 from citibikes_airflow.assets import CATALOG, TABLE_ASSETS
@@ -92,13 +92,8 @@ def citibikes_catalog():
     def crawl_duckdb(*, outlet_events=None) -> dict:
         """Crawl the lake into the DuckDB catalog; bad input fails at once (the catalog stays as it was)."""
         hook = LakeHook()
-        lake = hook.get_lake()
-        s3 = None
-        if lake.uri.startswith("s3://"):  # DuckDB reads the lake when it creates the views
-            options = hook.s3_settings()
-            s3 = S3Access(region=options.pop("region") or "us-east-1", **options)
-        try:
-            summary = refresh_catalog(lake, load_settings().catalog_path, s3=s3)
+        try:  # an S3 lake: DuckDB reads the lake when it creates the views
+            summary = refresh_catalog(hook.get_lake(), load_settings().catalog_path, s3=hook.s3_access())
         except CatalogInputError as exc:
             raise AirflowFailException(str(exc)) from None
         print(summary.line())

@@ -10,9 +10,14 @@ Two connection types are understood:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from airflow.providers.common.compat.sdk import BaseHook
 
 from citibikes.lake import Lake, LakeError, open_lake
+
+if TYPE_CHECKING:
+    from citibikes.catalog import S3Access
 
 
 class LakeHook(BaseHook):
@@ -57,3 +62,13 @@ class LakeHook(BaseHook):
             "secret_key": credentials.secret_key,
             "session_token": credentials.token,
         }
+
+    def s3_access(self) -> S3Access | None:
+        """How DuckDB reaches the lake's files (None for a folder lake): what a DuckDB catalog of an S3
+        lake needs to create and to query its views."""
+        from citibikes.catalog import S3Access
+
+        if self.get_connection(self.lake_conn_id).conn_type != "aws":
+            return None
+        options = self.s3_settings()
+        return S3Access(region=options.pop("region") or "us-east-1", **options)
