@@ -46,8 +46,8 @@ class ChecksLake:
         return open_lake(str(self.root / "lake"))
 
     def copy(self, folder: Path) -> ChecksLake:
-        """The same lake in ``folder`` (to break it there)."""
-        for name in ("lake", "state", "systems.yaml", "pipeline.yaml"):
+        """The same lake in ``folder`` (to break it there), without a catalog yet."""
+        for name in ("lake", "systems.yaml", "pipeline.yaml"):
             source = self.root / name
             (shutil.copytree if source.is_dir() else shutil.copy)(source, folder / name)
         return ChecksLake(folder)
