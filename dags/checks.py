@@ -33,7 +33,8 @@ its first 20 offending rows; `record` still runs. A catalog that cannot be queri
 yet, Athena unreachable) fails the task with one line naming the check, the catalog and the fix, and
 is retried. Connections: `citibikes_catalog` (type `duckdb`, optional: its extra may set
 `memory_limit`, `threads`); for Athena `citibikes_athena` (type `athena`, extra `{"work_group":
-"citibikes", "region_name": ...}`; credentials from `citibikes_lake`).
+"citibikes"}`, the workgroup `citibikes aws setup` makes; region and endpoint from `citibikes_lake`'s
+extra; keys as its login/password, else the default AWS chain, e.g. the workers' role).
 Logic: `include/citibikes/checks/`; operators: `plugins/citibikes_airflow/operators/checks.py`.
 """
 
