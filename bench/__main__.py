@@ -6,6 +6,7 @@ pipeline   citibikes backfill of a recorded archive (lake only, --publish) and o
 dag        scheduled minute-DAG durations under airflow standalone, 1 and 50 systems (~20 min)
 consumer   the live consumer applying a backlog with durable commits, against reading only (~5 min)
 catalog    the DuckDB catalog over 36,000 hour partitions: crawls, view binding and queries (~2 min)
+checks     the data-quality checks on a replayed day: in-process and the checks DAG (dag.test) (~3 min)
 
 Not run by default (they need the running stack, or take long): `bench/freshness.py` (with `make up`:
 feed -> Kafka -> live state -> alert over 30 minute-runs) and `bench/consumer_apply.py --soak-minutes 10`.
@@ -24,6 +25,7 @@ BENCHMARKS = {
     "dag": ["dag_duration.py"],
     "consumer": ["consumer_apply.py"],
     "catalog": ["catalog_views.py"],
+    "checks": ["checks_duration.py"],
 }
 
 
