@@ -50,7 +50,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from citibikes.catalog import CatalogError
 from citibikes.catalog.glue import choose_catalog
-from citibikes.checks import CHECK_OPERATORS, CheckParams, ChecksError, Result, build_checks
+from citibikes.checks import CHECK_DOCS, CHECK_OPERATORS, CheckParams, ChecksError, Result, build_checks
 from citibikes.config import CATALOGS, load_settings
 from citibikes_airflow.assets import CATALOG
 from citibikes_airflow.hooks.lake import LakeHook
@@ -136,8 +136,8 @@ def citibikes_checks():
                                        f"log has its offending rows, {key} all results")
 
     planned = plan()
-    checks = [OPERATOR_CLASSES[kind].partial(task_id=name, retry_on_failure=False).expand_kwargs(
-        planned.map(_arguments_of(name))) for name, kind in CHECK_OPERATORS.items()]
+    checks = [OPERATOR_CLASSES[kind].partial(task_id=name, retry_on_failure=False, doc_md=f"Passes when {CHECK_DOCS[name]}.")
+              .expand_kwargs(planned.map(_arguments_of(name))) for name, kind in CHECK_OPERATORS.items()]
     checks >> record(planned)
 
 

@@ -17,33 +17,21 @@ import pytest
 
 from citibikes.checks import CHECK_OPERATORS
 from citibikes.lake import open_lake
-from test_catalog_glue_dag import BUCKET, REGION, moto  # noqa: F401 - the moto server fixture
+from test_catalog_glue_dag import BUCKET, REGION, glue, moto  # noqa: F401 - moto's server, an S3 lake on it
 
 pytestmark = [pytest.mark.airflow, pytest.mark.aws]
 DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "checks.py"
 
 
 def test_the_checks_go_to_athena_in_its_dialect_and_the_results_to_the_s3_lake(
-        moto: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, airflow_db: Path) -> None:  # noqa: F811
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "CITIBIKES_CATALOG"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("CITIBIKES_STATE_DIR", str(tmp_path / "state"))
+        moto: str, glue, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    _, _, lake_uri = glue  # an S3 lake on moto behind an aws citibikes_lake connection
     monkeypatch.setenv("CITIBIKES_FEED", "replay")
-    lake_uri = f"s3://{BUCKET}/{tmp_path.name.replace('_', '-')[-40:]}"
-    monkeypatch.setenv("AIRFLOW_CONN_CITIBIKES_LAKE", json.dumps({
-        "conn_type": "aws", "login": "testing", "password": "testing",
-        "extra": {"lake_uri": lake_uri, "region_name": REGION, "endpoint_url": moto}}))
     monkeypatch.setenv("AIRFLOW_CONN_CITIBIKES_ATHENA", json.dumps({
         "conn_type": "athena", "login": "testing", "password": "testing",
         "extra": {"work_group": "citibikes", "region_name": REGION}}))
     options = {"endpoint_url": moto, "region_name": REGION, "aws_access_key_id": "testing",
                "aws_secret_access_key": "testing"}
-    s3 = boto3.client("s3", **options)
-    if BUCKET not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
-        s3.create_bucket(Bucket=BUCKET)
     athena = boto3.client("athena", **options)
     if "citibikes" not in {w["Name"] for w in athena.list_work_groups()["WorkGroups"]}:
         athena.create_work_group(Name="citibikes", Configuration={

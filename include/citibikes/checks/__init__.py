@@ -6,8 +6,8 @@ and runs them on a DuckDB catalog (``citibikes checks``). The Airflow DAG ``citi
 them with the common-sql check operators.
 """
 
-from citibikes.checks.definitions import CHECK_OPERATORS, OFFENDING_ROWS, Check, CheckParams, ChecksError, build_checks, translate
+from citibikes.checks.definitions import CHECK_DOCS, CHECK_OPERATORS, OFFENDING_ROWS, Check, CheckParams, ChecksError, build_checks, translate
 from citibikes.checks.results import Result, limited, offending_lines, run_on_duckdb, to_results
 
-__all__ = ["CHECK_OPERATORS", "OFFENDING_ROWS", "Check", "CheckParams", "ChecksError", "Result", "build_checks", "limited",
+__all__ = ["CHECK_DOCS", "CHECK_OPERATORS", "OFFENDING_ROWS", "Check", "CheckParams", "ChecksError", "Result", "build_checks", "limited",
            "offending_lines", "run_on_duckdb", "to_results", "translate"]

@@ -50,6 +50,16 @@ CHECK_OPERATORS = {"freshness": "table", "rows_per_hour": "sql", "duplicates": "
                    "described_stations": "sql", "quarantine_rate": "table", "failed_runs": "table"}
 """Each check's common-sql operator: ``column`` (``SQLColumnCheckOperator``), ``table``
 (``SQLTableCheckOperator``) or ``sql`` (``SQLCheckOperator``)."""
+CHECK_DOCS = {
+    "freshness": "per system, the newest observation is at most max_age_s old",
+    "rows_per_hour": "every snapshot of an hour holds at least min_completeness of the stations seen in that hour",
+    "duplicates": "no two rows share (system, station, last_updated)",
+    "value_ranges": "every count is 0 to 100,000",
+    "described_stations": "every station with a status is described in station_information",
+    "quarantine_rate": "per system, quarantined status records are at most max_quarantine_rate of all",
+    "failed_runs": "no pipeline_runs row of a run started in the window has outcome failed",
+}
+"""What each check's task checks (its doc in the UI; the invariants are explained in the module doc)."""
 OFFENDING_ROWS = 20
 """Rows of a failed check that are logged."""
 DIALECTS = ("duckdb", "athena")
