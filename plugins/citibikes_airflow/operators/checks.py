@@ -66,16 +66,15 @@ class LakeCheck:
         hook = self.get_db_hook()
         try:
             results = to_results(check, hook.get_records(check.results_sql), datetime.fromisoformat(self.as_of))
-        except Exception as exc:  # noqa: BLE001
+            rows = [] if verdict is None else hook.run(limited(check.offending_sql), handler=fetch_all_handler)
+        except Exception as exc:  # noqa: BLE001 - the catalog, not the data
             raise self._unreachable(check, exc) from None
         context["ti"].xcom_push(key="results", value=msgspec.to_builtins(results))
         for result in results:
             self.log.info("%s", result.line())
         if verdict is None:
             return
-        rows = hook.run(limited(check.offending_sql), handler=fetch_all_handler)
-        columns = [column[0] for column in hook.last_description or ()]
-        for line in offending_lines(check, columns, rows or []):
+        for line in offending_lines(check, [column[0] for column in hook.last_description or ()], rows or []):
             self.log.error("%s", line)
         failed = "; ".join(result.line() for result in results if not result.passed)
         raise AirflowFailException(f"check {check.name} failed: {failed or first_line(verdict)}; "
