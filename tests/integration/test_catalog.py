@@ -28,14 +28,15 @@ from citibikes.lake import Lake, open_lake
 from citibikes.lake.tables import parquet_bytes
 from support.pipeline_lake import PipelineLake, pipeline_lake
 
-LAKE_TABLES = {"station_status", "station_information", "quarantine", "pipeline_runs"}
+LAKE_TABLES = {"station_status", "station_information", "quarantine", "pipeline_runs", "rebalancing", "checks"}
+"""The tables the pipeline writes (the last two empty in these lakes: registered with their columns)."""
 
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A lake of 3 minute runs of 2 systems, 20 minutes apart (two hour partitions per system)."""
     folder = tmp_path_factory.mktemp("made")
-    pipeline = pipeline_lake(folder)
+    pipeline = pipeline_lake(folder, start=(time.time() // 3600 - 3) * 3600 + 30 * 60)  # runs at :50, :10, :30
     try:
         for _ in range(3):
             pipeline.minute(20 * 60)
@@ -154,25 +155,25 @@ def test_a_reader_keeps_its_catalog_while_a_crawl_replaces_it_and_a_new_reader_g
     """, str(catalog))
     try:
         first = reader.stdout.readline().split(" ", 1)
-        assert int(first[0]) == rows and "rebalancing" not in first[1]
+        assert int(first[0]) == rows and "moves" not in first[1]
         # A new table appears in the lake; the crawler does not wait for the reader.
-        folder = Path(lake.storage.path("curated/rebalancing/system=citibike/date=2024-03-13"))
+        folder = Path(lake.storage.path("curated/moves/system=citibike/date=2024-03-13"))
         folder.mkdir(parents=True)
         pq.write_table(pa.table({"station_id": ["a", "b"], "moved": pa.array([3, 4], pa.int32())}), folder / "1.parquet")
         assert refresh_catalog(lake, catalog, lock_wait_s=5).version == 2
         reader.stdin.write("\n")
         reader.stdin.flush()
         second = reader.stdout.readline().split(" ", 1)
-        assert int(second[0]) == rows and "rebalancing" not in second[1], "the open catalog stays as it was"
+        assert int(second[0]) == rows and "moves" not in second[1], "the open catalog stays as it was"
         assert reader.wait(timeout=30) == 0, reader.stderr.read()
     finally:
         reader.kill()
     new = subprocess.run([sys.executable, "-c", "import sys, duckdb; print(duckdb.connect(sys.argv[1], read_only=True)"
-                                                ".sql('select sum(moved) from rebalancing').fetchone()[0])", str(catalog)],
+                                                ".sql('select sum(moved) from moves').fetchone()[0])", str(catalog)],
                          capture_output=True, text=True, check=True)
     assert new.stdout.strip() == "7"
     con = connect(catalog)
-    assert con.sql("SELECT date, system FROM rebalancing LIMIT 1").fetchone() == (date(2024, 3, 13), "citibike")
+    assert con.sql("SELECT date, system FROM moves LIMIT 1").fetchone() == (date(2024, 3, 13), "citibike")
     assert not list(catalog.parent.glob(".*.tmp*")), "no temporary catalog left behind"
 
 
@@ -187,23 +188,23 @@ def test_an_empty_table_of_the_pipeline_is_there_with_its_columns(lake: Lake, ca
 
 
 def test_a_table_the_pipeline_does_not_write_is_found_below_curated(lake: Lake, catalog: Path) -> None:
-    """Another engineer's table (curated/rebalancing/system=/date=/): its schema and keys come from its files."""
-    root = Path(lake.storage.path("curated/rebalancing"))
+    """Another engineer's table (curated/moves/system=/date=/): its schema and keys come from its files."""
+    root = Path(lake.storage.path("curated/moves"))
     first = pa.table({"station_id": ["a", "b"], "moved": pa.array([3, 4], pa.int32())})
     for day in ("2024-03-13", "2024-03-14"):
         (root / f"system=citibike/date={day}").mkdir(parents=True)
         pq.write_table(first, root / f"system=citibike/date={day}/1.parquet")
     refresh_catalog(lake, catalog)
     con = connect(catalog)
-    assert con.sql("SELECT date, sum(moved) FROM rebalancing GROUP BY ALL ORDER BY ALL").fetchall() == [
+    assert con.sql("SELECT date, sum(moved) FROM moves GROUP BY ALL ORDER BY ALL").fetchall() == [
         (date(2024, 3, 13), 7), (date(2024, 3, 14), 7)]
-    assert con.sql("SELECT partition_keys, union_by_name FROM _tables WHERE table_name = 'rebalancing'").fetchone() == (
+    assert con.sql("SELECT partition_keys, union_by_name FROM _tables WHERE table_name = 'moves'").fetchone() == (
         ["system", "date"], False)
     # A later file with one more column: read by column name, the older rows NULL there.
     pq.write_table(first.append_column("reason", pa.array(["empty", "full"])), root / "system=citibike/date=2024-03-14/2.parquet")
     refresh_catalog(lake, catalog)
     con = connect(catalog)
-    assert con.sql("SELECT count(*), count(reason) FROM rebalancing").fetchone() == (6, 2)
+    assert con.sql("SELECT count(*), count(reason) FROM moves").fetchone() == (6, 2)
     # A file whose column changed type, one in a folder of other keys: refused, named.
     bad = root / "system=citibike/date=2024-03-14/3.parquet"
     pq.write_table(pa.table({"station_id": ["c"], "moved": ["three"]}), bad)
@@ -212,7 +213,7 @@ def test_a_table_the_pipeline_does_not_write_is_found_below_curated(lake: Lake, 
     (root / "system=citibike/date=2024-03-14/hour=1").mkdir()
     pq.write_table(first, root / "system=citibike/date=2024-03-14/hour=1/1.parquet")
     assert_refused(lake, catalog, "hour=1/1.parquet", "not in a system=/date= folder")
-    assert count(connect(catalog), "rebalancing") == 6
+    assert count(connect(catalog), "moves") == 6
 
 
 # -- bad input -----------------------------------------------------------------------------------
