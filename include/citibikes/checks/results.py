@@ -49,7 +49,8 @@ def to_results(check: Check, rows: Sequence[Sequence[Any]], as_of: datetime) -> 
 
 def offending_lines(check: Check, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     """What a failed check logs: a header, then each offending row as ``column=value`` pairs."""
-    lines = [f"{check.name}: {len(rows)} offending row(s){' (the first ' + str(OFFENDING_ROWS) + ')' if len(rows) >= OFFENDING_ROWS else ''}:"]
+    first = f" (the first {OFFENDING_ROWS})" if len(rows) >= OFFENDING_ROWS else ""
+    lines = [f"{check.name}: {len(rows)} offending row(s){first}:"]
     lines += ["  " + ", ".join(f"{name}={value}" for name, value in zip(columns, row)) for row in rows]
     return lines
 
