@@ -7,6 +7,7 @@ dag        scheduled minute-DAG durations under airflow standalone, 1 and 50 sys
 consumer   the live consumer applying a backlog with durable commits, against reading only (~5 min)
 catalog    the DuckDB catalog over 36,000 hour partitions: crawls, view binding and queries (~2 min)
 compaction a replayed day of Citi Bike minute files compacted: files, bytes per observation, queries (~3 min)
+checks     the data-quality checks on a replayed day: in-process and the checks DAG (dag.test) (~3 min)
 
 Not run by default (they need the running stack, or take long): `bench/freshness.py` (with `make up`:
 feed -> Kafka -> live state -> alert over 30 minute-runs), `bench/consumer_apply.py --soak-minutes 10` and
@@ -27,6 +28,7 @@ BENCHMARKS = {
     "consumer": ["consumer_apply.py"],
     "catalog": ["catalog_views.py"],
     "compaction": ["compaction.py"],
+    "checks": ["checks_duration.py"],
 }
 
 

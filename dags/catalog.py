@@ -92,9 +92,8 @@ def citibikes_catalog():
     def crawl_duckdb(*, outlet_events=None) -> dict:
         """Crawl the lake into the DuckDB catalog; bad input fails at once (the catalog stays as it was)."""
         hook = LakeHook()
-        lake = hook.get_lake()
-        try:
-            summary = refresh_catalog(lake, load_settings().catalog_path, s3=hook.duckdb_s3(lake))
+        try:  # an S3 lake: DuckDB reads the lake when it creates the views
+            summary = refresh_catalog(hook.get_lake(), load_settings().catalog_path, s3=hook.s3_access())
         except CatalogInputError as exc:
             raise AirflowFailException(str(exc)) from None
         print(summary.line())

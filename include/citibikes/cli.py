@@ -370,6 +370,32 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_checks(args: argparse.Namespace) -> int:
+    """Run the data-quality checks on the DuckDB catalog; print each result and the offending rows of those that failed."""
+    from datetime import datetime
+
+    from citibikes.catalog import S3Access, connect
+    from citibikes.checks import CheckParams, ChecksError, build_checks, run_on_duckdb
+
+    settings = load_settings()
+    try:
+        as_of = datetime.fromisoformat(args.as_of) if args.as_of else None
+    except ValueError:
+        raise ChecksError(f"--as-of {args.as_of!r} is not an ISO 8601 time; write e.g. 2026-12-07T12:00:00Z") from None
+    params = CheckParams.from_settings(settings, as_of, window_h=args.window_hours)
+    s3 = S3Access.from_environment(settings.s3_endpoint_url, settings.s3_region) if settings.lake_uri.startswith("s3://") else None
+    con = connect(settings.catalog_path, s3=s3)
+    try:
+        results, offending = run_on_duckdb(con, build_checks(params), params.as_of)
+    finally:
+        con.close()
+    print(f"checks of {', '.join(params.systems)} from {params.start:%Y-%m-%d %H:%M:%S} to {params.as_of:%Y-%m-%d %H:%M:%S %Z}")
+    print("\n".join([*(result.line() for result in results), *offending]))
+    failed = sum(not result.passed for result in results)
+    print(f"{len(results)} results: {len(results) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
 # -- parser ------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -428,6 +454,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("compact", cmd_compact, "compact the lake's closed hours into one sorted file each, switch the catalog "
                                     "to them, delete the files they replaced after the grace period")
     p.add_argument("--dry-run", action="store_true", help="print what would be compacted and deleted; change nothing")
+    p = add("checks", cmd_checks, "run the data-quality checks on the DuckDB catalog (what the citibikes_checks DAG "
+                                  "runs); exit 1 when one fails")
+    p.add_argument("--as-of", default=None, help="end of the window, ISO 8601 with a time zone (default: now)")
+    p.add_argument("--window-hours", type=int, default=None, help="hours before --as-of to check (default: "
+                                                                  "CITIBIKES_CHECK_WINDOW_HOURS or 24)")
     p = add("tail", cmd_tail, "print the latest messages of a topic as JSON lines")
     p.add_argument("topic")
     p.add_argument("-n", type=int, default=5, help="messages per partition (default 5)")
@@ -440,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from citibikes.aws.errors import AwsError
     from citibikes.catalog.errors import CatalogError
+    from citibikes.checks.definitions import ChecksError
     from citibikes.stream.publish import DeliveryError
     from citibikes.lake import LakeError
     from citibikes.live.store import StoreError
@@ -449,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (*USER_ERRORS, TopicError, DeliveryError, BrokerUnavailable, LakeError, StoreError, AwsError,
-            CatalogError) as exc:
+            CatalogError, ChecksError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

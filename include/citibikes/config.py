@@ -104,6 +104,14 @@ class Settings:
     compaction_grace_s: int = 3600
     """Compaction deletes the files it replaced once the catalog has read their compacted file this long:
     a reader that keeps a catalog connection open longer may miss rows."""
+    check_window_h: int = 24
+    """The data-quality checks read the last this many hours of data (of the feeds' clock)."""
+    check_max_age_s: int = 900
+    """A system whose newest observation is older than this fails the freshness check."""
+    check_max_quarantine_rate: float = 0.05
+    """A system whose quarantined share of status records in the window exceeds this fails."""
+    check_min_completeness: float = 0.9
+    """A snapshot with fewer than this share of the stations seen in its hour fails rows_per_hour."""
 
     @property
     def catalog_path(self) -> Path:
@@ -152,6 +160,19 @@ def _int_env(env: Mapping[str, str], name: str, default: int, *, allow_zero: boo
         raise ConfigError(f"{name}={raw!r} is not a whole number; set it to seconds, e.g. {name}=60") from None
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{name}={raw!r} must be positive; set it to seconds, e.g. {name}=60")
+    return value
+
+
+def _share_env(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = _env(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name}={raw!r} is not a share between 0 and 1; set it like {name}={default}")
     return value
 
 
@@ -295,6 +316,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         glue_crawl_every_s=_int_env(env, "CITIBIKES_GLUE_CRAWL_EVERY", 1800, allow_zero=True),
         compaction_settle_s=_int_env(env, "CITIBIKES_COMPACTION_SETTLE", 7200, allow_zero=True),
         compaction_grace_s=_int_env(env, "CITIBIKES_COMPACTION_GRACE", 3600, allow_zero=True),
+        check_window_h=_int_env(env, "CITIBIKES_CHECK_WINDOW_HOURS", 24),
+        check_max_age_s=_int_env(env, "CITIBIKES_CHECK_MAX_AGE", 900),
+        check_max_quarantine_rate=_share_env(env, "CITIBIKES_CHECK_MAX_QUARANTINE_RATE", 0.05),
+        check_min_completeness=_share_env(env, "CITIBIKES_CHECK_MIN_COMPLETENESS", 0.9),
     )
 
 

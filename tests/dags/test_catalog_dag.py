@@ -96,7 +96,8 @@ def test_the_duckdb_path_registers_the_lake_and_emits_the_catalog_asset(lake_env
     assert con.sql("SELECT count(*) FROM station_status").fetchone()[0] == status_rows
     event = _asset_events(run.run_id)["citibikes.catalog"]
     assert event["version"] == 1 and event["tables"]["station_status"]["rows"] == status_rows
-    assert set(event["tables"]) == {"station_status", "station_information", "quarantine", "pipeline_runs", "rebalancing"}
+    assert set(event["tables"]) == {"station_status", "station_information", "quarantine", "pipeline_runs",
+                                    "rebalancing", "checks"}  # the last two empty: tables the pipeline writes
 
 
 def test_a_foreign_file_fails_the_crawl_once_without_retries_and_keeps_the_catalog(lake_env) -> None:

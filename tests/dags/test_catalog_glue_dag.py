@@ -103,8 +103,8 @@ def test_an_s3_lake_connection_sends_the_run_to_a_glue_crawler_created_once_then
         "skipped", "success", "skipped", "success")
     crawler = client.get_crawler(Name=name)["Crawler"]
     assert [t["Path"] for t in crawler["Targets"]["S3Targets"]] == [
-        f"{lake_uri}/curated/rebalancing/", f"{lake_uri}/curated/station_information/",
-        f"{lake_uri}/curated/station_status/",
+        f"{lake_uri}/curated/checks/", f"{lake_uri}/curated/rebalancing/",
+        f"{lake_uri}/curated/station_information/", f"{lake_uri}/curated/station_status/",
         f"{lake_uri}/pipeline_runs/", f"{lake_uri}/quarantine/"]
     assert crawler["DatabaseName"] == "citibikes_analytics" and crawler["Role"] == "citibikes-glue-crawler"
     assert crawler["LastCrawl"]["Status"] == "COMPLETED"

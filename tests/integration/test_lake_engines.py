@@ -4,8 +4,9 @@ values pyarrow (the pipeline's reader) sees, and no file uses an encoding older 
 The lake is made by the pipeline's own code paths: a backfill of a recorded archive (station_status
 hour files grouped by station, station_information versions, quarantine, run records), a minute
 step of the recorded Citi Bike feed landed the way the minute DAG's write task lands it (a
-station_status file per snapshot in the feed's order, the descriptions, the quarantine, the run)
-and a rebalancing to-do list planned from a live state store the way the alerts DAG plans it.
+station_status file per snapshot in the feed's order, the descriptions, the quarantine, the run),
+a rebalancing to-do list planned from a live state store the way the alerts DAG plans it and the
+results of the data-quality checks run on the lake's catalog.
 
 Spark 3.2 (pyspark in local mode, one session for the module) is the strictest reader at hand: its
 vectorized Parquet reader, which Spark uses whenever the selected columns are all flat, decodes
@@ -31,6 +32,8 @@ import pytest
 from pyspark.sql import SparkSession
 
 from bench.archive import write_archive
+from citibikes.catalog import connect, refresh_catalog
+from citibikes.checks import CheckParams, build_checks, run_on_duckdb
 from citibikes.config import QualityConfig, load_settings
 from citibikes.gbfs.model import STATION_INFORMATION, STATION_STATUS
 from citibikes.ingest import Fetched, check_fetched, run_record, select, step_files
@@ -67,7 +70,23 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
     build_store(root / "live.db").close()
     live = load_settings({"CITIBIKES_FEED": "replay", "CITIBIKES_LIVE_STORE": str(root / "live.db")})
     assert plan(live, lake, "asset_triggered__2027-01-15T08:50:00+00:00", 1_800_003_000)["files"]
+    _checks(lake, settings)
     return lake
+
+
+def _checks(lake: Lake, settings) -> None:  # noqa: ANN001 - Settings
+    """The data-quality checks' results for the lake's last day, landed the way the checks DAG lands them
+    (some fail and some values are missing: the lake is old and one system has no data)."""
+    refresh_catalog(lake, settings.catalog_path)
+    newest = lake.read_table(STATION_STATUS)["last_updated"].to_pylist()
+    params = CheckParams.from_settings(settings, max(newest), systems=("citibike", "synth-01"))
+    con = connect(settings.catalog_path)
+    try:
+        results, _ = run_on_duckdb(con, build_checks(params), params.as_of)
+    finally:
+        con.close()
+    assert {r.passed for r in results} == {True, False} and any(r.observed is None for r in results)
+    lake.write_checks("asset_triggered__2027-01-15T08:51:00+00:00", 1_800_003_060, 1_800_003_065, results)
 
 
 def _minute_step(lake: Lake) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 LAKE_FOLDERS = ("curated", "quarantine", "raw", "pipeline_runs", "_state", "_athena")
 """What the pipeline may touch: the lake's folders (``_athena``: Athena's results)."""
 TABLE_FOLDERS = ("curated/station_status", "curated/station_information", "quarantine", "pipeline_runs",
-                 "curated/rebalancing")
+                 "curated/rebalancing", "curated/checks")
 """What the crawler may read: one folder per table."""
 BUCKET_ACTIONS = {"s3:ListBucket", "s3:GetBucketLocation"}
 ACTION = re.compile(r"^[a-z0-9-]+:[A-Za-z0-9]+$")

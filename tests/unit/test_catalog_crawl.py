@@ -107,8 +107,8 @@ def test_the_catalog_follows_the_lake_connection_unless_told() -> None:
 def test_the_glue_crawler_has_one_data_store_per_table_root_with_what_aws_setup_makes() -> None:
     config = crawler_config("s3://bucket/lake/", name="c", database=DATABASE)
     assert [t["Path"] for t in config["Targets"]["S3Targets"]] == [
-        "s3://bucket/lake/curated/rebalancing/", "s3://bucket/lake/curated/station_information/",
-        "s3://bucket/lake/curated/station_status/",
+        "s3://bucket/lake/curated/checks/", "s3://bucket/lake/curated/rebalancing/",
+        "s3://bucket/lake/curated/station_information/", "s3://bucket/lake/curated/station_status/",
         "s3://bucket/lake/pipeline_runs/", "s3://bucket/lake/quarantine/"]  # no raw/, _state/, _athena/
     assert all("**/_*" in t["Exclusions"] for t in config["Targets"]["S3Targets"])
     assert config["DatabaseName"] == "citibikes_analytics" == load_settings({}).glue_database

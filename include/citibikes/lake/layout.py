@@ -11,11 +11,13 @@ of adding a duplicate. ``date``/``hour`` are the UTC date and hour of ``last_upd
     raw/system=citibike/feed=station_status/date=2024-03-13/hour=13/1710335271.json.zst
     pipeline_runs/date=2024-03-13/scheduled__2024-03-13T13_00_00_00_00-citibike.parquet
     curated/rebalancing/system=citibike/date=2024-03-13/asset_triggered__2024-03-13T13_31_02.123456_00_00.parquet
+    curated/checks/date=2024-03-13/asset_triggered__2024-03-13T13_32_05.654321_00_00.parquet
     _state/<key>
     _athena/<query id>.csv
 
-A rebalancing to-do list is named after the Airflow run that made it and dated by the run's
-``run_after`` (both fixed for the run), so a rerun replaces its list instead of adding one.
+A rebalancing to-do list, and the results of a run of the data-quality checks, are named after
+the Airflow run that made them and dated by the run's ``run_after`` (both fixed for the run), so a
+rerun replaces its file instead of adding one.
 
 A backfill writes the snapshots of an hour together: the second name holds the station_status rows
 of several snapshots, the first to the last ``last_updated`` of its name (:func:`curated_key` with
@@ -74,6 +76,7 @@ TABLES: dict[str, TableLayout] = {
     "quarantine": TableLayout("quarantine", "quarantine", ("system", "date", "hour")),
     "pipeline_runs": TableLayout("pipeline_runs", "pipeline_runs", ("date",)),
     "rebalancing": TableLayout("rebalancing", "curated/rebalancing", ("system", "date")),
+    "checks": TableLayout("checks", "curated/checks", ("date",)),
 }
 
 
@@ -202,6 +205,14 @@ def rebalancing_key(run_id: str, system_id: str, run_after: float) -> str:
         raise LakeError("a rebalancing list needs a run_id to name its lake file; pass the Airflow run id")
     date, _ = utc_date_hour(run_after)
     return f"{TABLES['rebalancing'].prefix}/system={check_system_id(system_id)}/date={date}/{safe_file_name(run_id)}.parquet"
+
+
+def checks_key(run_id: str, run_after: float) -> str:
+    """The results of one run of the data-quality checks, dated by the run's UTC ``run_after``."""
+    if not run_id:
+        raise LakeError("check results need a run_id to name their lake file; pass the Airflow run id")
+    date, _ = utc_date_hour(run_after)
+    return f"{TABLES['checks'].prefix}/date={date}/{safe_file_name(run_id)}.parquet"
 
 
 def state_key(key: str) -> str:

@@ -33,6 +33,7 @@ from citibikes.lake.filesystem import Storage, parse_lake_uri, s3_filesystem
 from citibikes.lake.tables import (
     TABLE_SCHEMAS,
     RunRecord,
+    checks_table,
     parquet_bytes,
     quarantine_table,
     rebalancing_table,
@@ -201,13 +202,19 @@ class Lake:
                                  parquet_bytes(rebalancing_table(run_id, rows)))
                                 for system, rows in sorted(by_system.items()))
 
+    def write_checks(self, run_id: str, run_after: float, checked_at: float, results: Sequence[Any]) -> str:
+        """A run's check results (:class:`~citibikes.checks.Result` rows or their dicts) as one file
+        named after the run (:func:`~citibikes.lake.layout.checks_key`), so a rerun replaces it."""
+        key = layout.checks_key(run_id, run_after)
+        return self.write_files([(key, parquet_bytes(checks_table(run_id, checked_at, results)))])[0]
+
     # -- reading -----------------------------------------------------------------------------
 
     def files(self, name: str, system: str | None = None) -> list[str]:
-        """Keys of the Parquet files holding a table's rows (``station_status``, ``station_information``,
-        ``quarantine``, ``pipeline_runs``, ``rebalancing``), optionally of one system only: per
-        partition, its newest compacted file and the files of its folder that file does not hold
-        (:func:`~citibikes.lake.layout.partition_reads`), else every file of its folder."""
+        """Keys of the Parquet files holding a table's rows (a table of :data:`~citibikes.lake.layout.TABLES`),
+        optionally of one system only: per partition, its newest compacted file and the files of its
+        folder that file does not hold (:func:`~citibikes.lake.layout.partition_reads`), else every file
+        of its folder."""
         table = layout.table_layout(name)
         prefix = table.prefix
         if system is not None and "system" in table.partition_keys:

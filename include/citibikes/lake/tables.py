@@ -112,11 +112,28 @@ REBALANCING_SCHEMA = pa.schema([
 ])
 """One row per long outage of a rebalancing to-do list (:class:`citibikes.live.rebalance.Outage`)."""
 
+CHECKS_SCHEMA = pa.schema([
+    required("run_id", pa.string()),
+    required("check_name", pa.string()),
+    optional("system_id", pa.string()),
+    required("metric", pa.string()),
+    optional("observed", pa.float64()),
+    optional("threshold", pa.float64()),
+    required("passed", pa.bool_()),
+    required("as_of", TIMESTAMP_UTC),
+    required("checked_at", TIMESTAMP_UTC),
+    required("schema_version", pa.int32()),
+])
+"""One row per check (and system, for the checks made per system) of a run of the data-quality checks
+(:class:`citibikes.checks.Result`); ``as_of`` is the end of the window the checks read. A check that could
+not run has one row, ``metric`` ``not_run``, without observed value or threshold."""
+
 TABLE_SCHEMAS: dict[str, pa.Schema] = {
     **SCHEMAS,
     "quarantine": QUARANTINE_SCHEMA,
     "pipeline_runs": PIPELINE_RUNS_SCHEMA,
     "rebalancing": REBALANCING_SCHEMA,
+    "checks": CHECKS_SCHEMA,
 }
 
 OUTCOMES = ("success", "no_new_data", "stale", "failed", "skipped")
@@ -170,6 +187,12 @@ def quarantine_table(records: Sequence[QuarantinedRecord]) -> pa.Table:
 def rebalancing_table(run_id: str, outages: Sequence[Any]) -> pa.Table:
     """The to-do list a run made (:class:`~citibikes.live.rebalance.Outage` structs or their dicts)."""
     return _records_table("rebalancing", [{**row, "run_id": run_id} for row in msgspec.to_builtins(outages)])
+
+
+def checks_table(run_id: str, checked_at: float, results: Sequence[Any]) -> pa.Table:
+    """A run's check results (:class:`~citibikes.checks.Result` structs or their dicts)."""
+    return _records_table("checks", [{**row, "run_id": run_id, "checked_at": checked_at}
+                                     for row in msgspec.to_builtins(results)])
 
 
 def _records_table(name: str, rows: list[dict[str, Any]]) -> pa.Table:

@@ -10,9 +10,14 @@ Two connection types are understood:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from airflow.providers.common.compat.sdk import BaseHook
 
 from citibikes.lake import Lake, LakeError, open_lake
+
+if TYPE_CHECKING:
+    from citibikes.catalog import S3Access
 
 
 class LakeHook(BaseHook):
@@ -42,16 +47,6 @@ class LakeHook(BaseHook):
             f"connection {self.lake_conn_id!r} has type {conn.conn_type!r}; use 'fs' (a folder) or 'aws' (S3)"
         )
 
-    def duckdb_s3(self, lake: Lake):
-        """How DuckDB reaches the lake's files (a :class:`citibikes.catalog.S3Access`), None for a folder lake:
-        the DuckDB catalog's writers need it (DuckDB reads the lake when it creates the views)."""
-        from citibikes.catalog import S3Access
-
-        if not lake.uri.startswith("s3://"):
-            return None
-        options = self.s3_settings()
-        return S3Access(region=options.pop("region") or "us-east-1", **options)
-
     def s3_settings(self) -> dict[str, str | None]:
         """Endpoint, region and credentials of an ``aws`` lake connection (``open_lake``'s keyword arguments),
         through the Amazon provider's ``AwsBaseHook`` (keys, profiles, roles)."""
@@ -67,3 +62,13 @@ class LakeHook(BaseHook):
             "secret_key": credentials.secret_key,
             "session_token": credentials.token,
         }
+
+    def s3_access(self) -> S3Access | None:
+        """How DuckDB reaches the lake's files (None for a folder lake): what a DuckDB catalog of an S3
+        lake needs to create and to query its views."""
+        from citibikes.catalog import S3Access
+
+        if self.get_connection(self.lake_conn_id).conn_type != "aws":
+            return None
+        options = self.s3_settings()
+        return S3Access(region=options.pop("region") or "us-east-1", **options)
