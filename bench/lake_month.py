@@ -17,22 +17,31 @@ keeps them for the next run, which then only catalogs, compacts and queries).
    day: mean bikes and docks available, share of observations empty and full), the same per station
    and clock hour, and a count.
 5. **Sizes**: lake bytes per station_status observation against the raw JSON's.
+6. **DAG durations**: ``citibikes_catalog`` and ``citibikes_checks`` (its window: the last 24 hours
+   before the last snapshot) run whole with ``dag.test()`` on the lake, against a throwaway Airflow
+   database (every task in this process, no scheduler), medians of ``--repeat`` after a warm-up.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "include"), str(ROOT / "plugins")]
+os.environ.update({"AIRFLOW_HOME": tempfile.mkdtemp(prefix="bench-month-airflow-"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                   "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"), "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+                   "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING"})
 
 from bench.common import machine_info  # noqa: E402
 from citibikes.catalog import connect, refresh_catalog  # noqa: E402
@@ -113,6 +122,32 @@ def timed_queries(catalog: Path, repeat: int) -> dict[str, Any]:
     return results
 
 
+def dag_durations(base: Path, days: int, repeat: int) -> dict[str, Any]:
+    """``dag.test()`` of the catalog and checks DAGs on the lake, seconds per run (the first is a warm-up)."""
+    (base / "systems.yaml").write_text(f"systems:\n  - id: {SYSTEM_ID}\n    discovery_url: http://127.0.0.1:9/gbfs.json\n")
+    (base / "pipeline.yaml").write_text("quality: {max_feed_age_s: 100000000}\n")
+    os.environ.update({"CITIBIKES_STATE_DIR": str(base / "state"), "CITIBIKES_LAKE_URI": str(base / "lake"),
+                       "CITIBIKES_SYSTEMS_FILE": str(base / "systems.yaml"),
+                       "CITIBIKES_PIPELINE_FILE": str(base / "pipeline.yaml"), "CITIBIKES_CATALOG": "duckdb",
+                       "AIRFLOW_CONN_CITIBIKES_LAKE": json.dumps({"conn_type": "fs", "extra": {"path": str(base / "lake")}})})
+    subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True, capture_output=True)
+    from airflow.dag_processing.dagbag import DagBag
+
+    as_of = datetime.fromtimestamp(START + days * DAY_S - 60, UTC).isoformat()
+    results = {}
+    for dag_id, module, conf in (("citibikes_catalog", "catalog.py", {}), ("citibikes_checks", "checks.py", {"as_of": as_of})):
+        dag = DagBag(dag_folder=str(ROOT / "dags" / module)).dags[dag_id]
+        seconds = []
+        for _ in range(repeat + 1):
+            began = time.perf_counter()
+            run = dag.test(run_conf=conf)
+            seconds.append(round(time.perf_counter() - began, 2))
+            assert run.state == "success", {ti.task_id: ti.state for ti in run.get_task_instances()}
+        results[dag_id] = {"warm_up_s": seconds[0], "runs_s": seconds[1:], "median_s": statistics.median(seconds[1:])}
+        print(f"{dag_id}: dag.test median {results[dag_id]['median_s']} s ({seconds[1:]})", flush=True)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--days", type=int, default=30)
@@ -149,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "crawls": crawls,
         "compaction": compaction.as_dict(),
         "queries": timed_queries(catalog, args.repeat),
+        "dags": dag_durations(base, args.days, args.repeat),
     }
     print(json.dumps({k: v for k, v in report.items() if k != "machine"}, indent=2))
     if args.json:
