@@ -97,7 +97,8 @@ def test_each_table_is_queried_by_name_and_counts_equal_the_parquet_rows(lake: L
         assert count(con, table) == parquet_rows(lake, table) == lake.read_table(table).num_rows == summary.tables[table]["rows"]
     names = {row[0] for row in con.sql("SELECT table_name FROM duckdb_tables() UNION ALL "
                                        "SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
-    assert names == LAKE_TABLES | {"_crawl", "_files", "_partitions", "_schemas", "_tables"}  # no raw, no _state
+    assert names == LAKE_TABLES | {"_crawl", "_files", "_partitions", "_schemas", "_tables", "_rollups",
+                                   "station_status_hourly"}  # no raw, no _state
     types = dict(con.sql("SELECT column_name, column_type FROM (DESCRIBE station_status)").fetchall())
     assert (types["system"], types["date"], types["hour"]) == ("VARCHAR", "DATE", "INTEGER")
     assert types["num_bikes_available"] == "INTEGER" and types["last_updated"] == "TIMESTAMP WITH TIME ZONE"

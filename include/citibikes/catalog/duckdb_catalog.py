@@ -59,6 +59,7 @@ from urllib.parse import urlsplit
 import duckdb
 import pyarrow as pa
 
+from citibikes.catalog import rollup
 from citibikes.catalog.crawl import (
     PARTITION_TYPES,
     CatalogState,
@@ -75,7 +76,7 @@ from citibikes.lake.filesystem import fsync_folder
 
 log = logging.getLogger("citibikes.catalog")
 
-FORMAT = 2
+FORMAT = 3
 """Of the metadata tables; a catalog of an older format is built anew, one of a newer format refused."""
 LOCK_WAIT_S = 120.0
 """How long a writer waits for the one before it (a crawl of a big lake takes a while)."""
@@ -125,15 +126,19 @@ class CrawlSummary:
     """Per table: partitions, files, rows (at the crawl)."""
     footers_read: int
     duration_s: float
+    rollup_partitions_aggregated: int = 0
+    """Partitions of station_status the crawl aggregated into station_status_hourly (the others were copied)."""
 
     def line(self) -> str:
         listed = ", ".join(f"{name} ({t['partitions']} partitions, {t['rows']:,} rows)" for name, t in self.tables.items())
         return (f"catalog {self.path} version {self.version}: {listed or 'no tables'}; "
-                f"{self.footers_read} new file(s) checked in {self.duration_s:.1f} s")
+                f"{self.footers_read} new file(s) checked, {self.rollup_partitions_aggregated} hour(s) aggregated "
+                f"in {self.duration_s:.1f} s")
 
     def extra(self) -> dict[str, Any]:
         """For the ``citibikes.catalog`` asset event."""
-        return {"path": str(self.path), "version": self.version, "tables": self.tables, "footers_read": self.footers_read}
+        return {"path": str(self.path), "version": self.version, "tables": self.tables, "footers_read": self.footers_read,
+                "rollup_partitions_aggregated": self.rollup_partitions_aggregated}
 
 
 # -- writers -----------------------------------------------------------------------------------
@@ -151,9 +156,9 @@ def refresh_catalog(lake: Lake, path: Path | str, *, s3: S3Access | None = None,
             previous = CatalogState(lake=lake.uri, version=previous.version)
         state = crawl(lake, previous)
         state.version += 1
-        write_state(path, state, s3)
+        aggregated = write_state(path, state, s3)
     tables = {name: {"partitions": len(t.partitions), "files": t.file_count, "rows": t.rows} for name, t in state.tables.items()}
-    return CrawlSummary(path, state.version, tables, state.footers_read, time.perf_counter() - began)
+    return CrawlSummary(path, state.version, tables, state.footers_read, time.perf_counter() - began, aggregated)
 
 
 @contextlib.contextmanager
@@ -182,8 +187,9 @@ def writer_lock(path: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
         os.close(descriptor)  # releases the lock
 
 
-def write_state(path: Path, state: CatalogState, s3: S3Access | None = None) -> None:
-    """Write ``state`` as a new DuckDB file beside ``path`` and rename it over ``path`` (call under :func:`writer_lock`)."""
+def write_state(path: Path, state: CatalogState, s3: S3Access | None = None) -> int:
+    """Write ``state`` as a new DuckDB file beside ``path`` and rename it over ``path`` (call under :func:`writer_lock`);
+    returns the partitions aggregated into the rollup (:mod:`citibikes.catalog.rollup`, which reuses ``path``'s rows)."""
     if state.lake.startswith("s3://") and s3 is None:
         raise CatalogError(f"the DuckDB catalog of S3 lake {state.lake} needs the lake's S3 settings to create its "
                            "views (DuckDB reads the lake then); pass them, or keep this lake's catalog in Glue")
@@ -197,6 +203,7 @@ def write_state(path: Path, state: CatalogState, s3: S3Access | None = None) -> 
             if s3 is not None:
                 s3.prepare(con)
             _fill(con, state)
+            aggregated = rollup.build(con, state, path)
         finally:
             con.close()
         descriptor = os.open(temporary, os.O_RDONLY)
@@ -206,6 +213,7 @@ def write_state(path: Path, state: CatalogState, s3: S3Access | None = None) -> 
             os.close(descriptor)
         os.replace(temporary, path)
         fsync_folder(folder)
+        return aggregated
     except CatalogError:
         raise
     except (duckdb.Error, OSError) as exc:
