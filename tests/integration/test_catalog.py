@@ -33,9 +33,10 @@ LAKE_TABLES = {"station_status", "station_information", "quarantine", "pipeline_
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A lake of 3 minute runs of 2 systems, 20 minutes apart (two hour partitions per system)."""
+    """A lake of 3 minute runs of 2 systems, 20 minutes apart (two hour partitions per system: at minutes
+    40, 0 and 20, whatever the time of day)."""
     folder = tmp_path_factory.mktemp("made")
-    pipeline = pipeline_lake(folder)
+    pipeline = pipeline_lake(folder, start=(time.time() - 3 * 3600) // 3600 * 3600 + 20 * 60)
     try:
         for _ in range(3):
             pipeline.minute(20 * 60)
