@@ -11,7 +11,7 @@ in backfilled hour files); it is only read. The catalog goes to ``<workdir>/cata
    with nothing new (every row copied from the previous catalog).
 2. A crawl after one new minute file: on a copy of the lake made of hard links (``<workdir>/lake``,
    the files shared, so the month's lake is untouched), its first crawl, then a minute file (the
-   last snapshot of the last hour, 30 s later) added to the last hour, then a crawl.
+   last snapshot of the lake's last hour file in key order, 30 s later) added to its hour, then a crawl.
 3. "Hourly availability per station and hour of day over the whole period" on the rollup (weighted
    means) and on ``station_status`` (the plain GROUP BY), each in a fresh read-only connection,
    median of ``--repeat``; the answers are compared.
@@ -39,6 +39,7 @@ from bench.common import machine_info  # noqa: E402
 from citibikes.catalog import refresh_catalog  # noqa: E402
 from citibikes.lake import open_lake  # noqa: E402
 from citibikes.lake.store import status_file  # noqa: E402
+from citibikes.lake.tables import TABLE_SCHEMAS  # noqa: E402
 
 QUERIES = {
     "station_status_hourly": "SELECT system, station_id, hour, sum(bikes_mean * observations) / sum(observations) AS bikes "
@@ -55,16 +56,16 @@ def crawl(lake_path: Path, catalog: Path) -> dict[str, Any]:
 
 
 def add_minute_file(lake_path: Path) -> str:
-    """A minute file in the lake's last station_status hour: its last snapshot again, 30 s later."""
+    """A minute file in the hour of the lake's last station_status file (key order): its last snapshot, 30 s later."""
     lake = open_lake(str(lake_path))
     last = max(lake.files("station_status"))
     table = pq.read_table(lake.storage.path(last))
     newest = pc.max(table["last_updated"])
     table = table.filter(pc.equal(table["last_updated"], newest))
-    moment = newest.as_py().timestamp() + 30
     shifted = pc.cast(pc.add(pc.cast(table["last_updated"], "int64"), 30_000), table.schema.field("last_updated").type)
     table = table.set_column(table.schema.get_field_index("last_updated"), "last_updated", shifted)
-    key, data = status_file(table["system_id"][0].as_py(), table, int(moment))
+    moment = int(newest.as_py().timestamp()) + 30
+    key, data = status_file(table["system_id"][0].as_py(), table.cast(TABLE_SCHEMAS["station_status"]), moment)
     assert key.rsplit("/", 1)[0] == last.rsplit("/", 1)[0], (key, last)
     lake.write_files([(key, data)])
     return key
@@ -91,10 +92,12 @@ def query_times(catalog: Path, repeat: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--lake", type=Path, default=Path("/work/month/lake"))
+    parser.add_argument("--lake", type=Path, required=True, help="a lake of replayed days (only read)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/rollup-bench"))
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args(argv)
+    if not (args.lake / "curated" / "station_status").is_dir():
+        parser.error(f"{args.lake} holds no station_status table; pass a lake of replayed days with --lake")
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
     catalog = args.workdir / "catalog.duckdb"

@@ -25,9 +25,11 @@ Beside the views: ``_tables``, ``_partitions`` (``location`` is the folder; ``fi
 the folder's files are read, else the files read: the ``compacted_version``'s file and late files;
 ``switched_at``: when the catalog first read that version), ``_files`` (each data file's size,
 modification time, schema fingerprint, rows and, of a compacted file, version and sources: a crawl
-reads only new footers), ``_schemas`` and ``_crawl`` (when, which lake, which catalog version).
+reads only new footers), ``_schemas`` and ``_crawl`` (when, which lake, which catalog version), and
+the table ``station_status_hourly`` with its ``_rollups`` (:mod:`citibikes.catalog.rollup`: rows of
+unchanged partitions are copied from the catalog being replaced, the others aggregated).
 Everything but ``switched_at`` comes from the lake, so the file is a cache: a catalog of an older
-format is built anew (and a deleted one too), with the same views.
+format is built anew (and a deleted one too), with the same views and rollup.
 
 A change never modifies the file: a crawl writes a new file beside it and renames it over the old
 one (``os.replace``). A reader that has the catalog open keeps reading the snapshot it opened; a
@@ -422,6 +424,10 @@ def describe(path: Path | str, *, partitions: bool = False) -> list[str]:
                     for partition, n, r, v in con.execute(
                         "SELECT partition, file_count, rows, compacted_version FROM _partitions WHERE table_name = ? "
                         "ORDER BY system NULLS FIRST, date, hour, partition", [name]).fetchall())
+        (count, hours, aggregated), = con.execute(f"SELECT (SELECT count(*) FROM {rollup.TABLE}), count(*), "
+                                                  "count_if(aggregated_in = ?) FROM _rollups", [version]).fetchall()
+        lines.append(f"  {rollup.TABLE}: {count:,} rows, the hourly rollup of {hours:,} station_status partitions as of "
+                     f"this crawl ({aggregated:,} aggregated by it, the others copied from the catalog before)")
         lines.append(f"query it: duckdb.connect({str(path)!r}, read_only=True).sql('select count(*) from station_status')")
         return lines
     finally:
