@@ -20,7 +20,7 @@ import pytest
 from citibikes import compaction
 from citibikes.catalog import CatalogError, CatalogInputError, connect, refresh_catalog
 from citibikes.lake import Lake, open_lake
-from support.pipeline_lake import pipeline_lake
+from support.pipeline_lake import minute_runs, pipeline_lake
 
 HOUR = 3600
 EXPECTED = """
@@ -39,14 +39,7 @@ ROLLUP = """
 def made(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
     """12 minute runs of 2 systems, 15 minutes apart, from the hour H0 four hours ago (H0-H3); returns the folder and H0."""
     folder = tmp_path_factory.mktemp("made")
-    first_hour = (time.time() - 4 * HOUR) // HOUR * HOUR
-    pipeline = pipeline_lake(folder, start=first_hour + 60)
-    try:
-        for _ in range(12):
-            pipeline.minute(15 * 60)
-    finally:
-        pipeline.close()
-    return folder, first_hour
+    return folder, minute_runs(folder, 12, 15 * 60, hours_ago=4)[1]
 
 
 @pytest.fixture
@@ -112,6 +105,14 @@ def test_the_rollup_equals_a_group_by_over_station_status_and_a_second_crawl_agg
     partition = key.removeprefix("curated/station_status/").rsplit("/", 1)[0]
     assert {p for p, v in aggregated_in(catalog).items() if v == retried.version} == {partition}
     assert rollup_and_expected(catalog) == (rollup, expected)
+    # A partition removed from the lake (a retention job) leaves the rollup; nothing else is aggregated.
+    shutil.rmtree(path.parent)
+    removed = refresh_catalog(lake, catalog)
+    assert removed.rollup_partitions_aggregated == 0 and partition not in aggregated_in(catalog)
+    rollup_after, expected_after = rollup_and_expected(catalog)
+    assert rollup_after == expected_after == [row for row in rollup if f"system={row[0]}/date={row[1]}/hour={row[2]}"
+                                              != partition]
+    assert len(rollup_after) < len(rollup)
 
 
 def test_a_new_minute_file_aggregates_only_its_partition(tmp_path: Path) -> None:

@@ -424,10 +424,11 @@ def describe(path: Path | str, *, partitions: bool = False) -> list[str]:
                     for partition, n, r, v in con.execute(
                         "SELECT partition, file_count, rows, compacted_version FROM _partitions WHERE table_name = ? "
                         "ORDER BY system NULLS FIRST, date, hour, partition", [name]).fetchall())
-        (count, hours, aggregated), = con.execute(f"SELECT (SELECT count(*) FROM {rollup.TABLE}), count(*), "
-                                                  "count_if(aggregated_in = ?) FROM _rollups", [version]).fetchall()
-        lines.append(f"  {rollup.TABLE}: {count:,} rows, the hourly rollup of {hours:,} station_status partitions as of "
-                     f"this crawl ({aggregated:,} aggregated by it, the others copied from the catalog before)")
+        if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = '_rollups'").fetchone()[0]:  # format 3 on
+            (count, hours, aggregated), = con.execute(f"SELECT (SELECT count(*) FROM {rollup.TABLE}), count(*), "
+                                                      "count_if(aggregated_in = ?) FROM _rollups", [version]).fetchall()
+            lines.append(f"  {rollup.TABLE}: {count:,} rows, the hourly rollup of {hours:,} station_status partitions "
+                         f"as of this crawl ({aggregated:,} aggregated by it, the others copied from the catalog before)")
         lines.append(f"query it: duckdb.connect({str(path)!r}, read_only=True).sql('select count(*) from station_status')")
         return lines
     finally:
