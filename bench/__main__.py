@@ -8,9 +8,10 @@ consumer   the live consumer applying a backlog with durable commits, against re
 catalog    the DuckDB catalog over 36,000 hour partitions: crawls, view binding and queries (~2 min)
 compaction a replayed day of Citi Bike minute files compacted: files, bytes per observation, queries (~3 min)
 
-Not run by default (they need the running stack or a lake you provide, or take long): `bench/freshness.py` (with `make up`:
-feed -> Kafka -> live state -> alert over 30 minute-runs), `bench/consumer_apply.py --soak-minutes 10` and
-`bench/catalog_rollup.py --lake <a lake of replayed days>` (the hourly rollup over a month of Citi Bike).
+Not run by default (they need the running stack or a lake you provide, or take long): `bench/freshness.py`
+(with `make up`: feed -> Kafka -> live state -> alert over 30 minute-runs), `bench/consumer_apply.py
+--soak-minutes 10`, `bench/lake_month.py` (30 replayed days backfilled, catalogued, compacted and queried;
+10-20 min to build) and `bench/catalog_rollup.py --lake <lake_month.py's lake>` (the hourly rollup on it).
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Usage (from the repository root):
 
     .venv/bin/python bench/catalog_rollup.py --lake /work/month/lake [--workdir /tmp/rollup-bench] [--repeat 5]
 
-``--lake`` is a lake of replayed days (``/work/month/lake``: 30 days, 95 million station_status rows
-in backfilled hour files); it is only read. The catalog goes to ``<workdir>/catalog.duckdb``.
+``--lake`` is a lake of replayed days, e.g. ``<DIR>/lake`` of ``bench/lake_month.py --days 30 --lake DIR``
+(30 days, 95 million station_status rows in backfilled hour files); it is only read. The catalog goes to ``<workdir>/catalog.duckdb``.
 
 1. Crawls of the lake: the first (every partition aggregated into ``station_status_hourly``), one
    with nothing new (every row copied from the previous catalog).

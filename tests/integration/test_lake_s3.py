@@ -17,6 +17,7 @@ from s3_fixture import BINARY_STATE_DIR, S3Server, s3_lake_uri, s3_server  # noq
 from citibikes.gbfs.model import STATION_STATUS_SCHEMA, QuarantinedRecord
 from citibikes.gbfs.normalize import normalize_status
 from citibikes.gbfs.parse import parse_feed
+from citibikes.lake import layout
 from citibikes.lake.errors import LakeError
 from citibikes.lake.store import Lake, decompress_raw, open_lake, quarantine_file, status_file
 from citibikes.lake.tables import RunRecord, seconds
@@ -42,7 +43,8 @@ def in_order(table: pa.Table) -> pa.Table:
 
 
 def duckdb_source(lake: Lake, name: str, partitions: str) -> str:
-    return f"read_parquet('{lake.parquet_glob(name)}', hive_partitioning = true, hive_types = {{{partitions}}})"
+    files = lake.storage.uri(f"{layout.table_layout(name).prefix}/**/*.parquet")
+    return f"read_parquet('{files}', hive_partitioning = true, hive_types = {{{partitions}}})"
 
 
 def open_s3_lake(server: S3Server, uri: str, **overrides: Any) -> Lake:
@@ -119,7 +121,6 @@ def test_duckdb_reads_the_s3_lake_through_httpfs(s3_server: S3Server, s3_lake_ur
         f"CREATE SECRET lake (TYPE s3, KEY_ID '{s3_server.access_key}', SECRET '{s3_server.secret_key}', "
         f"REGION '{s3_server.region}', ENDPOINT '{s3_server.host}:{s3_server.port}', URL_STYLE 'path', USE_SSL false)"
     )
-    assert lake.parquet_glob("station_status") == f"{s3_lake_uri}/curated/station_status/**/*.parquet"
     status = duckdb_source(lake, "station_status", "'system': 'VARCHAR', 'date': 'DATE', 'hour': 'INTEGER'")
     rows = con.sql(
         f"SELECT system, date::VARCHAR, hour, count(*), count(DISTINCT last_updated) "

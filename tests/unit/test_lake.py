@@ -105,11 +105,16 @@ def write_status(lake: Lake, table: pa.Table) -> str:
     return key
 
 
+def parquet_glob(lake: Lake, name: str) -> str:
+    """Every Parquet file below a table's folder (an uncompacted lake's whole table)."""
+    return lake.storage.uri(f"{layout.table_layout(name).prefix}/**/*.parquet")
+
+
 def duckdb_source(lake: Lake, name: str) -> str:
     """``read_parquet(...)`` of a table's glob with typed Hive partition columns."""
     keys = layout.table_layout(name).partition_keys
     types = ", ".join(f"'{key}': '{DUCKDB_PARTITION_TYPES[key]}'" for key in keys)
-    return f"read_parquet('{lake.parquet_glob(name)}', hive_partitioning = true, hive_types = {{{types}}})"
+    return f"read_parquet('{parquet_glob(lake, name)}', hive_partitioning = true, hive_types = {{{types}}})"
 
 
 def column_chunks(data: bytes | Path) -> dict[str, Any]:
@@ -698,7 +703,7 @@ def test_files_read_as_one_table_with_partition_pruning(lake: Lake, tmp_path: Pa
     ).fetchall()
     assert rows == [("citibike", "2024-03-12", 23, 2208, True), ("citibike", "2024-03-13", 13, 2208, True),
                     ("othersys", "2024-03-13", 13, 100, True)]
-    plain = f"read_parquet('{lake.parquet_glob('station_status')}', hive_partitioning=true)"
+    plain = f"read_parquet('{parquet_glob(lake, 'station_status')}', hive_partitioning=true)"
     assert con.sql(f"SELECT count(*) FROM {plain} WHERE system = 'othersys'").fetchone() == (100,)
     assert con.sql(f"SELECT count(*) FROM {plain} WHERE date = DATE '2024-03-13' AND hour = 13").fetchone() == (2308,)
     with pytest.raises(duckdb.Error):
@@ -709,10 +714,6 @@ def test_files_read_as_one_table_with_partition_pruning(lake: Lake, tmp_path: Pa
     assert types["vehicle_types_available"] == "STRUCT(vehicle_type_id VARCHAR, count INTEGER)[]"
 
 
-def test_the_glob_names_the_tables_files(lake: Lake) -> None:
-    assert lake.parquet_glob("station_status") == f"{lake.uri}/curated/station_status/**/*.parquet"
-    assert lake.parquet_glob("quarantine") == f"{lake.uri}/quarantine/**/*.parquet"
-    assert lake.parquet_glob("pipeline_runs") == f"{lake.uri}/pipeline_runs/**/*.parquet"
 
 
 # -- files of several snapshots: grouped by station ---------------------------------------------------------
@@ -1027,7 +1028,7 @@ def test_unknown_table_names_are_listed(lake: Lake) -> None:
     with pytest.raises(LakeError, match="unknown lake table 'status'; use one of station_status, station_information"):
         lake.read_table("status")
     with pytest.raises(LakeError, match="unknown lake table 'status'"):
-        lake.parquet_glob("status")
+        lake.files("status")
 
 
 def test_empty_tables_read_as_empty_with_the_schema(lake: Lake) -> None:

@@ -271,10 +271,6 @@ class Lake:
         legacy = self.storage.get(layout.legacy_raw_key(system_id, feed, last_updated))
         return None if legacy is None else _decompress_legacy(legacy)
 
-    def parquet_glob(self, name: str) -> str:
-        """The glob of a table's files, e.g. ``s3://bucket/lake/curated/station_status/**/*.parquet``."""
-        return self.storage.uri(f"{layout.table_layout(name).prefix}/**/*.parquet")
-
     # -- the pipeline's own state -------------------------------------------------------------
 
     def read_state(self, key: str) -> bytes | None:
