@@ -94,7 +94,9 @@ def citibikes_catalog():
         hook = LakeHook()
         lake = hook.get_lake()
         try:
-            summary = refresh_catalog(lake, load_settings().catalog_path, s3=hook.duckdb_s3(lake))
+            settings = load_settings()
+            summary = refresh_catalog(lake, settings.catalog_path, s3=hook.duckdb_s3(lake),
+                                      grace_s=settings.compaction_grace_s)
         except CatalogInputError as exc:
             raise AirflowFailException(str(exc)) from None
         print(summary.line())
