@@ -5,10 +5,12 @@ Usage (from the repository root):
     .venv/bin/python bench/catalog_rollup.py --lake /work/month/lake [--workdir /tmp/rollup-bench] [--repeat 5]
 
 ``--lake`` is a lake of replayed days, e.g. ``<DIR>/lake`` of ``bench/lake_month.py --days 30 --lake DIR``
-(30 days, 95 million station_status rows in backfilled hour files); it is only read. The catalog goes to ``<workdir>/catalog.duckdb``.
+(30 days, 95 million station_status rows in backfilled hour files); it is only read. The catalog goes
+to ``<workdir>/catalog.duckdb``, its rollup day files to ``<workdir>/catalog.rollup/``. Each crawl
+reports its time and bytes written: the catalog file plus the rollup day files it wrote.
 
 1. Crawls of the lake: the first (every partition aggregated into ``station_status_hourly``), one
-   with nothing new (every row copied from the previous catalog).
+   with nothing new (no day file written), three times.
 2. A crawl after one new minute file: on a copy of the lake made of hard links (``<workdir>/lake``,
    the files shared, so the month's lake is untouched), its first crawl, then a minute file (the
    last snapshot of the lake's last hour file in key order, 30 s later) added to its hour, then a crawl.
@@ -51,8 +53,11 @@ QUERIES = {
 def crawl(lake_path: Path, catalog: Path) -> dict[str, Any]:
     began = time.perf_counter()
     summary = refresh_catalog(open_lake(str(lake_path)), catalog)
-    return {"seconds": round(time.perf_counter() - began, 2), "footers_read": summary.footers_read,
-            "partitions_aggregated": summary.rollup_partitions_aggregated, "catalog_bytes": catalog.stat().st_size}
+    seconds = time.perf_counter() - began
+    return {"seconds": round(seconds, 2), "footers_read": summary.footers_read,
+            "partitions_aggregated": summary.rollup_partitions_aggregated, "catalog_bytes": catalog.stat().st_size,
+            "rollup_files_written": summary.rollup_files_written, "rollup_bytes_written": summary.rollup_bytes_written,
+            "bytes_written": catalog.stat().st_size + summary.rollup_bytes_written}
 
 
 def add_minute_file(lake_path: Path) -> str:
@@ -103,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     catalog = args.workdir / "catalog.duckdb"
     report: dict[str, Any] = {"machine": machine_info(duckdb=duckdb.__version__), "lake": str(args.lake)}
     report["first_crawl"] = crawl(args.lake, catalog)
-    report["nothing_new"] = crawl(args.lake, catalog)
+    report["nothing_new"] = [crawl(args.lake, catalog) for _ in range(3)]
     con = duckdb.connect(str(catalog), read_only=True)
     report["rows"] = dict(zip(("station_status", "station_status_hourly"), con.sql(
         "SELECT (SELECT sum(rows) FROM _rollups), (SELECT count(*) FROM station_status_hourly)").fetchone()))
