@@ -114,7 +114,7 @@ def _digest(lines: list[str]) -> str:
 def build(con: duckdb.DuckDBPyConnection, state: CatalogState, catalog: Path, grace_s: int) -> Result:
     """Write the day files whose content changed, and create ``station_status_hourly``, ``_rollups`` and
     ``_rollup_retired`` in the new catalog ``con`` (the catalog file ``catalog`` is the one it replaces)."""
-    root, result, now = folder(catalog), Result(), datetime.now(UTC)
+    root, result = folder(catalog), Result()
     current = digests(state)
     listed, retired = _previous(con, state, catalog)
     days: dict[tuple[str, str], list[str]] = {}
@@ -125,8 +125,9 @@ def build(con: duckdb.DuckDBPyConnection, state: CatalogState, catalog: Path, gr
     for (system, day), partitions in days.items():
         name = f"system={system}/date={day}/{_digest([state.lake, *(current[p][0] for p in partitions)])}.parquet"
         kept = {p for p in partitions if p in listed and listed[p][0] == current[p][0] and (root / listed[p][1]).exists()}
-        fresh = [] if (root / name).exists() else [p for p in partitions if p not in kept]
-        if not (root / name).exists():
+        fresh = []
+        if not (root / name).exists():  # else the same content is on disk already (listed, or a failed crawl's)
+            fresh = [p for p in partitions if p not in kept]
             previous = root / listed[min(kept)][1] if kept else None  # a day's partitions share one file
             result.bytes_written += _write_day(con, state, root / name, previous, sorted(_hour(p) for p in kept),
                                                fresh, current)
@@ -137,15 +138,22 @@ def build(con: duckdb.DuckDBPyConnection, state: CatalogState, catalog: Path, gr
                          current[partition][0], len(reads), sum(r.rows for r in reads), name,
                          state.version if partition in fresh else listed[partition][2] if partition in kept else None))
     _create(con, root, rows)
-    unlisted = {str(p.relative_to(root)): p for p in root.rglob("*") if p.is_file()} if root.exists() else {}
-    for kept_name in {row[7] for row in rows}:
-        unlisted.pop(kept_name, None)
-    since = {name: retired.get(name, now) for name in unlisted}
-    result.expired = [unlisted[name] for name, at in since.items() if (now - at).total_seconds() >= grace_s]
-    con.register("_arrow", pa.table({"file": list(since), "retired_at": pa.array(list(since.values()), pa.timestamp("us", "UTC"))}))
+    result.expired = _retire(con, root, {row[7] for row in rows}, retired, grace_s)
+    return result
+
+
+def _retire(con: duckdb.DuckDBPyConnection, root: Path, listed: set[str], retired: dict[str, datetime],
+            grace_s: int) -> list[Path]:
+    """Record every file of ``root`` not ``listed`` in ``_rollup_retired`` (since when: as the previous catalog
+    says, else now); returns those retired ``grace_s`` ago or longer."""
+    now = datetime.now(UTC)
+    files = {str(p.relative_to(root)): p for p in root.rglob("*") if p.is_file()} if root.exists() else {}
+    since = {name: retired.get(name, now) for name in files if name not in listed}
+    con.register("_arrow", pa.table({"file": pa.array(list(since), pa.string()),
+                                     "retired_at": pa.array(list(since.values()), pa.timestamp("us", "UTC"))}))
     con.execute("CREATE TABLE _rollup_retired AS SELECT * FROM _arrow ORDER BY file")
     con.unregister("_arrow")
-    return result
+    return [files[name] for name, at in since.items() if (now - at).total_seconds() >= grace_s]
 
 
 def _hour(partition: str) -> int:
