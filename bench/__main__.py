@@ -9,9 +9,10 @@ catalog    the DuckDB catalog over 36,000 hour partitions: crawls, view binding 
 compaction a replayed day of Citi Bike minute files compacted: files, bytes per observation, queries (~3 min)
 checks     the data-quality checks on a replayed day: in-process and the checks DAG (dag.test) (~3 min)
 
-Not run by default (they need the running stack, or take long): `bench/freshness.py` (with `make up`:
-feed -> Kafka -> live state -> alert over 30 minute-runs), `bench/consumer_apply.py --soak-minutes 10` and
-`bench/lake_month.py` (30 replayed days backfilled, catalogued, compacted and queried; 10-20 min to build).
+Not run by default (they need the running stack or a lake you provide, or take long): `bench/freshness.py`
+(with `make up`: feed -> Kafka -> live state -> alert over 30 minute-runs), `bench/consumer_apply.py
+--soak-minutes 10`, `bench/lake_month.py` (30 replayed days backfilled, catalogued, compacted and queried;
+10-20 min to build) and `bench/catalog_rollup.py --lake <lake_month.py's lake>` (the hourly rollup on it).
 """
 
 from __future__ import annotations

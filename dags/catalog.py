@@ -93,7 +93,9 @@ def citibikes_catalog():
         """Crawl the lake into the DuckDB catalog; bad input fails at once (the catalog stays as it was)."""
         hook = LakeHook()
         try:  # an S3 lake: DuckDB reads the lake when it creates the views
-            summary = refresh_catalog(hook.get_lake(), load_settings().catalog_path, s3=hook.s3_access())
+            settings = load_settings()
+            summary = refresh_catalog(hook.get_lake(), settings.catalog_path, s3=hook.s3_access(),
+                                      grace_s=settings.compaction_grace_s)
         except CatalogInputError as exc:
             raise AirflowFailException(str(exc)) from None
         print(summary.line())

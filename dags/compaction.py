@@ -123,7 +123,7 @@ def citibikes_compaction():
         hook = LakeHook()
         lake = hook.get_lake()
         with bad_input_fails():
-            summary = refresh_catalog(lake, load_settings().catalog_path, s3=hook.s3_access())
+            summary = refresh_catalog(lake, load_settings().catalog_path, s3=hook.s3_access(), grace_s=params["grace_s"])
         print(summary.line())
         return summary.extra()
 

@@ -345,7 +345,7 @@ def cmd_catalog(args: argparse.Namespace) -> int:
         setup_logging(settings.log_level)
         lake = lake_from_settings(settings)
         s3 = S3Access.from_environment(settings.s3_endpoint_url, settings.s3_region) if lake.uri.startswith("s3://") else None
-        print(refresh_catalog(lake, settings.catalog_path, s3=s3).line())
+        print(refresh_catalog(lake, settings.catalog_path, s3=s3, grace_s=settings.compaction_grace_s).line())
     print("\n".join(describe(settings.catalog_path, partitions=args.partitions)))
     return 0
 

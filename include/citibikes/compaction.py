@@ -230,7 +230,7 @@ def compact(lake: Lake, catalog_path: Path | str, *, settle_s: int, grace_s: int
     began = time.perf_counter()
     summary = compact_files(lake, catalog_path, settle_s=settle_s, now=now, dry_run=dry_run)
     if not dry_run:
-        refresh_catalog(lake, catalog_path, s3=s3)
+        refresh_catalog(lake, catalog_path, s3=s3, grace_s=grace_s)
     summary.deleted_files, summary.deleted_bytes = delete_replaced(lake, catalog_path, grace_s=grace_s, now=now,
                                                                    dry_run=dry_run)
     summary.duration_s = time.perf_counter() - began

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from citibikes.catalog import connect, refresh_catalog
-from support.pipeline_lake import pipeline_lake
+from support.pipeline_lake import minute_runs
 
 pytestmark = pytest.mark.airflow
 
@@ -31,13 +31,7 @@ def _dag():
 def lake_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, airflow_db: Path):
     """Minute runs 20 minutes apart from the start of the hour three hours ago (hours H0-H2), behind an
     ``fs`` citibikes_lake connection; the settle time that closes H0 and H1 but not H2."""
-    first_hour = (time.time() - 3 * HOUR) // HOUR * HOUR
-    pipeline = pipeline_lake(tmp_path, start=first_hour + 60)
-    try:
-        for _ in range(7):
-            pipeline.minute(20 * 60)
-    finally:
-        pipeline.close()
+    pipeline, first_hour = minute_runs(tmp_path, 7, 20 * 60, hours_ago=3)
     monkeypatch.setenv("CITIBIKES_STATE_DIR", str(pipeline.settings.state_dir))
     monkeypatch.setenv("CITIBIKES_LAKE_URI", pipeline.settings.lake_uri)
     monkeypatch.delenv("CITIBIKES_CATALOG", raising=False)

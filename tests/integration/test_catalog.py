@@ -34,7 +34,8 @@ LAKE_TABLES = {"station_status", "station_information", "quarantine", "pipeline_
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A lake of 3 minute runs of 2 systems, 20 minutes apart (two hour partitions per system)."""
+    """A lake of 3 minute runs of 2 systems, 20 minutes apart (two hour partitions per system: at minutes
+    40, 0 and 20, whatever the time of day)."""
     folder = tmp_path_factory.mktemp("made")
     pipeline = pipeline_lake(folder, start=(time.time() // 3600 - 3) * 3600 + 30 * 60)  # runs at :50, :10, :30
     try:
@@ -98,7 +99,8 @@ def test_each_table_is_queried_by_name_and_counts_equal_the_parquet_rows(lake: L
         assert count(con, table) == parquet_rows(lake, table) == lake.read_table(table).num_rows == summary.tables[table]["rows"]
     names = {row[0] for row in con.sql("SELECT table_name FROM duckdb_tables() UNION ALL "
                                        "SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
-    assert names == LAKE_TABLES | {"_crawl", "_files", "_partitions", "_schemas", "_tables"}  # no raw, no _state
+    assert names == LAKE_TABLES | {"_crawl", "_files", "_partitions", "_schemas", "_tables", "_rollups",
+                                   "_rollup_retired", "station_status_hourly"}  # no raw, no _state
     types = dict(con.sql("SELECT column_name, column_type FROM (DESCRIBE station_status)").fetchall())
     assert (types["system"], types["date"], types["hour"]) == ("VARCHAR", "DATE", "INTEGER")
     assert types["num_bikes_available"] == "INTEGER" and types["last_updated"] == "TIMESTAMP WITH TIME ZONE"
@@ -179,12 +181,14 @@ def test_a_reader_keeps_its_catalog_while_a_crawl_replaces_it_and_a_new_reader_g
 
 def test_an_empty_table_of_the_pipeline_is_there_with_its_columns(lake: Lake, catalog: Path) -> None:
     refresh_catalog(lake, catalog)
-    columns = connect(catalog).sql("DESCRIBE quarantine").fetchall()
+    columns = {name: connect(catalog).sql(f"DESCRIBE {name}").fetchall() for name in ("quarantine", "station_status_hourly")}
     shutil.rmtree(lake.storage.path("quarantine"))
+    shutil.rmtree(lake.storage.path("curated/station_status"))  # the rollup too: no day file, its columns
     refresh_catalog(lake, catalog)
     con = connect(catalog)
-    assert count(con, "quarantine") == 0
-    assert con.sql("DESCRIBE quarantine").fetchall() == columns
+    for name in columns:
+        assert count(con, name) == 0
+        assert con.sql(f"DESCRIBE {name}").fetchall() == columns[name]
 
 
 def test_a_table_the_pipeline_does_not_write_is_found_below_curated(lake: Lake, catalog: Path) -> None:

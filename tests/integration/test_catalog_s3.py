@@ -42,7 +42,12 @@ def test_an_s3_lake_is_crawled_and_its_tables_are_queried_by_name(s3_server: S3S
     assert con.sql("SELECT DISTINCT typeof(date), typeof(hour) FROM station_status").fetchall() == [("DATE", "INTEGER")]
     root = con.sql("SELECT root FROM _tables WHERE table_name = 'station_status'").fetchone()[0]
     assert root == f"{s3_lake_uri}/curated/station_status"
-    assert refresh_catalog(lake, catalog, s3=s3).footers_read == 0
+    # The hourly rollup is aggregated over S3 too, then kept.
+    assert summary.rollup_partitions_aggregated == 2  # a minute of two systems
+    assert con.sql("SELECT sum(observations), count(DISTINCT station_id) FROM station_status_hourly").fetchone() == \
+        con.sql("SELECT count(*), count(DISTINCT station_id) FROM station_status").fetchone()
+    again = refresh_catalog(lake, catalog, s3=s3)
+    assert (again.footers_read, again.rollup_partitions_aggregated) == (0, 0)
 
     lake.write_files([("quarantine/notes.txt", b"a note")])
     with pytest.raises(CatalogInputError, match=f"{s3_lake_uri}/quarantine/notes.txt is foreign to the lake"):

@@ -25,7 +25,7 @@ from citibikes import cli, compaction
 from citibikes.catalog import CatalogError, CatalogInputError, connect, refresh_catalog
 from citibikes.lake import Lake, layout, open_lake
 from citibikes.lake.store import status_file
-from support.pipeline_lake import pipeline_lake
+from support.pipeline_lake import minute_runs, pipeline_lake
 
 HOUR = 3600
 TABLES = ("station_status", "quarantine")
@@ -39,13 +39,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float, float]:
     """12 minute runs, 15 minutes apart, from the start of the hour H0 four hours ago: 3 runs in H0, 4 in
     H1 and H2, 1 in H3. Returns the folder, H0 and the feed's clock at the end."""
     folder = tmp_path_factory.mktemp("made")
-    first_hour = (time.time() - 4 * HOUR) // HOUR * HOUR
-    pipeline = pipeline_lake(folder, start=first_hour + 60)
-    try:
-        for _ in range(12):
-            pipeline.minute(15 * 60)
-    finally:
-        pipeline.close()
+    pipeline, first_hour = minute_runs(folder, 12, 15 * 60, hours_ago=4)
     return folder, first_hour, pipeline.clock.now
 
 

@@ -80,3 +80,16 @@ def pipeline_lake(folder: Path, systems: tuple[str, ...] = ("citibike", "synth-0
     })
     lake = open_lake(settings.lake_uri)
     return PipelineLake(settings, lake, server, clock, Publisher(AcknowledgingProducer(), settings.topics))
+
+
+def minute_runs(folder: Path, runs: int, every_s: float, *, hours_ago: int) -> tuple[PipelineLake, float]:
+    """``runs`` minute runs ``every_s`` apart, the first one minute plus ``every_s`` into the hour that began
+    ``hours_ago`` hours ago (H0); returns the pipeline (its feed stopped) and H0 as a POSIX time."""
+    first_hour = (time.time() - hours_ago * 3600) // 3600 * 3600
+    pipeline = pipeline_lake(folder, start=first_hour + 60)
+    try:
+        for _ in range(runs):
+            pipeline.minute(every_s)
+    finally:
+        pipeline.close()
+    return pipeline, first_hour

@@ -25,9 +25,11 @@ Beside the views: ``_tables``, ``_partitions`` (``location`` is the folder; ``fi
 the folder's files are read, else the files read: the ``compacted_version``'s file and late files;
 ``switched_at``: when the catalog first read that version), ``_files`` (each data file's size,
 modification time, schema fingerprint, rows and, of a compacted file, version and sources: a crawl
-reads only new footers), ``_schemas`` and ``_crawl`` (when, which lake, which catalog version).
+reads only new footers), ``_schemas`` and ``_crawl`` (when, which lake, which catalog version), and
+the view ``station_status_hourly`` with ``_rollups`` and ``_rollup_retired`` (:mod:`citibikes.catalog.rollup`:
+its rows live in Parquet day files beside the catalog, written only when a day's partitions change).
 Everything but ``switched_at`` comes from the lake, so the file is a cache: a catalog of an older
-format is built anew (and a deleted one too), with the same views.
+format is built anew (and a deleted one too), with the same views and rollup.
 
 A change never modifies the file: a crawl writes a new file beside it and renames it over the old
 one (``os.replace``). A reader that has the catalog open keeps reading the snapshot it opened; a
@@ -59,6 +61,7 @@ from urllib.parse import urlsplit
 import duckdb
 import pyarrow as pa
 
+from citibikes.catalog import rollup
 from citibikes.catalog.crawl import (
     PARTITION_TYPES,
     CatalogState,
@@ -69,13 +72,14 @@ from citibikes.catalog.crawl import (
     crawl,
 )
 from citibikes.catalog.errors import CatalogError
+from citibikes.config import Settings
 from citibikes.errors import first_line
 from citibikes.lake import Lake
 from citibikes.lake.filesystem import fsync_folder
 
 log = logging.getLogger("citibikes.catalog")
 
-FORMAT = 2
+FORMAT = 4
 """Of the metadata tables; a catalog of an older format is built anew, one of a newer format refused."""
 LOCK_WAIT_S = 120.0
 """How long a writer waits for the one before it (a crawl of a big lake takes a while)."""
@@ -125,24 +129,36 @@ class CrawlSummary:
     """Per table: partitions, files, rows (at the crawl)."""
     footers_read: int
     duration_s: float
+    rollup_partitions_aggregated: int = 0
+    """Partitions of station_status the crawl aggregated into station_status_hourly (the others were kept)."""
+    rollup_files_written: int = 0
+    rollup_bytes_written: int = 0
+    rollup_files_deleted: int = 0
+    """Day files of the rollup written, and deleted after the grace period (:mod:`citibikes.catalog.rollup`)."""
 
     def line(self) -> str:
         listed = ", ".join(f"{name} ({t['partitions']} partitions, {t['rows']:,} rows)" for name, t in self.tables.items())
         return (f"catalog {self.path} version {self.version}: {listed or 'no tables'}; "
-                f"{self.footers_read} new file(s) checked in {self.duration_s:.1f} s")
+                f"{self.footers_read} new file(s) checked, {self.rollup_partitions_aggregated} hour(s) aggregated "
+                f"into {self.rollup_files_written} rollup day file(s), {self.rollup_files_deleted} old one(s) deleted, "
+                f"in {self.duration_s:.1f} s")
 
     def extra(self) -> dict[str, Any]:
         """For the ``citibikes.catalog`` asset event."""
-        return {"path": str(self.path), "version": self.version, "tables": self.tables, "footers_read": self.footers_read}
+        return {"path": str(self.path), "version": self.version, "tables": self.tables, "footers_read": self.footers_read,
+                "rollup_partitions_aggregated": self.rollup_partitions_aggregated,
+                "rollup_files_written": self.rollup_files_written, "rollup_bytes_written": self.rollup_bytes_written,
+                "rollup_files_deleted": self.rollup_files_deleted}
 
 
 # -- writers -----------------------------------------------------------------------------------
 
-def refresh_catalog(lake: Lake, path: Path | str, *, s3: S3Access | None = None,
-                    lock_wait_s: float = LOCK_WAIT_S) -> CrawlSummary:
+def refresh_catalog(lake: Lake, path: Path | str, *, s3: S3Access | None = None, lock_wait_s: float = LOCK_WAIT_S,
+                    grace_s: int = Settings.compaction_grace_s) -> CrawlSummary:
     """Crawl the lake and replace the catalog at ``path`` with what it found (see the module doc).
     On bad input (:class:`~citibikes.catalog.errors.CatalogInputError`) the catalog stays as it was.
-    An S3 lake needs ``s3``: DuckDB reads the lake when it creates the views."""
+    An S3 lake needs ``s3``: DuckDB reads the lake when it creates the views. ``grace_s``: how long
+    rollup day files no longer listed stay (``CITIBIKES_COMPACTION_GRACE``)."""
     path, began = Path(path), time.perf_counter()
     with writer_lock(path, lock_wait_s):
         previous = load_state(path)
@@ -151,9 +167,11 @@ def refresh_catalog(lake: Lake, path: Path | str, *, s3: S3Access | None = None,
             previous = CatalogState(lake=lake.uri, version=previous.version)
         state = crawl(lake, previous)
         state.version += 1
-        write_state(path, state, s3)
+        built = write_state(path, state, s3, grace_s)
+        deleted = rollup.delete_expired(built)
     tables = {name: {"partitions": len(t.partitions), "files": t.file_count, "rows": t.rows} for name, t in state.tables.items()}
-    return CrawlSummary(path, state.version, tables, state.footers_read, time.perf_counter() - began)
+    return CrawlSummary(path, state.version, tables, state.footers_read, time.perf_counter() - began, built.aggregated,
+                        built.files_written, built.bytes_written, deleted)
 
 
 @contextlib.contextmanager
@@ -182,8 +200,10 @@ def writer_lock(path: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
         os.close(descriptor)  # releases the lock
 
 
-def write_state(path: Path, state: CatalogState, s3: S3Access | None = None) -> None:
-    """Write ``state`` as a new DuckDB file beside ``path`` and rename it over ``path`` (call under :func:`writer_lock`)."""
+def write_state(path: Path, state: CatalogState, s3: S3Access | None = None,
+                grace_s: int = Settings.compaction_grace_s) -> rollup.Result:
+    """Write ``state`` as a new DuckDB file beside ``path`` and rename it over ``path`` (call under :func:`writer_lock`);
+    returns what the rollup did (:mod:`citibikes.catalog.rollup`: the day files it wrote, those to delete now)."""
     if state.lake.startswith("s3://") and s3 is None:
         raise CatalogError(f"the DuckDB catalog of S3 lake {state.lake} needs the lake's S3 settings to create its "
                            "views (DuckDB reads the lake then); pass them, or keep this lake's catalog in Glue")
@@ -197,6 +217,7 @@ def write_state(path: Path, state: CatalogState, s3: S3Access | None = None) -> 
             if s3 is not None:
                 s3.prepare(con)
             _fill(con, state)
+            built = rollup.build(con, state, path, grace_s)
         finally:
             con.close()
         descriptor = os.open(temporary, os.O_RDONLY)
@@ -206,6 +227,7 @@ def write_state(path: Path, state: CatalogState, s3: S3Access | None = None) -> 
             os.close(descriptor)
         os.replace(temporary, path)
         fsync_folder(folder)
+        return built
     except CatalogError:
         raise
     except (duckdb.Error, OSError) as exc:
@@ -414,6 +436,12 @@ def describe(path: Path | str, *, partitions: bool = False) -> list[str]:
                     for partition, n, r, v in con.execute(
                         "SELECT partition, file_count, rows, compacted_version FROM _partitions WHERE table_name = ? "
                         "ORDER BY system NULLS FIRST, date, hour, partition", [name]).fetchall())
+        if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = '_rollup_retired'").fetchone()[0]:  # format 4 on
+            (count, hours, days, aggregated), = con.execute(
+                f"SELECT (SELECT count(*) FROM {rollup.TABLE}), count(*), count(DISTINCT file), count_if(aggregated_in = ?) "
+                "FROM _rollups", [version]).fetchall()
+            lines.append(f"  {rollup.TABLE}: {count:,} rows in {days:,} day files of {rollup.folder(path)}, the hourly "
+                         f"rollup of {hours:,} station_status partitions as of this crawl ({aggregated:,} aggregated by it)")
         lines.append(f"query it: duckdb.connect({str(path)!r}, read_only=True).sql('select count(*) from station_status')")
         return lines
     finally:
