@@ -55,16 +55,24 @@ SYSTEM_ID = "citibike"
 START = 1_767_225_600  # 2026-01-01T00:00:00Z
 DAY_S = 86_400
 QUERIES = {
-    "hourly availability per station and hour of day": """
-        SELECT station_id, hour, avg(num_bikes_available) AS bikes, avg(num_docks_available) AS docks,
-               avg(CASE WHEN num_bikes_available = 0 THEN 1 ELSE 0 END) AS share_empty,
-               avg(CASE WHEN num_docks_available = 0 THEN 1 ELSE 0 END) AS share_full
-        FROM station_status WHERE system = 'citibike' GROUP BY station_id, hour""",
-    "hourly availability per station and clock hour": """
-        SELECT station_id, date, hour, avg(num_bikes_available) AS bikes, avg(num_docks_available) AS docks
-        FROM station_status WHERE system = 'citibike' GROUP BY station_id, date, hour""",
-    "count": "SELECT count(*) FROM station_status",
+    "hourly availability per station and hour of day": (
+        """SELECT station_id, hour, sum(bikes_mean * observations) / sum(observations) AS bikes,
+                  sum(docks_mean * observations) / sum(observations) AS docks,
+                  sum(empty_observations) / sum(observations) AS share_empty,
+                  sum(full_observations) / sum(observations) AS share_full
+           FROM station_status_hourly WHERE system = 'citibike' GROUP BY station_id, hour""",
+        """SELECT station_id, hour, avg(num_bikes_available) AS bikes, avg(num_docks_available) AS docks,
+                  count_if(num_bikes_available = 0) / count(*) AS share_empty,
+                  count_if(num_docks_available = 0) / count(*) AS share_full
+           FROM station_status WHERE system = 'citibike' GROUP BY station_id, hour"""),
+    "hourly availability per station and clock hour": (
+        """SELECT station_id, date, hour, bikes_mean AS bikes, docks_mean AS docks
+           FROM station_status_hourly WHERE system = 'citibike'""",
+        """SELECT station_id, date, hour, avg(num_bikes_available) AS bikes, avg(num_docks_available) AS docks
+           FROM station_status WHERE system = 'citibike' GROUP BY station_id, date, hour"""),
 }
+"""Each question twice: from the catalog's hourly rollup (``station_status_hourly``) and from
+``station_status`` itself; the answers must agree."""
 
 
 def build(lake_root: Path, state: Path, days: int, work: Path) -> dict[str, Any]:
@@ -107,18 +115,24 @@ def lake_bytes(lake_root: Path, table: str = "station_status") -> tuple[int, int
 
 
 def timed_queries(catalog: Path, repeat: int) -> dict[str, Any]:
+    """Each query in a new read-only connection, ``repeat`` times: seconds (median, min, max) and its rows."""
     results = {}
-    for name, sql in QUERIES.items():
-        times, rows = [], None
-        for _ in range(repeat):
-            con = connect(catalog)
-            began = time.perf_counter()
-            rows = len(con.execute(sql).fetchall())
-            times.append(time.perf_counter() - began)
-            con.close()
-        results[name] = {"median_s": round(statistics.median(times), 3), "min_s": round(min(times), 3),
-                         "max_s": round(max(times), 3), "result_rows": rows}
-        print(f"{name}: median {results[name]['median_s']} s ({rows:,} rows)", flush=True)
+    for name, pair in QUERIES.items():
+        answers = []
+        for source, sql in zip(("station_status_hourly", "station_status"), pair):
+            times, rows = [], []
+            for _ in range(repeat):
+                con = connect(catalog)
+                began = time.perf_counter()
+                rows = con.execute(sql).fetchall()
+                times.append(time.perf_counter() - began)
+                con.close()
+            answers.append(sorted(tuple(round(v, 6) if isinstance(v, float) else v for v in row) for row in rows))
+            results[f"{name}, from {source}"] = {"median_s": round(statistics.median(times), 3), "min_s": round(min(times), 3),
+                                                 "max_s": round(max(times), 3), "result_rows": len(rows)}
+            print(f"{name}, from {source}: median {statistics.median(times):.3f} s ({len(rows):,} rows)", flush=True)
+        if answers[0] != answers[1]:
+            raise AssertionError(f"{name}: the rollup's answer differs from station_status's")
     return results
 
 
