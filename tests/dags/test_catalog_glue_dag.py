@@ -10,7 +10,6 @@ figures after the crawler is READY: the test's wait leaves that call out.
 from __future__ import annotations
 
 import json
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from citibikes.stack.process import Service, free_port
+from support.moto_server import moto_server
 
 pytestmark = [pytest.mark.airflow, pytest.mark.aws]
 BUCKET, REGION = "citibikes-lake", "us-east-1"
@@ -27,20 +26,12 @@ DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "catalog.py"
 
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    home = tmp_path_factory.mktemp("moto")
-    port = free_port()
-    service = Service("moto", [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                      run_dir=home, log_file=home / "moto.log", ports=[("127.0.0.1", port)],
-                      fix_hint="install moto[server] (requirements.txt)")
-    service.start()
-    # moto's crawls stay RUNNING until told otherwise: let each complete when it is next looked at
-    body = json.dumps({"model_name": "glue::crawl", "transition": {"progression": "immediate"}}).encode()
-    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/moto-api/state-manager/set-transition",
-                                                  data=body, method="POST"), timeout=10)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        service.stop()
+    with moto_server(tmp_path_factory.mktemp("moto")) as endpoint:
+        # moto's crawls stay RUNNING until told otherwise: let each complete when it is next looked at
+        body = json.dumps({"model_name": "glue::crawl", "transition": {"progression": "immediate"}}).encode()
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/state-manager/set-transition",
+                                                      data=body, method="POST"), timeout=10)
+        yield endpoint
 
 
 @pytest.fixture

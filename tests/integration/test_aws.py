@@ -12,7 +12,6 @@ update a workgroup (UpdateWorkGroup fails), so that step's update is not tested 
 from __future__ import annotations
 
 import json
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,8 @@ import pytest
 
 from citibikes.aws import plan as p
 from citibikes.cli import main
-from citibikes.stack.process import Service, free_port
+from citibikes.stack.process import free_port
+from support.moto_server import moto_server
 from support.aws_policies import LAKE_FOLDERS, TABLE_FOLDERS, least_privilege_problems, tls_problems
 
 pytestmark = pytest.mark.aws
@@ -34,16 +34,8 @@ STEPS = ["bucket", "public access block", "default encryption", "bucket policy",
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """moto's server on a free port for this module; yields its endpoint URL."""
-    home = tmp_path_factory.mktemp("moto")
-    port = free_port()
-    service = Service("moto", [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                      run_dir=home, log_file=home / "moto.log", ports=[("127.0.0.1", port)],
-                      fix_hint="install moto[server] (requirements.txt)")
-    service.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        service.stop()
+    with moto_server(tmp_path_factory.mktemp("moto")) as endpoint:
+        yield endpoint
 
 
 def moto_api(endpoint: str, path: str, body: bytes = b"") -> None:
