@@ -40,7 +40,6 @@ from confluent_kafka.admin import AdminClient  # noqa: E402
 from citibikes.config import load_settings  # noqa: E402
 from citibikes.lake import open_lake  # noqa: E402
 from citibikes.live import service  # noqa: E402
-from citibikes.live.store import LiveStore  # noqa: E402
 from citibikes.replay.backfill import backfill  # noqa: E402
 from citibikes.stream.publish import Publisher, make_producer  # noqa: E402
 from citibikes.stream.topics import ensure_topics  # noqa: E402

@@ -89,7 +89,7 @@ def build(lake_root: Path, state: Path, days: int, work: Path) -> dict[str, Any]
         start = START + day * DAY_S
         began = time.perf_counter()
         (folder / "station_information.json").write_bytes(feed.station_information(start).body)
-        status_bytes = records = 0
+        status_bytes = 0
         for minute in range(1440):
             status = feed.station_status(start + 60 * minute)
             (folder / f"station_status-{status.last_updated}.json").write_bytes(status.body)

@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from citibikes.config import QualityConfig
-from citibikes.gbfs.model import STATION_INFORMATION, STATION_STATUS, QuarantinedRecord
+from citibikes.gbfs.model import STATION_STATUS, QuarantinedRecord
 from citibikes.gbfs.normalize import Normalized, quarantine
 
 MAX_PLAUSIBLE_COUNT = 100_000

@@ -12,6 +12,7 @@ import pytest
 
 from citibikes.lake import open_lake
 from support.outages import DURATION_S, END, EXPECTED, build_store
+from support.dags import load_dag
 
 pytestmark = [pytest.mark.airflow]
 
@@ -35,13 +36,6 @@ def alerts_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, airflow_db: Path
     return tmp_path
 
 
-def _alerts_dag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags" / "alerts.py"))
-    assert not bag.import_errors, bag.import_errors
-    return bag.dags["citibikes_alerts"]
-
 
 def _helpers(outages: list[dict]) -> dict:
     return {(o["station_id"], o["kind"]): [(h["station_id"], h["distance_m"], h["available"]) for h in o["helpers"]]
@@ -49,7 +43,7 @@ def _helpers(outages: list[dict]) -> dict:
 
 
 def test_a_run_lands_the_list_in_the_lake_and_appends_it_to_the_alerts_file_once(alerts_env: Path) -> None:
-    run = _alerts_dag().test()
+    run = load_dag("citibikes_alerts").test()
     assert run.state == "success", {ti.task_id: ti.state for ti in run.get_task_instances()}
 
     table = open_lake(str(alerts_env / "lake")).read_table("rebalancing")
@@ -68,7 +62,7 @@ def test_a_run_lands_the_list_in_the_lake_and_appends_it_to_the_alerts_file_once
         f"citibike/date={run.run_after:%Y-%m-%d}/{sent['files'][0].rsplit('/', 1)[1]}"]
 
     # Woken again with the same outages: nothing changed, so nothing is written or sent.
-    again = _alerts_dag().test()
+    again = load_dag("citibikes_alerts").test()
     assert again.state == "success"
     assert {ti.task_id: ti.state for ti in again.get_task_instances()} == {"plan": "success", "notify": "skipped"}
     assert len(notes.read_text().splitlines()) == 1
@@ -103,7 +97,7 @@ def test_with_a_webhook_connection_the_list_is_posted_there_instead(alerts_env: 
         url = f"http://127.0.0.1:{webhook.server_address[1]}/hooks/rebalancing"
         monkeypatch.setenv("AIRFLOW_CONN_CITIBIKES_WEBHOOK", json.dumps({"conn_type": "http", "host": url}))
         monkeypatch.setenv("CITIBIKES_ALERTS_WEBHOOK_CONN", "citibikes_webhook")
-        run = _alerts_dag().test()
+        run = load_dag("citibikes_alerts").test()
     finally:
         webhook.shutdown()
     assert run.state == "success", {ti.task_id: ti.state for ti in run.get_task_instances()}

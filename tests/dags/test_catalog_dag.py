@@ -11,18 +11,11 @@ import pytest
 
 from citibikes.catalog import connect
 from support.pipeline_lake import pipeline_lake
+from support.dags import load_dag
 
 pytestmark = pytest.mark.airflow
 
-DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "catalog.py"
 
-
-def _catalog_dag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAG_FILE))
-    assert not bag.import_errors, bag.import_errors
-    return bag.dags["citibikes_catalog"]
 
 
 @pytest.fixture
@@ -62,7 +55,7 @@ def _asset_events(run_id: str) -> dict[str, dict]:
 def test_the_dag_runs_on_the_lake_assets_one_at_a_time_with_both_paths_wired(airflow_db: Path) -> None:
     from airflow.sdk import AssetAny
 
-    dag = _catalog_dag()
+    dag = load_dag("citibikes_catalog")
     assert dag.max_active_runs == 1 and dag.catchup is False
     assert isinstance(dag.timetable.asset_condition, AssetAny)
     assert {asset.name for asset in dag.timetable.asset_condition.objects} == {
@@ -84,7 +77,7 @@ def test_the_dag_runs_on_the_lake_assets_one_at_a_time_with_both_paths_wired(air
 
 
 def test_the_duckdb_path_registers_the_lake_and_emits_the_catalog_asset(lake_env) -> None:
-    dag = _catalog_dag()
+    dag = load_dag("citibikes_catalog")
     run = dag.test()
     states = _states(run)
     assert run.state == "success", states
@@ -101,7 +94,7 @@ def test_the_duckdb_path_registers_the_lake_and_emits_the_catalog_asset(lake_env
 
 
 def test_a_foreign_file_fails_the_crawl_once_without_retries_and_keeps_the_catalog(lake_env) -> None:
-    dag = _catalog_dag()
+    dag = load_dag("citibikes_catalog")
     assert dag.test().state == "success"
     catalog = lake_env.settings.catalog_path
     before = hashlib.sha256(catalog.read_bytes()).hexdigest()
@@ -116,7 +109,7 @@ def test_a_foreign_file_fails_the_crawl_once_without_retries_and_keeps_the_catal
 
 def test_the_catalog_param_sends_a_run_down_the_glue_path(lake_env) -> None:
     """A folder lake cannot be crawled by Glue: the config task says so in one line (no AWS call)."""
-    run = _catalog_dag().test(run_conf={"catalog": "glue"})
+    run = load_dag("citibikes_catalog").test(run_conf={"catalog": "glue"})
     states = _states(run)
     assert states["crawl_duckdb"] == "skipped" and states["glue_crawler_config"] == "failed", states
     assert not lake_env.settings.catalog_path.exists()

@@ -18,10 +18,10 @@ import boto3
 import pytest
 
 from support.moto_server import moto_server
+from support.dags import load_dag
 
 pytestmark = [pytest.mark.airflow, pytest.mark.aws]
 BUCKET, REGION = "citibikes-lake", "us-east-1"
-DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "catalog.py"
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +66,6 @@ def _states(run) -> dict[str, str]:
     return {ti.task_id: ti.state for ti in run.get_task_instances()}
 
 
-def _catalog_dag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAG_FILE))
-    assert not bag.import_errors, bag.import_errors
-    return bag.dags["citibikes_catalog"]
-
 
 def test_an_s3_lake_connection_sends_the_run_to_a_glue_crawler_created_once_then_updated(
         glue, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -84,7 +77,7 @@ def test_an_s3_lake_connection_sends_the_run_to_a_glue_crawler_created_once_then
 
     monkeypatch.setattr(GlueCrawlerHook, "wait_for_crawler_completion", wait_without_metrics)
     client, name, lake_uri = glue
-    dag = _catalog_dag()
+    dag = load_dag("citibikes_catalog")
     assert dag.get_task("run_crawler").crawler_name == name
 
     run = dag.test()

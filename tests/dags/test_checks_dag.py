@@ -13,18 +13,11 @@ import pytest
 from citibikes.catalog import refresh_catalog
 from citibikes.checks import CHECK_OPERATORS
 from support.checks_lake import ChecksLake, checks_lake
+from support.dags import load_dag
 
 pytestmark = pytest.mark.airflow
 
-DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "checks.py"
 
-
-def _checks_dag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAG_FILE))
-    assert not bag.import_errors, bag.import_errors
-    return bag.dags["citibikes_checks"]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +43,7 @@ def broken(good: ChecksLake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ai
 
 def _run(lake: ChecksLake, **conf):
     refresh_catalog(lake.lake, lake.settings.catalog_path)
-    run = _checks_dag().test(run_conf={"window_hours": 4, **conf})
+    run = load_dag("citibikes_checks").test(run_conf={"window_hours": 4, **conf})
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     return run, states
 
@@ -73,7 +66,7 @@ def _failed_only(states: dict[str, str], check: str) -> None:
 
 
 def test_the_dag_follows_the_catalog_asset_with_one_task_per_check(airflow_db: Path) -> None:
-    dag = _checks_dag()
+    dag = load_dag("citibikes_checks")
     assert dag.max_active_runs == 1 and dag.catchup is False
     assert [asset.name for asset in dag.timetable.asset_condition.objects] == ["citibikes.catalog"]
     operators = {name: dag.get_task(name).operator_class.__name__ for name in CHECK_OPERATORS}
@@ -185,7 +178,7 @@ def test_a_truncated_snapshot_fails_rows_per_hour(broken: ChecksLake, capfd: pyt
 
 
 def test_no_catalog_is_one_line_a_retry_and_a_not_run_result(broken: ChecksLake, capfd: pytest.CaptureFixture) -> None:
-    run = _checks_dag().test(run_conf={"window_hours": 4})
+    run = load_dag("citibikes_checks").test(run_conf={"window_hours": 4})
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert run.state == "failed" and {states[name] for name in CHECK_OPERATORS} == {"failed"}, states
     log = _log(capfd)

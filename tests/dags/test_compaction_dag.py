@@ -11,20 +11,13 @@ import pytest
 
 from citibikes.catalog import connect, refresh_catalog
 from support.pipeline_lake import minute_runs
+from support.dags import load_dag
 
 pytestmark = pytest.mark.airflow
 
-DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "compaction.py"
 HOUR = 3600
 COUNTS = "SELECT system, hour, count(*), sum(num_bikes_available) FROM station_status GROUP BY ALL ORDER BY ALL"
 
-
-def _dag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAG_FILE))
-    assert not bag.import_errors, bag.import_errors
-    return bag.dags["citibikes_compaction"]
 
 
 @pytest.fixture
@@ -53,7 +46,7 @@ def _compacted(lake) -> list[Path]:
 
 
 def test_the_dag_runs_hourly_one_at_a_time_a_task_per_system(airflow_db: Path) -> None:
-    dag = _dag()
+    dag = load_dag("citibikes_compaction")
     assert dag.max_active_runs == 1 and dag.catchup is False and dag.timetable.expression == "0 * * * *"
     assert set(dag.params) == {"settle_s", "grace_s", "dry_run"}
     assert dag.get_task("choose").downstream_task_ids == {"plan"}
@@ -67,7 +60,7 @@ def test_closed_hours_are_compacted_switched_and_later_deleted_with_the_same_row
     pipeline, settle = lake_env
     catalog = pipeline.settings.catalog_path
     expected = connect(catalog).sql(COUNTS).fetchall()
-    dag = _dag()
+    dag = load_dag("citibikes_compaction")
 
     run = dag.test(run_conf={"settle_s": settle, "grace_s": HOUR, "dry_run": False})
     tasks = _instances(run)
@@ -98,7 +91,7 @@ def test_a_file_compaction_did_not_write_fails_the_plan_without_retries(lake_env
     folder = Path(pipeline.lake.storage.path(pipeline.lake.files("station_status")[0])).parent / "_compacted" / "v1"
     folder.mkdir(parents=True)
     pq.write_table(pq.read_table(next(folder.parent.parent.glob("*.parquet"))), folder / "mine.parquet")
-    run = _dag().test(run_conf={"settle_s": settle})
+    run = load_dag("citibikes_compaction").test(run_conf={"settle_s": settle})
     (plan,) = _instances(run)["plan"]
     assert run.state == "failed" and plan.state == "failed" and plan.try_number == 1
     assert _compacted(pipeline.lake) == [folder / "mine.parquet"], "nothing compacted"
@@ -106,7 +99,7 @@ def test_a_file_compaction_did_not_write_fails_the_plan_without_retries(lake_env
 
 def test_a_lake_catalogued_by_glue_is_skipped(lake_env, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CITIBIKES_CATALOG", "glue")
-    run = _dag().test(run_conf={"settle_s": lake_env[1]})
+    run = load_dag("citibikes_compaction").test(run_conf={"settle_s": lake_env[1]})
     tasks = _instances(run)
     assert {ti.state for ti in tasks["plan"] + tasks["refresh"] + tasks["delete"]} == {"skipped"}
     assert not _compacted(lake_env[0].lake)

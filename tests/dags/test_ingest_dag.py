@@ -13,6 +13,7 @@ from citibikes.config import load_settings
 from citibikes.lake import open_lake
 from citibikes.replay.server import make_server
 from citibikes.stream.topics import ensure_topics
+from support.dags import load_dag
 from support.kafka_read import read_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.airflow]
@@ -58,13 +59,6 @@ def pipeline_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kafka_bootstra
     server.shutdown()
 
 
-def _ingest_dag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags" / "ingest.py"))
-    assert not bag.import_errors, bag.import_errors
-    return bag.dags["citibikes_ingest"]
-
 
 def _feed_station_ids(server_url: str) -> set[str]:
     doc = requests.get(f"{server_url}/citibike/2.3/en/station_status.json", timeout=10).json()
@@ -74,7 +68,7 @@ def _feed_station_ids(server_url: str) -> set[str]:
 def test_ingest_dag_lands_every_record_in_kafka_and_the_lake(pipeline_env, kafka_bootstrap: str) -> None:
     settings, server, clock = pipeline_env
     topics = {key: t.name for key, t in settings.topics.items()}
-    dag = _ingest_dag()
+    dag = load_dag("citibikes_ingest")
 
     run = dag.test()
     assert run.state == "success", {ti.task_id: ti.state for ti in run.get_task_instances()}
@@ -194,7 +188,7 @@ def _queued_for(dag_id: str) -> set[str]:
 def test_asset_events_only_for_tables_that_got_data(pipeline_env, tmp_path: Path) -> None:
     settings, server, clock = pipeline_env
     downstream = _register_downstream_dag(tmp_path / "downstream_dags")
-    dag = _ingest_dag()
+    dag = load_dag("citibikes_ingest")
 
     run = dag.test()
     assert run.state == "success"

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
 from citibikes import tasks
@@ -277,7 +276,7 @@ def test_a_feed_that_stops_advancing_is_reported_stale(tmp_path: Path, monkeypat
     try:
         settings = _settings(tmp_path, monkeypatch, kafka_bootstrap,
                              f"systems:\n  - id: citibike\n    discovery_url: {server.url}/citibike/gbfs.json\n")
-        (tmp_path / "pipeline.yaml").write_text(f"quality: {{max_feed_age_s: 4}}\ntopics:\n" + "".join(
+        (tmp_path / "pipeline.yaml").write_text("quality: {max_feed_age_s: 4}\ntopics:\n" + "".join(
             f"  {key}: {{name: stale{time.time_ns()}-{key}}}\n" for key in ("station_information", "station_status", "quarantine")))
         monkeypatch.setenv("CITIBIKES_PIPELINE_FILE", str(tmp_path / "pipeline.yaml"))
         settings = load_settings()

@@ -32,8 +32,6 @@ import pyarrow.parquet as pq
 from citibikes.gbfs.model import (
     SCHEMA_VERSION,
     SCHEMAS,
-    STATION_INFORMATION,
-    STATION_STATUS,
     TIMESTAMP_UTC,
     QuarantinedRecord,
     optional,
