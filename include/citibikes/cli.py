@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from citibikes.aws.commands import add_aws_commands
+from citibikes.catalog_commands import add_catalog_commands
 from citibikes.config import ConfigError, load_settings
 from citibikes.gbfs.errors import FeedError
 from citibikes.stack.process import StackError
@@ -335,67 +336,6 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
-def cmd_catalog(args: argparse.Namespace) -> int:
-    """Print the embedded catalog's tables (crawl the lake into it first with --refresh)."""
-    from citibikes.catalog import S3Access, describe, refresh_catalog
-    from citibikes.lake import lake_from_settings
-
-    settings = load_settings()
-    if args.refresh:
-        setup_logging(settings.log_level)
-        lake = lake_from_settings(settings)
-        s3 = S3Access.from_environment(settings.s3_endpoint_url, settings.s3_region) if lake.uri.startswith("s3://") else None
-        print(refresh_catalog(lake, settings.catalog_path, s3=s3, grace_s=settings.compaction_grace_s).line())
-    print("\n".join(describe(settings.catalog_path, partitions=args.partitions)))
-    return 0
-
-
-def cmd_compact(args: argparse.Namespace) -> int:
-    """Compact the lake's closed hours and switch the catalog to them (what the citibikes_compaction DAG does)."""
-    from citibikes.catalog import CatalogError, S3Access
-    from citibikes.catalog.glue import choose_catalog
-    from citibikes.compaction import compact
-    from citibikes.lake import lake_from_settings
-
-    settings = load_settings()
-    setup_logging(settings.log_level)
-    lake = lake_from_settings(settings)
-    s3 = S3Access.from_environment(settings.s3_endpoint_url, settings.s3_region) if lake.uri.startswith("s3://") else None
-    if choose_catalog(settings.catalog, "aws" if s3 else "fs") != "duckdb":  # Athena would lose the deleted files
-        raise CatalogError(f"lake {lake.uri} is catalogued by Glue, whose partitions compaction does not switch yet; "
-                           "set CITIBIKES_CATALOG=duckdb to compact it for the DuckDB catalog only")
-    summary = compact(lake, settings.catalog_path, settle_s=settings.compaction_settle_s,
-                      grace_s=settings.compaction_grace_s, dry_run=args.dry_run, s3=s3)
-    print("\n".join(summary.lines()))
-    return 0
-
-
-def cmd_checks(args: argparse.Namespace) -> int:
-    """Run the data-quality checks on the DuckDB catalog; print each result and the offending rows of those that failed."""
-    from datetime import datetime
-
-    from citibikes.catalog import S3Access, connect
-    from citibikes.checks import CheckParams, ChecksError, build_checks, run_on_duckdb
-
-    settings = load_settings()
-    try:
-        as_of = datetime.fromisoformat(args.as_of) if args.as_of else None
-    except ValueError:
-        raise ChecksError(f"--as-of {args.as_of!r} is not an ISO 8601 time; write e.g. 2026-12-07T12:00:00Z") from None
-    params = CheckParams.from_settings(settings, as_of, window_h=args.window_hours)
-    s3 = S3Access.from_environment(settings.s3_endpoint_url, settings.s3_region) if settings.lake_uri.startswith("s3://") else None
-    con = connect(settings.catalog_path, s3=s3)
-    try:
-        results, offending = run_on_duckdb(con, build_checks(params), params.as_of)
-    finally:
-        con.close()
-    print(f"checks of {', '.join(params.systems)} from {params.start:%Y-%m-%d %H:%M:%S} to {params.as_of:%Y-%m-%d %H:%M:%S %Z}")
-    print("\n".join([*(result.line() for result in results), *offending]))
-    failed = sum(not result.passed for result in results)
-    print(f"{len(results)} results: {len(results) - failed} passed, {failed} failed")
-    return 1 if failed else 0
-
-
 # -- parser ------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -448,22 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     add_log_level(p)
     p.add_argument("--log-file", default="citibikes_pipeline.log")
-    p = add("catalog", cmd_catalog, "show the lake's catalog (a DuckDB file in the state folder): tables, partitions, rows")
-    p.add_argument("--refresh", action="store_true", help="crawl the lake first (what the citibikes_catalog DAG does)")
-    p.add_argument("--partitions", action="store_true", help="list every partition too")
-    p = add("compact", cmd_compact, "compact the lake's closed hours into one sorted file each, switch the catalog "
-                                    "to them, delete the files they replaced after the grace period")
-    p.add_argument("--dry-run", action="store_true", help="print what would be compacted and deleted; change nothing")
-    p = add("checks", cmd_checks, "run the data-quality checks on the DuckDB catalog (what the citibikes_checks DAG "
-                                  "runs); exit 1 when one fails")
-    p.add_argument("--as-of", default=None, help="end of the window, ISO 8601 with a time zone (default: now)")
-    p.add_argument("--window-hours", type=int, default=None, help="hours before --as-of to check (default: "
-                                                                  "CITIBIKES_CHECK_WINDOW_HOURS or 24)")
     p = add("tail", cmd_tail, "print the latest messages of a topic as JSON lines")
     p.add_argument("topic")
     p.add_argument("-n", type=int, default=5, help="messages per partition (default 5)")
     p.add_argument("--from-beginning", action="store_true")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new messages until Ctrl-C")
+    add_catalog_commands(add)
     add_aws_commands(sub)
     return parser
 
