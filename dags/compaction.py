@@ -1,14 +1,15 @@
 """
-### citibikes_compaction: each closed hour of minute files becomes one sorted file
+### citibikes_compaction: each closed day (or hour) of small files becomes one sorted file
 
-Every hour, one run at a time. For each system, every hour partition of `station_status`,
+Every hour, one run at a time. For each system, every day of `station_status`,
 `station_information` and `quarantine` that ended at least `settle_s` ago (default
-`CITIBIKES_COMPACTION_SETTLE`, 7200 s) and reads two files or more is written again as one file
-sorted by station and time (`<hour folder>/_compacted/v<N>/compacted.parquet`, its sources named in
-its metadata); the catalog is then switched to it in one atomic replacement, and the files it
-replaced are deleted once the catalog has read the compacted file for `grace_s` (default
-`CITIBIKES_COMPACTION_GRACE`, 3600 s). Readers through the catalog never see a row missing or
-doubled: no folder glob reads `_compacted/`, and a reader opening the catalog reads either the
+`CITIBIKES_COMPACTION_SETTLE`, 7200 s), and every hour of a day still open that ended that long
+ago, that reads two files or more is written again as one file sorted by station and time
+(`<day or hour folder>/_compacted/v<N>/compacted.parquet`, a day's with `hour` as a column; its
+sources named in its metadata); the catalog is then switched to it in one atomic replacement, and
+the files it replaced are deleted once the catalog has read the compacted file for `grace_s`
+(default `CITIBIKES_COMPACTION_GRACE`, 3600 s). Readers through the catalog never see a row missing
+or doubled: no folder glob reads `_compacted/`, and a reader opening the catalog reads either the
 old files or the new one. A reader must not keep one catalog connection longer than the grace
 period. Runs for the DuckDB catalog only: a lake catalogued by Glue is skipped (its partitions
 would need their location switched).
@@ -16,10 +17,10 @@ would need their location switched).
 | task | what it does |
 |---|---|
 | `choose` | skips the run unless the catalog is DuckDB (`CITIBIKES_CATALOG`, or `auto` with an `fs` lake connection) |
-| `plan` | the systems with hours to compact, and how many |
+| `plan` | the systems with days or hours to compact, and how many |
 | `compact` | one mapped task per system: writes the compacted files (whole or not at all); logs files and bytes per observation before and after |
 | `refresh` | crawls the lake into the catalog, which learns the compacted files from the lake; emits `citibikes.catalog` |
-| `delete` | deletes the sources and older versions of the partitions the catalog has read compacted for `grace_s` |
+| `delete` | deletes the sources and older versions of the compacted files the catalog has read for `grace_s` |
 
 `dry_run` logs what would be compacted and deleted and changes nothing. Bad input in the lake
 (a foreign file, a file in `_compacted/` compaction did not write) fails the task at once, naming
@@ -76,7 +77,7 @@ def bad_input_fails() -> Iterator[None]:
     default_args=DEFAULT_ARGS,
     params={
         "settle_s": Param(settings.compaction_settle_s, type="integer", minimum=0,
-                          description="compact an hour once it ended this many seconds ago"),
+                          description="compact a day (an hour of an open day) once it ended this many seconds ago"),
         "grace_s": Param(settings.compaction_grace_s, type="integer", minimum=0,
                          description="delete replaced files once the catalog has read their compacted file this long"),
         "dry_run": Param(False, type="boolean", description="log what would be done, change nothing"),
@@ -99,16 +100,16 @@ def citibikes_compaction():
 
     @task
     def plan(params=None) -> list[str]:
-        """The systems with closed hours to compact (one mapped ``compact`` each)."""
+        """The systems with closed days or hours to compact (one mapped ``compact`` each)."""
         with bad_input_fails():
             counts = compaction.systems_with_work(LakeHook().get_lake(), load_settings().catalog_path,
                                                   settle_s=params["settle_s"])
         print(", ".join(f"{system}: {n} partitions" for system, n in sorted(counts.items())) or "nothing to compact")
         return sorted(counts)
 
-    @task(map_index_template="{{ system }}", doc_md="Write the compacted files of one system's closed hours.")
+    @task(map_index_template="{{ system }}", doc_md="Write the compacted files of one system's closed days and hours.")
     def compact(system: str, params=None) -> dict:
-        """Write the compacted files of one system's closed hours; logs files and bytes before and after."""
+        """Write the compacted files of one system's closed days and hours; logs files and bytes before and after."""
         with bad_input_fails():
             summary = compaction.compact_files(LakeHook().get_lake(), load_settings().catalog_path,
                                                settle_s=params["settle_s"], system=system, dry_run=params["dry_run"])

@@ -25,13 +25,12 @@ from citibikes import cli, compaction
 from citibikes.catalog import CatalogError, CatalogInputError, connect, refresh_catalog
 from citibikes.lake import Lake, layout, open_lake
 from citibikes.lake.store import status_file
+from support.pipeline_lake import fingerprints as table_fingerprints
 from support.pipeline_lake import minute_runs, pipeline_lake
 
 HOUR = 3600
 TABLES = ("station_status", "quarantine")
 """The tables with a file per minute run (station_information gets one only when a description changes)."""
-FINGERPRINT = ("SELECT system, date::VARCHAR AS date, hour, count(*) AS rows, sum(hash(t)::HUGEINT)::VARCHAR AS rows_hash "
-               "FROM {table} t GROUP BY ALL ORDER BY ALL")
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +60,7 @@ def settle(made: tuple[Path, float, float]) -> int:
 
 
 def fingerprints(catalog: Path, con: duckdb.DuckDBPyConnection | None = None) -> dict[str, list[tuple]]:
-    con = con or connect(catalog)
-    return {table: con.sql(FINGERPRINT.format(table=table)).fetchall() for table in TABLES}
+    return table_fingerprints(con or connect(catalog), TABLES)
 
 
 def folder_files(lake: Lake, table: str = "station_status") -> dict[str, list[str]]:
@@ -110,11 +108,11 @@ def test_closed_hours_become_one_sorted_file_each_and_readers_see_the_same_rows(
     open_hour = next(hour for hour in after if hour not in sources)
     assert after[open_hour] == before[open_hour], "the open hour is left alone"
     partitions = connect(catalog).sql(
-        "SELECT partition, file_count, compacted_version, files[1] FROM _partitions WHERE table_name = 'station_status' "
-        "ORDER BY ALL").fetchall()
-    assert [(p, n, v) for p, n, v, _ in partitions if p in sources] == [(p, 1, 1) for p in sorted(sources)]
-    assert all(f.endswith(f"{p}/_compacted/v1/compacted.parquet") for p, _, _, f in partitions if p in sources)
-    assert [(n, v) for p, n, v, _ in partitions if p == open_hour] == [(len(before[open_hour]), None)]
+        "SELECT partition, file_count, files FROM _partitions WHERE table_name = 'station_status' ORDER BY ALL").fetchall()
+    assert [(p, n) for p, n, _ in partitions if p in sources] == [(p, 1) for p in sorted(sources)]
+    assert all(f == [lake.storage.uri(f"curated/station_status/{p}/_compacted/v1/compacted.parquet")]
+               for p, _, f in partitions if p in sources)
+    assert [(n, f) for p, n, f in partitions if p == open_hour] == [(len(before[open_hour]), None)]
 
     # Idempotent: a second run compacts nothing, changes no file and reads the same.
     views = view_sql(catalog)
@@ -162,8 +160,8 @@ def test_a_late_file_is_read_beside_the_compacted_one_and_folded_into_the_next_v
     assert fingerprints(catalog) == expected
     v2 = lake.storage.path(f"curated/station_status/{hour}/_compacted/v2/compacted.parquet")
     assert late.rsplit("/", 1)[1] in layout.compacted_sources(pq.read_metadata(v2).metadata)
-    assert connect(catalog).execute("SELECT compacted_version, file_count FROM _partitions WHERE partition = ? AND "
-                                    "table_name = 'station_status'", [hour]).fetchone() == (2, 1)
+    assert connect(catalog).execute("SELECT files FROM _partitions WHERE partition = ? AND table_name = 'station_status'",
+                                    [hour]).fetchone() == ([lake.storage.uri(v2.removeprefix(lake.storage.path() + "/"))],)
     compaction.compact(lake, catalog, settle_s=settle, grace_s=0)  # v1, the minute files and the late one go
     assert folder_files(lake)[hour] == ["_compacted/v2/compacted.parquet"]
     assert fingerprints(catalog) == expected

@@ -84,8 +84,12 @@ def pipeline_lake(folder: Path, systems: tuple[str, ...] = ("citibike", "synth-0
 
 def minute_runs(folder: Path, runs: int, every_s: float, *, hours_ago: int) -> tuple[PipelineLake, float]:
     """``runs`` minute runs ``every_s`` apart, the first one minute plus ``every_s`` into the hour that began
-    ``hours_ago`` hours ago (H0); returns the pipeline (its feed stopped) and H0 as a POSIX time."""
+    ``hours_ago`` hours ago (H0), or earlier so that they all fall in one UTC day (compaction treats a
+    closed day differently from closed hours); returns the pipeline (its feed stopped) and H0 as a POSIX time."""
     first_hour = (time.time() - hours_ago * 3600) // 3600 * 3600
+    hours = -(-(60 + runs * every_s) // 3600)
+    if (first_hour + hours * 3600 - 1) // 86400 != first_hour // 86400:  # would cross midnight
+        first_hour = (first_hour + hours * 3600) // 86400 * 86400 - hours * 3600
     pipeline = pipeline_lake(folder, start=first_hour + 60)
     try:
         for _ in range(runs):
@@ -93,3 +97,14 @@ def minute_runs(folder: Path, runs: int, every_s: float, *, hours_ago: int) -> t
     finally:
         pipeline.close()
     return pipeline, first_hour
+
+
+FINGERPRINT = ("SELECT system, date::VARCHAR AS date, hour, count(*) AS rows, sum(hash(t)::HUGEINT)::VARCHAR AS rows_hash "
+               "FROM {table} t GROUP BY ALL ORDER BY ALL")
+"""Per hour partition of a table: its rows and a hash of all their values."""
+
+
+def fingerprints(con, tables: tuple[str, ...] = ("station_status", "quarantine")) -> dict[str, list[tuple]]:  # noqa: ANN001
+    """:data:`FINGERPRINT` of each table through a catalog connection (``citibikes.catalog.connect``)."""
+    return {table: con.sql(FINGERPRINT.format(table=table)).fetchall() for table in tables}
+

@@ -64,20 +64,27 @@ def _table(*partitions: tuple[str, tuple[str, ...] | None]) -> Table:
     return table
 
 
-def test_a_view_reads_a_glob_per_day_until_an_hour_of_it_is_compacted() -> None:
+def test_a_view_reads_a_glob_per_day_until_an_hour_of_it_is_compacted_and_compacted_days_beside() -> None:
+    day = "/lake/curated/station_status/system=a/date=2024-03-15/_compacted/v2/compacted.parquet"
     table = _table(("system=a/date=2024-03-13/hour=9", None), ("system=a/date=2024-03-13/hour=10", None),
                    ("system=b/date=2024-03-13/hour=9", None),
                    ("system=a/date=2024-03-14/hour=0", ("/lake/curated/station_status/system=a/date=2024-03-14/hour=0/1-2.parquet",)),
-                   ("system=a/date=2024-03-14/hour=1", None))
-    assert read_list(table) == [
+                   ("system=a/date=2024-03-14/hour=1", None),
+                   ("system=a/date=2024-03-15/hour=0", (day,)),
+                   ("system=a/date=2024-03-15/hour=1", (day, "/lake/curated/station_status/system=a/date=2024-03-15/hour=1/7.parquet")))
+    assert read_list(table) == ([
         "/lake/curated/station_status/system=a/date=2024-03-13/hour=*/*.parquet",
         "/lake/curated/station_status/system=b/date=2024-03-13/hour=*/*.parquet",
         "/lake/curated/station_status/system=a/date=2024-03-14/hour=0/1-2.parquet",
         "/lake/curated/station_status/system=a/date=2024-03-14/hour=1/*.parquet",
-    ]
+        "/lake/curated/station_status/system=a/date=2024-03-15/hour=1/7.parquet",
+    ], [day])
+    assert view_sql(table).endswith(
+        " UNION ALL BY NAME SELECT * EXCLUDE (date, hour, system), date, hour, system FROM read_parquet("
+        f"['{day}'], hive_partitioning = true, hive_types = {{'system': VARCHAR, 'date': DATE}})")
     runs = Table("pipeline_runs", "pipeline_runs", "s3://b/l/pipeline_runs", ("date",), "f")
     runs.partitions["date=2024-03-13"] = Partition("pipeline_runs", "date=2024-03-13", "s3://b/l/pipeline_runs/date=2024-03-13")
-    assert read_list(runs) == ["s3://b/l/pipeline_runs/date=2024-03-13/*.parquet"]
+    assert read_list(runs) == (["s3://b/l/pipeline_runs/date=2024-03-13/*.parquet"], [])
     assert view_sql(runs) == ('CREATE VIEW "pipeline_runs" AS SELECT * FROM read_parquet('
                               "['s3://b/l/pipeline_runs/date=2024-03-13/*.parquet'], hive_partitioning = true, "
                               "hive_types = {'date': DATE})")

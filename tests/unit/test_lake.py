@@ -1038,3 +1038,21 @@ def test_empty_tables_read_as_empty_with_the_schema(lake: Lake) -> None:
         assert table.num_rows == 0 and "date" in table.column_names
         assert table.select(schema.names).schema.equals(schema)
     assert lake.read_runs() == []
+
+
+def test_live_keys_leave_out_what_each_folders_newest_compacted_file_holds_and_older_versions() -> None:
+    day = "curated/station_status/system=a/date=2024-03-13"
+    hour = f"{day}/hour=9"
+    sources = {
+        f"{hour}/_compacted/v1/compacted.parquet": ["1.parquet", "2.parquet"],
+        f"{hour}/_compacted/v2/compacted.parquet": ["1.parquet", "2.parquet", "3.parquet"],
+        f"{day}/_compacted/v1/compacted.parquet": ["hour=9/_compacted/v2/compacted.parquet", "hour=9/4.parquet",
+                                                   "hour=10/5.parquet"],
+    }
+    keys = [f"{hour}/{n}.parquet" for n in range(1, 7)] + [f"{day}/hour=10/5.parquet", *sources]
+    live = layout.live_keys(keys, sources.__getitem__)
+    # The day's file holds hour 9's newest version (which holds 1-3), 4 and hour 10's file; 5 and 6 came later.
+    assert live == [f"{hour}/5.parquet", f"{hour}/6.parquet", f"{day}/_compacted/v1/compacted.parquet"]
+    assert layout.is_day_file(f"{day}/_compacted/v1/compacted.parquet")
+    assert not layout.is_day_file(f"{hour}/_compacted/v1/compacted.parquet") and not layout.is_day_file(f"{hour}/5.parquet")
+    assert layout.live_keys(keys[:3], sources.__getitem__) == keys[:3]

@@ -12,13 +12,16 @@ any other key text.
 By the lake's convention a name starting with ``.`` or ``_`` is not data: such folders are
 skipped, and so are such files unless they end in ``.parquet`` (in-flight temporary files, markers;
 a ``.parquet`` file in a partition folder is read by the views whatever its name, so it is data).
-One such folder is read: a partition's compacted versions, ``<partition>/_compacted/v<N>/compacted.parquet``
+One such folder is read: the compacted versions of an hour, ``<hour folder>/_compacted/v<N>/compacted.parquet``,
+or of a day, ``<date folder>/_compacted/v<N>/compacted.parquet`` with ``hour`` as a column
 (:mod:`citibikes.compaction`), each one file, written whole or not at all, whose key-value metadata
-``citibikes.compaction`` names the partition folder's files it holds (its *sources*). A partition
-with compacted versions reads the newest one and every file of its folder that is not among that
-version's sources (a late file: a backfill or a retried minute run after the compaction), listed
-explicitly; a partition without reads its folder's glob. So the lake alone says what each
-partition holds, and a catalog built anew from it reads the same rows.
+``citibikes.compaction`` names the files below its folder it holds (its *sources*; a day's also its rows
+per hour). A table reads every file but those the newest compacted file of a folder holds and that
+folder's older versions (:func:`citibikes.lake.layout.live_keys`): an hour partition reads its day's
+file (if the day is compacted and has rows in that hour), its own newest compacted file and the files
+of its folder none holds (a late file: a backfill or a retried minute run after the compaction),
+listed explicitly; a partition none of whose files is held or compacted reads its folder's glob. So the
+lake alone says what each partition holds, and a catalog built anew from it reads the same rows.
 Everything else that is not a ``.parquet`` file in a well-formed partition folder is a *foreign*
 file; a ``.parquet`` file whose footer cannot be read, or whose schema does not fit its table (a
 column the table requires is missing, or a column has another type), is *incompatible*. Either
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -85,14 +89,19 @@ class FileRecord:
     version: int | None = None
     """Of a compacted file (``_compacted/v<N>/``); None for a file of the partition's folder."""
     sources: tuple[str, ...] | None = None
-    """Of a compacted file: the names of the partition folder's files it holds."""
+    """Of a compacted file: the paths below its folder of the files it holds."""
+    hour_rows: tuple[int, ...] | None = None
+    """Of a compacted day (``partition`` is then the day: ``system=x/date=d``): its rows per hour 0-23."""
+    switched_at: datetime | None = None
+    """Of a compacted file: when the catalog first read it. What it holds may be deleted once no reader
+    can hold an older catalog (:func:`citibikes.compaction.delete_replaced`)."""
 
 
 @dataclass
 class Partition:
     """One Hive partition of a table. ``files`` is None while every ``*.parquet`` of ``location`` is
-    read (new files show up at once); a compacted partition reads only its explicit ``files`` (its
-    newest compacted version, then any late file)."""
+    read (new files show up at once); a partition with compacted or held files reads only its
+    explicit ``files`` (its day's compacted file, its own newest compacted file, any late file)."""
 
     table: str
     path: str
@@ -100,13 +109,10 @@ class Partition:
     location: str
     """The folder's URI."""
     files: tuple[str, ...] | None = None
-    compacted_version: int | None = None
     file_count: int = 0
     rows: int = 0
     bytes: int = 0
-    switched_at: datetime | None = None
-    """When this catalog first read ``compacted_version``: the files it replaced may be deleted once
-    no reader can hold an older catalog (:func:`citibikes.compaction.delete_replaced`)."""
+    """Of a compacted day's file, the share of its rows in this hour."""
 
     @property
     def values(self) -> dict[str, str]:
@@ -128,7 +134,9 @@ class Table:
 
     @property
     def file_count(self) -> int:
-        return sum(p.file_count for p in self.partitions.values())
+        """Files read (a compacted day's once)."""
+        listed = {file for p in self.partitions.values() for file in p.files or ()}
+        return len(listed) + sum(p.file_count for p in self.partitions.values() if p.files is None)
 
     @property
     def rows(self) -> int:
@@ -151,6 +159,29 @@ class CatalogState:
     """Counts the catalogs written: each crawl writes the next."""
     footers_read: int = 0
     """Footers the crawl that made this state read (the others were known)."""
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+def literal(text: str) -> str:
+    """``text`` as an SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def scan_sql(partition_keys: tuple[str, ...], files: list[str], days: list[str], union_by_name: bool) -> str:
+    """A SELECT of a table's rows: ``files`` with every partition key from the path, ``days`` (compacted days'
+    files) with ``hour`` from the file; the partition columns last, by name, as DuckDB's hive partitioning
+    gives them. One of the two lists may be empty."""
+    def read(paths: list[str], keys: tuple[str, ...]) -> str:
+        types = ", ".join(f"{literal(k)}: {PARTITION_TYPES.get(k, 'VARCHAR')}" for k in keys)
+        options = f"hive_partitioning = true, hive_types = {{{types}}}" + (", union_by_name = true" if union_by_name else "")
+        return f"read_parquet([{', '.join(map(literal, paths))}], {options})"
+
+    keys = ", ".join(sorted(partition_keys))
+    selects = [f"SELECT * FROM {read(files, partition_keys)}"] if files else []
+    if days:
+        selects.append(f"SELECT * EXCLUDE ({keys}), {keys} FROM {read(days, partition_keys[:-1])}")
+    return " UNION ALL BY NAME ".join(selects)
 
 
 # -- schemas -----------------------------------------------------------------------------------
@@ -277,7 +308,8 @@ def _list_table(lake: Lake, root: TableRoot) -> _Listing:
         listing.keys = max(dict.fromkeys(sequences), key=sequences.count)
     for (key, folders, size, mtime, version), keys in zip(candidates, sequences):
         problem = next(filter(None, (_value_problem(*folder.split("=", 1)) for folder in folders)), None)
-        if keys != listing.keys:
+        day = version is not None and listing.keys[-1:] == (layout.DAY_COLUMN,) and keys == listing.keys[:-1]
+        if keys != listing.keys and not day:
             listing.foreign.append((key, f"not in a {'/'.join(f'{k}=' for k in listing.keys)} folder"))
         elif problem:
             listing.foreign.append((key, problem))
@@ -287,23 +319,31 @@ def _list_table(lake: Lake, root: TableRoot) -> _Listing:
     return listing
 
 
-def _footer(lake: Lake, key: str, compacted: bool) -> tuple[pa.Schema, int, tuple[str, ...] | None] | str | None:
-    """A file's schema, rows and (of a compacted file) sources; a text saying why it is no Parquet
-    file, or no compacted file; None if it is gone."""
+def _footer(lake: Lake, key: str) -> tuple[pa.Schema, int, tuple[str, ...] | None, tuple[int, ...] | None] | str | None:
+    """A file's schema (a compacted day's without its ``hour`` column), rows and, of a compacted file, sources
+    and (a day's) rows per hour; a text saying why it is no Parquet file, or no compacted file; None if it is gone."""
     try:
         with lake.filesystem.open_input_file(lake.storage.path(key)) as source:
             metadata = pq.ParquetFile(source).metadata
-        sources = layout.compacted_sources(metadata.metadata) if compacted else None
-        if compacted and sources is None:
-            return (f"it has no {layout.COMPACTION_METADATA} metadata naming its sources; delete it (the next compaction "
-                    "writes the partition again)")
-        return metadata.schema.to_arrow_schema(), metadata.num_rows, sources
     except FileNotFoundError:
         return None  # removed since it was listed (a compaction's clean-up): not part of the table any more
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
         return f"it is not a readable Parquet file ({first_line(exc)})"
     except OSError as exc:
         raise lake.storage.error(exc, f"cannot read {lake.storage.uri(key)}") from None
+    schema, sources, hour_rows = metadata.schema.to_arrow_schema(), None, None
+    if layout.compacted_version(key) is not None:
+        sources = layout.compacted_sources(metadata.metadata)
+        if sources is None:
+            return (f"it has no {layout.COMPACTION_METADATA} metadata naming its sources; delete it (the next compaction "
+                    "writes the partition again)")
+    if layout.is_day_file(key):
+        hour_rows, index = layout.compacted_hour_rows(metadata.metadata), schema.get_field_index(layout.DAY_COLUMN)
+        if hour_rows is None or index < 0 or schema.field(index).type != pa.int32():
+            return (f"a compacted day needs an int32 column {layout.DAY_COLUMN} and its rows per hour in its "
+                    f"{layout.COMPACTION_METADATA} metadata; delete it (the next compaction writes the day again)")
+        schema = schema.remove(index)
+    return schema, metadata.num_rows, sources, hour_rows
 
 
 # -- the crawl ---------------------------------------------------------------------------------
@@ -316,11 +356,12 @@ def crawl(lake: Lake, previous: CatalogState | None = None) -> CatalogState:
     listings = {root.name: (root, _list_table(lake, root)) for root in table_roots(lake)}
     foreign = [item for _, listing in listings.values() for item in listing.foreign]
 
-    unknown = [(name, key, version is not None) for name, (_, listing) in listings.items()
-               for key, _, size, mtime, version in listing.data if not _known(previous.files.get(key), size, mtime)]
+    unknown = [key for _, listing in listings.values()
+               for key, _, size, mtime, _ in listing.data if not _known(previous.files.get(key), size, mtime)]
     with ThreadPoolExecutor(FOOTER_THREADS) as pool:
-        footers = dict(zip(unknown, pool.map(lambda item: _footer(lake, item[1], item[2]), unknown)))
+        footers = dict(zip(unknown, pool.map(lambda key: _footer(lake, key), unknown)))
     state.footers_read = len(unknown)
+    now = datetime.now(UTC)
 
     misfits: list[tuple[str, str]] = []
     for name, (root, listing) in listings.items():
@@ -330,15 +371,16 @@ def crawl(lake: Lake, previous: CatalogState | None = None) -> CatalogState:
             if _known(known, size, mtime):
                 records.append(known)
                 continue
-            footer = footers[(name, key, version is not None)]
+            footer = footers[key]
             if footer is None:
                 continue
             if isinstance(footer, str):
                 misfits.append((key, footer))
                 continue
-            schema, rows, sources = footer
+            schema, rows, sources, hour_rows = footer
             state.schemas.setdefault(fingerprint(schema), schema)
-            records.append(FileRecord(name, key, partition, size, mtime, fingerprint(schema), rows, version, sources))
+            records.append(FileRecord(name, key, partition, size, mtime, fingerprint(schema), rows, version, sources,
+                                      hour_rows, now if version is not None else None))
         if not records and name not in TABLE_SCHEMAS:
             continue
         reference = _reference(name, previous, state, records)
@@ -348,7 +390,7 @@ def crawl(lake: Lake, previous: CatalogState | None = None) -> CatalogState:
             if problem:
                 misfits.extend((r.key, problem) for r in records if r.fingerprint == fp)
         table.union_by_name = len({record.fingerprint for record in records}) > 1
-        _partition(lake, table, records, previous.tables.get(name))
+        _partition(lake, table, records)
         state.tables[name] = table
         state.files.update((record.key, record) for record in records)
 
@@ -376,28 +418,32 @@ def _reference(name: str, previous: CatalogState, state: CatalogState, records: 
     return max(dict.fromkeys(fingerprints), key=fingerprints.count)
 
 
-def read_set(records: Iterable[FileRecord]) -> tuple[int | None, list[FileRecord]]:
-    """What one partition of files ``records`` reads (:func:`citibikes.lake.layout.partition_reads`)."""
+def partition_reads(records: Iterable[FileRecord]) -> dict[str, list[FileRecord]]:
+    """Per partition of one table's files ``records``, the files it reads (see the module doc): a compacted
+    day's file first, in each hour it has rows in, then the partition's own."""
     by_key = {record.key: record for record in records}
-    version, keys = layout.partition_reads(by_key, lambda key: by_key[key].sources or ())
-    return version, [by_key[key] for key in keys]
+    live = [by_key[key] for key in layout.live_keys(by_key, lambda key: by_key[key].sources or ())]
+    found: dict[str, list[FileRecord]] = {}
+    for record in sorted(live, key=lambda r: r.hour_rows is None):
+        for hour, rows in enumerate(record.hour_rows or ()):
+            if rows:
+                found.setdefault(f"{record.partition}/{layout.DAY_COLUMN}={hour}", []).append(record)
+        if record.hour_rows is None:
+            found.setdefault(record.partition, []).append(record)
+    return found
 
 
-def _partition(lake: Lake, table: Table, records: list[FileRecord], before: Table | None) -> None:
-    """Group ``records`` into ``table``'s partitions (see the module doc); a compacted partition keeps
-    the time the catalog first read its version."""
-    groups: dict[str, list[FileRecord]] = {}
-    for record in records:
-        groups.setdefault(record.partition, []).append(record)
-    now = datetime.now(UTC)
-    for path in sorted(groups, key=partition_sort_key):
-        version, reads = read_set(groups[path])
-        partition = Partition(table.name, path, lake.storage.uri(f"{table.prefix}/{path}"), compacted_version=version,
-                              file_count=len(reads), rows=sum(r.rows for r in reads), bytes=sum(r.size for r in reads))
-        if version is not None:
-            old = before.partitions.get(path) if before else None
-            partition.files = tuple(lake.storage.uri(r.key) for r in reads)
-            partition.switched_at = old.switched_at if old and old.compacted_version == version else now
+def _partition(lake: Lake, table: Table, records: list[FileRecord]) -> None:
+    """Group ``records`` into ``table``'s partitions (see the module doc)."""
+    in_folder = Counter(record.partition for record in records)
+    for path, files in sorted(partition_reads(records).items(), key=lambda item: partition_sort_key(item[0])):
+        partition = Partition(table.name, path, lake.storage.uri(f"{table.prefix}/{path}"), file_count=len(files))
+        for record in files:
+            rows = record.hour_rows[int(path.rsplit("=", 1)[1])] if record.hour_rows else record.rows
+            partition.rows += rows
+            partition.bytes += record.size * rows // record.rows if record.hour_rows else record.size
+        if any(r.version is not None for r in files) or len(files) != in_folder[path]:
+            partition.files = tuple(lake.storage.uri(r.key) for r in files)
         table.partitions[path] = partition
 
 

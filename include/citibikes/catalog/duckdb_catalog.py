@@ -7,10 +7,12 @@ like the Glue tables (``station_status``, ``station_information``, ``quarantine`
     duckdb.connect(".state/catalog/citibikes.duckdb", read_only=True).sql("select count(*) from station_status")
 
 Each view reads its partitions' files with ``read_parquet(..., hive_partitioning = true,
-hive_types = {'system': VARCHAR, 'date': DATE, 'hour': INTEGER})``; the list it reads is made from
-the ``_partitions`` table: while no hour of a system's day is compacted, one glob for the day
-(``system=x/date=d/hour=*/*.parquet``), else one entry per hour (its folder's glob, or its
-compacted file and late files, :mod:`citibikes.catalog.crawl`). A query expands the globs when it
+hive_types = {'system': VARCHAR, 'date': DATE, 'hour': INTEGER})``, and the files of compacted days
+(``hour`` a column of theirs) with a second ``read_parquet`` joined by ``UNION ALL BY NAME``
+(:func:`citibikes.catalog.crawl.scan_sql`); the list it reads is made from the ``_partitions`` table:
+while no file of a system's day is compacted or held by a compacted file, one glob for the day
+(``system=x/date=d/hour=*/*.parquet``), else per hour its folder's glob or its files (its day's
+compacted file, its own, late files: :mod:`citibikes.catalog.crawl`). A query expands the globs when it
 binds, so a new minute file (or a new hour of a day none of whose hours is compacted) shows up
 without a crawl; a new day or system, or a new hour of a day with compacted hours, shows up at the
 next crawl (the catalog DAG crawls whenever the ingest DAG lands files).
@@ -22,10 +24,10 @@ until the next crawl. A table the pipeline writes that has no file yet is an emp
 right columns; a new folder below ``curated/`` appears at the first crawl that finds files in it.
 
 Beside the views: ``_tables``, ``_partitions`` (``location`` is the folder; ``files`` NULL while
-the folder's files are read, else the files read: the ``compacted_version``'s file and late files;
-``switched_at``: when the catalog first read that version), ``_files`` (each data file's size,
-modification time, schema fingerprint, rows and, of a compacted file, version and sources: a crawl
-reads only new footers), ``_schemas`` and ``_crawl`` (when, which lake, which catalog version), and
+the folder's files are read, else the files read), ``_files`` (each data file's size, modification
+time, schema fingerprint, rows and, of a compacted file, version, sources, rows per hour (a day's) and
+``switched_at``, when the catalog first read it: a crawl reads only new footers), ``_schemas`` and
+``_crawl`` (when, which lake, which catalog version), and
 the view ``station_status_hourly`` with ``_rollups`` and ``_rollup_retired`` (:mod:`citibikes.catalog.rollup`:
 its rows live in Parquet day files beside the catalog, written only when a day's partitions change).
 Everything but ``switched_at`` comes from the lake, so the file is a cache: a catalog of an older
@@ -63,23 +65,24 @@ import pyarrow as pa
 
 from citibikes.catalog import rollup
 from citibikes.catalog.crawl import (
-    PARTITION_TYPES,
     CatalogState,
     FileRecord,
     Partition,
     Table,
     columns_text,
     crawl,
+    literal,
+    scan_sql,
 )
 from citibikes.catalog.errors import CatalogError
 from citibikes.config import Settings
 from citibikes.errors import first_line
-from citibikes.lake import Lake
+from citibikes.lake import Lake, layout
 from citibikes.lake.filesystem import fsync_folder
 
 log = logging.getLogger("citibikes.catalog")
 
-FORMAT = 4
+FORMAT = 5
 """Of the metadata tables; a catalog of an older format is built anew, one of a newer format refused."""
 LOCK_WAIT_S = 120.0
 """How long a writer waits for the one before it (a crawl of a big lake takes a while)."""
@@ -110,14 +113,14 @@ class S3Access:
 
         import_extension("httpfs", con=con)
         con.load_extension("httpfs")
-        options = [f"REGION {_literal(self.region)}"]
+        options = [f"REGION {literal(self.region)}"]
         if self.access_key:
-            options += [f"KEY_ID {_literal(self.access_key)}", f"SECRET {_literal(self.secret_key or '')}"]
+            options += [f"KEY_ID {literal(self.access_key)}", f"SECRET {literal(self.secret_key or '')}"]
         if self.session_token:
-            options.append(f"SESSION_TOKEN {_literal(self.session_token)}")
+            options.append(f"SESSION_TOKEN {literal(self.session_token)}")
         if self.endpoint_url:
             parts = urlsplit(self.endpoint_url)
-            options += [f"ENDPOINT {_literal(parts.netloc)}", "URL_STYLE 'path'", f"USE_SSL {parts.scheme == 'https'}"]
+            options += [f"ENDPOINT {literal(parts.netloc)}", "URL_STYLE 'path'", f"USE_SSL {parts.scheme == 'https'}"]
         con.execute(f"CREATE OR REPLACE SECRET citibikes_lake (TYPE s3, {', '.join(options)})")
 
 
@@ -270,11 +273,9 @@ def _fill(con: duckdb.DuckDBPyConnection, state: CatalogState) -> None:
             "hour": pa.array([int(v["hour"]) if "hour" in v else None for v in values], pa.int32()),
             "location": pa.array([p.location for p in partitions], pa.string()),
             "files": pa.array([list(p.files) if p.files is not None else None for p in partitions], pa.list_(pa.string())),
-            "compacted_version": pa.array([p.compacted_version for p in partitions], pa.int32()),
             "file_count": pa.array([p.file_count for p in partitions], pa.int64()),
             "rows": pa.array([p.rows for p in partitions], pa.int64()),
             "bytes": pa.array([p.bytes for p in partitions], pa.int64()),
-            "switched_at": pa.array([p.switched_at for p in partitions], pa.timestamp("us", "UTC")),
         }),
         "_files": pa.table({
             "table_name": pa.array([f.table for f in files], pa.string()), "key": pa.array([f.key for f in files], pa.string()),
@@ -284,6 +285,9 @@ def _fill(con: duckdb.DuckDBPyConnection, state: CatalogState) -> None:
             "rows": pa.array([f.rows for f in files], pa.int64()),
             "compacted_version": pa.array([f.version for f in files], pa.int32()),
             "sources": pa.array([list(f.sources) if f.sources is not None else None for f in files], pa.list_(pa.string())),
+            "hour_rows": pa.array([list(f.hour_rows) if f.hour_rows is not None else None for f in files],
+                                  pa.list_(pa.int64())),
+            "switched_at": pa.array([f.switched_at for f in files], pa.timestamp("us", "UTC")),
         }),
     }
     for name, arrow in metadata.items():
@@ -310,35 +314,32 @@ def _empty(table: Table, schema: pa.Schema) -> pa.Table:
     return pa.schema([*schema, *(pa.field(k, ARROW_PARTITION_TYPES.get(k, pa.string())) for k in keys)]).empty_table()
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def read_list(table: Table) -> list[str]:
-    """What a table's view reads: a glob per day while none of its hours is compacted, else per
-    hour the folder's glob or the compacted files (see the module doc)."""
+def read_list(table: Table) -> tuple[list[str], list[str]]:
+    """What a table's view reads (see the module doc): the files and globs read with every partition key
+    from the path (a glob per day while none of its files is compacted or held, else per hour the
+    folder's glob or its files), and the compacted days' files."""
     groups: dict[str, list[Partition]] = {}
     by_day = table.partition_keys[-1:] == ("hour",)
     for partition in table.partitions.values():
         parent = partition.path.rsplit("/", 1)[0] if by_day and "/" in partition.path else partition.path
         groups.setdefault(parent if by_day else partition.path, []).append(partition)
     entries: list[str] = []
+    days: dict[str, None] = {}
     for parent, members in groups.items():
         if by_day and all(p.files is None for p in members) and "/" in members[0].path:
             entries.append(f"{table.root}/{parent}/hour=*/*.parquet")
             continue
         for partition in members:
-            entries.extend(partition.files if partition.files is not None else [f"{partition.location}/*.parquet"])
-    return entries
+            for file in partition.files if partition.files is not None else [f"{partition.location}/*.parquet"]:
+                if layout.is_day_file(file):
+                    days[file] = None
+                else:
+                    entries.append(file)
+    return entries, list(days)
 
 
 def view_sql(table: Table) -> str:
-    types = ", ".join(f"{_literal(k)}: {PARTITION_TYPES.get(k, 'VARCHAR')}" for k in table.partition_keys)
-    options = f"hive_partitioning = true, hive_types = {{{types}}}"
-    if table.union_by_name:
-        options += ", union_by_name = true"
-    files = ", ".join(_literal(entry) for entry in read_list(table))
-    return f'CREATE VIEW "{table.name}" AS SELECT * FROM read_parquet([{files}], {options})'
+    return f'CREATE VIEW "{table.name}" AS {scan_sql(table.partition_keys, *read_list(table), table.union_by_name)}'
 
 
 # -- readers -----------------------------------------------------------------------------------
@@ -348,7 +349,7 @@ def _attach(path: Path, alias: str) -> duckdb.DuckDBPyConnection:
     this process has open), or a one-line CatalogError."""
     con = duckdb.connect()
     try:
-        con.execute(f"ATTACH {_literal(str(path))} AS {alias} (READ_ONLY)")
+        con.execute(f"ATTACH {literal(str(path))} AS {alias} (READ_ONLY)")
     except duckdb.Error as exc:
         con.close()
         text = first_line(exc)
@@ -398,19 +399,19 @@ def load_state(path: Path) -> CatalogState | None:
         for name, prefix, root, keys, fp, union in con.execute(
                 "SELECT table_name, prefix, root, partition_keys, schema_fingerprint, union_by_name FROM old._tables").fetchall():
             state.tables[name] = Table(name, prefix, root, tuple(keys), fp, union)
-        for row in con.execute("SELECT table_name, partition, location, files, compacted_version, file_count, rows, bytes, "
-                               "switched_at FROM old._partitions").fetchall():
-            name, partition, location, files, version_, count, rows, size, switched_at = row
+        for row in con.execute("SELECT table_name, partition, location, files, file_count, rows, bytes "
+                               "FROM old._partitions").fetchall():
+            name, partition, location, files, count, rows, size = row
             state.tables[name].partitions[partition] = Partition(
-                name, partition, location, tuple(files) if files is not None else None, version_, count, rows, size,
-                switched_at)
+                name, partition, location, tuple(files) if files is not None else None, count, rows, size)
         files = con.execute("SELECT table_name, key, partition, size, mtime_ns, fingerprint, rows, compacted_version, "
-                            "sources FROM old._files").arrow().read_all()
+                            "sources, hour_rows, switched_at FROM old._files").arrow().read_all()
         for record in files.to_pylist():
             state.files[record["key"]] = FileRecord(
                 record["table_name"], record["key"], record["partition"], record["size"], record["mtime_ns"],
                 record["fingerprint"], record["rows"], record["compacted_version"],
-                tuple(record["sources"]) if record["sources"] is not None else None)
+                tuple(record["sources"]) if record["sources"] is not None else None,
+                tuple(record["hour_rows"]) if record["hour_rows"] is not None else None, record["switched_at"])
         return state
     finally:
         con.close()
@@ -432,10 +433,11 @@ def describe(path: Path | str, *, partitions: bool = False) -> list[str]:
                          f"  partitioned by {', '.join(keys) or '-'}")
             if partitions:
                 lines.extend(
-                    f"    {partition}  {n:,} files  {r:,} rows" + (f"  compacted v{v}" if v is not None else "")
-                    for partition, n, r, v in con.execute(
-                        "SELECT partition, file_count, rows, compacted_version FROM _partitions WHERE table_name = ? "
-                        "ORDER BY system NULLS FIRST, date, hour, partition", [name]).fetchall())
+                    f"    {partition}  {n:,} files  {r:,} rows" + ("  compacted" if compacted else "")
+                    for partition, n, r, compacted in con.execute(
+                        "SELECT partition, file_count, rows, list_bool_or(list_transform(files, f -> f LIKE '%/_compacted/%')) "
+                        "FROM _partitions WHERE table_name = ? ORDER BY system NULLS FIRST, date, hour, partition",
+                        [name]).fetchall())
         if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = '_rollup_retired'").fetchone()[0]:  # format 4 on
             (count, hours, days, aggregated), = con.execute(
                 f"SELECT (SELECT count(*) FROM {rollup.TABLE}), count(*), count(DISTINCT file), count_if(aggregated_in = ?) "

@@ -17,7 +17,8 @@ so its name says exactly what it holds. ``_rollups`` lists each partition's dige
 ``aggregated_in``, the catalog version that aggregated it (NULL: found in a day file already on disk).
 A crawl keeps every day whose file exists under its digest name; for another day it writes a new
 file from the previous day file's rows of unchanged partitions and fresh aggregates of the others
-(the current hour, a compacted hour, a late file), read from the files the crawl registered. So a
+(the current hour, a compacted hour or day, a late file), read from the files the crawl registered (a
+compacted day's file for the hours aggregated). So a
 minute's crawl writes one file, today's. A catalog built anew reuses the day files whose names match
 and aggregates the rest. A partition that cannot be read fails the crawl with a :class:`CatalogError`
 (retryable) and leaves the previous catalog in place.
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -42,9 +44,10 @@ import duckdb
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from citibikes.catalog.crawl import PARTITION_TYPES, CatalogState, FileRecord, read_set
+from citibikes.catalog.crawl import CatalogState, FileRecord, literal, partition_reads, scan_sql
 from citibikes.catalog.errors import CatalogError
 from citibikes.errors import first_line
+from citibikes.lake import layout
 from citibikes.lake.errors import LakeError
 from citibikes.lake.filesystem import Storage, parse_lake_uri
 from citibikes.lake.tables import parquet_bytes
@@ -96,15 +99,9 @@ def folder(catalog: Path) -> Path:
 
 def digests(state: CatalogState) -> dict[str, tuple[str, list[FileRecord]]]:
     """Per station_status partition: the digest of the files it reads, and those files."""
-    groups: dict[str, list[FileRecord]] = {}
-    for record in state.files.values():
-        if record.table == SOURCE:
-            groups.setdefault(record.partition, []).append(record)
-    found = {}
-    for path, records in groups.items():
-        reads = read_set(records)[1]
-        found[path] = (_digest([SELECT, *sorted(f"{r.key} {r.size} {r.mtime_ns}" for r in reads)]), reads)
-    return found
+    reads = partition_reads(record for record in state.files.values() if record.table == SOURCE)
+    return {path: (_digest([SELECT, *sorted(f"{r.key} {r.size} {r.mtime_ns}" for r in files)]), files)
+            for path, files in reads.items()}
 
 
 def _digest(lines: list[str]) -> str:
@@ -133,9 +130,9 @@ def build(con: duckdb.DuckDBPyConnection, state: CatalogState, catalog: Path, gr
                                                fresh, current)
             result.files_written, result.aggregated = result.files_written + 1, result.aggregated + len(fresh)
         for partition in partitions:
-            reads = current[partition][1]
+            read = state.tables[SOURCE].partitions[partition]
             rows.append((partition, system, date.fromisoformat(day), _hour(partition),
-                         current[partition][0], len(reads), sum(r.rows for r in reads), name,
+                         current[partition][0], read.file_count, read.rows, name,
                          state.version if partition in fresh else listed[partition][2] if partition in kept else None))
     _create(con, root, rows)
     result.expired = _retire(con, root, {row[7] for row in rows}, retired, grace_s)
@@ -169,7 +166,7 @@ def _create(con: duckdb.DuckDBPyConnection, root: Path, rows: list[tuple]) -> No
     con.unregister("_arrow")
     files = sorted({row[7] for row in rows})
     if files:
-        listing = ", ".join("'" + str(root / name).replace("'", "''") + "'" for name in files)
+        listing = ", ".join(literal(str(root / name)) for name in files)
         con.execute(f"CREATE VIEW {TABLE} AS SELECT * FROM read_parquet([{listing}], hive_partitioning = false)")
     else:
         con.execute(f"CREATE TABLE {TABLE} ({', '.join(f'{name} {kind}' for name, kind in COLUMNS.items())})")
@@ -189,12 +186,16 @@ def _write_day(con: duckdb.DuckDBPyConnection, state: CatalogState, path: Path, 
                                "aggregates its day anew)") from None
     if fresh:
         table = state.tables[SOURCE]
-        files = [f"{state.lake}/{r.key}" for p in fresh for r in current[p][1]]
-        types = ", ".join(f"'{k}': {PARTITION_TYPES[k]}" for k in table.partition_keys)
-        options = f"hive_partitioning = true, hive_types = {{{types}}}" + (", union_by_name = true" if table.union_by_name else "")
-        aggregate = f"{SELECT} FROM read_parquet(?, {options}) GROUP BY ALL"
+        files = list(dict.fromkeys(f"{state.lake}/{r.key}" for p in fresh for r in current[p][1]))
+        hours = sorted(_hour(p) for p in fresh)  # a compacted day's file holds the day's other hours too
+
+        def aggregate(paths: list[str]) -> str:
+            days = [path for path in paths if layout.is_day_file(path)]
+            scan = scan_sql(table.partition_keys, [path for path in paths if path not in days], days, table.union_by_name)
+            return f"{SELECT} FROM ({scan}) WHERE hour IN ({', '.join(map(str, hours))}) GROUP BY ALL"
+
         try:
-            parts.append(con.execute(aggregate, [files]).arrow().read_all())
+            parts.append(con.execute(aggregate(files)).arrow().read_all())
         except duckdb.Error as exc:
             file, error = _first_unreadable(con, aggregate, files) or (f"{len(fresh)} partition(s) from {fresh[0]}", exc)
             raise CatalogError(f"cannot aggregate {file} of {SOURCE} into {TABLE}: {first_line(error)}; a retry reads "
@@ -210,11 +211,12 @@ def _write_day(con: duckdb.DuckDBPyConnection, state: CatalogState, path: Path, 
     return len(data)
 
 
-def _first_unreadable(con: duckdb.DuckDBPyConnection, aggregate: str, files: list[str]) -> tuple[str, Exception] | None:
+def _first_unreadable(con: duckdb.DuckDBPyConnection, aggregate: Callable[[list[str]], str],
+                      files: list[str]) -> tuple[str, Exception] | None:
     """The first of ``files`` the aggregate cannot read, and why (DuckDB's errors do not always name the file)."""
     for file in files[:FIND_LIMIT]:
         try:
-            con.execute(aggregate, [[file]]).fetchall()
+            con.execute(aggregate([file])).fetchall()
         except duckdb.Error as exc:
             return file, exc
     return None
@@ -227,7 +229,7 @@ def _previous(con: duckdb.DuckDBPyConnection, state: CatalogState,
     if not previous.exists():
         return {}, {}
     try:
-        con.execute("ATTACH '" + str(previous).replace("'", "''") + "' AS previous (READ_ONLY)")
+        con.execute(f"ATTACH {literal(str(previous))} AS previous (READ_ONLY)")
         try:
             if con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = 'previous' AND "
                            "table_name IN ('_rollups', '_rollup_retired')").fetchone()[0] < 2:

@@ -27,12 +27,14 @@ Names starting with ``.`` or ``_`` are never data: temporary files, the state st
 query results (the output location of the workgroup ``citibikes aws setup`` creates) use them, and
 readers (pyarrow datasets, the ``*.parquet`` glob) skip them.
 
-Compaction (:mod:`citibikes.compaction`) writes an hour partition's rows, sorted, as one file below
-the hour's folder, where no folder glob reads it: ``<hour folder>/_compacted/v<N>/compacted.parquet``
-(:func:`compacted_key`), whose key-value metadata ``citibikes.compaction`` names the folder's files it
-holds, its *sources*. What a partition holds is then its newest compacted file and the folder's
-files not among its sources (:func:`partition_reads`): the catalog and :meth:`citibikes.lake.Lake.files`
-read that.
+Compaction (:mod:`citibikes.compaction`) writes a partition folder's rows, sorted, as one file below
+it, where no folder glob reads it: ``<folder>/_compacted/v<N>/compacted.parquet`` (:func:`compacted_key`).
+The folder is an hour (``.../hour=13``), or a day (``.../date=2024-03-13``) whose file holds its hours'
+rows with ``hour`` as a column (:data:`DAY_COLUMN`). The file's key-value metadata ``citibikes.compaction``
+names the files below the folder it holds, its *sources* (a day's: ``hour=13/1710335271.parquet``,
+``hour=13/_compacted/v1/compacted.parquet``...). What a table holds is then every file except the sources
+of each folder's newest compacted file and that folder's older versions (:func:`live_keys`): the
+catalog and :meth:`citibikes.lake.Lake.files` read that.
 """
 
 from __future__ import annotations
@@ -56,7 +58,10 @@ COMPACTED_FOLDER = "_compacted"
 COMPACTED_NAME = "compacted.parquet"
 COMPACTED_PATTERN = re.compile(rf"/{COMPACTED_FOLDER}/v([0-9]+)/[^/._][^/]*\.parquet$")
 COMPACTION_METADATA = "citibikes.compaction"
-"""The key-value metadata of a compacted file: JSON ``{"version": N, "sources": [names]}``."""
+"""The key-value metadata of a compacted file: JSON ``{"version": N, "sources": [paths below its folder]}``,
+and of a day's, ``"hour_rows"``: its rows in each hour 0-23."""
+DAY_COLUMN = "hour"
+"""The partition key a compacted day's file holds as a column (INTEGER), the last of its table's keys."""
 
 
 @dataclass(frozen=True)
@@ -146,26 +151,51 @@ def compacted_version(key: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def compacted_folder(key: str) -> str | None:
+    """The folder a compacted file compacts (the key before ``/_compacted/v<N>/``), else None."""
+    return key.split(f"/{COMPACTED_FOLDER}/", 1)[0] if compacted_version(key) is not None else None
+
+
+def is_day_file(key: str) -> bool:
+    """Whether ``key`` is a compacted day's file (its folder ends in ``date=<YYYY-MM-DD>``)."""
+    folder = compacted_folder(key)
+    return folder is not None and folder.rsplit("/", 1)[-1].startswith("date=")
+
+
+def _compaction(metadata: dict[bytes, bytes] | None) -> dict:
+    try:
+        found = json.loads((metadata or {})[COMPACTION_METADATA.encode()])
+    except (KeyError, TypeError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
 def compacted_sources(metadata: dict[bytes, bytes] | None) -> tuple[str, ...] | None:
     """The sources a compacted file's Parquet key-value metadata names (None: it names none)."""
-    try:
-        sources = json.loads((metadata or {})[COMPACTION_METADATA.encode()])["sources"]
-    except (KeyError, TypeError, ValueError):
-        return None
+    sources = _compaction(metadata).get("sources")
     return tuple(sources) if isinstance(sources, list) and all(isinstance(n, str) for n in sources) else None
 
 
-def partition_reads(keys: Iterable[str], sources: Callable[[str], Iterable[str]]) -> tuple[int | None, list[str]]:
-    """What one partition holds, of ``keys`` (its folder's files and its compacted files): its newest
-    compacted version and that file followed by the folder's files not among its ``sources``, or
-    (none compacted) None and every key."""
+def compacted_hour_rows(metadata: dict[bytes, bytes] | None) -> tuple[int, ...] | None:
+    """A compacted day's rows in each hour 0-23, as its metadata says (None: it does not)."""
+    rows = _compaction(metadata).get("hour_rows")
+    ok = isinstance(rows, list) and len(rows) == 24 and all(isinstance(n, int) and n >= 0 for n in rows)
+    return tuple(rows) if ok else None
+
+
+def live_keys(keys: Iterable[str], sources: Callable[[str], Iterable[str]]) -> list[str]:
+    """The files whose rows a table holds, of ``keys`` (its data and compacted files, in order): every
+    key except the ``sources`` of the newest compacted file of each folder and that folder's older
+    compacted versions. A day's file holds its hours' files, their compacted ones included."""
     keys = list(keys)
-    versions = [(version, key) for key in keys if (version := compacted_version(key)) is not None]
-    if not versions:
-        return None, keys
-    version, newest = max(versions)
-    held = set(sources(newest))
-    return version, [newest, *(k for k in keys if compacted_version(k) is None and k.rsplit("/", 1)[1] not in held)]
+    newest: dict[str, tuple[int, str]] = {}
+    for key in keys:
+        if (version := compacted_version(key)) is not None:
+            folder = compacted_folder(key)
+            newest[folder] = max(newest.get(folder, (-1, "")), (version, key))
+    held = {f"{folder}/{name}" for folder, (_, key) in newest.items() for name in sources(key)}
+    return [key for key in keys if key not in held and
+            (compacted_version(key) is None or newest[compacted_folder(key)][1] == key)]
 
 
 def raw_key(system_id: str, feed: str, last_updated: int, suffix: str = ".json.zst") -> str:

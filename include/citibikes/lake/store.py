@@ -34,6 +34,7 @@ from citibikes.lake.tables import (
     TABLE_SCHEMAS,
     RunRecord,
     checks_table,
+    day_schema,
     parquet_bytes,
     quarantine_table,
     rebalancing_table,
@@ -212,22 +213,17 @@ class Lake:
 
     def files(self, name: str, system: str | None = None) -> list[str]:
         """Keys of the Parquet files holding a table's rows (a table of :data:`~citibikes.lake.layout.TABLES`),
-        optionally of one system only: per partition, its newest compacted file and the files of its
-        folder that file does not hold (:func:`~citibikes.lake.layout.partition_reads`), else every file
-        of its folder."""
+        optionally of one system only: every file but those a newer compacted file holds
+        (:func:`~citibikes.lake.layout.live_keys`)."""
         table = layout.table_layout(name)
         prefix = table.prefix
         if system is not None and "system" in table.partition_keys:
             prefix = f"{prefix}/system={layout.check_system_id(system)}"
-        folders: dict[str, list[str]] = {}
-        for key in self.storage.list(prefix):
-            if key.endswith(".parquet"):
-                folder = key.split(f"/{layout.COMPACTED_FOLDER}/", 1)[0] if layout.compacted_version(key) else key.rsplit("/", 1)[0]
-                folders.setdefault(folder, []).append(key)
-        return [key for keys in folders.values() for key in layout.partition_reads(keys, self.compacted_sources)[1]]
+        keys = [key for key in self.storage.list(prefix) if key.endswith(".parquet")]
+        return layout.live_keys(keys, self.compacted_sources)
 
     def compacted_sources(self, key: str) -> tuple[str, ...]:
-        """The names of the partition folder's files the compacted file ``key`` holds (its metadata says)."""
+        """The paths below its folder of the files the compacted file ``key`` holds (its metadata says)."""
         try:
             with self.filesystem.open_input_file(self.storage.path(key)) as source:
                 metadata = pq.ParquetFile(source).metadata.metadata
@@ -256,12 +252,14 @@ class Lake:
         return result
 
     def read_file(self, key: str, table: str) -> pa.Table | None:
-        """One Parquet file of ``table`` (its columns, not the partition ones), or None when it does not exist."""
+        """One Parquet file of ``table`` (its columns, not the partition ones; a compacted day's file
+        with its ``hour`` column), or None when it does not exist."""
         data = self.storage.get(key)
         if data is None:
             return None
         try:
-            return pq.read_table(pa.BufferReader(data), schema=TABLE_SCHEMAS[table])
+            return pq.read_table(pa.BufferReader(data),
+                                 schema=day_schema(table) if layout.is_day_file(key) else TABLE_SCHEMAS[table])
         except (OSError, pa.ArrowInvalid) as exc:
             raise LakeError(f"cannot read {self.storage.uri(key)}: {str(exc).splitlines()[0]}; remove the file "
                             "or write it again") from None

@@ -38,14 +38,17 @@ from citibikes.gbfs.model import (
     required,
 )
 from citibikes.lake.errors import LakeError
-from citibikes.lake.layout import check_system_id
+from citibikes.lake.layout import DAY_COLUMN, check_system_id
 
 ROW_GROUP_ROWS = 256 * 1024
 """A snapshot (a few thousand stations) is one row group, and so is an hour of Citi Bike minutes
 (about 132,000 rows; at 128 Ki rows its last few hundred made a second group, 1% larger files)."""
 ZSTD_LEVEL = 1
-PLAIN_COLUMNS = frozenset({"station_id", "extras", "raw", "name", "short_name", "address", "run_id", "error"})
-"""Columns whose values are (nearly) all different within a file: a dictionary only adds a page."""
+PLAIN_COLUMNS = frozenset({"station_id", "extras", "raw", "name", "short_name", "address", "run_id", "error",
+                           "last_reported"})
+"""Columns whose values are (nearly) all different within a file, or repeat only in runs that zstd takes
+whole in a file sorted by station (``last_reported``: a compacted day is 1.66 bytes per observation
+without its dictionary, 2.30 with it; a minute's file 2% larger): a dictionary only adds a page."""
 SMALL_TABLE_ROWS = 16
 """Tables of at most this many rows are written uncompressed: a zstd frame per column costs more than it saves."""
 READABLE_EVERYWHERE: dict[str, Any] = {"data_page_version": "1.0", "use_byte_stream_split": False,
@@ -247,7 +250,14 @@ def _write_options(schema: pa.Schema) -> dict[str, Any]:
     }
 
 
-_OPTIONS = {schema: _write_options(schema) for schema in TABLE_SCHEMAS.values()}
+def day_schema(name: str) -> pa.Schema:
+    """The schema of a compacted day's file of table ``name``: the table's, then ``hour`` (the UTC hour
+    of ``last_updated``, the partition key it replaces: :data:`citibikes.lake.layout.DAY_COLUMN`)."""
+    return TABLE_SCHEMAS[name].append(pa.field(DAY_COLUMN, pa.int32(), nullable=False))
+
+
+_OPTIONS = {schema: _write_options(schema) for schema in
+            [*TABLE_SCHEMAS.values(), *(day_schema(name) for name in ("station_status", "station_information", "quarantine"))]}
 """The options of the lake's own tables, worked out once."""
 
 

@@ -118,10 +118,12 @@ def minute_files(lake: Lake, system_id: str) -> set[int]:
     """The ``last_updated`` of the station_status snapshots the live pipeline (the minute DAG,
     ``citibikes run``) landed in files of their own: a backfill leaves them alone, so that the rows
     of a snapshot are never in two files (a backfill's hour file and a minute's file). A compacted
-    file's metadata names the minute files it holds (deleted once compaction is done with them)."""
+    file's metadata names the minute files it holds, a day's below their hour folders (they are deleted once
+    compaction is done with them)."""
     keys = lake.files(STATION_STATUS, system_id)
     names = [key.rsplit("/", 1)[-1] for key in keys]
-    names += [name for key in keys if compacted_version(key) is not None for name in lake.compacted_sources(key)]
+    names += [name.rsplit("/", 1)[-1] for key in keys if compacted_version(key) is not None
+              for name in lake.compacted_sources(key)]
     return {int(stem) for stem in (name.removesuffix(".parquet") for name in names) if stem.isdigit()}
 
 
