@@ -9,8 +9,10 @@ Usage (from the repository root):
    (``status_file``: the snapshot's rows in the feed's order), and its catalog.
 2. Queries through the catalog, each in a fresh connection (medians of ``--repeat``): the whole
    table's count and bikes, and one station's history over the day.
-3. ``compact`` (every hour closed: settle 0; grace 1 h, so nothing is deleted yet), then the same
-   queries; then the deletion (grace 0) and the same queries again.
+3. ``compact`` as the hourly DAG runs it late on that day (``now`` one second before midnight, settle 0:
+   hours 0-22 closed, the day open; grace 1 h, so nothing is deleted), then the same queries.
+4. ``compact`` once the day is closed (settle 0, grace 0): the day's 23 hour files and hour 23's minute
+   files become one day file, and every replaced file is deleted; then the same queries.
 """
 
 from __future__ import annotations
@@ -91,17 +93,17 @@ def main(argv: list[str] | None = None) -> int:
         report["landing_s"] = round(time.perf_counter() - began, 1)
         refresh_catalog(lake, catalog)
         report["before"] = {**lake_files(root), **query_times(catalog, station, args.repeat)}
-        summary = compact(lake, catalog, settle_s=0, grace_s=3600)
-        report["compaction"] = summary.as_dict()
-        report["after_switch"] = {**lake_files(root), **query_times(catalog, station, args.repeat)}
-        began = time.perf_counter()
-        deleted = compact(lake, catalog, settle_s=0, grace_s=0)
-        report["deletion"] = {**deleted.as_dict(), "duration_s": round(time.perf_counter() - began, 3)}
-        report["after_deletion"] = {**lake_files(root), **query_times(catalog, station, args.repeat)}
-        rows = summary.tables["station_status"].rows
-        report["bytes_per_observation"] = {stage: round(report[stage]["bytes"] / rows, 2)
-                                           for stage in ("before", "after_deletion")}
-        assert report["before"]["answers"] == report["after_switch"]["answers"] == report["after_deletion"]["answers"]
+        hours = compact(lake, catalog, settle_s=0, grace_s=3600, now=START + 86_399)
+        report["hours"] = hours.as_dict()
+        report["after_hours"] = {**lake_files(root), **query_times(catalog, station, args.repeat)}
+        day = compact(lake, catalog, settle_s=0, grace_s=0)
+        report["day"] = day.as_dict()
+        report["after_day"] = {**lake_files(root), **query_times(catalog, station, args.repeat)}
+        report["bytes_per_observation"] = {
+            "minute_files": round(report["before"]["bytes"] / day.tables["station_status"].rows, 2),
+            "hour_files": round(hours.tables["station_status"].bytes_after / hours.tables["station_status"].rows, 2),
+            "day_file": round(report["after_day"]["bytes"] / day.tables["station_status"].rows, 2)}
+        assert report["before"]["answers"] == report["after_hours"]["answers"] == report["after_day"]["answers"]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps(report, indent=2))

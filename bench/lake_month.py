@@ -10,8 +10,10 @@ keeps them for the next run, which then only catalogs, compacts and queries).
    folder's station_status JSON bytes are counted (the raw feed), then it is deleted.
 2. **Crawl**: :func:`citibikes.catalog.refresh_catalog` into a new catalog (every footer read), then
    again with nothing new (what the ``citibikes_catalog`` DAG's task does).
-3. **Compaction**: :func:`citibikes.compaction.compact` with every hour closed and no grace (what
-   ``citibikes compact`` does), its summary, and station_status's files and bytes before and after.
+3. **Compaction**: :func:`citibikes.compaction.compact` with every day closed and no grace (what
+   ``citibikes compact`` does: each day's 24 hour files become one day file), its summary, and
+   station_status's files and bytes before and after; three questions of ``station_status`` (one
+   hour, one station's period, per station and hour of day) timed before and after, same answers.
 4. **Queries through the catalog**, each in a new read-only connection (:func:`citibikes.catalog.connect`),
    median of ``--repeat``: hourly availability per station over the whole period (per station and hour of
    day: mean bikes and docks available, share of observations empty and full), the same per station
@@ -73,6 +75,16 @@ QUERIES = {
 }
 """Each question twice: from the catalog's hourly rollup (``station_status_hourly``) and from
 ``station_status`` itself; the answers must agree."""
+SCANS = {
+    "one hour of one day": """SELECT count(*), sum(num_bikes_available) FROM station_status
+                              WHERE system = 'citibike' AND date = DATE '2026-01-15' AND hour = 17""",
+    "one station, the whole period": """SELECT date, avg(num_bikes_available), count(*) FROM station_status
+                                        WHERE station_id = (SELECT min(station_id) FROM station_status_hourly)
+                                        GROUP BY date ORDER BY date""",
+    "per station and hour of day": QUERIES["hourly availability per station and hour of day"][1],
+}
+"""Questions of ``station_status`` timed before and after compaction (hour files, then day files); the
+answers must agree."""
 
 
 def build(lake_root: Path, state: Path, days: int, work: Path) -> dict[str, Any]:
@@ -136,6 +148,26 @@ def timed_queries(catalog: Path, repeat: int) -> dict[str, Any]:
     return results
 
 
+def timed_scans(catalog: Path, repeat: int, label: str, answers: dict[str, list]) -> dict[str, Any]:
+    """:data:`SCANS`, each in a new read-only connection, ``repeat`` times; the answers must equal
+    ``answers`` (filled by the first call)."""
+    results = {}
+    for name, sql in SCANS.items():
+        times = []
+        for _ in range(repeat):
+            con = connect(catalog)
+            began = time.perf_counter()
+            rows = sorted(tuple(round(v, 6) if isinstance(v, float) else v for v in row) for row in con.execute(sql).fetchall())
+            times.append(time.perf_counter() - began)
+            con.close()
+        if answers.setdefault(name, rows) != rows:
+            raise AssertionError(f"{name}: {label} answers differently")
+        results[name] = {"median_s": round(statistics.median(times), 3), "min_s": round(min(times), 3),
+                         "max_s": round(max(times), 3)}
+        print(f"{name}, {label}: median {statistics.median(times):.3f} s", flush=True)
+    return results
+
+
 def dag_durations(base: Path, days: int, repeat: int) -> dict[str, Any]:
     """``dag.test()`` of the catalog and checks DAGs on the lake, seconds per run (the first is a warm-up)."""
     (base / "systems.yaml").write_text(f"systems:\n  - id: {SYSTEM_ID}\n    discovery_url: http://127.0.0.1:9/gbfs.json\n")
@@ -183,10 +215,12 @@ def main(argv: list[str] | None = None) -> int:
         summary = refresh_catalog(lake, catalog)
         crawls.append({"seconds": round(summary.duration_s, 2), "footers_read": summary.footers_read})
         print(f"crawl: {summary.line()}", flush=True)
-    before = lake_bytes(lake_root)
+    before, answers = lake_bytes(lake_root), {}
+    scans = {"before_compaction": timed_scans(catalog, args.repeat, "before compaction", answers)}
     compaction = compact(lake, catalog, settle_s=0, grace_s=0)
     print("\n".join(compaction.lines()), flush=True)
     after = lake_bytes(lake_root)
+    scans["after_compaction"] = timed_scans(catalog, args.repeat, "after compaction", answers)
     sizes = {label: {"files": files, "bytes": size, "bytes_per_observation": round(size / observations, 3),
                      "raw_json_over_lake": round(raw_per_obs / (size / observations), 1)}
              for label, (files, size) in (("before_compaction", before), ("after_compaction", after))}
@@ -197,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         "station_status": sizes,
         "crawls": crawls,
         "compaction": compaction.as_dict(),
+        "scans": scans,
         "queries": timed_queries(catalog, args.repeat),
         "dags": dag_durations(base, args.days, args.repeat),
     }
