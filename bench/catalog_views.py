@@ -92,7 +92,7 @@ def alternative(path: Path, target: Path, layout: str) -> None:
     for partition in table.partitions.values():
         if layout == "compacted":
             first = next(Path(partition.location).glob("*.parquet"))
-            partition.files, partition.compacted_version = (str(first),), 1
+            partition.files = (str(first),)
         else:  # per-hour globs: what a view of uncompacted hours would read without the per-day grouping
             partition.files = (f"{partition.location}/*.parquet",)
     shutil.copy(path, target)

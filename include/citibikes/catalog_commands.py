@@ -43,7 +43,7 @@ def cmd_catalog(args: argparse.Namespace) -> int:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    """Compact the lake's closed hours and switch the catalog to them (what the citibikes_compaction DAG does)."""
+    """Compact the lake's closed days and hours and switch the catalog to them (what the citibikes_compaction DAG does)."""
     from citibikes.catalog import CatalogError
     from citibikes.catalog.glue import choose_catalog
     from citibikes.cli import setup_logging
@@ -91,7 +91,7 @@ def add_catalog_commands(add: Add) -> None:
     p = add("catalog", cmd_catalog, "show the lake's catalog (a DuckDB file in the state folder): tables, partitions, rows")
     p.add_argument("--refresh", action="store_true", help="crawl the lake first (what the citibikes_catalog DAG does)")
     p.add_argument("--partitions", action="store_true", help="list every partition too")
-    p = add("compact", cmd_compact, "compact the lake's closed hours into one sorted file each, switch the catalog "
+    p = add("compact", cmd_compact, "compact the lake's closed days (and hours) into one sorted file each, switch the catalog "
                                     "to them, delete the files they replaced after the grace period")
     p.add_argument("--dry-run", action="store_true", help="print what would be compacted and deleted; change nothing")
     p = add("checks", cmd_checks, "run the data-quality checks on the DuckDB catalog (what the citibikes_checks DAG "

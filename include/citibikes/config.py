@@ -100,7 +100,7 @@ class Settings:
     glue_crawl_every_s: int = 1800
     """The Glue crawler runs at most this often (each run is billed; it crawls only new folders)."""
     compaction_settle_s: int = 7200
-    """Compaction takes an hour partition once it ended this long ago (late minute runs have landed)."""
+    """Compaction takes a day, or an hour of an open day, once it ended this long ago (late minute runs have landed)."""
     compaction_grace_s: int = 3600
     """Compaction deletes the files it replaced once the catalog has read their compacted file this long:
     a reader that keeps a catalog connection open longer may miss rows."""
