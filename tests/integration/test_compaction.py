@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -26,6 +23,7 @@ from citibikes.catalog import CatalogError, CatalogInputError, connect, refresh_
 from citibikes.lake import Lake, layout, open_lake
 from citibikes.lake.store import status_file
 from support.pipeline_lake import fingerprints as table_fingerprints
+from support.catalog_reader import start_reader
 from support.pipeline_lake import minute_runs, pipeline_lake
 
 HOUR = 3600
@@ -249,38 +247,6 @@ def test_a_file_changed_under_compaction_fails_it_for_a_retry(lake: Lake, catalo
 
 # -- readers during compaction --------------------------------------------------------------------
 
-READER = """
-    import json, select, sys, time
-    from citibikes.catalog import connect
-    path, out = sys.argv[1], open(sys.argv[2], "w")
-    SQL = "SELECT system, date::VARCHAR, hour, count(*), sum(num_bikes_available) FROM station_status GROUP BY ALL"
-
-    def query(kind, con):
-        began = time.time()
-        try:
-            rows, error = con.sql(SQL).fetchall(), None
-        except Exception as exc:  # a file of the view gone: recorded, the test fails on it
-            rows, error = [], str(exc).splitlines()[0]
-        out.write(json.dumps({"kind": kind, "start": began, "end": time.time(), "rows": rows, "error": error}) + "\\n")
-
-    held = connect(path)  # one connection kept open, released before the grace period ends
-    print("ready", flush=True)
-    while True:
-        if select.select([sys.stdin], [], [], 0)[0]:
-            if sys.stdin.readline().strip() != "release":
-                break
-            held.close()
-            held = None
-            print("released", flush=True)
-        con = connect(path)  # a new connection per query
-        query("new", con)
-        con.close()
-        if held is not None:
-            query("held", held)
-        out.flush()
-"""
-
-
 def test_readers_never_see_a_row_missing_or_doubled_while_compaction_runs_and_minutes_land(
         made: tuple[Path, float, float], tmp_path: Path, settle: int, monkeypatch: pytest.MonkeyPatch) -> None:
     shutil.copytree(made[0] / "lake", tmp_path / "lake")
@@ -321,8 +287,7 @@ def test_readers_never_see_a_row_missing_or_doubled_while_compaction_runs_and_mi
         monkeypatch.setattr(compaction, name, lambda *a, _o=original, _p=pause, **k: (_o(*a, **k), time.sleep(_p))[0])
 
     results = tmp_path / "results.jsonl"
-    reader = subprocess.Popen([sys.executable, "-c", textwrap.dedent(READER), str(catalog), str(results)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reader = start_reader(catalog, results)
     lander = threading.Thread(target=land)
     try:
         assert reader.stdout.readline().strip() == "ready", reader.stderr.read()

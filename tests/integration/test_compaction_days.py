@@ -1,7 +1,8 @@
 """Compaction of closed days on a lake the pipeline made (minute runs every 15 minutes over the last
 four hours of yesterday, UTC, two systems), through the real DuckDB catalog: the hours first, as the
 hourly runs do while the day is open, then the day, into one file with ``hour`` as a column; no row
-missing or doubled at any stage, late files folded in, the backfill's view of minute files kept.
+missing or doubled at any stage (also for a reader process querying all along), late files folded
+in, the backfill's view of minute files kept.
 
 Expectations come from the catalog before compaction or from the Parquet files, never from the code
 under test.
@@ -9,6 +10,7 @@ under test.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from datetime import UTC, datetime
@@ -23,6 +25,7 @@ from citibikes.catalog import connect, refresh_catalog
 from citibikes.lake import Lake, layout, open_lake
 from citibikes.lake.store import status_file
 from citibikes.replay.backfill import minute_files
+from support.catalog_reader import start_reader
 from support.pipeline_lake import fingerprints, minute_runs
 
 HOUR = 3600
@@ -158,3 +161,51 @@ def test_a_late_file_in_a_compacted_day_is_read_at_once_and_folded_into_the_next
     compaction.compact(lake, catalog, settle_s=0, grace_s=0)  # v1 and the late file go
     assert files_below(lake, day) == ["_compacted", "_compacted/v2", "_compacted/v2/compacted.parquet"]
     assert read(catalog) == expected
+
+
+def test_readers_never_see_a_row_missing_or_doubled_while_the_hours_then_the_day_are_compacted(
+        lake: Lake, catalog: Path, made: tuple[Path, float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    refresh_catalog(lake, catalog)
+    expected = sorted(map(tuple, connect(catalog).sql(
+        "SELECT system, date::VARCHAR, hour, count(*), sum(num_bikes_available) FROM station_status GROUP BY ALL").fetchall()))
+    grace = 3
+    # Stretch each step, so that queries fall between the writes, the switches and the deletions.
+    for name, pause in (("write_compacted", 0.3), ("_delete", 0.02)):
+        original = getattr(compaction, name)
+        monkeypatch.setattr(compaction, name, lambda *a, _o=original, _p=pause, **k: (_o(*a, **k), time.sleep(_p))[0])
+
+    results = tmp_path / "results.jsonl"
+    reader = start_reader(catalog, results)
+    phases: dict[str, list[float]] = {}
+    try:
+        assert reader.stdout.readline().strip() == "ready", reader.stderr.read()
+        phases["hours: write and switch"] = [time.time()]
+        hours = compaction.compact(lake, catalog, settle_s=0, grace_s=grace, now=made[1] + 3 * HOUR + 600)
+        phases["hours: write and switch"].append(time.time())
+        reader.stdin.write("release\n")  # the held connection goes before anything is deleted
+        reader.stdin.flush()
+        assert reader.stdout.readline().strip() == "released"
+        phases["day: write and switch"] = [time.time()]
+        day = compaction.compact_files(lake, catalog, settle_s=0)
+        refresh_catalog(lake, catalog, grace_s=grace)
+        phases["day: write and switch"].append(time.time())
+        time.sleep(grace)
+        phases["delete"] = [time.time()]
+        deleted, _ = compaction.delete_replaced(lake, catalog, grace_s=grace)
+        phases["delete"].append(time.time())
+        time.sleep(1)
+    finally:
+        reader.stdin.write("stop\n")
+        reader.stdin.flush()
+        assert reader.wait(timeout=60) == 0, reader.stderr.read()
+
+    queries = [json.loads(line) for line in results.read_text().splitlines()]
+    for query in queries:
+        assert query["error"] is None and sorted(map(tuple, query["rows"])) == expected, query
+    for phase, (start, end) in phases.items():
+        assert len([q for q in queries if q["kind"] == "new" and q["start"] <= end and q["end"] >= start]) >= 5, phase
+    assert any(q["kind"] == "held" for q in queries if q["start"] <= phases["hours: write and switch"][1])
+    assert hours.tables["station_status"].partitions == 6 and day.tables["station_status"].partitions == 2
+    assert deleted == sum(f.files_before for run in (hours, day) for f in run.tables.values())
+    assert files_below(lake, f"system=citibike/date={datetime.fromtimestamp(made[1], UTC):%Y-%m-%d}") == [
+        "_compacted", "_compacted/v1", "_compacted/v1/compacted.parquet"]
