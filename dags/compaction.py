@@ -11,16 +11,20 @@ the files it replaced are deleted once the catalog has read the compacted file f
 (default `CITIBIKES_COMPACTION_GRACE`, 3600 s). Readers through the catalog never see a row missing
 or doubled: no folder glob reads `_compacted/`, and a reader opening the catalog reads either the
 old files or the new one. A reader must not keep one catalog connection longer than the grace
-period. Runs for the DuckDB catalog only: a lake catalogued by Glue is skipped (its partitions
-would need their location switched).
+period.
+
+A lake catalogued by Glue (`CITIBIKES_CATALOG=glue`, or `auto` with an `aws` lake connection) is
+compacted by hour only (Glue's partitions are hours): `refresh` also moves each compacted hour's
+Glue partition to its compacted file's folder (the `_compacted/` folders are not crawled, and the
+crawler, crawling only new folders, never moves it back), and `delete` waits until Glue has pointed
+there for `grace_s` too. A late file in a moved hour is read by Athena once the next run folds it in.
 
 | task | what it does |
 |---|---|
-| `choose` | skips the run unless the catalog is DuckDB (`CITIBIKES_CATALOG`, or `auto` with an `fs` lake connection) |
 | `plan` | the systems with days or hours to compact, and how many |
 | `compact` | one mapped task per system: writes the compacted files (whole or not at all); logs files and bytes per observation before and after |
-| `refresh` | crawls the lake into the catalog, which learns the compacted files from the lake; emits `citibikes.catalog` |
-| `delete` | deletes the sources and older versions of the compacted files the catalog has read for `grace_s` |
+| `refresh` | crawls the lake into the DuckDB catalog, which learns the compacted files from the lake (on Glue it is compaction's record of the lake), and moves Glue's partitions; emits `citibikes.catalog` |
+| `delete` | deletes the sources and older versions of the compacted files the catalogs have read for `grace_s` |
 
 `dry_run` logs what would be compacted and deleted and changes nothing. Bad input in the lake
 (a foreign file, a file in `_compacted/` compaction did not write) fails the task at once, naming
@@ -67,6 +71,21 @@ def bad_input_fails() -> Iterator[None]:
         raise AirflowFailException(str(exc)) from None
 
 
+def glue() -> compaction.Glue | None:
+    """The Glue database to keep in step, when the lake is catalogued there (``CITIBIKES_CATALOG``, or
+    ``auto`` with an ``aws`` lake connection); a bad setting fails the task without retries."""
+    hook = LakeHook()
+    connection_type = hook.get_connection(LakeHook.default_conn_name).conn_type
+    try:
+        chosen = choose_catalog(load_settings().catalog, connection_type)
+    except CatalogError as exc:
+        raise AirflowFailException(str(exc)) from None
+    if chosen == "glue" and connection_type != "aws":
+        raise AirflowFailException("the citibikes_lake connection is a folder (fs), and Glue catalogs an S3 lake; "
+                                   "set CITIBIKES_CATALOG=duckdb (or auto)")
+    return compaction.Glue(hook.aws(), load_settings().glue_database) if chosen == "glue" else None
+
+
 @dag(
     dag_id="citibikes_compaction",
     schedule="@hourly",
@@ -82,28 +101,16 @@ def bad_input_fails() -> Iterator[None]:
                          description="delete replaced files once the catalog has read their compacted file this long"),
         "dry_run": Param(False, type="boolean", description="log what would be done, change nothing"),
     },
-    tags=["citibikes", "compaction", "duckdb"],
+    tags=["citibikes", "compaction", "duckdb", "glue"],
     doc_md=__doc__,
 )
 def citibikes_compaction():
-    @task.short_circuit
-    def choose() -> bool:
-        """Compact only a lake whose catalog is DuckDB (the Glue catalog's partitions are not switched yet)."""
-        connection_type = LakeHook().get_connection(LakeHook.default_conn_name).conn_type
-        try:
-            chosen = choose_catalog(load_settings().catalog, connection_type)
-        except CatalogError as exc:
-            raise AirflowFailException(str(exc)) from None
-        if chosen != "duckdb":
-            print(f"the catalog is {chosen}: compaction keeps the DuckDB catalog only; nothing to do")
-        return chosen == "duckdb"
-
     @task
     def plan(params=None) -> list[str]:
         """The systems with closed days or hours to compact (one mapped ``compact`` each)."""
         with bad_input_fails():
             counts = compaction.systems_with_work(LakeHook().get_lake(), load_settings().catalog_path,
-                                                  settle_s=params["settle_s"])
+                                                  settle_s=params["settle_s"], by_day=glue() is None)
         print(", ".join(f"{system}: {n} partitions" for system, n in sorted(counts.items())) or "nothing to compact")
         return sorted(counts)
 
@@ -112,33 +119,36 @@ def citibikes_compaction():
         """Write the compacted files of one system's closed days and hours; logs files and bytes before and after."""
         with bad_input_fails():
             summary = compaction.compact_files(LakeHook().get_lake(), load_settings().catalog_path,
-                                               settle_s=params["settle_s"], system=system, dry_run=params["dry_run"])
+                                               settle_s=params["settle_s"], system=system, dry_run=params["dry_run"],
+                                               by_day=glue() is None)
         print("\n".join(summary.lines()[:-1]))
         return summary.as_dict()
 
     @task(outlets=[CATALOG], trigger_rule="none_failed")
     def refresh(params=None) -> dict:
-        """Switch the catalog to the compacted files: a crawl, one atomic replacement of the catalog file."""
+        """Switch the catalogs to the compacted files: a crawl, one atomic replacement of the catalog file;
+        on Glue, the hour partitions moved to their compacted files' folders."""
         if params["dry_run"]:
             raise AirflowSkipException("dry run: the catalog stays as it is")
-        hook = LakeHook()
-        lake = hook.get_lake()
+        hook, target = LakeHook(), glue()
+        lake, path = hook.get_lake(), load_settings().catalog_path
         with bad_input_fails():
-            summary = refresh_catalog(lake, load_settings().catalog_path, s3=hook.s3_access(), grace_s=params["grace_s"])
+            summary = refresh_catalog(lake, path, s3=hook.s3_access(), grace_s=params["grace_s"])
         print(summary.line())
+        if target:
+            print(f"Glue database {target.database}: {compaction.switch_glue(lake, path, target)} partition(s) moved "
+                  "to their compacted files")
         return summary.extra()
 
     @task(trigger_rule="none_failed")
     def delete(params=None) -> dict:
-        """Delete what the catalog has read compacted for the grace period: sources and older versions."""
+        """Delete what the catalogs have read compacted for the grace period: sources and older versions."""
         files, size = compaction.delete_replaced(LakeHook().get_lake(), load_settings().catalog_path,
-                                                 grace_s=params["grace_s"], dry_run=params["dry_run"])
+                                                 grace_s=params["grace_s"], dry_run=params["dry_run"], glue=glue())
         print(f"{'would delete' if params['dry_run'] else 'deleted'} {files:,} replaced files ({size:,} bytes)")
         return {"files": files, "bytes": size}
 
-    systems = plan()
-    choose() >> systems
-    compact.expand(system=systems) >> refresh() >> delete()
+    compact.expand(system=plan()) >> refresh() >> delete()
 
 
 citibikes_compaction()

@@ -43,22 +43,22 @@ def cmd_catalog(args: argparse.Namespace) -> int:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    """Compact the lake's closed days and hours and switch the catalog to them (what the citibikes_compaction DAG does)."""
-    from citibikes.catalog import CatalogError
+    """Compact the lake's closed days and hours and switch the catalogs to them (what the citibikes_compaction DAG does)."""
+    from citibikes.aws.client import aws_from_settings
     from citibikes.catalog.glue import choose_catalog
     from citibikes.cli import setup_logging
-    from citibikes.compaction import compact
+    from citibikes.compaction import Glue, compact
     from citibikes.lake import lake_from_settings
 
     settings = load_settings()
     setup_logging(settings.log_level)
     lake = lake_from_settings(settings)
     s3 = s3_access(settings)
-    if choose_catalog(settings.catalog, "aws" if s3 else "fs") != "duckdb":  # Athena would lose the deleted files
-        raise CatalogError(f"lake {lake.uri} is catalogued by Glue, whose partitions compaction does not switch yet; "
-                           "set CITIBIKES_CATALOG=duckdb to compact it for the DuckDB catalog only")
+    glue = None
+    if choose_catalog(settings.catalog, "aws" if s3 else "fs") == "glue":
+        glue = Glue(aws_from_settings(settings), settings.glue_database)
     summary = compact(lake, settings.catalog_path, settle_s=settings.compaction_settle_s,
-                      grace_s=settings.compaction_grace_s, dry_run=args.dry_run, s3=s3)
+                      grace_s=settings.compaction_grace_s, dry_run=args.dry_run, s3=s3, glue=glue)
     print("\n".join(summary.lines()))
     return 0
 

@@ -32,14 +32,19 @@ changes nothing (a compacted day without late files reads one file; deleted file
 A late file landing in a compacted day or hour is read at once, beside the compacted file, and folded
 into the next version. Never delete anything below ``_compacted/`` by hand.
 
-On Glue the crawler reads the partitions' folders and never ``_compacted/``: ``citibikes compact``
-refuses a lake catalogued by Glue (:mod:`citibikes.catalog_commands`).
+**On Glue** (``glue``: a lake catalogued by the Glue crawler, read by Athena) the unit is the hour,
+Glue's partition. The DuckDB catalog is kept as compaction's record of the lake (what each partition
+reads, when each compacted file was first read); step 2 also moves each compacted hour's Glue
+partition to its compacted file's folder (:func:`switch_glue`: Athena reads a partition's location,
+never a ``_compacted/`` folder below it), and step 3 waits until Glue has pointed there for
+``grace_s`` too. A late file in a moved hour is read by Athena once the next run folds it in.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,6 +56,9 @@ import pyarrow.compute as pc
 from citibikes.catalog import CatalogError, S3Access, refresh_catalog
 from citibikes.catalog.crawl import CatalogState, FileRecord, crawl, partition_reads
 from citibikes.catalog.duckdb_catalog import load_state
+from citibikes.catalog.glue import SWITCHED_PARAMETER, move_partitions
+from citibikes.catalog.glue import partitions as glue_partitions
+from citibikes.aws.client import Aws
 from citibikes.lake import Lake, layout
 from citibikes.lake.tables import parquet_bytes
 
@@ -134,9 +142,9 @@ def lake_state(lake: Lake, catalog_path: Path | str) -> CatalogState:
     return crawl(lake, previous if previous is not None and previous.lake == lake.uri else None)
 
 
-def plan(state: CatalogState, *, settle_s: int, now: float, system: str | None = None) -> list[Work]:
+def plan(state: CatalogState, *, settle_s: int, now: float, system: str | None = None, by_day: bool = True) -> list[Work]:
     """What to compact: each day closed ``settle_s`` before ``now`` (or compacted already), and each
-    closed hour of another day, that reads two files or more."""
+    closed hour of another day, that reads two files or more (``by_day`` False: hours only, for Glue)."""
     work = []
     for name in SORT_KEYS:
         table = state.tables.get(name)
@@ -151,7 +159,7 @@ def plan(state: CatalogState, *, settle_s: int, now: float, system: str | None =
             start = datetime.fromisoformat(values["date"]).replace(tzinfo=UTC).timestamp()
             if system is not None and values["system"] != system:
                 continue
-            if start + DAY_S + settle_s <= now or any(r.hour_rows for reads in hours.values() for r in reads):
+            if by_day and (start + DAY_S + settle_s <= now or any(r.hour_rows for reads in hours.values() for r in reads)):
                 units = [(day, list(dict.fromkeys(record for reads in hours.values() for record in reads)))]
             else:
                 units = [(path, reads) for path, reads in sorted(hours.items())
@@ -173,10 +181,11 @@ def _work(table: str, records: list[FileRecord], folder: str, reads: list[FileRe
     return Work(table, folder, max((r.version for r in own), default=0) + 1, tuple(reads), tuple(sorted(sources)))
 
 
-def systems_with_work(lake: Lake, catalog_path: Path | str, *, settle_s: int, now: float | None = None) -> dict[str, int]:
+def systems_with_work(lake: Lake, catalog_path: Path | str, *, settle_s: int, now: float | None = None,
+                      by_day: bool = True) -> dict[str, int]:
     """Per system, how many partitions :func:`compact_files` would compact now."""
     counts: dict[str, int] = {}
-    for item in plan(lake_state(lake, catalog_path), settle_s=settle_s, now=now or time.time()):
+    for item in plan(lake_state(lake, catalog_path), settle_s=settle_s, now=now or time.time(), by_day=by_day):
         system = item.partition.split("/", 1)[0].removeprefix("system=")
         counts[system] = counts.get(system, 0) + 1
     return counts
@@ -208,11 +217,12 @@ def write_compacted(lake: Lake, item: Work) -> int:
 
 
 def compact_files(lake: Lake, catalog_path: Path | str, *, settle_s: int, now: float | None = None,
-                  system: str | None = None, dry_run: bool = False) -> CompactionSummary:
+                  system: str | None = None, dry_run: bool = False, by_day: bool = True) -> CompactionSummary:
     """Step 1: write the compacted file of every partition :func:`plan` names (of one ``system``, or all)."""
     began = time.perf_counter()
     summary = CompactionSummary(dry_run=dry_run)
-    for item in plan(lake_state(lake, catalog_path), settle_s=settle_s, now=now or time.time(), system=system):
+    for item in plan(lake_state(lake, catalog_path), settle_s=settle_s, now=now or time.time(), system=system,
+                     by_day=by_day):
         figures = Figures(1, sum(r.rows for r in item.reads), len(item.reads), sum(r.size for r in item.reads))
         if not dry_run:
             figures.files_after, figures.bytes_after = 1, write_compacted(lake, item)
@@ -223,13 +233,15 @@ def compact_files(lake: Lake, catalog_path: Path | str, *, settle_s: int, now: f
 
 
 def delete_replaced(lake: Lake, catalog_path: Path | str, *, grace_s: int, now: float | None = None,
-                    dry_run: bool = False) -> tuple[int, int]:
+                    dry_run: bool = False, glue: Glue | None = None) -> tuple[int, int]:
     """Step 3: delete the sources and older versions of every compacted file the current catalog has read
-    for ``grace_s`` or longer; returns the files and bytes deleted (or, ``dry_run``, due)."""
+    for ``grace_s`` or longer (and, with ``glue``, that Glue's partition has pointed at as long); returns
+    the files and bytes deleted (or, ``dry_run``, due)."""
     state = load_state(Path(catalog_path))
     if state is None:
         return 0, 0
     now = now or time.time()
+    in_glue = glue_switches(lake, glue) if glue else None
     versions: dict[str, list[FileRecord]] = {}
     for record in state.files.values():
         if record.version is not None:
@@ -238,6 +250,8 @@ def delete_replaced(lake: Lake, catalog_path: Path | str, *, grace_s: int, now: 
     for folder, compacted in versions.items():
         current = max(compacted, key=lambda r: r.version)
         if current.switched_at is None or current.switched_at.timestamp() + grace_s > now:
+            continue
+        if in_glue is not None and in_glue.get(current.key.rsplit("/", 1)[0], math.inf) + grace_s > now:
             continue
         held = [state.files.get(f"{folder}/{name}") for name in current.sources or ()]
         for record in [r for r in held if r is not None] + [r for r in compacted if r.version < current.version]:
@@ -269,16 +283,65 @@ def _delete(lake: Lake, record: FileRecord) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class Glue:
+    """The Glue database a lake is catalogued in, and the AWS session to reach it."""
+
+    aws: Aws
+    database: str
+
+
+def switch_glue(lake: Lake, catalog_path: Path | str, glue: Glue, now: float | None = None) -> int:
+    """Step 2 on Glue: point each hour partition whose rows are all in its compacted file at that file's
+    folder (Athena reads a partition's location; the crawler, which crawls only new folders, never moves
+    it back). A partition Glue does not have yet, or with late files beside its compacted file, keeps
+    its folder (whose files hold its rows) until a later run. Returns the partitions moved."""
+    state, moved = load_state(Path(catalog_path)), 0
+    for name in SORT_KEYS:
+        records = [record for record in (state.files.values() if state else ()) if record.table == name]
+        known = glue_partitions(glue.aws, glue.database, name) if records else {}
+        moves = {}
+        for path, reads in partition_reads(records).items():
+            folder = layout.compacted_folder(reads[0].key)
+            values = tuple(part.split("=", 1)[1] for part in path.split("/"))
+            partition = known.get(values)
+            if len(reads) > 1 or folder != f"{layout.TABLES[name].prefix}/{path}" or partition is None:
+                continue
+            location = lake.storage.uri(reads[0].key.rsplit("/", 1)[0]) + "/"
+            if partition["StorageDescriptor"].get("Location") != location:
+                moves[values] = (partition, location)
+        moved += move_partitions(glue.aws, glue.database, name, moves, now or time.time())
+    return moved
+
+
+def glue_switches(lake: Lake, glue: Glue) -> dict[str, float]:
+    """Per compacted file's folder (a key) a Glue partition points at, since when."""
+    root, found = lake.storage.uri().rstrip("/") + "/", {}
+    for name in SORT_KEYS:
+        for partition in glue_partitions(glue.aws, glue.database, name).values():
+            location = partition["StorageDescriptor"].get("Location", "").rstrip("/")
+            at = (partition.get("Parameters") or {}).get(SWITCHED_PARAMETER)
+            if at and location.startswith(root):
+                found[location.removeprefix(root)] = float(at)
+    return found
+
+
 def compact(lake: Lake, catalog_path: Path | str, *, settle_s: int, grace_s: int, now: float | None = None,
-            dry_run: bool = False, s3: S3Access | None = None) -> CompactionSummary:
+            dry_run: bool = False, s3: S3Access | None = None, glue: Glue | None = None) -> CompactionSummary:
     """The three steps: write the compacted files, switch the catalog to them, delete what the
     catalog has not read for ``grace_s`` (what the ``citibikes_compaction`` DAG and ``citibikes
-    compact`` do). ``s3``: how DuckDB reaches an S3 lake."""
+    compact`` do). ``s3``: how DuckDB reaches an S3 lake; ``glue``: the lake is catalogued in Glue
+    (hours only, its partitions moved too)."""
+    if glue and not lake.uri.startswith("s3://"):
+        raise CatalogError(f"lake {lake.uri} is a folder, and Glue catalogs an S3 lake; set CITIBIKES_CATALOG=duckdb "
+                           "(or auto) to compact it for the DuckDB catalog")
     began = time.perf_counter()
-    summary = compact_files(lake, catalog_path, settle_s=settle_s, now=now, dry_run=dry_run)
+    summary = compact_files(lake, catalog_path, settle_s=settle_s, now=now, dry_run=dry_run, by_day=glue is None)
     if not dry_run:
         refresh_catalog(lake, catalog_path, s3=s3, grace_s=grace_s)
+        if glue:
+            switch_glue(lake, catalog_path, glue, now)
     summary.deleted_files, summary.deleted_bytes = delete_replaced(lake, catalog_path, grace_s=grace_s, now=now,
-                                                                   dry_run=dry_run)
+                                                                   dry_run=dry_run, glue=glue)
     summary.duration_s = time.perf_counter() - began
     return summary

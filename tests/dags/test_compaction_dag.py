@@ -10,8 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from citibikes.catalog import connect, refresh_catalog
-from support.pipeline_lake import minute_runs
 from support.dags import load_dag
+from support.glue_lake import REGION, athena, glue_lake, locations, prepare
+from support.moto_server import moto_server
+from support.pipeline_lake import minute_runs
 
 pytestmark = pytest.mark.airflow
 
@@ -49,7 +51,6 @@ def test_the_dag_runs_hourly_one_at_a_time_a_task_per_system(airflow_db: Path) -
     dag = load_dag("citibikes_compaction")
     assert dag.max_active_runs == 1 and dag.catchup is False and dag.timetable.expression == "0 * * * *"
     assert set(dag.params) == {"settle_s", "grace_s", "dry_run"}
-    assert dag.get_task("choose").downstream_task_ids == {"plan"}
     assert dag.get_task("plan").downstream_task_ids == {"compact"}
     assert dag.get_task("compact").downstream_task_ids == {"refresh"}
     assert dag.get_task("refresh").downstream_task_ids == {"delete"}
@@ -97,9 +98,39 @@ def test_a_file_compaction_did_not_write_fails_the_plan_without_retries(lake_env
     assert _compacted(pipeline.lake) == [folder / "mine.parquet"], "nothing compacted"
 
 
-def test_a_lake_catalogued_by_glue_is_skipped(lake_env, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_folder_lake_told_to_use_glue_fails_the_plan_without_retries(lake_env, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CITIBIKES_CATALOG", "glue")
     run = load_dag("citibikes_compaction").test(run_conf={"settle_s": lake_env[1]})
-    tasks = _instances(run)
-    assert {ti.state for ti in tasks["plan"] + tasks["refresh"] + tasks["delete"]} == {"skipped"}
+    (plan,) = _instances(run)["plan"]
+    assert run.state == "failed" and plan.state == "failed" and plan.try_number == 1
     assert not _compacted(lake_env[0].lake)
+
+
+def test_a_lake_catalogued_by_glue_is_compacted_by_hour_and_its_partitions_moved(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, airflow_db: Path) -> None:
+    folder = tmp_path / "made"
+    folder.mkdir()
+    minute_runs(folder, 12, 15 * 60, hours_ago=int(time.time() % 86400 // 3600) + 4)  # yesterday
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "CITIBIKES_CATALOG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("CITIBIKES_STATE_DIR", str(tmp_path / "state"))
+    with moto_server(tmp_path / "moto") as endpoint:
+        prepare(endpoint)
+        lake, glue, s3 = glue_lake(endpoint, folder / "lake", "dag")
+        monkeypatch.setenv("CITIBIKES_GLUE_DATABASE", glue.database)
+        monkeypatch.setenv("AIRFLOW_CONN_CITIBIKES_LAKE", json.dumps({
+            "conn_type": "aws", "login": "testing", "password": "testing",
+            "extra": {"lake_uri": lake.uri, "region_name": REGION, "endpoint_url": endpoint}}))
+        expected = athena(glue, s3)
+
+        run = load_dag("citibikes_compaction").test(run_conf={"settle_s": 0, "grace_s": 0, "dry_run": False})
+        tasks = _instances(run)
+        assert run.state == "success", {k: [t.state for t in v] for k, v in tasks.items()}
+        moved = {p: location for p, (location, at) in locations(glue, "station_status").items() if at}
+        assert len(moved) == 6 and all(loc == lake.storage.uri(f"curated/station_status/{p}/_compacted/v1/")
+                                       for p, loc in moved.items()), "H0-H2 of two systems, by hour"
+        assert athena(glue, s3) == expected
+        assert tasks["delete"][0].xcom_pull(task_ids="delete")["files"] == 2 * 2 * 11  # two tables' minute files

@@ -39,9 +39,12 @@ def test_crawler_policy_is_least_privilege_and_reads_only_the_tables(plan: p.Pla
     assert s3_actions == {"s3:GetObject", "s3:ListBucket", "s3:GetBucketLocation"}
 
 
-def test_pipeline_deletes_only_its_state(plan: p.Plan) -> None:
+def test_pipeline_deletes_only_its_state_and_what_compaction_replaced(plan: p.Plan) -> None:
     deletes = [r for s in p.pipeline_policy(plan)["Statement"] if "s3:DeleteObject" in s["Action"] for r in s["Resource"]]
-    assert deletes == [plan.s3_arn(f"{plan.key('_state')}/*")]
+    assert deletes == [plan.s3_arn(f"{plan.key(folder)}/*") for folder in
+                       ("_state", "curated", "quarantine")]
+    moves = [s for s in p.pipeline_policy(plan)["Statement"] if "glue:BatchUpdatePartition" in s["Action"]]
+    assert [(s["Action"], s["Resource"]) for s in moves] == [(["glue:BatchUpdatePartition"], plan.catalog_arns())]
 
 
 def test_crawler_role_is_assumed_by_glue_for_this_account_only(plan: p.Plan) -> None:

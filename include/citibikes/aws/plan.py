@@ -6,8 +6,10 @@ so ``setup --dry-run`` prints it without calling AWS and tests check it without 
 Least privilege, in the documents' own terms:
 
 - the pipeline reads and writes the lake's prefixes (``curated/ quarantine/ raw/ pipeline_runs/
-  _state/``) and Athena's results (``_athena/``), deletes only below ``_state/`` (the only place it
-  deletes), reads the catalog of the one Glue database and runs queries in the one Athena workgroup;
+  _state/``) and Athena's results (``_athena/``), deletes only below ``_state/``, ``curated/`` and
+  ``quarantine/`` (compaction deletes the files it replaced), reads the catalog of the one Glue database, moves its partitions
+  (``glue:BatchUpdatePartition``: compaction points an hour at its compacted file) and runs queries in
+  the one Athena workgroup;
 - the crawler (a role only Glue, acting for this account, can assume) reads the tables' prefixes,
   creates and updates tables and partitions of the one database, and writes its own log group;
 - no Allow names a wildcard action (``*``, ``s3:*``, ``s3:Get*``); object resources are below the
@@ -47,6 +49,8 @@ LAKE_PREFIXES = tuple(sorted({t.prefix.split("/")[0] for t in TABLES.values()} |
 """The folders the pipeline writes: ``_state curated pipeline_runs quarantine raw``."""
 TABLE_PREFIXES = tuple(t.prefix for t in TABLES.values())
 """The folders the crawler reads, one table each."""
+COMPACTED_PREFIXES = ("curated", "quarantine")
+"""The folders compaction deletes replaced files in (those of :data:`citibikes.compaction.SORT_KEYS`)."""
 CATALOG_READ = ("glue:GetDatabase", "glue:GetTable", "glue:GetTables", "glue:GetPartition", "glue:GetPartitions",
                 "glue:BatchGetPartition")
 CATALOG_WRITE = ("glue:CreateTable", "glue:UpdateTable", "glue:CreatePartition", "glue:BatchCreatePartition",
@@ -138,9 +142,11 @@ def pipeline_policy(plan: Plan) -> dict[str, Any]:
         {"Sid": "ReadWriteLake", "Effect": "Allow",
          "Action": ["s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject"],
          "Resource": [plan.s3_arn(f"{key}/*") for key in lake]},
-        {"Sid": "DeleteState", "Effect": "Allow", "Action": ["s3:DeleteObject"],
-         "Resource": [plan.s3_arn(f"{plan.key(STATE_PREFIX)}/*")]},
+        {"Sid": "DeleteStateAndCompacted", "Effect": "Allow", "Action": ["s3:DeleteObject"],
+         "Resource": [plan.s3_arn(f"{plan.key(prefix)}/*") for prefix in (STATE_PREFIX, *COMPACTED_PREFIXES)]},
         {"Sid": "ReadCatalog", "Effect": "Allow", "Action": list(CATALOG_READ), "Resource": plan.catalog_arns()},
+        {"Sid": "MoveCompactedPartitions", "Effect": "Allow", "Action": ["glue:BatchUpdatePartition"],
+         "Resource": plan.catalog_arns()},
         {"Sid": "RunQueries", "Effect": "Allow", "Action": list(QUERY_ACTIONS),
          "Resource": [plan.arn("athena", f"workgroup/{plan.workgroup}")]},
     )

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+from citibikes.aws.client import Aws
 from citibikes.aws.plan import CRAWLER_ROLE, TABLE_PREFIXES
 from citibikes.catalog.errors import CatalogError
 
@@ -77,3 +78,45 @@ def crawl_due(crawler: Mapping[str, Any] | None, now: datetime, every_s: int) ->
         return False
     started = (crawler.get("LastCrawl") or {}).get("StartTime")
     return started is None or (now - started).total_seconds() >= every_s
+
+
+# -- compaction on Glue ------------------------------------------------------------------------
+
+SWITCHED_PARAMETER = "citibikes_switched_at"
+"""Set on a Glue partition whose location compaction moved to a compacted file's folder: when (POSIX
+seconds). The files that file replaced are deleted a grace period later, when no Athena query can
+still be reading the old location."""
+BATCH = 100
+"""Partitions per ``BatchUpdatePartition`` (its limit)."""
+
+
+def partitions(aws: Aws, database: str, table: str) -> dict[tuple[str, ...], dict[str, Any]]:
+    """Every partition of a Glue table (none while the table does not exist), by its values."""
+    target = f"table {database}.{table}"
+    if aws.call("glue", "get_table", "glue:GetTable", target, absent=("EntityNotFoundException",),
+                DatabaseName=database, Name=table) is None:
+        return {}
+    pages = aws.pages("glue", "get_partitions", "glue:GetPartitions", target, DatabaseName=database, TableName=table)
+    return {tuple(p["Values"]): p for page in pages for p in page["Partitions"]}
+
+
+def move_partitions(aws: Aws, database: str, table: str, moves: Mapping[tuple[str, ...], tuple[dict[str, Any], str]],
+                    now: float) -> int:
+    """Point each partition (values -> (the partition, a new location)) at its new location, marked
+    with :data:`SWITCHED_PARAMETER`; returns how many."""
+    entries = []
+    for values, (partition, location) in sorted(moves.items()):
+        descriptor = {key: value for key, value in partition["StorageDescriptor"].items()}
+        descriptor["Location"] = location
+        parameters = {**(partition.get("Parameters") or {}), SWITCHED_PARAMETER: str(int(now))}
+        entries.append({"PartitionValueList": list(values),
+                        "PartitionInput": {"Values": list(values), "StorageDescriptor": descriptor, "Parameters": parameters}})
+    for start in range(0, len(entries), BATCH):
+        answer = aws.call("glue", "batch_update_partition", "glue:BatchUpdatePartition", f"table {database}.{table}",
+                          DatabaseName=database, TableName=table, Entries=entries[start:start + BATCH])
+        if answer.get("Errors"):
+            error = answer["Errors"][0]
+            raise CatalogError(f"Glue refused to move partition {error['PartitionValueList']} of {database}.{table}: "
+                               f"{error['ErrorDetail'].get('ErrorMessage', error['ErrorDetail'])}; the next compaction "
+                               "retries (nothing is deleted until Glue reads the compacted file)")
+    return len(entries)

@@ -17,6 +17,7 @@ from airflow.providers.common.compat.sdk import BaseHook
 from citibikes.lake import Lake, LakeError, open_lake
 
 if TYPE_CHECKING:
+    from citibikes.aws.client import Aws
     from citibikes.catalog import S3Access
 
 
@@ -62,6 +63,18 @@ class LakeHook(BaseHook):
             "secret_key": credentials.secret_key,
             "session_token": credentials.token,
         }
+
+    def aws(self) -> Aws:
+        """The ``aws`` connection's session (the Amazon provider's ``AwsBaseHook``: keys, profiles, roles)
+        in the lake's region and at its endpoint: what the Glue calls go through."""
+        from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+        from citibikes.aws.client import Aws
+
+        options = self.s3_settings()
+        region = options["region"] or "us-east-1"
+        session = AwsBaseHook(aws_conn_id=self.lake_conn_id, client_type="glue").get_session(region_name=region)
+        return Aws(session, region, options["endpoint_url"])
 
     def s3_access(self) -> S3Access | None:
         """How DuckDB reaches the lake's files (None for a folder lake): what a DuckDB catalog of an S3
