@@ -53,12 +53,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from citibikes.aws.client import Aws
 from citibikes.catalog import CatalogError, S3Access, refresh_catalog
 from citibikes.catalog.crawl import CatalogState, FileRecord, crawl, partition_reads
 from citibikes.catalog.duckdb_catalog import load_state
 from citibikes.catalog.glue import SWITCHED_PARAMETER, move_partitions
 from citibikes.catalog.glue import partitions as glue_partitions
-from citibikes.aws.client import Aws
 from citibikes.lake import Lake, layout
 from citibikes.lake.tables import parquet_bytes
 

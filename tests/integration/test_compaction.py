@@ -355,7 +355,7 @@ def test_the_command_prints_files_and_bytes_before_and_after(
     assert cli.main(["compact", "--dry-run"]) == 0
     assert "would delete" in capsys.readouterr().out and folder_files(lake) != before
     monkeypatch.setenv("CITIBIKES_CATALOG", "glue")
-    assert cli.main(["compact"]) == 2 and "catalogued by Glue" in capsys.readouterr().err
+    assert cli.main(["compact"]) == 2 and "Glue catalogs an S3 lake; set CITIBIKES_CATALOG=duckdb" in capsys.readouterr().err
     monkeypatch.setenv("CITIBIKES_COMPACTION_SETTLE", "-1")
     assert cli.main(["compact"]) == 2
     err = capsys.readouterr().err

@@ -13,6 +13,10 @@ added to a known partition are read by Athena without a crawl. Each crawler run 
 a few minutes of DPU time), and the lake gets data every minute: :func:`crawl_due` lets it run at
 most every ``CITIBIKES_GLUE_CRAWL_EVERY`` seconds; a run it skips loses nothing, since the next one
 crawls every folder that is new by then.
+
+Compaction (:mod:`citibikes.compaction`) moves a compacted hour's partition to its compacted file's
+folder (:func:`move_partitions`, marked with :data:`SWITCHED_PARAMETER`); since the crawler crawls only
+new folders, and never the ``_compacted/`` ones, it leaves the partition there.
 """
 
 from __future__ import annotations
