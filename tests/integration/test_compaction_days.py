@@ -209,3 +209,37 @@ def test_readers_never_see_a_row_missing_or_doubled_while_the_hours_then_the_day
     assert deleted == sum(f.files_before for run in (hours, day) for f in run.tables.values())
     assert files_below(lake, f"system=citibike/date={datetime.fromtimestamp(made[1], UTC):%Y-%m-%d}") == [
         "_compacted", "_compacted/v1", "_compacted/v1/compacted.parquet"]
+
+
+class Crash(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize(("step", "call"), [("write_compacted", 2), ("refresh_catalog", 1), ("_delete", 3)])
+def test_a_crash_while_a_day_is_compacted_leaves_the_data_whole_and_the_next_run_finishes(
+        lake: Lake, catalog: Path, made: tuple[Path, float], monkeypatch: pytest.MonkeyPatch, step: str, call: int) -> None:
+    compaction.compact(lake, catalog, settle_s=0, grace_s=HOUR, now=made[1] + 3 * HOUR + 600)  # the hours first
+    expected = read(catalog)
+    original, calls = getattr(compaction, step), []
+
+    def crashing(*args, **kwargs):  # the write and the deletes crash after doing their work, the crawl before
+        calls.append(1)
+        result = original(*args, **kwargs) if step != "refresh_catalog" or len(calls) != call else None
+        if len(calls) == call:
+            raise Crash(step)
+        return result
+
+    with monkeypatch.context() as patch:
+        patch.setattr(compaction, step, crashing)
+        with pytest.raises(Crash):
+            compaction.compact(lake, catalog, settle_s=0, grace_s=0)
+    assert read(catalog) == expected, "the catalog in place reads every row once"
+    refresh_catalog(lake, catalog)
+    assert read(catalog) == expected, "so does a crawl of what the crash left"
+
+    compaction.compact(lake, catalog, settle_s=0, grace_s=0)
+    compaction.compact(lake, catalog, settle_s=0, grace_s=0)  # what the grace period kept after the switch
+    assert read(catalog) == expected
+    for system in ("citibike", "synth-01"):
+        day = f"system={system}/date={datetime.fromtimestamp(made[1], UTC):%Y-%m-%d}"
+        assert files_below(lake, day) == ["_compacted", "_compacted/v1", "_compacted/v1/compacted.parquet"]

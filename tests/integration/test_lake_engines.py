@@ -1,7 +1,7 @@
 """The lake's own files read by other engines: Spark 3.2, polars and DuckDB see the rows, types and
 values pyarrow (the pipeline's reader) sees, and no file uses an encoding older readers reject.
 
-The lake is made by the pipeline's own code paths: a backfill of a recorded archive (station_status
+The lake is made by the pipeline's own code paths (and a copy of it compacted: a day's file): a backfill of a recorded archive (station_status
 hour files grouped by station, station_information versions, quarantine, run records), a minute
 step of the recorded Citi Bike feed landed the way the minute DAG's write task lands it (a
 station_status file per snapshot in the feed's order, the descriptions, the quarantine, the run),
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -32,15 +33,16 @@ import pytest
 from pyspark.sql import SparkSession
 
 from bench.archive import write_archive
+from citibikes import compaction
 from citibikes.catalog import connect, refresh_catalog
 from citibikes.checks import CheckParams, build_checks, run_on_duckdb
 from citibikes.config import QualityConfig, load_settings
 from citibikes.gbfs.model import STATION_INFORMATION, STATION_STATUS
 from citibikes.ingest import Fetched, check_fetched, run_record, select, step_files
-from citibikes.lake import Lake, open_lake
+from citibikes.lake import Lake, layout, open_lake
 from citibikes.lake.layout import TABLES
 from citibikes.lake.store import PARTITION_TYPES
-from citibikes.lake.tables import TABLE_SCHEMAS
+from citibikes.lake.tables import TABLE_SCHEMAS, day_schema
 from citibikes.rebalancing import plan
 from citibikes.replay.backfill import backfill
 from citibikes.replay.recordings import recorded
@@ -287,3 +289,37 @@ def test_duckdb_reads_every_table_like_pyarrow(lake: Lake, name: str) -> None:
         rows = con.execute("SELECT " + ", ".join(f"epoch_ms(\"{f.name}\")" if pa.types.is_timestamp(f.type)
                                                  else f'"{f.name}"' for f in columns) + f" FROM {source}").fetchall()
     assert _rows(columns, rows) == _expected(lake, name, columns)
+
+
+# -- a compacted day -------------------------------------------------------------------------------------------
+
+
+def test_a_compacted_day_is_read_by_spark_3_2_polars_and_duckdb_like_pyarrow(
+        lake: Lake, spark: SparkSession, tmp_path: Path) -> None:
+    """Compaction's day file (a table's columns, then ``hour``): the same encodings, the same rows everywhere."""
+    copy = open_lake(str(shutil.copytree(Path(lake.uri), tmp_path / "lake")))
+    compaction.compact(copy, tmp_path / "catalog.duckdb", settle_s=0, grace_s=3600)
+    days = [key for key in copy.files(STATION_STATUS) if layout.is_day_file(key)]
+    assert days, "the backfilled day is compacted"
+    columns = list(day_schema(STATION_STATUS))
+    flat = [f for f in columns if not pa.types.is_nested(f.type)]
+    for key in days:
+        path = Path(copy.uri) / key
+        metadata = pq.read_metadata(path)
+        assert {e for g in range(metadata.num_row_groups) for c in range(metadata.num_columns)
+                for e in metadata.row_group(g).column(c).encodings} <= READABLE_ENCODINGS
+        table = pq.read_table(path)
+        expected = _rows(columns, zip(*((pc.cast(table[f.name], pa.int64()) if pa.types.is_timestamp(f.type)
+                                         else table[f.name]).to_pylist() for f in columns)))
+        df = spark.read.parquet(str(path))
+        selected = _spark_select(df, flat)
+        assert "Batched: true" in selected._jdf.queryExecution().executedPlan().toString()
+        assert _rows(columns, _spark_select(df, columns).collect()) == expected
+        frame = pl.read_parquet(path).select(pl.col(f.name).dt.epoch("ms") if pa.types.is_timestamp(f.type)
+                                             else pl.col(f.name) for f in columns)
+        assert _rows(columns, frame.rows()) == expected
+        with duckdb.connect() as con:
+            rows = con.execute("SELECT " + ", ".join(f"epoch_ms(\"{f.name}\")" if pa.types.is_timestamp(f.type)
+                                                     else f'"{f.name}"' for f in columns)
+                               + f" FROM read_parquet('{path}')").fetchall()
+        assert _rows(columns, rows) == expected
