@@ -1,7 +1,8 @@
-"""Compaction of a lake catalogued by Glue, on moto's server (S3 and Glue on one port): the hours of a
+"""Compaction of an S3 lake on moto's server (S3 and Glue on one port). Catalogued by Glue, the hours of a
 closed day are compacted (never the day: Glue's partitions are hours), each hour's Glue partition is
 moved to its compacted file's folder, and the replaced files are deleted only once Glue has pointed
 there for the grace period; what Athena reads (:func:`support.glue_lake.athena`) stays the same.
+Catalogued by DuckDB only, its closed days become day files on S3.
 """
 
 from __future__ import annotations
@@ -97,3 +98,14 @@ def test_glue_hours_are_compacted_moved_and_their_sources_deleted_after_the_grac
     values = tuple(part.split("=", 1)[1] for part in hour.split("/"))
     assert counts == {row[:3]: row[3] + (snapshot.num_rows if row[:3] == (values[0], values[1], int(values[2])) else 0)
                       for row in expected["station_status"]}
+
+
+def test_an_s3_lake_with_the_duckdb_catalog_compacts_whole_days(setup) -> None:
+    lake, _, s3, catalog = setup  # the same lake, catalogued by DuckDB only (CITIBIKES_CATALOG=duckdb)
+    refresh_catalog(lake, catalog, s3=s3)
+    expected = fingerprints(connect(catalog, s3), TABLES)
+    summary = compaction.compact(lake, catalog, settle_s=0, grace_s=0, s3=s3)
+    assert summary.tables["station_status"].partitions == 2 and summary.deleted_files == sum(
+        f.files_before for f in summary.tables.values())
+    assert [key.split("/", 2)[2] for key in keys_below(lake)] == ["_compacted/v1/compacted.parquet"] * 2
+    assert fingerprints(connect(catalog, s3), TABLES) == expected
