@@ -13,7 +13,7 @@ from citibikes.catalog import connect, refresh_catalog
 from support.dags import load_dag
 from support.glue_lake import REGION, athena, glue_lake, locations, prepare
 from support.moto_server import moto_server
-from support.pipeline_lake import minute_runs
+from support.pipeline_lake import minute_runs, yesterday_evening
 
 pytestmark = pytest.mark.airflow
 
@@ -110,7 +110,7 @@ def test_a_lake_catalogued_by_glue_is_compacted_by_hour_and_its_partitions_moved
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, airflow_db: Path) -> None:
     folder = tmp_path / "made"
     folder.mkdir()
-    minute_runs(folder, 12, 15 * 60, hours_ago=int(time.time() % 86400 // 3600) + 4)  # yesterday
+    yesterday_evening(folder)
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "CITIBIKES_CATALOG"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))

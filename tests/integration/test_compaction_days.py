@@ -26,7 +26,7 @@ from citibikes.lake import Lake, layout, open_lake
 from citibikes.lake.store import status_file
 from citibikes.replay.backfill import minute_files
 from support.catalog_reader import start_reader
-from support.pipeline_lake import fingerprints, minute_runs
+from support.pipeline_lake import fingerprints, yesterday_evening
 
 HOUR = 3600
 TABLES = ("station_status", "quarantine")
@@ -34,9 +34,9 @@ TABLES = ("station_status", "quarantine")
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
-    """12 minute runs from 20:16 to 23:01 yesterday (UTC): 3 in H0 (20:00), 4 in H1 and H2, 1 in H3."""
+    """Yesterday evening's minute runs (:func:`support.pipeline_lake.yesterday_evening`) and H0."""
     folder = tmp_path_factory.mktemp("made_day")
-    _, first_hour = minute_runs(folder, 12, 15 * 60, hours_ago=int(time.time() % 86400 // 3600) + 4)
+    first_hour = yesterday_evening(folder)
     assert datetime.fromtimestamp(first_hour, UTC).hour == 20
     return folder, first_hour
 

@@ -7,7 +7,6 @@ Catalogued by DuckDB only, its closed days become day files on S3.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +20,7 @@ from citibikes.lake import Lake, layout
 from citibikes.lake.store import status_file
 from support.glue_lake import TABLES, athena, glue_lake, locations, prepare
 from support.moto_server import moto_server
-from support.pipeline_lake import fingerprints, minute_runs
+from support.pipeline_lake import fingerprints, yesterday_evening
 
 pytestmark = pytest.mark.aws
 HOUR = 3600
@@ -36,9 +35,9 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
-    """12 minute runs from 20:16 to 23:01 yesterday (UTC): 3 in H0 (20:00), 4 in H1 and H2, 1 in H3."""
+    """Yesterday evening's minute runs (:func:`support.pipeline_lake.yesterday_evening`) and H0."""
     folder = tmp_path_factory.mktemp("made_glue")
-    _, first_hour = minute_runs(folder, 12, 15 * 60, hours_ago=int(time.time() % 86400 // 3600) + 4)
+    first_hour = yesterday_evening(folder)
     return folder, first_hour
 
 
