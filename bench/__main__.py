@@ -6,7 +6,7 @@ pipeline   citibikes backfill of a recorded archive (lake only, --publish) and o
 dag        scheduled minute-DAG durations under airflow standalone, 1 and 50 systems (~20 min)
 consumer   the live consumer applying a backlog with durable commits, against reading only (~5 min)
 catalog    the DuckDB catalog over 36,000 hour partitions: crawls, view binding and queries (~2 min)
-compaction a replayed day of Citi Bike minute files compacted: files, bytes per observation, queries (~3 min)
+compaction a replayed day of Citi Bike minute files compacted by hour, then as a day: files, bytes per observation, queries (~3 min)
 checks     the data-quality checks on a replayed day: in-process and the checks DAG (dag.test) (~3 min)
 
 Not run by default (they need the running stack or a lake you provide, or take long): `bench/freshness.py`
