@@ -360,6 +360,25 @@ def test_tail_follows_until_ctrl_c(cli_env, tmp_path: Path, kafka_bootstrap: str
     assert "Traceback" not in stderr, stderr
 
 
+def test_tail_into_a_pipe_whose_reader_left_ends_quietly(cli_env, tmp_path: Path, kafka_bootstrap: str) -> None:
+    """`citibikes tail TOPIC -f | head -2`: once head has its lines and leaves, the next message ends tail
+    with 141 (128 + SIGPIPE, as a shell reports it) and no traceback."""
+    env, settings = cli_env
+    topic = settings.topics["station_status"].name
+    _produce(kafka_bootstrap, topic, [(b"s:A", b'{"n": 0}')])
+    process = subprocess.Popen([*CLI, "tail", topic, "-n", "1", "-f"], env=env, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(process.stdout.readline())["value"] == {"n": 0}
+        process.stdout.close()  # the reader leaves
+        _produce(kafka_bootstrap, topic, [(b"s:A", b'{"n": 1}')] * 50)
+        code = process.wait(60)
+    finally:
+        process.kill()
+    stderr = process.stderr.read()
+    assert code == 141 and "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+
+
 def test_tail_prints_tombstones_and_text_and_stops_when_caught_up(cli_env, tmp_path: Path, kafka_bootstrap: str) -> None:
     """The compacted information topic carries tombstones (null values); a value that is not JSON is
     printed as text; keys may be null (not on a compacted topic: the broker refuses them there)."""
