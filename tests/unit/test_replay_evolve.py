@@ -18,18 +18,17 @@ from datetime import datetime
 
 import pytest
 
-from citibikes.replay.evolve import (
+from citibikes.replay.evolve import ReplayFeed, resolve_system
+from citibikes.replay.timeline import (
     BIKES,
     BIKES_DISABLED,
     DOCKS,
     DOCKS_DISABLED,
     EBIKES,
     TOTAL_FIELDS,
-    ReplayFeed,
     build_timeline,
     event_path,
     ping_pong_segments,
-    resolve_system,
     segment_events,
 )
 from citibikes.replay.recordings import Recording, recorded
