@@ -9,7 +9,7 @@ like the Glue tables (``station_status``, ``station_information``, ``quarantine`
 Each view reads its partitions' files with ``read_parquet(..., hive_partitioning = true,
 hive_types = {'system': VARCHAR, 'date': DATE, 'hour': INTEGER})``, and the files of compacted days
 (``hour`` a column of theirs) with a second ``read_parquet`` joined by ``UNION ALL BY NAME``
-(:func:`citibikes.catalog.crawl.scan_sql`); the list it reads is made from the ``_partitions`` table:
+(:func:`citibikes.catalog.scan.scan_sql`); the list it reads is made from the ``_partitions`` table:
 while no file of a system's day is compacted or held by a compacted file, one glob for the day
 (``system=x/date=d/hour=*/*.parquet``), else per hour its folder's glob or its files (its day's
 compacted file, its own, late files: :mod:`citibikes.catalog.crawl`). A query expands the globs when it
@@ -71,9 +71,8 @@ from citibikes.catalog.crawl import (
     Table,
     columns_text,
     crawl,
-    literal,
-    scan_sql,
 )
+from citibikes.catalog.scan import literal, scan_sql
 from citibikes.catalog.errors import CatalogError
 from citibikes.config import Settings
 from citibikes.errors import first_line

@@ -44,7 +44,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from citibikes.catalog.crawl import CatalogState, FileRecord, literal, partition_reads, scan_sql
+from citibikes.catalog.crawl import CatalogState, FileRecord, partition_reads
+from citibikes.catalog.scan import literal, scan_sql
 from citibikes.catalog.errors import CatalogError
 from citibikes.errors import first_line
 from citibikes.lake import layout
