@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from citibikes.config import QualityConfig
-from citibikes.gbfs.model import STATION_STATUS, QuarantinedRecord
+from citibikes.gbfs.model import QUARANTINED_COUNTS, STATION_STATUS, QuarantinedRecord
 from citibikes.gbfs.normalize import Normalized, quarantine
 
 MAX_PLAUSIBLE_COUNT = 100_000
@@ -387,10 +387,13 @@ def _split(normalized: Normalized, rejections: _Rejections, age: float, *, stale
         keep = [True] * table.num_rows
         for index in by_index:
             keep[index] = False
+        rows = sorted(by_index)
+        read = (table.select(QUARANTINED_COUNTS).take(rows).to_pylist() if normalized.feed == STATION_STATUS
+                else [None] * len(rows))
         table = table.filter(pa.array(keep, pa.bool_()))
-        for index in sorted(by_index):
+        for index, values in zip(rows, read):
             quarantined.append(quarantine(normalized.sources[index], by_index[index], feed=normalized.feed,
                                           system_id=normalized.system_id, last_updated=normalized.last_updated,
-                                          fetched_at=normalized.fetched_at))
+                                          fetched_at=normalized.fetched_at, read=values))
     return Validated(normalized.feed, normalized.system_id, normalized.version, normalized.last_updated,
                      normalized.fetched_at, table, quarantined, normalized.seen, dict(normalized.quirks), age, stale)

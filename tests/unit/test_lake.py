@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 
 from citibikes.config import load_settings
 from citibikes.gbfs.model import (
+    QUARANTINED_COUNTS,
     STATION_INFORMATION_SCHEMA,
     STATION_STATUS_SCHEMA,
     QuarantinedRecord,
@@ -126,7 +127,8 @@ def column_chunks(data: bytes | Path) -> dict[str, Any]:
 
 
 def quarantined_from_table(table: pa.Table) -> list[QuarantinedRecord]:
-    columns = {name: table[name].to_pylist() for name in ("system_id", "feed", "station_id", "reasons", "raw")}
+    columns = {name: table[name].to_pylist() for name in ("system_id", "feed", "station_id", "reasons", "raw",
+                                                          *QUARANTINED_COUNTS)}
     columns["last_updated"] = seconds(table["last_updated"], whole=True)
     columns["fetched_at"] = seconds(table["fetched_at"], whole=False)
     return [QuarantinedRecord(**dict(zip(columns, values))) for values in zip(*columns.values())]

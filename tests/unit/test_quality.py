@@ -285,6 +285,26 @@ def test_a_rule_rejection_keeps_the_raw_record_whole() -> None:
     assert quarantined.last_updated == header_time(status)
 
 
+def test_a_quarantined_status_record_keeps_the_counts_that_could_be_read() -> None:
+    """Issue 16: the service analytics counts quarantined records as published, so the quarantine keeps their
+    counts and flags; a value that could not be read (a string, a count too large for the lake) is None."""
+    information, status = real_doc(STATION_INFORMATION), real_doc(STATION_STATUS)
+    sentinel, broken, huge = status["data"]["stations"][100:103]
+    sentinel.update(last_reported=86400, num_bikes_available=0, is_renting=1)
+    broken.update(num_docks_available="3", is_returning=0)
+    huge.update(num_bikes_available=10**12)
+    result = run(information, status)
+    by_id = {q.station_id: q for q in result.quarantined}
+    kept = by_id[sentinel["station_id"]]
+    assert (kept.num_bikes_available, kept.num_bikes_disabled, kept.num_docks_available, kept.is_renting,
+            kept.is_returning) == (0, sentinel["num_bikes_disabled"], sentinel["num_docks_available"], True,
+                                   bool(sentinel["is_returning"]))
+    assert by_id[broken["station_id"]].reasons == ["invalid_type:num_docks_available"]
+    assert (by_id[broken["station_id"]].num_docks_available, by_id[broken["station_id"]].is_returning) == (None, False)
+    assert by_id[huge["station_id"]].num_bikes_available is None
+    assert by_id[huge["station_id"]].num_docks_available == huge["num_docks_available"]
+
+
 def test_every_reason_code_is_documented() -> None:
     documented = [re.escape(code).replace(re.escape("<field>"), r"[a-z_]+") for code in REASONS]
     assert all(rule.reason for rule in RULES)

@@ -82,6 +82,10 @@ SNAPSHOT_COLUMNS = ("system_id", "last_updated", "fetched_at", "schema_version")
 """Columns with one value per snapshot (the rest are per station)."""
 
 
+QUARANTINED_COUNTS = ("num_bikes_available", "num_bikes_disabled", "num_docks_available", "is_renting", "is_returning")
+"""The station_status fields a quarantined record keeps, read, beside its raw text."""
+
+
 class QuarantinedRecord(msgspec.Struct, kw_only=True, gc=False):
     """A record that failed validation, kept whole with the machine-readable reasons."""
 
@@ -94,3 +98,10 @@ class QuarantinedRecord(msgspec.Struct, kw_only=True, gc=False):
     wrote them in; the body as it came is in the lake's raw archive)."""
     last_updated: int
     fetched_at: float
+    num_bikes_available: int | None = None
+    num_bikes_disabled: int | None = None
+    num_docks_available: int | None = None
+    is_renting: bool | None = None
+    is_returning: bool | None = None
+    """A station_status record's counts and flags as far as they could be read (None: absent or unusable),
+    so that what reads the feed as published (the service analytics) can count quarantined records too."""

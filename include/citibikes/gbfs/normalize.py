@@ -31,6 +31,7 @@ from citibikes.gbfs.model import (
     SCHEMA_VERSION,
     SCHEMAS,
     STATION_INFORMATION,
+    QUARANTINED_COUNTS,
     STATION_STATUS,
     QuarantinedRecord,
 )
@@ -169,13 +170,14 @@ def _normalize(parsed: ParsedFeed, system_id: str, fetched_at: float, specs: tup
     rows: list[dict[str, Any]] = records if all_objects else [record for record in records if type(record) is dict]
     columns, problems, quirks, fallbacks = _read_columns(rows, specs, parsed.v3)
 
-    def rejected(record: Any, reasons: list[str]) -> QuarantinedRecord:
+    def rejected(record: Any, reasons: list[str], index: int | None = None) -> QuarantinedRecord:
+        read = None if index is None else {name: columns[name][index] for name in QUARANTINED_COUNTS if name in columns}
         return quarantine(record, reasons, feed=parsed.feed, system_id=system_id, last_updated=parsed.last_updated,
-                          fetched_at=fetched_at)
+                          fetched_at=fetched_at, read=read)
 
     quarantined = [] if all_objects else [rejected(record, ["invalid_type:station"])
                                           for record in records if type(record) is not dict]
-    quarantined += [rejected(rows[index], reasons) for index, reasons in sorted(problems.items())]
+    quarantined += [rejected(rows[index], reasons, index) for index, reasons in sorted(problems.items())]
     keep = [index not in problems for index in range(len(rows))] if problems else [True] * len(rows)
     if problems:
         rows = list(compress(rows, keep))
@@ -273,10 +275,18 @@ def _table(parsed: ParsedFeed, system_id: str, fetched_at: float, columns: dict[
 
 
 def quarantine(raw: Any, reasons: list[str], *, feed: str, system_id: str, last_updated: int,
-               fetched_at: float) -> QuarantinedRecord:
-    """A :class:`QuarantinedRecord` keeping the raw record whole (JSON text, keys sorted) with its reasons."""
+               fetched_at: float, read: dict[str, Any] | None = None) -> QuarantinedRecord:
+    """A :class:`QuarantinedRecord` keeping the raw record whole (JSON text, keys sorted) with its reasons, and
+    for station_status the counts and flags of ``read`` (the record's fields as normalized; None where unusable)."""
+    counts = {} if read is None or feed != STATION_STATUS else {name: _fits(read.get(name)) for name in QUARANTINED_COUNTS}
     return QuarantinedRecord(system_id=system_id, feed=feed, station_id=raw_station_id(raw), reasons=reasons,
-                             raw=_SORTED_JSON.encode(raw).decode(), last_updated=last_updated, fetched_at=fetched_at)
+                             raw=_SORTED_JSON.encode(raw).decode(), last_updated=last_updated, fetched_at=fetched_at,
+                             **counts)
+
+
+def _fits(value: Any) -> Any:
+    """A flag, or a count that fits the lake's int32 column; None otherwise (a count of 10**12 is no count)."""
+    return value if type(value) is bool or (type(value) is int and -2**31 <= value < 2**31) else None
 
 
 def raw_station_id(raw: Any) -> str | None:

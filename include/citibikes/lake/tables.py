@@ -64,8 +64,15 @@ QUARANTINE_SCHEMA = pa.schema([
     required("raw", pa.string()),
     required("last_updated", TIMESTAMP_UTC),
     required("fetched_at", TIMESTAMP_UTC),
+    optional("num_bikes_available", pa.int32()),
+    optional("num_bikes_disabled", pa.int32()),
+    optional("num_docks_available", pa.int32()),
+    optional("is_renting", pa.bool_()),
+    optional("is_returning", pa.bool_()),
     required("schema_version", pa.int32()),
 ])
+"""Quarantined records, whole (``raw``) with their reasons; a station_status record also with the counts and
+flags that could be read (files written before they were added lack these columns: readers take them by name)."""
 
 PIPELINE_RUNS_SCHEMA = pa.schema([
     required("run_id", pa.string()),
