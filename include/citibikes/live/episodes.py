@@ -39,6 +39,10 @@ class Observation(NamedTuple):
     docks: int
     renting: bool
     returning: bool
+    previous: int | None = None
+    """When the caller left out observations that cannot change anything (the analytics does, see
+    :mod:`citibikes.analytics.series`): the time of the station's observation just before this one, which
+    the gap rule compares against. None: the one stepped before."""
 
 
 class Change(NamedTuple):
@@ -69,7 +73,8 @@ class StationEpisodes:
     def step(self, observation: Observation) -> list[Change]:
         """Apply the next observation (strictly newer than the previous one); returns what changed."""
         at = observation.at
-        previous, self.previous = self.previous, at
+        previous = self.previous if observation.previous is None else observation.previous
+        self.previous = at
         if previous is None:  # the first observation only starts the walk
             return []
         changes = []

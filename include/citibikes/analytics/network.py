@@ -1,0 +1,112 @@
+"""The station network of the rebalancing standard: stations in feet, links of at most 2,000 ft, nearest neighbours.
+
+The auditors' definition: project each station (its first known position) to a plane in feet, link
+stations at most :data:`LINK_FT` apart, keep the largest connected network, and give each of its
+stations its single nearest other station within that network (no distance limit). A tie between
+two networks of the same size goes to the one holding the smallest ``station_id``; a tie between two
+neighbours at the same distance to the smaller ``station_id``.
+
+The plane: New York State Plane Long Island (EPSG:2263, US survey feet) when the system's median
+position lies in that zone's area of use (Citi Bike: its New Jersey stations are projected with it
+too, as the Comptroller did); elsewhere an azimuthal equidistant projection centred on the median
+position, in the same feet, whose distances are true within a few parts per million over a city.
+
+The links and the nearest neighbours are SQL (a band join and an ``arg_min`` over every pair, on
+DuckDB); the connected networks are a union-find over the links here.
+"""
+
+from __future__ import annotations
+
+from statistics import median
+from typing import NamedTuple
+
+import duckdb
+import pyarrow as pa
+from pyproj import CRS, Transformer
+
+LINK_FT = 2000.0
+"""Stations at most this far apart (feet) are linked."""
+NYC_CRS = "EPSG:2263"
+
+
+class Position(NamedTuple):
+    station_id: str
+    lat: float
+    lon: float
+
+
+class Neighbour(NamedTuple):
+    station_id: str
+    neighbour_id: str
+    distance_ft: float
+
+
+def crs_for(positions: list[Position]) -> str:
+    """EPSG:2263 for a system centred in New York City's Long Island zone, a local equidistant plane elsewhere."""
+    lat, lon = median(p.lat for p in positions), median(p.lon for p in positions)
+    area = CRS(NYC_CRS).area_of_use
+    if area is not None and area.west <= lon <= area.east and area.south <= lat <= area.north:
+        return NYC_CRS
+    return f"+proj=aeqd +lat_0={lat} +lon_0={lon} +datum=WGS84 +units=us-ft +no_defs"
+
+
+def project(positions: list[Position], crs: str) -> list[tuple[str, float, float]]:
+    """Each station's (id, x, y) in feet."""
+    transform = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+    xs, ys = transform.transform([p.lon for p in positions], [p.lat for p in positions])
+    return [(p.station_id, float(x), float(y)) for p, x, y in zip(positions, xs, ys)]
+
+
+def neighbours(con: duckdb.DuckDBPyConnection, positions: list[Position]) -> tuple[str, list[Neighbour]]:
+    """The projection used, and each station of the largest network with its nearest other station in it."""
+    if len(positions) < 2:
+        return crs_for(positions) if positions else NYC_CRS, []
+    crs = crs_for(positions)
+    ids, xs, ys = zip(*project(positions, crs))
+    temp_table(con, "analytics_plane", pa.table({"station_id": ids, "x": xs, "y": ys}))
+    links = con.execute(f"""
+        SELECT a.station_id, b.station_id FROM analytics_plane a JOIN analytics_plane b
+          ON b.x BETWEEN a.x - {LINK_FT} AND a.x + {LINK_FT} AND b.y BETWEEN a.y - {LINK_FT} AND a.y + {LINK_FT}
+        WHERE a.station_id < b.station_id AND sqrt((a.x - b.x) ** 2 + (a.y - b.y) ** 2) <= {LINK_FT}""").fetchall()
+    network = largest_network([p.station_id for p in positions], links)
+    temp_table(con, "analytics_members", pa.table({"station_id": sorted(network)}))
+    con.execute("CREATE OR REPLACE TEMP TABLE analytics_network AS SELECT * FROM analytics_plane "
+                "SEMI JOIN analytics_members USING (station_id)")
+    rows = con.execute("""
+        WITH pairs AS MATERIALIZED (
+            SELECT a.station_id AS a, b.station_id AS b, sqrt((a.x - b.x) ** 2 + (a.y - b.y) ** 2) AS d
+            FROM analytics_network a JOIN analytics_network b ON a.station_id != b.station_id),
+        nearest AS (SELECT a, min(d) AS d FROM pairs GROUP BY a)
+        SELECT a, min(b), d FROM pairs JOIN nearest USING (a, d) GROUP BY a, d ORDER BY a""").fetchall()
+    return crs, [Neighbour(*row) for row in rows]
+
+
+def largest_network(stations: list[str], links: list[tuple[str, str]]) -> set[str]:
+    """The largest set of stations connected by ``links`` (a tie: the one holding the smallest id); empty when no
+    two stations are linked."""
+    parent = {station: station for station in stations}
+
+    def root(station: str) -> str:
+        while parent[station] != station:
+            parent[station] = parent[parent[station]]
+            station = parent[station]
+        return station
+
+    for a, b in links:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)  # a network's root is its smallest id
+    networks: dict[str, set[str]] = {}
+    for station in stations:
+        networks.setdefault(root(station), set()).add(station)
+    largest = min(networks.values(), key=lambda members: (-len(members), min(members)))
+    return largest if len(largest) > 1 else set()
+
+
+def temp_table(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
+    """``table`` as the connection's temporary table ``name`` (replacing one of that name)."""
+    con.register("_analytics_arrow", table)
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM _analytics_arrow")
+    finally:
+        con.unregister("_analytics_arrow")

@@ -1,0 +1,272 @@
+"""The service analytics (issue 16) on series landed by the backfill and read through the DuckDB catalog.
+
+Hand-built series whose answers are worked out in the comments, then the same figures from the independent
+computation of ``tests/support/audit.py`` (plain Python over the raw files) on hand-built, random, recorded
+and replayed series. Monday 2 March 2026 is in New York's winter time (UTC-5).
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import date
+from pathlib import Path
+
+import pytest
+from support.audit import audit
+from support.series import Series, local, measured
+
+from citibikes.analytics.measures import Analytics
+from citibikes.replay.evolve import ReplayFeed, citibike_spec
+from citibikes.replay.recordings import recorded
+
+MONDAY = date(2026, 3, 2)
+
+
+def by_id(analytics: Analytics) -> dict:
+    return {s.station_id: s for s in analytics.stations}
+
+
+def durations_series() -> Series:
+    """Stations far apart (no network matters here), each showing one rule."""
+    s = Series()
+    for index, name in enumerate(("gap", "edge", "clock", "capzero", "broken", "flagged")):
+        s.station(name, north_ft=10_000 * index)
+    s.stations["capzero"]["capacity"] = 0
+    s.stations["broken"]["capacity"] = 10
+    # gap: empty from 12:00; nothing seen between 12:30 and 13:20 (50 min > 40) closes it at 12:30 (30 min);
+    # 13:20 closes nothing more and opens nothing (the close came first); 13:30 opens, 13:40 closes (10 min)
+    for when, bikes in (("11:50", 5), ("12:00", 0), ("12:10", 0), ("12:20", 0), ("12:30", 0), ("13:20", 0),
+                        ("13:30", 0), ("13:40", 3)):
+        s.at(f"2026-03-02 {when}:00", gap=bikes)
+    # edge: empty from 05:50, but the durations' window starts at 06:00: the walk starts at 06:00, opens at 06:10,
+    # closes at 06:20 (10 min); empty again at 23:50, still open at the window's end 23:59: dropped
+    for when, bikes in (("05:40", 0), ("05:50", 0), ("06:00", 0), ("06:10", 0), ("06:20", 2), ("23:40", 3),
+                        ("23:50", 0), ("23:59", 0)):
+        s.at(f"2026-03-02 {when}:00", edge=bikes)
+    # clock: empty at each of these; in the unusable windows: 07:00:00, 10:58:00, 10:59:00 (not 06:59:59,
+    # 10:59:30, 11:00:00)
+    for when in ("06:59:59", "07:00:00", "10:58:00", "10:59:00", "10:59:30", "11:00:00"):
+        s.at(f"2026-03-02 {when}", clock=0)
+    # capzero: capacity 0, 0 bikes and 0 docks: unusable at 08:00 and 17:00, no broken-bike share
+    s.at("2026-03-02 08:00:00", capzero={"num_bikes_available": 0, "num_docks_available": 0})
+    s.at("2026-03-02 17:00:00", capzero={"num_bikes_available": 0, "num_docks_available": 0})
+    # broken (capacity 10): disabled/capacity 0.2, 0.1, left out (3 + 10 > 10; quarantined for capacity), 0.0
+    for when, bikes, disabled in (("12:00", 3, 2), ("12:10", 4, 1), ("12:20", 3, 10), ("12:30", 2, 0)):
+        s.at(f"2026-03-02 {when}:00", broken={"num_bikes_available": bikes, "num_bikes_disabled": disabled,
+                                              "num_docks_available": 0})
+    # flagged: never reported (last_reported 86400: quarantined) yet empty at 08:00 and 09:00: both count; its
+    # 10:00 record's bikes are text: skipped
+    s.at("2026-03-02 08:00:00", flagged={"num_bikes_available": 0, "last_reported": 86400})
+    s.at("2026-03-02 09:00:00", flagged={"num_bikes_available": 0, "last_reported": 86400})
+    s.at("2026-03-02 10:00:00", flagged={"num_bikes_available": "x", "num_docks_available": 3})
+    return s
+
+
+def standard_series() -> Series:
+    """A, B (1,000 ft east of A) and C (1,800 ft east of B) make the network; D (10,000 ft north) stands alone.
+    A and B are each other's nearest neighbour; C's is B."""
+    s = Series()
+    s.station("a")
+    s.station("b", east_ft=1000)
+    s.station("c", east_ft=2800)
+    s.station("d", north_ft=10_000)
+    # Monday peak: A and B empty 09:00-11:20, A back at 11:30 (and A missing from the 10:00 snapshot)
+    for minute in range(8 * 60 + 50, 12 * 60 + 10, 10):
+        when = f"2026-03-02 {minute // 60:02d}:{minute % 60:02d}:00"
+        empty = 9 * 60 <= minute <= 11 * 60 + 20
+        records = {"b": 0 if empty else 5, "c": 5, "d": 5}
+        if minute != 10 * 60:
+            records["a"] = 0 if empty else (2 if minute >= 11 * 60 + 30 else 5)
+        s.at(when, **records)
+    # Monday night to Tuesday (off-peak): A and B full (20 bikes, no dock) from 21:00 to 01:00, docks at 01:10
+    for minute in range(20 * 60 + 50, 25 * 60 + 30, 10):
+        day, clock = (2, minute) if minute < 24 * 60 else (3, minute - 24 * 60)
+        when = f"2026-03-0{day} {clock // 60:02d}:{clock % 60:02d}:00"
+        full = 21 * 60 <= minute <= 25 * 60
+        s.at(when, a=20 if full else 15, b=20 if full else 15, c=5, d=5)
+    # Tuesday peak: A and B empty 09:00-10:50, back at 11:00; A is not renting, and missing at 09:40
+    for minute in range(9 * 60, 11 * 60 + 10, 10):
+        when = f"2026-03-03 {minute // 60:02d}:{minute % 60:02d}:00"
+        bikes = 0 if minute < 11 * 60 else 2
+        records = {"b": bikes, "c": 5, "d": 5}
+        if minute != 9 * 60 + 40:
+            records["a"] = {"num_bikes_available": bikes, "is_renting": False}
+        s.at(when, **records)
+    return s
+
+
+@pytest.fixture(scope="module")
+def durations(tmp_path_factory: pytest.TempPathFactory) -> tuple[Analytics, Path]:
+    folder = durations_series().write(tmp_path_factory.mktemp("durations-feed"))
+    return measured(folder, tmp_path_factory.mktemp("durations"), MONDAY, MONDAY), folder
+
+
+@pytest.fixture(scope="module")
+def standard(tmp_path_factory: pytest.TempPathFactory) -> tuple[Analytics, Path]:
+    folder = standard_series().write(tmp_path_factory.mktemp("standard-feed"))
+    return measured(folder, tmp_path_factory.mktemp("standard"), MONDAY, date(2026, 3, 3)), folder
+
+
+def test_a_gap_over_40_minutes_closes_episodes_at_the_earlier_snapshot(durations: tuple[Analytics, Path]) -> None:
+    gap = by_id(durations[0])["gap"]
+    assert (gap.episodes, gap.longest_h, gap.median_h, gap.mean_h) == (2, 0.5, 1200 / 3600, 1200 / 3600)
+
+
+def test_durations_count_only_the_window_and_drop_what_is_still_open(durations: tuple[Analytics, Path]) -> None:
+    edge = by_id(durations[0])["edge"]
+    assert (edge.episodes, edge.longest_h) == (1, 600 / 3600)
+
+
+def test_unusable_windows_include_their_ends_to_the_second(durations: tuple[Analytics, Path]) -> None:
+    analytics, _ = durations
+    times = {at for at in durations_series().snapshots}
+    in_windows = {"07:00:00", "08:00:00", "09:00:00", "10:00:00", "10:58:00", "10:59:00", "17:00:00"}
+    assert {local(f"2026-03-02 {t}") for t in in_windows} <= times
+    assert analytics.system.window_snapshots == len(in_windows)
+    assert analytics.system.snapshots == len(times)
+    clock = by_id(analytics)["clock"]
+    assert (clock.unusable, clock.unusable_share) == (3, 3 / len(in_windows))
+
+
+def test_capacity_0_leaves_the_broken_bike_share_out(durations: tuple[Analytics, Path]) -> None:
+    stations = by_id(durations[0])
+    assert (stations["capzero"].unusable, stations["capzero"].broken_snapshots, stations["capzero"].broken_median) \
+        == (2, 0, None)
+    broken = stations["broken"]
+    assert broken.snapshots == 4 and broken.broken_snapshots == 3
+    assert broken.broken_median == pytest.approx(0.1) and broken.broken_mean == pytest.approx(0.1)
+
+
+def test_quarantined_records_still_count_and_unreadable_ones_are_skipped(durations: tuple[Analytics, Path]) -> None:
+    analytics, _ = durations
+    flagged = by_id(analytics)["flagged"]
+    assert (flagged.snapshots, flagged.quarantined_counted, flagged.skipped, flagged.unusable) == (2, 2, 1, 2)
+    broken = by_id(analytics)["broken"]
+    assert broken.quarantined_counted == 1  # its capacity_exceeded record
+    assert analytics.system.skipped == 1
+
+
+def test_the_network_and_each_stations_nearest_neighbour(standard: tuple[Analytics, Path]) -> None:
+    analytics, _ = standard
+    stations = by_id(analytics)
+    assert {s: (v.in_network, v.neighbour_id) for s, v in stations.items()} == {
+        "a": (True, "b"), "b": (True, "a"), "c": (True, "b"), "d": (False, None)}
+    assert stations["a"].neighbour_ft == pytest.approx(1000, rel=0.01)
+    assert analytics.system.projection == "EPSG:2263" and analytics.system.network_stations == 3
+
+
+def test_rebalancing_violations_and_fines(standard: tuple[Analytics, Path]) -> None:
+    stations = by_id(standard[0])
+    # Monday peak, A+B empty 09:00-11:30 (A missing at 10:00 changes nothing: B is empty): 2.5 h, $50 each.
+    # Tuesday peak: B's series (its flags: renting) opens at 09:00 after the overnight gap and closes at 11:00:
+    # 2 h, $50. A's series has A's flags (not renting) but B's at 09:40, where A is missing: opens at 09:40,
+    # closes at 11:00: 80 min, an instance with no whole hour beyond the grace: $0.
+    assert (stations["a"].peak_instances, stations["a"].peak_fines) == (2, 50)
+    assert (stations["b"].peak_instances, stations["b"].peak_fines) == (2, 100)
+    # Off-peak, A+B full 21:00-01:10: 4 h 10 min, 2 whole hours beyond the 2 h grace: $100 each.
+    assert (stations["a"].off_peak_instances, stations["a"].off_peak_fines) == (1, 100)
+    assert (stations["b"].off_peak_instances, stations["b"].off_peak_fines) == (1, 100)
+    # C's pair (C+B) always has C's 5 bikes; D has no neighbour.
+    assert all((stations[s].peak_instances, stations[s].off_peak_instances, stations[s].fines) == (0, 0, 0)
+               for s in "cd")
+    assert standard[0].system.fines == 50 + 100 + 100 + 100
+
+
+# --------------------------------------------------------------------------- the independent computation
+
+INTEGERS = ("snapshots", "skipped", "unusable", "broken_snapshots", "episodes", "in_network", "neighbour_id",
+            "peak_instances", "peak_fines", "off_peak_instances", "off_peak_fines", "fines")
+FLOATS = ("unusable_share", "broken_median", "broken_mean", "longest_h", "median_h", "mean_h")
+
+
+def assert_same_figures(analytics: Analytics, expected: dict) -> None:
+    stations = by_id(analytics)
+    assert sorted(stations) == sorted(expected["stations"])
+    for station_id, figures in expected["stations"].items():
+        got = stations[station_id]
+        assert {f: getattr(got, f) for f in INTEGERS} == {f: figures[f] for f in INTEGERS}, station_id
+        for f in FLOATS:
+            assert getattr(got, f) == (None if figures[f] is None else pytest.approx(figures[f], rel=1e-12)), \
+                (station_id, f)
+    system = analytics.system
+    assert {k: getattr(system, k) for k in expected["system"]} == expected["system"]
+
+
+@pytest.mark.parametrize("series", [durations_series, standard_series])
+def test_hand_built_series_match_the_independent_computation(series, tmp_path: Path) -> None:  # noqa: ANN001
+    folder = series().write(tmp_path / "feed")
+    last = max(series().snapshots)
+    expected = audit(folder, "test", "America/New_York", MONDAY, date(2026, 3, 3))
+    assert expected["system"]["records"] > 0 and last
+    assert_same_figures(measured(folder, tmp_path, MONDAY, date(2026, 3, 3)), expected)
+
+
+def random_series(seed: int) -> Series:
+    """Eight stations in two clusters, 36 hours of snapshots 5-15 minutes apart with feed outages, stations
+    missing, zeros in runs, flags off, quarantined and unreadable records."""
+    rng = random.Random(seed)
+    s = Series()
+    for index in range(8):
+        s.station(f"s{index}", north_ft=rng.uniform(0, 1500) + (20_000 if index >= 6 else 0),
+                  east_ft=rng.uniform(0, 1500), capacity=rng.choice([0, 10, 20, 20, 20]))
+    at = local("2026-03-02 00:00:00")
+    end = local("2026-03-03 12:00:00")
+    state = {f"s{i}": 5 for i in range(8)}
+    while at < end:
+        at += rng.choice([300, 600, 900]) if rng.random() > 0.03 else rng.randint(2401, 7200)
+        records = {}
+        for station in state:
+            if rng.random() < 0.05:
+                continue  # missing from this snapshot
+            if rng.random() < 0.2:
+                state[station] = rng.choice([0, 0, 0, 1, 3, 20])
+            record: dict = {"num_bikes_available": state[station]}
+            capacity = s.stations[station]["capacity"]
+            record["num_docks_available"] = max(capacity - state[station], 0) if rng.random() > 0.1 else 0
+            record["num_bikes_disabled"] = rng.choice([0, 0, 1, 2])
+            record["is_renting"] = rng.random() > 0.1
+            record["is_returning"] = rng.random() > 0.1
+            if rng.random() < 0.05:
+                record["last_reported"] = 86400
+            if rng.random() < 0.02:
+                record["num_bikes_available"] = "many"
+            records[station] = record
+        if records:
+            s.at(at, **records)
+    return s
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_series_match_the_independent_computation(seed: int, tmp_path: Path) -> None:
+    folder = random_series(seed).write(tmp_path / "feed")
+    expected = audit(folder, "test", "America/New_York", MONDAY, date(2026, 3, 3))
+    assert expected["system"]["skipped"] > 0 and expected["system"]["records"] > 500
+    assert_same_figures(measured(folder, tmp_path, MONDAY, date(2026, 3, 3)), expected)
+
+
+def test_recorded_citi_bike_snapshots_match_the_independent_computation(tmp_path: Path) -> None:
+    folder = tmp_path / "feed"
+    folder.mkdir()
+    for recording in (*recorded("station_information"), *recorded("station_status")):
+        (folder / f"{recording.feed}_{recording.last_updated}.json").write_bytes(recording.read_bytes())
+    day = date(2024, 3, 13)
+    expected = audit(folder, "citibike", "America/New_York", day, day)
+    analytics = measured(folder, tmp_path, day, day, system_id="citibike")
+    assert expected["system"]["records"] > 8000 and analytics.system.quarantined_counted > 0
+    assert_same_figures(analytics, expected)
+
+
+def test_a_replayed_day_matches_the_independent_computation(tmp_path: Path) -> None:
+    """The replay feed's Citi Bike (2,208 stations) every 5 minutes for 26 hours from Monday 05:00 local."""
+    feed = ReplayFeed(citibike_spec(system_id="citibike"))
+    folder = tmp_path / "feed"
+    folder.mkdir()
+    start = local("2026-03-02 05:00:00")
+    (folder / "station_information.json").write_bytes(feed.station_information(start).body)
+    for step in range(26 * 12):
+        status = feed.station_status(start + 300 * step)
+        (folder / f"station_status-{status.last_updated}.json").write_bytes(status.body)
+    expected = audit(folder, "citibike", "America/New_York", MONDAY, date(2026, 3, 3))
+    analytics = measured(folder, tmp_path, MONDAY, date(2026, 3, 3), system_id="citibike")
+    assert analytics.system.episodes > 100 and analytics.system.fines > 0
+    assert_same_figures(analytics, expected)
