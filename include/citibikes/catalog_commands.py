@@ -1,5 +1,6 @@
-"""``citibikes catalog|compact|checks``: the catalogued lake from the command line, what the
-``citibikes_catalog``, ``citibikes_compaction`` and ``citibikes_checks`` DAGs do on a DuckDB catalog.
+"""``citibikes catalog|compact|checks|analytics``: the catalogued lake from the command line, what the
+``citibikes_catalog``, ``citibikes_compaction``, ``citibikes_checks`` and ``citibikes_analytics`` DAGs do on a
+DuckDB catalog.
 (Beside the ``catalog`` package, not in it: every ``citibikes`` command imports this module, and the
 package imports DuckDB, which only these commands need.)"""
 
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime
 from typing import TYPE_CHECKING
 
 from citibikes.config import Settings, load_settings
@@ -86,8 +87,41 @@ def cmd_checks(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_analytics(args: argparse.Namespace) -> int:
+    """The service analytics of a system and period: print the figures, write the report into the lake."""
+    import msgspec
+
+    from citibikes.analytics.errors import AnalyticsError
+    from citibikes.analytics.run import choose_system, lines, run
+    from citibikes.catalog import connect, refresh_catalog
+    from citibikes.cli import setup_logging
+    from citibikes.lake import lake_from_settings
+
+    settings = load_settings()
+    setup_logging(settings.log_level)
+    try:
+        first, last = (None if text is None else date.fromisoformat(text) for text in (args.first, args.last))
+    except ValueError:
+        raise AnalyticsError(f"--from {args.first!r} / --to {args.last!r}: write days as YYYY-MM-DD") from None
+    system = choose_system(settings, args.system)
+    lake = lake_from_settings(settings)
+    s3 = s3_access(settings)
+    refresh_catalog(lake, settings.catalog_path, s3=s3, grace_s=settings.compaction_grace_s)
+    con = connect(settings.catalog_path, s3=s3)
+    try:
+        analytics, keys = run(con, lake, system, first, last)
+    finally:
+        con.close()
+    if args.json:
+        print(msgspec.json.format(msgspec.json.encode(analytics)).decode())
+    else:
+        print("\n".join(lines(analytics)))
+        print(f"report: {lake.storage.uri(keys[-1])} (per-station tables beside it)")
+    return 0
+
+
 def add_catalog_commands(add: Add) -> None:
-    """Register ``catalog``, ``compact`` and ``checks`` with the ``citibikes`` parser's ``add``."""
+    """Register ``catalog``, ``compact``, ``checks`` and ``analytics`` with the ``citibikes`` parser's ``add``."""
     p = add("catalog", cmd_catalog, "show the lake's catalog (a DuckDB file in the state folder): tables, partitions, rows")
     p.add_argument("--refresh", action="store_true", help="crawl the lake first (what the citibikes_catalog DAG does)")
     p.add_argument("--partitions", action="store_true", help="list every partition too")
@@ -99,3 +133,10 @@ def add_catalog_commands(add: Add) -> None:
     p.add_argument("--as-of", default=None, help="end of the window, ISO 8601 with a time zone (default: now)")
     p.add_argument("--window-hours", type=int, default=None, help="hours before --as-of to check (default: "
                                                                   "CITIBIKES_CHECK_WINDOW_HOURS or 24)")
+    p = add("analytics", cmd_analytics, "the service measures a city auditor computes (share of time unusable, "
+                                        "broken bikes, empty/full durations, rebalancing fines) for a period; "
+                                        "writes the report into the lake")
+    p.add_argument("--system", default=None, help="system id (default: the only enabled system)")
+    p.add_argument("--from", dest="first", default=None, help="first local day, YYYY-MM-DD (default: the first with data)")
+    p.add_argument("--to", dest="last", default=None, help="last local day, YYYY-MM-DD (default: the last with data)")
+    p.add_argument("--json", action="store_true", help="print every figure (system, stations, by hour) as JSON")

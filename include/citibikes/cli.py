@@ -400,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from citibikes.analytics.errors import AnalyticsError
     from citibikes.aws.errors import AwsError
     from citibikes.catalog.errors import CatalogError
     from citibikes.checks.definitions import ChecksError
@@ -412,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (*USER_ERRORS, TopicError, DeliveryError, BrokerUnavailable, LakeError, StoreError, AwsError,
-            CatalogError, ChecksError) as exc:
+            CatalogError, ChecksError, AnalyticsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

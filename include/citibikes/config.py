@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
@@ -39,6 +40,9 @@ class SystemConfig:
     enabled: bool = True
     outage_threshold_s: int = 30 * 60
     """An empty or full episode this long is an outage: the live consumer alerts ``threshold``."""
+    timezone: str | None = None
+    """The system's IANA time zone (its ``system_information.timezone``), which the service analytics' windows
+    are local to; None: read from the feed's system_information when the analytics needs it."""
 
 
 @dataclass(frozen=True)
@@ -202,7 +206,8 @@ def _expand(value: Any, env: Mapping[str, str]) -> Any:
 
 
 def load_systems(path: Path, env: Mapping[str, str] | None = None) -> tuple[SystemConfig, ...]:
-    """Read the systems file: ``systems: [{id, discovery_url, language?, timeout_s?, enabled?}]``."""
+    """Read the systems file: ``systems: [{id, discovery_url, language?, timeout_s?, enabled?, outage_threshold_min?,
+    timezone?}]``."""
     env = os.environ if env is None else env
     doc = _read_yaml(path, "systems")
     entries = doc.get("systems") if isinstance(doc, dict) else None
@@ -230,6 +235,14 @@ def load_systems(path: Path, env: Mapping[str, str] | None = None) -> tuple[Syst
         except (TypeError, ValueError):
             raise ConfigError(f"systems file {path}: system {system_id!r} timeout_s and outage_threshold_min "
                               "must be numbers (seconds, minutes)") from None
+        timezone = entry.get("timezone")
+        if timezone is not None:
+            timezone = str(timezone)
+            try:
+                ZoneInfo(timezone)
+            except (ValueError, ZoneInfoNotFoundError):
+                raise ConfigError(f"systems file {path}: system {system_id!r} timezone {timezone!r} is not an IANA "
+                                  "time zone; write e.g. timezone: America/New_York") from None
         systems.append(
             SystemConfig(
                 system_id=system_id,
@@ -238,6 +251,7 @@ def load_systems(path: Path, env: Mapping[str, str] | None = None) -> tuple[Syst
                 timeout_s=timeout,
                 enabled=bool(entry.get("enabled", True)),
                 outage_threshold_s=round(threshold_min * 60),
+                timezone=timezone,
             )
         )
     return tuple(systems)

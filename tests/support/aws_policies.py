@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-LAKE_FOLDERS = ("curated", "quarantine", "raw", "pipeline_runs", "_state", "_athena")
-"""What the pipeline may touch: the lake's folders (``_athena``: Athena's results)."""
+LAKE_FOLDERS = ("curated", "quarantine", "raw", "pipeline_runs", "reports", "_state", "_athena")
+"""What the pipeline may touch: the lake's folders (``reports``: the analytics reports; ``_athena``: Athena's results)."""
 TABLE_FOLDERS = ("curated/station_status", "curated/station_information", "quarantine", "pipeline_runs",
                  "curated/rebalancing", "curated/checks")
 """What the crawler may read: one folder per table."""

@@ -19,7 +19,6 @@ read); a record whose counts or flags cannot be read is skipped and counted (``s
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from statistics import median
@@ -30,8 +29,8 @@ import duckdb
 import msgspec
 import pyarrow as pa
 
-from citibikes.analytics import network, sql
-from citibikes.live.episodes import Episode, Observation, StationEpisodes
+from citibikes.analytics import network, series, sql
+from citibikes.live.episodes import Episode
 
 GRACE_S = {"peak": 3600, "off_peak": 7200}
 """How long an empty or full instance of a window lasts before it violates the standard."""
@@ -142,8 +141,8 @@ def measure(con: duckdb.DuckDBPyConnection, period: Period) -> Analytics:
     parameters = period.parameters()
     con.execute(sql.STATIONS_TABLE, {k: parameters[k] for k in ("system", "last_date")})
     described = con.execute("SELECT station_id, name, lat, lon FROM analytics_stations ORDER BY sid").fetchall()
+    con.execute(sql.FEEDS_TABLE, {**parameters, "tz": period.timezone})
     con.execute(sql.RECORDS_TABLE, parameters)
-    con.execute(sql.FEEDS_TABLE, {"tz": period.timezone})
     snapshots, window_snapshots = con.execute(sql.SYSTEM).fetchone() or (0, 0)
     rows = con.execute(sql.STATIONS).fetchall()
     positions = [network.Position(described[r[0]][0], described[r[0]][2], described[r[0]][3]) for r in rows if r[1]]
@@ -173,20 +172,22 @@ def measure(con: duckdb.DuckDBPyConnection, period: Period) -> Analytics:
 
 
 def _episodes(con: duckdb.DuckDBPyConnection, pairs: list[tuple[int, int]]) -> dict[str, dict[int, list[Episode]]]:
-    """Series ("day", "peak", "off_peak") -> station (sid) -> its closed episodes, from the machine over the SQL's
-    rows; ``pairs``: each network station's sid and its neighbour's."""
-    network.temp_table(con, "analytics_pairs", pa.table({"sid": pa.array([p[0] for p in pairs], pa.int32()),
-                                                         "neighbour": pa.array([p[1] for p in pairs], pa.int32())}))
-    walked: dict[str, dict[int, list[Episode]]] = {name: defaultdict(list) for name in sql.SERIES_NAMES}
-    cursor = con.execute(sql.SERIES)
-    key, machine = None, StationEpisodes()
-    while batch := cursor.fetchmany(100_000):
-        for series, owner, at, previous, bikes, docks, renting, returning in batch:
-            if (series, owner) != key:
-                key, machine = (series, owner), StationEpisodes()
-            for change in machine.step(Observation(at, bikes, docks, renting, returning, previous)):
-                if change.end is not None:
-                    walked[sql.SERIES_NAMES[series]][owner].append(Episode(change.kind, change.start, change.end))
+    """Series ("day", "peak", "off_peak") -> station (sid) -> its closed episodes; ``pairs``: each network
+    station's sid and its neighbour's (see :mod:`citibikes.analytics.series`)."""
+    feeds = con.execute("SELECT ts, in_day_window, standard_window FROM analytics_feeds ORDER BY k").fetchall()
+    times = [ts for ts, _, _ in feeds]
+    segments = con.execute("SELECT segment, any_value(in_day_window), any_value(standard_window) FROM analytics_feeds "
+                           "GROUP BY segment").fetchall()
+    in_day = {segment for segment, day, _ in segments if day}
+    window = {segment: standard for segment, _, standard in segments}
+    by_station = series.runs(con.execute(sql.RUNS).fetchall())
+    walked: dict[str, dict[int, list[Episode]]] = {"day": {}, "peak": {}, "off_peak": {}}
+    for sid, found in by_station.items():
+        walked["day"][sid] = series.walk(((r.first, r.last, r.state) for r in found if r.segment in in_day), times)
+    for name, code in (("peak", 1), ("off_peak", 2)):
+        inside = {sid: [r for r in found if window[r.segment] == code] for sid, found in by_station.items()}
+        for sid, neighbour in pairs:
+            walked[name][sid] = series.walk(series.overlay(inside.get(sid, []), inside.get(neighbour, [])), times)
     return walked
 
 

@@ -5,7 +5,7 @@ so ``setup --dry-run`` prints it without calling AWS and tests check it without 
 
 Least privilege, in the documents' own terms:
 
-- the pipeline reads and writes the lake's prefixes (``curated/ quarantine/ raw/ pipeline_runs/
+- the pipeline reads and writes the lake's prefixes (``curated/ quarantine/ raw/ pipeline_runs/ reports/
   _state/``) and Athena's results (``_athena/``), deletes only below ``_state/``, ``curated/`` and
   ``quarantine/`` (compaction deletes the files it replaced), reads the catalog of the one Glue database, moves its partitions
   (``glue:BatchUpdatePartition``: compaction points an hour at its compacted file) and runs queries in
@@ -26,7 +26,7 @@ from typing import Any
 from citibikes.aws.errors import AwsError
 from citibikes.lake.errors import LakeError
 from citibikes.lake.filesystem import parse_lake_uri
-from citibikes.lake.layout import ATHENA_RESULTS_PREFIX, RAW_PREFIX, STATE_PREFIX, TABLES
+from citibikes.lake.layout import ATHENA_RESULTS_PREFIX, RAW_PREFIX, REPORTS_PREFIX, STATE_PREFIX, TABLES
 
 DATABASE = "citibikes_analytics"
 WORKGROUP = "citibikes"
@@ -45,8 +45,9 @@ INCOMPLETE_UPLOAD_DAYS = 7
 BYTES_SCANNED_CUTOFF = 10 * 1024**3
 """A query scanning more than 10 GiB (about $0.05) is cancelled by Athena."""
 
-LAKE_PREFIXES = tuple(sorted({t.prefix.split("/")[0] for t in TABLES.values()} | {RAW_PREFIX, STATE_PREFIX}))
-"""The folders the pipeline writes: ``_state curated pipeline_runs quarantine raw``."""
+LAKE_PREFIXES = tuple(sorted({t.prefix.split("/")[0] for t in TABLES.values()} | {RAW_PREFIX, STATE_PREFIX,
+                                                                                  REPORTS_PREFIX}))
+"""The folders the pipeline writes: ``_state curated pipeline_runs quarantine raw reports``."""
 TABLE_PREFIXES = tuple(t.prefix for t in TABLES.values())
 """The folders the crawler reads, one table each."""
 COMPACTED_PREFIXES = ("curated", "quarantine")

@@ -12,6 +12,7 @@ of adding a duplicate. ``date``/``hour`` are the UTC date and hour of ``last_upd
     pipeline_runs/date=2024-03-13/scheduled__2024-03-13T13_00_00_00_00-citibike.parquet
     curated/rebalancing/system=citibike/date=2024-03-13/asset_triggered__2024-03-13T13_31_02.123456_00_00.parquet
     curated/checks/date=2024-03-13/asset_triggered__2024-03-13T13_32_05.654321_00_00.parquet
+    reports/analytics/system=citibike/period=2024-03-01_2024-03-31/report.html
     _state/<key>
     _athena/<query id>.csv
 
@@ -54,6 +55,7 @@ UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 STATE_PREFIX = "_state"
 RAW_PREFIX = "raw"
 ATHENA_RESULTS_PREFIX = "_athena"
+REPORTS_PREFIX = "reports"
 COMPACTED_FOLDER = "_compacted"
 COMPACTED_NAME = "compacted.parquet"
 COMPACTED_PATTERN = re.compile(rf"/{COMPACTED_FOLDER}/v([0-9]+)/[^/._][^/]*\.parquet$")
@@ -243,6 +245,12 @@ def checks_key(run_id: str, run_after: float) -> str:
         raise LakeError("check results need a run_id to name their lake file; pass the Airflow run id")
     date, _ = utc_date_hour(run_after)
     return f"{TABLES['checks'].prefix}/date={date}/{safe_file_name(run_id)}.parquet"
+
+
+def report_key(report: str, system_id: str, period: str, name: str) -> str:
+    """Where a report's file lives: ``reports/analytics/system=citibike/period=2026-01-01_2026-01-31/report.html``
+    (a rerun of a period replaces it)."""
+    return f"{REPORTS_PREFIX}/{report}/system={check_system_id(system_id)}/period={period}/{name}"
 
 
 def state_key(key: str) -> str:

@@ -209,6 +209,10 @@ class Lake:
         key = layout.checks_key(run_id, run_after)
         return self.write_files([(key, parquet_bytes(checks_table(run_id, checked_at, results)))])[0]
 
+    def write_report(self, report: str, system_id: str, period: str, files: Sequence[tuple[str, bytes]]) -> list[str]:
+        """A report's ``(name, bytes)`` files under :func:`~citibikes.lake.layout.report_key` (replacing a former run's)."""
+        return self.write_files((layout.report_key(report, system_id, period, name), data) for name, data in files)
+
     # -- reading -----------------------------------------------------------------------------
 
     def files(self, name: str, system: str | None = None) -> list[str]:
