@@ -7,7 +7,12 @@ and replayed series. Monday 2 March 2026 is in New York's winter time (UTC-5).
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import re
+import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -16,6 +21,9 @@ from support.audit import audit
 from support.series import Series, local, measured
 
 from citibikes.analytics.measures import Analytics
+from citibikes.config import load_settings
+from citibikes.lake import open_lake
+from citibikes.replay.backfill import backfill
 from citibikes.replay.evolve import ReplayFeed, citibike_spec
 from citibikes.replay.recordings import recorded
 
@@ -270,3 +278,64 @@ def test_a_replayed_day_matches_the_independent_computation(tmp_path: Path) -> N
     analytics = measured(folder, tmp_path, MONDAY, date(2026, 3, 3), system_id="citibike")
     assert analytics.system.episodes > 100 and analytics.system.fines > 0
     assert_same_figures(analytics, expected)
+
+
+# --------------------------------------------------------------------------- the command line
+
+CLI = [sys.executable, "-m", "citibikes.cli", "analytics"]
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} - [\w.]+ - (DEBUG|INFO|WARNING|ERROR) - .+$")
+
+
+@pytest.fixture(scope="module")
+def cli_lake(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The standard series backfilled into a lake, and the environment of a user with two systems configured."""
+    work = tmp_path_factory.mktemp("cli")
+    folder = standard_series().write(work / "feed")
+    (work / "systems.yaml").write_text(
+        "systems:\n  - id: test\n    discovery_url: http://127.0.0.1:9/gbfs.json\n    timezone: America/New_York\n"
+        "  - id: other\n    discovery_url: http://127.0.0.1:9/gbfs.json\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CITIBIKES_")}
+    env.update({"CITIBIKES_SYSTEMS_FILE": str(work / "systems.yaml"), "CITIBIKES_LAKE_URI": str(work / "lake"),
+                "CITIBIKES_STATE_DIR": str(work / "state")})
+    settings = load_settings(env)
+    assert not backfill(folder, "test", settings=settings, lake=open_lake(settings.lake_uri), workers=1).failed
+    return env
+
+
+def test_the_command_prints_the_figures_and_writes_the_report(cli_lake: dict[str, str]) -> None:
+    done = subprocess.run([*CLI, "--system", "test", "--from", "2026-03-02", "--to", "2026-03-03"], env=cli_lake,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("test from 2026-03-02 to 2026-03-03 (America/New_York): ")
+    assert "peak 4 violations $150, off-peak 2 violations $200, total $350" in lines[4]
+    report = Path(lines[5].removeprefix("report: ").split(" (")[0])
+    assert report == Path(cli_lake["CITIBIKES_LAKE_URI"], "reports/analytics/system=test/period=2026-03-02_2026-03-03",
+                          "report.html")
+    assert report.exists() and (report.parent / "stations.parquet").exists()
+
+
+def test_the_command_prints_every_figure_as_json(cli_lake: dict[str, str]) -> None:
+    done = subprocess.run([*CLI, "--system", "test", "--json"], env=cli_lake, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    assert (figures["system"]["first"], figures["system"]["last"]) == ("2026-03-02", "2026-03-03")  # the data's days
+    assert {s["station_id"]: s["fines"] for s in figures["stations"]} == {"a": 150, "b": 200, "c": 0, "d": 0}
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "2 systems are enabled; choose one with --system (test, other)"),
+    (["--system", "nope"], "system 'nope' is not in the systems file"),
+    (["--system", "test", "--from", "March"], "write days as YYYY-MM-DD"),
+    (["--system", "test", "--from", "2026-03-03", "--to", "2026-03-02"], "the period starts (2026-03-03) after it ends"),
+    (["--system", "test", "--from", "2026-05-01", "--to", "2026-05-02"],
+     "the catalog has no station_status of test from 2026-05-01 to 2026-05-02 (America/New_York); choose days it holds"),
+    (["--system", "other"], "other: no timezone in the systems file and its system_information could not be read"),
+])
+def test_a_run_that_cannot_be_made_is_one_line_with_the_fix(cli_lake: dict[str, str], args: list[str],
+                                                              message: str) -> None:
+    done = subprocess.run([*CLI, *args], env=cli_lake, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    errors = [line for line in done.stderr.splitlines() if not LOG_LINE.match(line)]  # the feed's retries are logged
+    assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0], done.stderr
