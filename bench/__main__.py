@@ -12,7 +12,8 @@ checks     the data-quality checks on a replayed day: in-process and the checks 
 Not run by default (they need the running stack or a lake you provide, or take long): `bench/freshness.py`
 (with `make up`: feed -> Kafka -> live state -> alert over 30 minute-runs), `bench/consumer_apply.py
 --soak-minutes 10`, `bench/lake_month.py` (30 replayed days backfilled, catalogued, compacted and queried;
-10-20 min to build) and `bench/catalog_rollup.py --lake <lake_month.py's lake>` (the hourly rollup on it).
+10-20 min to build), `bench/catalog_rollup.py --lake <lake_month.py's lake>` (the hourly rollup on it) and
+`bench/analytics.py --lake <lake_month.py's lake>` (the service analytics over its 30 days).
 """
 
 from __future__ import annotations

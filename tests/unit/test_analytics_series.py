@@ -37,11 +37,11 @@ def runs_of(states: list[int | None], segments: list[int]) -> list[series.Run]:
     for k, state in enumerate(states):
         if state is None:
             continue
-        last = found[-1] if found else None
-        if last and last.last == k - 1 and last.segment == segments[k] and last.state == state:
-            found[-1] = last._replace(last=k)
+        before = found[-1] if found else None
+        if before and before[2] == k - 1 and before[3] == segments[k] and before[4] == state:
+            found[-1] = (0, before[1], k, before[3], state)
         else:
-            found.append(series.Run(k, k, segments[k], state))
+            found.append((0, k, k, segments[k], state))
     return found
 
 
@@ -56,7 +56,7 @@ def test_walking_runs_finds_the_episodes_of_walking_every_record(gaps: list[tupl
                                                                  states: list[int | None]) -> None:
     times, segments = timeline(gaps)
     states = states[:len(times)]
-    walked = series.walk([(r.first, r.last, r.state) for r in runs_of(states, segments)], times)
+    walked = series.walk(runs_of(states, segments), times)
     assert walked == episodes(every_record(states, times))
 
 
@@ -69,9 +69,9 @@ def test_a_pair_laid_over_is_the_pair_record_by_record(gaps: list[tuple[int, int
     combined = [None if a is None and b is None else series._COMBINED[series.ABSENT if a is None else a]
                 [series.ABSENT if b is None else b] for a, b in zip(own, other)]
     laid = series.overlay(runs_of(own, segments), runs_of(other, segments))
-    assert [k for first, last, _ in laid for k in range(first, last + 1)] == [k for k, c in enumerate(combined)
-                                                                              if c is not None]
-    assert all(combined[k] == state for first, last, state in laid for k in range(first, last + 1))
+    assert [k for _, first, last, _, _ in laid for k in range(first, last + 1)] == [
+        k for k, c in enumerate(combined) if c is not None]
+    assert all(combined[k] == state for _, first, last, _, state in laid for k in range(first, last + 1))
     assert series.walk(laid, times) == episodes(every_record(combined, times))
 
 

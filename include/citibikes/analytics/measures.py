@@ -145,13 +145,14 @@ def measure(con: duckdb.DuckDBPyConnection, period: Period) -> Analytics:
     con.execute(sql.RECORDS_TABLE, parameters)
     snapshots, window_snapshots = con.execute(sql.SYSTEM).fetchone() or (0, 0)
     rows = con.execute(sql.STATIONS).fetchall()
+    broken_medians = dict(con.execute(sql.BROKEN_MEDIANS).fetchall())
     positions = [network.Position(described[r[0]][0], described[r[0]][2], described[r[0]][3]) for r in rows if r[1]]
     crs, pairs = network.neighbours(con, positions)
     sids = {station_id: sid for sid, (station_id, *_) in enumerate(described)}
     neighbour = {sids[p.station_id]: p for p in pairs}
     walked = _episodes(con, [(sids[p.station_id], sids[p.neighbour_id]) for p in pairs])
     stations = []
-    for sid, usable, quarantined, skipped, unusable, broken_n, broken_median, broken_mean in rows:
+    for sid, usable, quarantined, skipped, unusable, broken_n, broken_mean in rows:
         station_id, name, lat, lon = described[sid]
         day = [e.end - e.start for e in walked["day"].get(sid, [])]
         fines = {window: _violations(walked[window].get(sid, []), GRACE_S[window])
@@ -161,7 +162,7 @@ def measure(con: duckdb.DuckDBPyConnection, period: Period) -> Analytics:
             system_id=period.system_id, station_id=station_id, name=name, lat=lat, lon=lon, snapshots=usable,
             quarantined_counted=quarantined, skipped=skipped, unusable=unusable,
             unusable_share=unusable / window_snapshots if window_snapshots else None,
-            broken_snapshots=broken_n, broken_median=broken_median, broken_mean=broken_mean,
+            broken_snapshots=broken_n, broken_median=broken_medians.get(sid), broken_mean=broken_mean,
             episodes=len(day), longest_h=max(day, default=0) / 3600, mean_h=sum(day) / len(day) / 3600 if day else 0.0,
             median_h=median(day) / 3600 if day else 0.0, in_network=pair is not None,
             neighbour_id=pair.neighbour_id if pair else None, neighbour_ft=pair.distance_ft if pair else None,
@@ -183,9 +184,9 @@ def _episodes(con: duckdb.DuckDBPyConnection, pairs: list[tuple[int, int]]) -> d
     by_station = series.runs(con.execute(sql.RUNS).fetchall())
     walked: dict[str, dict[int, list[Episode]]] = {"day": {}, "peak": {}, "off_peak": {}}
     for sid, found in by_station.items():
-        walked["day"][sid] = series.walk(((r.first, r.last, r.state) for r in found if r.segment in in_day), times)
+        walked["day"][sid] = series.walk((run for run in found if run[3] in in_day), times)
     for name, code in (("peak", 1), ("off_peak", 2)):
-        inside = {sid: [r for r in found if window[r.segment] == code] for sid, found in by_station.items()}
+        inside = {sid: [run for run in found if window[run[3]] == code] for sid, found in by_station.items()}
         for sid, neighbour in pairs:
             walked[name][sid] = series.walk(series.overlay(inside.get(sid, []), inside.get(neighbour, [])), times)
     return walked

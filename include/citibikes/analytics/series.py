@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from itertools import groupby
 from operator import itemgetter
-from typing import NamedTuple
 
 from citibikes.live.episodes import MAX_GAP_S, Episode, Observation, StationEpisodes
 
@@ -28,18 +27,15 @@ ABSENT = 32
 """No record of the station in a stretch (a pair's series may still have its neighbour's)."""
 
 
-class Run(NamedTuple):
-    first: int
-    """Number (``k``) of its first feed; its feeds are ``first`` to ``last``, consecutive."""
-    last: int
-    segment: int
-    state: int
+Run = tuple[int, int, int, int, int]
+"""``(station, first, last, segment, state)``: a station's (``sid``) records at feeds ``first`` to ``last``
+(their numbers ``k``, consecutive) of one segment, in one state; a row of :data:`citibikes.analytics.sql.RUNS`
+as DuckDB returns it (plain tuples: a month of Citi Bike has 1.5 million runs)."""
 
 
-def runs(rows: list[tuple[int, int, int, int, int]]) -> dict[int, list[Run]]:
-    """Each station's runs from the :data:`~citibikes.analytics.sql.RUNS` rows (ordered by station and feed)."""
-    return {sid: list(map(Run._make, map(itemgetter(slice(1, None)), station)))
-            for sid, station in groupby(rows, key=itemgetter(0))}
+def runs(rows: list[Run]) -> dict[int, list[Run]]:
+    """Each station's runs (``rows`` ordered by station and feed)."""
+    return {sid: list(station) for sid, station in groupby(rows, key=itemgetter(0))}
 
 
 _FIELDS = [(0 if state & NO_BIKE else 1, 0 if state & NO_DOCK else 1, bool(state & RENTING), bool(state & RETURNING))
@@ -47,9 +43,9 @@ _FIELDS = [(0 if state & NO_BIKE else 1, 0 if state & NO_DOCK else 1, bool(state
 """Bikes, docks (0, or 1 for some), renting and returning of each state: what the machine compares."""
 
 
-def walk(series: Iterable[tuple[int, int, int]], times: list[int]) -> list[Episode]:
-    """The closed episodes of a series given as runs ``(first, last, state)`` in time order (``times``: each feed's
-    POSIX time by its number). A run that goes on the one before (same state, the next feed, no gap) extends it."""
+def walk(series: Iterable[Run], times: list[int]) -> list[Episode]:
+    """The closed episodes of a series of runs in time order (``times``: each feed's POSIX time by its number). A
+    run that goes on the one before (same state, the next feed, no gap) extends it."""
     machine = StationEpisodes()
     closed: list[Episode] = []
 
@@ -61,7 +57,7 @@ def walk(series: Iterable[tuple[int, int, int]], times: list[int]) -> list[Episo
                 closed.append(Episode(change.kind, change.start, change.end))
 
     start = end = current = -1
-    for first, last, state in series:
+    for _, first, last, _, state in series:
         if state == current and first == end + 1 and times[first] - times[end] <= MAX_GAP_S:
             if end == start:  # the run's second record, not stepped yet
                 step(first, state, end)
@@ -87,21 +83,22 @@ def _combine(mine: int, theirs: int) -> int:
 _COMBINED = [[_combine(mine, theirs) for theirs in range(ABSENT + 1)] for mine in range(ABSENT + 1)]
 
 
-def overlay(own: list[Run], other: list[Run]) -> list[tuple[int, int, int]]:
-    """A station's and its neighbour's runs as the pair's series: bikes the sum of both (no bike only when neither
-    has one), docks likewise, the station's flags (the neighbour's where the station has no record)."""
-    points = sorted({r.first for r in own} | {r.last + 1 for r in own} | {r.first for r in other}
-                    | {r.last + 1 for r in other})
+def overlay(own: list[Run], other: list[Run]) -> list[Run]:
+    """A station's and its neighbour's runs as the pair's series (the station's id, no segment): bikes the sum of
+    both (no bike only when neither has one), docks likewise, the station's flags (the neighbour's where the station
+    has no record)."""
+    points = sorted({r[1] for r in own} | {r[2] + 1 for r in own} | {r[1] for r in other} | {r[2] + 1 for r in other})
+    sid = own[0][0] if own else -1
     combined = []
     i = j = 0
     for start, after in zip(points, points[1:]):
-        while i < len(own) and own[i].last < start:
+        while i < len(own) and own[i][2] < start:
             i += 1
-        while j < len(other) and other[j].last < start:
+        while j < len(other) and other[j][2] < start:
             j += 1
-        mine = own[i].state if i < len(own) and own[i].first <= start else ABSENT
-        theirs = other[j].state if j < len(other) and other[j].first <= start else ABSENT
+        mine = own[i][4] if i < len(own) and own[i][1] <= start else ABSENT
+        theirs = other[j][4] if j < len(other) and other[j][1] <= start else ABSENT
         state = _COMBINED[mine][theirs]
         if state >= 0:
-            combined.append((start, after - 1, state))
+            combined.append((sid, start, after - 1, 0, state))
     return combined

@@ -100,15 +100,27 @@ window (1: peak, Monday-Friday hours 08-19; 2: off-peak, hours 00-07 and 20-23 e
 *segment* is a stretch of consecutive feeds in the same windows without a gap of more than 40 minutes."""
 
 STATIONS = """
-SELECT sid, count(state) AS snapshots,
-       count(state) FILTER (WHERE quarantined) AS quarantined_counted, count(*) - count(state) AS skipped,
-       count(*) FILTER (WHERE state & 3 != 0 AND in_unusable_window) AS unusable,
-       count(broken) AS broken_snapshots, median(broken) AS broken_median, avg(broken) AS broken_mean
+SELECT sid, count(state) AS snapshots, count(state) FILTER (WHERE quarantined) AS quarantined_counted,
+       count(*) - count(state) AS skipped, count(*) FILTER (WHERE state & 3 != 0 AND in_unusable_window) AS unusable,
+       count(broken) AS broken_snapshots, avg(broken) AS broken_mean
 FROM analytics_records JOIN analytics_feeds USING (k)
 GROUP BY sid ORDER BY sid
 """
-"""Per station: its usable records, quarantined ones among them, skipped ones, unusable ones (0 bikes or 0 docks in the windows), and the broken-bike share's snapshots, median
-and mean."""
+"""Per station: its usable records, quarantined ones among them, skipped ones, unusable ones (0 bikes or 0 docks
+in the windows), and the broken-bike share's snapshots and mean."""
+
+BROKEN_MEDIANS = """
+WITH shares AS (SELECT sid, broken, count(*) AS n FROM analytics_records WHERE broken IS NOT NULL GROUP BY ALL),
+counted AS (
+    SELECT *, sum(n) OVER (PARTITION BY sid ORDER BY broken) AS up_to, sum(n) OVER (PARTITION BY sid) AS total
+    FROM shares
+)
+SELECT sid, (min(broken) FILTER (WHERE up_to > (total - 1) // 2) + min(broken) FILTER (WHERE up_to > total // 2)) / 2
+FROM counted GROUP BY sid
+"""
+"""Each station's median broken-bike share, from how often each share occurs (a station has a few dozen distinct
+shares over a month: much cheaper than sorting its records): the mean of the values at the two middle places,
+one place when the count is odd."""
 
 SYSTEM = "SELECT count(*), count(*) FILTER (WHERE in_unusable_window) FROM analytics_feeds"
 """The system's snapshots in the period and in the unusable windows."""
@@ -141,7 +153,8 @@ WITH usable AS (
     SELECT sid, k, segment, state, last_k, before >> 32 AS before_k FROM marked
     WHERE before IS NULL OR k != (before >> 32) + 1 OR segment != (before >> 8) & 16777215 OR state != before & 255
 )
-SELECT sid, k AS first, coalesce(lead(before_k) OVER (PARTITION BY sid ORDER BY k), last_k) AS last, segment, state
+SELECT sid, k AS first, coalesce(lead(before_k) OVER (PARTITION BY sid ORDER BY k), last_k) AS last, segment,
+       state::INTEGER
 FROM starts ORDER BY sid, k
 """
 """Each station's *runs*: stretches of its usable records at consecutive feeds (``first`` to ``last``) of one
