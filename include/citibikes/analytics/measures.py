@@ -27,7 +27,6 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 import msgspec
-import pyarrow as pa
 
 from citibikes.analytics import network, series, sql
 from citibikes.live.episodes import Episode
@@ -146,7 +145,7 @@ def measure(con: duckdb.DuckDBPyConnection, period: Period) -> Analytics:
     snapshots, window_snapshots = con.execute(sql.SYSTEM).fetchone() or (0, 0)
     rows = con.execute(sql.STATIONS).fetchall()
     broken_medians = dict(con.execute(sql.BROKEN_MEDIANS).fetchall())
-    positions = [network.Position(described[r[0]][0], described[r[0]][2], described[r[0]][3]) for r in rows if r[1]]
+    positions = [network.Position(described[sid][0], *described[sid][2:]) for sid, usable, *_ in rows if usable]
     crs, pairs = network.neighbours(con, positions)
     sids = {station_id: sid for sid, (station_id, *_) in enumerate(described)}
     neighbour = {sids[p.station_id]: p for p in pairs}
@@ -175,8 +174,7 @@ def measure(con: duckdb.DuckDBPyConnection, period: Period) -> Analytics:
 def _episodes(con: duckdb.DuckDBPyConnection, pairs: list[tuple[int, int]]) -> dict[str, dict[int, list[Episode]]]:
     """Series ("day", "peak", "off_peak") -> station (sid) -> its closed episodes; ``pairs``: each network
     station's sid and its neighbour's (see :mod:`citibikes.analytics.series`)."""
-    feeds = con.execute("SELECT ts, in_day_window, standard_window FROM analytics_feeds ORDER BY k").fetchall()
-    times = [ts for ts, _, _ in feeds]
+    times = [ts for (ts,) in con.execute("SELECT ts FROM analytics_feeds ORDER BY k").fetchall()]
     segments = con.execute("SELECT segment, any_value(in_day_window), any_value(standard_window) FROM analytics_feeds "
                            "GROUP BY segment").fetchall()
     in_day = {segment for segment, day, _ in segments if day}

@@ -78,6 +78,7 @@ def _by_hour_chart(analytics: Analytics) -> str:
     axes.plot(hours, [100 * h.empty / h.records for h in analytics.by_hour], marker="o", label="no bike (empty)")
     axes.plot(hours, [100 * h.full / h.records for h in analytics.by_hour], marker="o", label="no dock (full)")
     axes.set(xlabel=f"hour of day ({analytics.system.timezone})", ylabel="% of station records", xticks=range(0, 24, 2))
+    axes.set_ylim(bottom=0)
     axes.legend()
     axes.grid(alpha=0.3)
     return _svg(figure)

@@ -1,23 +1,64 @@
-"""The service analytics' SQL (DuckDB's dialect), over the catalog's tables.
+"""The service analytics' SQL (DuckDB's dialect), over the catalog's tables, in the order it runs.
 
-:data:`RECORDS` is every station record of a system's station_status feeds in a period, valid
-(``station_status``) and quarantined (``quarantine``, with the counts it kept), inner-joined on
-``station_id`` with the ``station_information`` version in effect at the feed's time (the auditors'
-*snapshot*), each with its time in seconds (``ts``) and local time (``local``). Its parameters:
-``$system``, ``$tz``, ``$start``/``$end`` (the period, UTC timestamps) and ``$first_date``/``$last_date``
-(the UTC dates they touch, which prune the partitions read). A record is *usable* when its counts and
-flags can be read (:data:`USABLE`); the rest are skipped and counted.
+:data:`STATIONS_TABLE` numbers the system's stations, :data:`FEEDS_TABLE` its snapshots (feeds) in the
+period with their local windows, and :data:`RECORDS_TABLE` keeps every station record of those feeds, valid
+(``station_status``) and quarantined (``quarantine``, with the counts it kept), joined with the description in
+effect at the feed's time (the auditors' *snapshot*), as numbers: station, feed, state, broken-bike share.
+The parameters: ``$system``, ``$tz``, ``$start``/``$end`` (the period, UTC timestamps) and
+``$first_date``/``$last_date`` (the UTC dates they touch, which prune the partitions read).
 
-The per-station aggregates are :data:`STATIONS`; the empty/full episodes run on ordered rows
-(:data:`SERIES`): every usable record of the day window (the station alone) and, for each station of
-the network, the records of it and its neighbour in the peak and off-peak windows, combined per time.
-Only the rows that can change the episode machine's state are returned (see :data:`SERIES`), each with
-the time of the row before it in its series.
+From these, :data:`SYSTEM`, :data:`STATIONS`, :data:`BROKEN_MEDIANS` and :data:`BY_HOUR` count and average,
+and :data:`RUNS` gives each station's stretches in one state, over which
+:mod:`citibikes.analytics.series` runs the episode machine.
 """
 
 from __future__ import annotations
 
 from citibikes.live.episodes import MAX_GAP_S
+
+STATIONS_TABLE = """
+CREATE OR REPLACE TEMP TABLE analytics_stations AS
+SELECT CAST(row_number() OVER (ORDER BY station_id) - 1 AS INTEGER) AS sid, * FROM (
+    SELECT station_id, arg_max(name, last_updated) AS name, arg_min(lat, last_updated) AS lat,
+           arg_min(lon, last_updated) AS lon
+    FROM station_information WHERE system = $system AND date <= $last_date GROUP BY station_id)
+"""
+"""Every station the system described up to the period's end: a number (``sid``, what the queries group by:
+cheaper than its text id), its latest name and its first known position. The queries above need it."""
+
+
+FEEDS_TABLE = f"""
+CREATE OR REPLACE TEMP TABLE analytics_feeds AS
+WITH feeds AS (
+    SELECT last_updated, CAST(epoch(last_updated) AS BIGINT) AS ts, hour(local) AS hour,
+           (CAST(local AS TIME) BETWEEN TIME '07:00:00' AND TIME '10:59:00'
+            OR CAST(local AS TIME) BETWEEN TIME '16:00:00' AND TIME '21:59:00') AS in_unusable_window,
+           CAST(local AS TIME) BETWEEN TIME '06:00:00' AND TIME '23:59:00' AS in_day_window,
+           CASE WHEN isodow(local) <= 5 AND hour(local) BETWEEN 8 AND 19 THEN 1
+                WHEN hour(local) < 8 OR hour(local) >= 20 THEN 2 ELSE 0 END AS standard_window
+    FROM (SELECT last_updated, timezone($tz, last_updated) AS local FROM (
+        SELECT DISTINCT last_updated FROM station_status
+        WHERE system = $system AND date BETWEEN $first_date AND $last_date
+          AND last_updated >= $start AND last_updated < $end
+        UNION
+        SELECT DISTINCT last_updated FROM quarantine
+        WHERE system = $system AND date BETWEEN $first_date AND $last_date AND feed = 'station_status'
+          AND last_updated >= $start AND last_updated < $end))
+), numbered AS (
+    SELECT *, CAST(row_number() OVER (ORDER BY ts) - 1 AS INTEGER) AS k,
+           coalesce(ts - lag(ts) OVER (ORDER BY ts) > {MAX_GAP_S}
+                    OR in_day_window != lag(in_day_window) OVER (ORDER BY ts)
+                    OR standard_window != lag(standard_window) OVER (ORDER BY ts), true) AS starts_segment
+    FROM feeds
+)
+SELECT * EXCLUDE (starts_segment), CAST(sum(starts_segment::INT) OVER (ORDER BY k) AS INTEGER) AS segment FROM numbered
+"""
+"""The system's snapshots (its station_status feeds in the period), numbered in time order (``k``), with their local windows, computed once per
+feed rather than per record: the share-of-time-unusable windows 07:00:00-10:59:00 and 16:00:00-21:59:00 (both
+ends included, so 10:59:30 is outside); the durations' window 06:00:00-23:59:00; the rebalancing standard's
+window (1: peak, Monday-Friday hours 08-19; 2: off-peak, hours 00-07 and 20-23 every day; 0: neither). A
+*segment* is a stretch of consecutive feeds in the same windows without a gap of more than 40 minutes."""
+
 
 RECORDS_TABLE = """
 CREATE OR REPLACE TEMP TABLE analytics_records AS
@@ -67,37 +108,10 @@ share (``num_bikes_disabled / capacity``; NULL for capacity 0 or bikes + disable
 table: the queries below read it three times, faster than reading the lake three times. Its parameters: ``$system``, ``$start``/``$end`` (the period, UTC
 timestamps) and ``$first_date``/``$last_date`` (the UTC dates they touch, which prune the partitions read)."""
 
-FEEDS_TABLE = f"""
-CREATE OR REPLACE TEMP TABLE analytics_feeds AS
-WITH feeds AS (
-    SELECT last_updated, CAST(epoch(last_updated) AS BIGINT) AS ts, hour(local) AS hour,
-           (CAST(local AS TIME) BETWEEN TIME '07:00:00' AND TIME '10:59:00'
-            OR CAST(local AS TIME) BETWEEN TIME '16:00:00' AND TIME '21:59:00') AS in_unusable_window,
-           CAST(local AS TIME) BETWEEN TIME '06:00:00' AND TIME '23:59:00' AS in_day_window,
-           CASE WHEN isodow(local) <= 5 AND hour(local) BETWEEN 8 AND 19 THEN 1
-                WHEN hour(local) < 8 OR hour(local) >= 20 THEN 2 ELSE 0 END AS standard_window
-    FROM (SELECT last_updated, timezone($tz, last_updated) AS local FROM (
-        SELECT DISTINCT last_updated FROM station_status
-        WHERE system = $system AND date BETWEEN $first_date AND $last_date
-          AND last_updated >= $start AND last_updated < $end
-        UNION
-        SELECT DISTINCT last_updated FROM quarantine
-        WHERE system = $system AND date BETWEEN $first_date AND $last_date AND feed = 'station_status'
-          AND last_updated >= $start AND last_updated < $end))
-), numbered AS (
-    SELECT *, CAST(row_number() OVER (ORDER BY ts) - 1 AS INTEGER) AS k,
-           coalesce(ts - lag(ts) OVER (ORDER BY ts) > {MAX_GAP_S}
-                    OR in_day_window != lag(in_day_window) OVER (ORDER BY ts)
-                    OR standard_window != lag(standard_window) OVER (ORDER BY ts), true) AS starts_segment
-    FROM feeds
-)
-SELECT * EXCLUDE (starts_segment), CAST(sum(starts_segment::INT) OVER (ORDER BY k) AS INTEGER) AS segment FROM numbered
-"""
-"""The system's snapshots (its station_status feeds in the period), numbered in time order (``k``), with their local windows, computed once per
-feed rather than per record: the share-of-time-unusable windows 07:00:00-10:59:00 and 16:00:00-21:59:00 (both
-ends included, so 10:59:30 is outside); the durations' window 06:00:00-23:59:00; the rebalancing standard's
-window (1: peak, Monday-Friday hours 08-19; 2: off-peak, hours 00-07 and 20-23 every day; 0: neither). A
-*segment* is a stretch of consecutive feeds in the same windows without a gap of more than 40 minutes."""
+
+SYSTEM = "SELECT count(*), count(*) FILTER (WHERE in_unusable_window) FROM analytics_feeds"
+"""The system's snapshots in the period and in the unusable windows."""
+
 
 STATIONS = """
 SELECT sid, count(state) AS snapshots, count(state) FILTER (WHERE quarantined) AS quarantined_counted,
@@ -108,6 +122,7 @@ GROUP BY sid ORDER BY sid
 """
 """Per station: its usable records, quarantined ones among them, skipped ones, unusable ones (0 bikes or 0 docks
 in the windows), and the broken-bike share's snapshots and mean."""
+
 
 BROKEN_MEDIANS = """
 WITH shares AS (SELECT sid, broken, count(*) AS n FROM analytics_records WHERE broken IS NOT NULL GROUP BY ALL),
@@ -122,8 +137,6 @@ FROM counted GROUP BY sid
 shares over a month: much cheaper than sorting its records): the mean of the values at the two middle places,
 one place when the count is odd."""
 
-SYSTEM = "SELECT count(*), count(*) FILTER (WHERE in_unusable_window) FROM analytics_feeds"
-"""The system's snapshots in the period and in the unusable windows."""
 
 BY_HOUR = """
 SELECT hour, count(state) AS records, count(*) FILTER (WHERE state & 1 != 0) AS empty,
@@ -132,15 +145,6 @@ FROM analytics_records JOIN analytics_feeds USING (k) GROUP BY hour ORDER BY hou
 """
 """Records with 0 bikes and with 0 docks by local hour of day (the report's availability chart)."""
 
-STATIONS_TABLE = """
-CREATE OR REPLACE TEMP TABLE analytics_stations AS
-SELECT CAST(row_number() OVER (ORDER BY station_id) - 1 AS INTEGER) AS sid, * FROM (
-    SELECT station_id, arg_max(name, last_updated) AS name, arg_min(lat, last_updated) AS lat,
-           arg_min(lon, last_updated) AS lon
-    FROM station_information WHERE system = $system AND date <= $last_date GROUP BY station_id)
-"""
-"""Every station the system described up to the period's end: a number (``sid``, what the queries group by:
-cheaper than its text id), its latest name and its first known position. The queries above need it."""
 
 RUNS = """
 WITH usable AS (
