@@ -17,11 +17,14 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from s3_fixture import S3Server, s3_lake_uri, s3_server  # noqa: F401  (fixtures)
 from support.audit import audit
 from support.series import Series, local, measured
 
 from citibikes.analytics.measures import Analytics
-from citibikes.config import load_settings
+from citibikes.analytics.run import run
+from citibikes.catalog import S3Access, connect, refresh_catalog
+from citibikes.config import SystemConfig, load_settings
 from citibikes.lake import open_lake
 from citibikes.replay.backfill import backfill
 from citibikes.replay.evolve import ReplayFeed, citibike_spec
@@ -339,3 +342,32 @@ def test_a_run_that_cannot_be_made_is_one_line_with_the_fix(cli_lake: dict[str, 
     assert done.returncode == 2 and done.stdout == ""
     errors = [line for line in done.stderr.splitlines() if not LOG_LINE.match(line)]  # the feed's retries are logged
     assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0], done.stderr
+
+
+# --------------------------------------------------------------------------- a lake on S3
+
+
+@pytest.mark.s3
+def test_an_s3_lake_gives_the_same_figures_and_gets_its_report(s3_server: S3Server, s3_lake_uri: str,
+                                                                standard: tuple[Analytics, Path], tmp_path: Path) -> None:
+    """The analytics read an S3 lake through the DuckDB catalog (httpfs) and write the report into it."""
+    expected, folder = standard
+    local = open_lake(str(tmp_path / "local"))
+    settings = load_settings({"CITIBIKES_LAKE_URI": str(tmp_path / "local"), "CITIBIKES_STATE_DIR": str(tmp_path)})
+    assert not backfill(folder, "test", settings=settings, lake=local, workers=1).failed
+    lake = open_lake(s3_lake_uri, endpoint_url=s3_server.endpoint_url, region=s3_server.region,
+                     access_key=s3_server.access_key, secret_key=s3_server.secret_key)
+    lake.write_files([(key, local.storage.get(key)) for table in ("station_status", "station_information", "quarantine")
+                      for key in local.files(table)])
+    s3 = S3Access(s3_server.region, s3_server.access_key, s3_server.secret_key, endpoint_url=s3_server.endpoint_url)
+    catalog = tmp_path / "catalog" / "citibikes.duckdb"
+    refresh_catalog(lake, catalog, s3=s3)
+    con = connect(catalog, s3)
+    try:
+        analytics, keys = run(con, lake, SystemConfig("test", "http://127.0.0.1:9/gbfs.json", timezone="America/New_York"),
+                              MONDAY, date(2026, 3, 3))
+    finally:
+        con.close()
+    assert analytics == expected
+    assert keys[-1] == "reports/analytics/system=test/period=2026-03-02_2026-03-03/report.html"
+    assert b"<svg" in lake.storage.get(keys[-1])
