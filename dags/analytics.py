@@ -17,13 +17,13 @@ read); records whose counts cannot be read are skipped and counted. Definitions 
 
 | task | does |
 |---|---|
-| `plan` | the systems and periods of this run (bad params fail here, without retries) |
+| `plan` | the systems and days of this run (bad params fail here, without retries) |
 | `refresh_catalog` | brings the DuckDB catalog up to date with the lake (a no-op in 0.2 s when nothing is new) |
 | `measure` (one per system) | the measures, and the report at `reports/analytics/system=<id>/period=<first>_<last>/`: `stations.parquet` and `stations.csv` (one row per station), `summary.json`, `report.html` (charts: availability by hour of day, the worst stations, fines by window); a rerun of a period replaces it |
 
 A period without data, or a system without a time zone (`timezone:` in the systems file, else the
-feed's system_information), fails its task at once with one line naming the fix; a catalog or lake that
-cannot be reached fails it with retries. Connections: `citibikes_lake` (the lake, as for every DAG).
+feed's system_information), fails its task at once with one line naming the fix; a catalog, lake or feed
+that cannot be reached fails it with retries. Connections: `citibikes_lake` (the lake, as for every DAG).
 """
 
 from __future__ import annotations
@@ -66,26 +66,20 @@ DEFAULT_ARGS = {
 )
 def citibikes_analytics():
     @task
-    def plan(params=None, dag_run=None) -> list[dict]:
-        """Each system's period: the params' days, else the last local day that ended before the run."""
-        from citibikes.analytics.run import choose_system, system_timezone
+    def plan(params=None) -> list[dict]:
+        """The systems and days of this run (checked here, once: bad params fail without retries)."""
+        from citibikes.analytics.run import choose_system
 
         settings = load_settings()
         try:
             systems = ([choose_system(settings, params["system"])] if params["system"]
                        else [s for s in settings.systems if s.enabled])
-            first = date.fromisoformat(params["first_day"]) if params["first_day"] else None
-            last = date.fromisoformat(params["last_day"]) if params["last_day"] else first
-            planned = []
-            for system in systems:
-                zone = system_timezone(system)
-                yesterday = datetime.fromtimestamp(dag_run.run_after.timestamp(), ZoneInfo(zone)).date() - timedelta(days=1)
-                planned.append({"system": system.system_id, "first": str(first or yesterday),
-                                "last": str(last or yesterday)})
-        except (AnalyticsError, ValueError) as exc:
+            first, last = (_day(params[name], name) for name in ("first_day", "last_day"))
+        except AnalyticsError as exc:
             raise AirflowFailException(str(exc)) from None
-        print("\n".join(f"{p['system']}: {p['first']} to {p['last']}" for p in planned))
-        return planned
+        print(f"{', '.join(s.system_id for s in systems)}: {first or 'the last local day that ended'}"
+              f"{' to ' + last if last else ''}")
+        return [{"system": system.system_id, "first": first, "last": last or first} for system in systems]
 
     @task
     def refresh_catalog() -> str:
@@ -98,28 +92,44 @@ def citibikes_analytics():
         return str(settings.catalog_path)
 
     @task(map_index_template="{{ period['system'] }}", doc_md="One system's measures and report.")
-    def measure(period: dict, catalog: str) -> dict:
-        """One system's measures and report."""
+    def measure(period: dict, catalog: str, dag_run=None) -> dict:
+        """One system's measures and report: the planned days, else the last local day that ended before the run."""
         import msgspec
 
-        from citibikes.analytics.run import choose_system, lines, run
+        from citibikes.analytics.run import choose_system, lines, run, system_timezone
         from citibikes.catalog import connect
+        from citibikes.gbfs.errors import FeedError
 
         hook = LakeHook()
         lake = hook.get_lake()
-        con = connect(catalog, s3=hook.s3_access())
+        system = choose_system(load_settings(), period["system"])
         try:
-            analytics, keys = run(con, lake, choose_system(load_settings(), period["system"]),
-                                  date.fromisoformat(period["first"]), date.fromisoformat(period["last"]))
+            zone = ZoneInfo(system_timezone(system))
+            yesterday = datetime.fromtimestamp(dag_run.run_after.timestamp(), zone).date() - timedelta(days=1)
+            first = date.fromisoformat(period["first"]) if period["first"] else yesterday
+            last = date.fromisoformat(period["last"]) if period["last"] else first
+            con = connect(catalog, s3=hook.s3_access())
+            try:
+                analytics, keys = run(con, lake, system, first, last)
+            finally:
+                con.close()
         except AnalyticsError as exc:
+            if isinstance(exc.__cause__, FeedError):
+                raise  # the feed, asked for the time zone, may answer next time: retried
             raise AirflowFailException(str(exc)) from None
-        finally:
-            con.close()
         print("\n".join(lines(analytics)))
         print(f"report: {lake.storage.uri(keys[-1])}")
         return {"report": keys[-1], **msgspec.to_builtins(analytics.system)}
 
     measure.partial(catalog=refresh_catalog()).expand(period=plan())
+
+
+def _day(text: str, name: str) -> str:
+    """A param's day, checked (empty: none)."""
+    try:
+        return str(date.fromisoformat(text)) if text else ""
+    except ValueError:
+        raise AnalyticsError(f"{name} {text!r} is not a day; write YYYY-MM-DD, or leave it empty") from None
 
 
 citibikes_analytics()

@@ -70,13 +70,16 @@ def test_a_run_on_demand_writes_the_report_of_the_period(lake_env) -> None:
     assert "<svg" in html and "$100" in html and "stations.csv" in html
 
 
-def test_a_period_without_data_fails_at_once_naming_the_fix(lake_env) -> None:
-    run = load_dag("citibikes_analytics").test(run_conf={"system": "test", "first_day": "2026-05-01", "last_day": ""})
+@pytest.mark.parametrize("first_day", ["2026-05-01", ""])  # "": the last local day that ended, which has no data
+def test_a_period_without_data_fails_at_once_naming_the_fix(lake_env, first_day: str) -> None:
+    run = load_dag("citibikes_analytics").test(run_conf={"system": "test", "first_day": first_day, "last_day": ""})
     measure = next(ti for ti in run.get_task_instances() if ti.task_id == "measure")
     assert run.state == "failed" and measure.state == "failed" and measure.try_number == 1
 
 
-def test_bad_parameters_fail_the_plan(lake_env) -> None:
-    run = load_dag("citibikes_analytics").test(run_conf={"system": "nope", "first_day": "", "last_day": ""})
+@pytest.mark.parametrize("conf", [{"system": "nope", "first_day": "", "last_day": ""},
+                                  {"system": "test", "first_day": "March", "last_day": ""}])
+def test_bad_parameters_fail_the_plan(lake_env, conf: dict) -> None:
+    run = load_dag("citibikes_analytics").test(run_conf=conf)
     plan = next(ti for ti in run.get_task_instances() if ti.task_id == "plan")
     assert run.state == "failed" and plan.state == "failed"

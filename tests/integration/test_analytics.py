@@ -16,12 +16,13 @@ import sys
 from datetime import date
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from s3_fixture import S3Server, s3_lake_uri, s3_server  # noqa: F401  (fixtures)
 from support.audit import audit
 from support.series import Series, local, measured
 
-from citibikes.analytics.measures import Analytics
+from citibikes.analytics.measures import Analytics, Period, measure
 from citibikes.analytics.run import run
 from citibikes.catalog import S3Access, connect, refresh_catalog
 from citibikes.config import SystemConfig, load_settings
@@ -70,6 +71,14 @@ def durations_series() -> Series:
     s.at("2026-03-02 08:00:00", flagged={"num_bikes_available": 0, "last_reported": 86400})
     s.at("2026-03-02 09:00:00", flagged={"num_bikes_available": 0, "last_reported": 86400})
     s.at("2026-03-02 10:00:00", flagged={"num_bikes_available": "x", "num_docks_available": 3})
+    # dropped: described until 13:00, when station_information stops listing it; its records after that do not
+    # count (quarantined as unknown_station). The 05:00 feed comes before any description: no snapshot.
+    s.station("dropped", north_ft=60_000)
+    s.information = {local("2026-03-02 05:30:00"): list(s.stations),
+                     local("2026-03-02 13:00:00"): [name for name in s.stations if name != "dropped"]}
+    s.at("2026-03-02 05:00:00", dropped=0)
+    for when in ("12:00", "12:40", "13:10", "13:50"):
+        s.at(f"2026-03-02 {when}:00", dropped=0)
     return s
 
 
@@ -134,7 +143,6 @@ def test_unusable_windows_include_their_ends_to_the_second(durations: tuple[Anal
     in_windows = {"07:00:00", "08:00:00", "09:00:00", "10:00:00", "10:58:00", "10:59:00", "17:00:00"}
     assert {local(f"2026-03-02 {t}") for t in in_windows} <= times
     assert analytics.system.window_snapshots == len(in_windows)
-    assert analytics.system.snapshots == len(times)
     clock = by_id(analytics)["clock"]
     assert (clock.unusable, clock.unusable_share) == (3, 3 / len(in_windows))
 
@@ -146,6 +154,16 @@ def test_capacity_0_leaves_the_broken_bike_share_out(durations: tuple[Analytics,
     broken = stations["broken"]
     assert broken.snapshots == 4 and broken.broken_snapshots == 3
     assert broken.broken_median == pytest.approx(0.1) and broken.broken_mean == pytest.approx(0.1)
+
+
+def test_a_station_counts_only_while_it_is_described(durations: tuple[Analytics, Path]) -> None:
+    analytics, _ = durations
+    dropped = by_id(analytics)["dropped"]
+    assert (dropped.snapshots, dropped.skipped, dropped.episodes) == (2, 0, 0)  # 12:00 and 12:40 (opens, never closes)
+    # feeds listing no described station are no snapshots: 05:00 (before any description), 13:10 and 13:50
+    undescribed = {local(f"2026-03-02 {when}:00") for when in ("05:00", "13:10", "13:50")}
+    assert undescribed <= set(durations_series().snapshots)
+    assert analytics.system.snapshots == len(durations_series().snapshots) - len(undescribed)
 
 
 def test_quarantined_records_still_count_and_unreadable_ones_are_skipped(durations: tuple[Analytics, Path]) -> None:
@@ -371,3 +389,25 @@ def test_an_s3_lake_gives_the_same_figures_and_gets_its_report(s3_server: S3Serv
     assert analytics == expected
     assert keys[-1] == "reports/analytics/system=test/period=2026-03-02_2026-03-03/report.html"
     assert b"<svg" in lake.storage.get(keys[-1])
+
+
+def test_a_lake_whose_quarantine_predates_the_counts_skips_its_quarantined_records(tmp_path: Path) -> None:
+    """Quarantine files written before the quarantine kept counts: their records are skipped, not an error."""
+    series = durations_series()
+    folder = series.write(tmp_path / "feed")
+    settings = load_settings({"CITIBIKES_LAKE_URI": str(tmp_path / "lake"), "CITIBIKES_STATE_DIR": str(tmp_path)})
+    lake = open_lake(settings.lake_uri)
+    assert not backfill(folder, "test", settings=settings, lake=lake, workers=1).failed
+    for key in lake.files("quarantine"):
+        path = Path(lake.storage.path(key))
+        old = pq.read_table(path)
+        pq.write_table(old.drop_columns([c for c in old.column_names if c.startswith(("num_", "is_"))]), path)
+    refresh_catalog(lake, settings.catalog_path)
+    con = connect(settings.catalog_path)
+    try:
+        analytics = measure(con, Period("test", "America/New_York", MONDAY, MONDAY))
+    finally:
+        con.close()
+    flagged = by_id(analytics)["flagged"]
+    assert (flagged.snapshots, flagged.skipped) == (0, 3)
+    assert by_id(analytics)["gap"].episodes == 2

@@ -32,6 +32,8 @@ class Series:
 
     stations: dict[str, dict[str, Any]] = field(default_factory=dict)
     snapshots: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    information: dict[int, list[str]] = field(default_factory=dict)
+    """station_information files: time -> the stations described (default: all, at the first snapshot)."""
 
     def station(self, station_id: str, north_ft: float = 0.0, east_ft: float = 0.0, **fields: Any) -> None:
         lat = 40.75 + north_ft / FT_PER_DEG_LAT
@@ -47,8 +49,8 @@ class Series:
 
     def write(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
-        first = min(self.snapshots)
-        _dump(folder / f"station_information_{first}.json", first, list(self.stations.values()))
+        for at, described in (self.information or {min(self.snapshots): list(self.stations)}).items():
+            _dump(folder / f"station_information_{at}.json", at, [self.stations[s] for s in described])
         for at, records in self.snapshots.items():
             stations = []
             for station_id, fields in records.items():

@@ -15,6 +15,15 @@
 
 Every station record of a feed counts, valid or quarantined (the quarantine keeps the counts it could
 read); a record whose counts or flags cannot be read is skipped and counted (``skipped``).
+
+Where the definitions leave a choice, made here and followed by the tests' independent computation:
+
+- a snapshot joins the descriptions the pipeline kept: a description it quarantined (no usable position or
+  capacity) describes nothing, and a station the feed stopped describing counts no more;
+- the network is made of the stations with records in the period;
+- a station listed twice in one feed counts once (the pipeline quarantines the later copy as
+  ``duplicate_station_id``, which is skipped). Left: when the first copy is one normalization rejects, the
+  later one is valid, and both count.
 """
 
 from __future__ import annotations
@@ -141,6 +150,8 @@ def measure(con: duckdb.DuckDBPyConnection, period: Period) -> Analytics:
     con.execute(sql.STATIONS_TABLE, {k: parameters[k] for k in ("system", "last_date")})
     described = con.execute("SELECT station_id, name, lat, lon FROM analytics_stations ORDER BY sid").fetchall()
     con.execute(sql.FEEDS_TABLE, {**parameters, "tz": period.timezone})
+    con.execute(sql.quarantine_view({name for (name,) in con.execute(
+        "SELECT column_name FROM (DESCRIBE quarantine)").fetchall()}))
     con.execute(sql.RECORDS_TABLE, parameters)
     snapshots, window_snapshots = con.execute(sql.SYSTEM).fetchone() or (0, 0)
     rows = con.execute(sql.STATIONS).fetchall()

@@ -47,7 +47,7 @@ def system_timezone(system: SystemConfig) -> str:
         timezone = json.loads(body).get("data", {}).get("timezone")
     except (FeedError, ValueError, AttributeError) as exc:
         raise AnalyticsError(f"{system.system_id}: no timezone in the systems file and its system_information could "
-                             f"not be read ({first_line(exc)}); {fix}") from None
+                             f"not be read ({first_line(exc)}); {fix}") from exc
     if not isinstance(timezone, str) or not timezone:
         raise AnalyticsError(f"{system.system_id}: no timezone in the systems file nor in its system_information; {fix}")
     return timezone
@@ -73,7 +73,8 @@ def run(con: duckdb.DuckDBPyConnection, lake: Lake, system: SystemConfig, first:
         known = data_period(con, system.system_id, timezone)
         first, last = first or known[0], last or known[1]
     if first > last:
-        raise AnalyticsError(f"the period starts ({first}) after it ends ({last}); give --from before --to")
+        raise AnalyticsError(f"the period starts ({first}) after it ends ({last}); choose a first day on or before "
+                             "the last")
     analytics = measure(con, Period(system.system_id, timezone, first, last))
     if not analytics.system.snapshots:
         raise AnalyticsError(f"the catalog has no station_status of {system.system_id} from {first} to {last} "

@@ -60,6 +60,19 @@ window (1: peak, Monday-Friday hours 08-19; 2: off-peak, hours 00-07 and 20-23 e
 *segment* is a stretch of consecutive feeds in the same windows without a gap of more than 40 minutes."""
 
 
+QUARANTINE_COUNTS = {"num_bikes_available": "INTEGER", "num_bikes_disabled": "INTEGER", "num_docks_available": "INTEGER",
+                     "is_renting": "BOOLEAN", "is_returning": "BOOLEAN"}
+"""The counts and flags the quarantine keeps of a station_status record (files written before it did lack them)."""
+
+
+def quarantine_view(columns: set[str]) -> str:
+    """``analytics_quarantine``: the catalog's ``quarantine`` (whose ``columns`` are given) with every column of
+    :data:`QUARANTINE_COUNTS`: a lake all of whose quarantine files were written before the counts were kept
+    has NULL ones (its quarantined records are skipped)."""
+    missing = [f"CAST(NULL AS {kind}) AS {name}" for name, kind in QUARANTINE_COUNTS.items() if name not in columns]
+    return f"CREATE OR REPLACE TEMP VIEW analytics_quarantine AS SELECT {', '.join(['*', *missing])} FROM quarantine"
+
+
 RECORDS_TABLE = """
 CREATE OR REPLACE TEMP TABLE analytics_records AS
 WITH records AS (
@@ -74,9 +87,10 @@ WITH records AS (
            coalesce(num_bikes_available >= 0 AND (num_docks_available >= 0 OR num_docks_available IS NULL)
                     AND is_renting IS NOT NULL AND is_returning IS NOT NULL
                     AND NOT list_contains(reasons, 'duplicate_station_id'), false)
-    FROM quarantine
+    FROM analytics_quarantine
     WHERE system = $system AND date BETWEEN $first_date AND $last_date AND feed = 'station_status'
-      AND station_id IS NOT NULL AND last_updated >= $start AND last_updated < $end
+      AND station_id IS NOT NULL AND NOT list_contains(reasons, 'unknown_station')
+      AND last_updated >= $start AND last_updated < $end
 ), versions AS (
     SELECT sid, station_id, last_updated AS valid_from,
            coalesce(lead(last_updated) OVER (PARTITION BY station_id ORDER BY last_updated),
@@ -98,7 +112,9 @@ SELECT sid, k, quarantined,
 FROM joined
 """
 """Every station record of the system's station_status feeds in the period, valid and quarantined, with the
-description in effect at its feed's time (an inner join: the auditors' *snapshot*), compactly: the station
+description in effect at its feed's time (an inner join: the auditors' *snapshot*; a status the pipeline
+quarantined as ``unknown_station`` had none: the lake's versions of a description say when it took effect,
+not when the feed stopped describing the station), compactly: the station
 and the feed as their numbers (``sid``, ``k``), whether it was quarantined, its ``state`` (what the episode
 machine looks at, as bits: 1 no bike, 2 no free dock, 4 some free dock (neither: a virtual station's
 unreported docks), 8 renting, 16 returning; NULL when its counts or flags cannot be read: a count missing or
@@ -109,8 +125,11 @@ table: the queries below read it three times, faster than reading the lake three
 timestamps) and ``$first_date``/``$last_date`` (the UTC dates they touch, which prune the partitions read)."""
 
 
-SYSTEM = "SELECT count(*), count(*) FILTER (WHERE in_unusable_window) FROM analytics_feeds"
-"""The system's snapshots in the period and in the unusable windows."""
+SYSTEM = """
+SELECT count(*), count(*) FILTER (WHERE in_unusable_window) FROM analytics_feeds
+WHERE k IN (SELECT DISTINCT k FROM analytics_records)
+"""
+"""The system's snapshots in the period and in the unusable windows: its feeds that describe a station they list."""
 
 
 STATIONS = """
