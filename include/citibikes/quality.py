@@ -230,7 +230,7 @@ def information_rules(normalized: Normalized, reference_time: float | None = Non
         if reasons:
             rejections.by_index[index] = reasons
     _count_rules(table["capacity"], "capacity", rejections)
-    rejections.add(_later_copies(table["station_id"]), "duplicate_station_id")
+    rejections.add(_later_copies(table["station_id"], normalized.later_copies), "duplicate_station_id")
     return _split(normalized, rejections, _age(normalized, reference_time), stale=False)
 
 
@@ -303,7 +303,7 @@ def status_rules(normalized: Normalized, config: QualityConfig, reference_time: 
     reference = normalized.fetched_at if reference_time is None else reference_time
     _last_reported_rules(table["last_reported"], rejections, config, oldest=normalized.last_updated
                          - config.max_report_age_s, newest=reference + config.max_future_skew_s)
-    rejections.add(_later_copies(table["station_id"]), "duplicate_station_id")
+    rejections.add(_later_copies(table["station_id"], normalized.later_copies), "duplicate_station_id")
     unknown = unreported = None
     if known is not None:
         unknown = rejections.where(pc.is_null(described), "unknown_station")
@@ -360,18 +360,19 @@ def _age(normalized: Normalized, reference_time: float | None) -> float:
     return (normalized.fetched_at if reference_time is None else reference_time) - normalized.last_updated
 
 
-def _later_copies(column: pa.ChunkedArray) -> list[int]:
-    """Indices of every copy of a station_id after its first."""
+def _later_copies(column: pa.ChunkedArray, of_rejected: list[int]) -> list[int]:
+    """Indices of every copy of a station_id after its first, and ``of_rejected``: rows whose first copy is a record
+    normalization rejected (:attr:`~citibikes.gbfs.normalize.Normalized.later_copies`)."""
     if pc.count_distinct(column).as_py() == len(column):
-        return []
+        return of_rejected
     station_ids = column.to_pylist()
     seen: set[str] = set()
-    later = []
+    later = set(of_rejected)
     for index, station_id in enumerate(station_ids):
         if station_id in seen:
-            later.append(index)
+            later.add(index)
         seen.add(station_id)
-    return later
+    return sorted(later)
 
 
 def _split(normalized: Normalized, rejections: _Rejections, age: float, *, stale: bool) -> Validated:

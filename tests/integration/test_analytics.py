@@ -71,6 +71,12 @@ def durations_series() -> Series:
     s.at("2026-03-02 08:00:00", flagged={"num_bikes_available": 0, "last_reported": 86400})
     s.at("2026-03-02 09:00:00", flagged={"num_bikes_available": 0, "last_reported": 86400})
     s.at("2026-03-02 10:00:00", flagged={"num_bikes_available": "x", "num_docks_available": 3})
+    # twice: listed twice in the 09:00 feed, its first copy without last_reported (normalization rejects it) and
+    # empty, the second valid: the first counts (unusable at 09:00), the second is skipped as a later copy
+    s.station("twice", north_ft=70_000)
+    s.at("2026-03-02 08:00:00", twice=5)
+    s.at("2026-03-02 09:00:00", twice={"num_bikes_available": 0, "last_reported": None})
+    s.at("2026-03-02 09:00:00", twice_again={"station_id": "twice", "num_bikes_available": 5})
     # dropped: described until 13:00, when station_information stops listing it; its records after that do not
     # count (quarantined as unknown_station). The 05:00 feed comes before any description: no snapshot.
     s.station("dropped", north_ft=60_000)
@@ -172,7 +178,9 @@ def test_quarantined_records_still_count_and_unreadable_ones_are_skipped(duratio
     assert (flagged.snapshots, flagged.quarantined_counted, flagged.skipped, flagged.unusable) == (2, 2, 1, 2)
     broken = by_id(analytics)["broken"]
     assert broken.quarantined_counted == 1  # its capacity_exceeded record
-    assert analytics.system.skipped == 1
+    twice = by_id(analytics)["twice"]
+    assert (twice.snapshots, twice.quarantined_counted, twice.skipped, twice.unusable) == (2, 1, 1, 1)
+    assert analytics.system.skipped == 2
 
 
 def test_the_network_and_each_stations_nearest_neighbour(standard: tuple[Analytics, Path]) -> None:

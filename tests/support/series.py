@@ -42,7 +42,8 @@ class Series:
                                      "capacity": 20, **fields}
 
     def at(self, when: str | int, **records: dict[str, Any] | int) -> None:
-        """A snapshot at ``when`` (local text or POSIX): each station its fields, or just its bikes as an int."""
+        """A snapshot at ``when`` (local text or POSIX): each station its fields, or just its bikes as an int (a
+        second record of a station in the feed: another key whose fields give its ``station_id``)."""
         at = local(when) if isinstance(when, str) else when
         self.snapshots.setdefault(at, {}).update(
             {station: {"num_bikes_available": r} if isinstance(r, int) else r for station, r in records.items()})
@@ -54,7 +55,7 @@ class Series:
         for at, records in self.snapshots.items():
             stations = []
             for station_id, fields in records.items():
-                capacity = self.stations[station_id]["capacity"]
+                capacity = self.stations[fields.get("station_id", station_id)]["capacity"]  # a copy: "id " -> "id"
                 record = {"station_id": station_id, "num_bikes_available": 5, "num_bikes_disabled": 0,
                           "num_docks_disabled": 0, "is_installed": True, "is_renting": True, "is_returning": True,
                           "last_reported": at, **fields}

@@ -285,6 +285,24 @@ def test_a_rule_rejection_keeps_the_raw_record_whole() -> None:
     assert quarantined.last_updated == header_time(status)
 
 
+@pytest.mark.parametrize("broken_first", [True, False])
+def test_a_copy_after_a_record_normalization_rejected_is_a_later_copy(broken_first: bool) -> None:
+    """The first copy of a station in a feed is its record even when it cannot be normalized: a valid copy after it
+    is quarantined as ``duplicate_station_id`` (one record per station and feed, in the lake and the analytics)."""
+    information, status = real_doc(STATION_INFORMATION), real_doc(STATION_STATUS)
+    stations = status["data"]["stations"]
+    valid = dict(stations[100])
+    broken = dict(valid, last_reported=None)
+    stations[100:101] = [broken, valid] if broken_first else [valid, broken]
+    result = run(information, status)
+    reasons = [q.reasons for q in result.quarantined if q.station_id == valid["station_id"]]
+    if broken_first:
+        assert reasons == [["missing_field:last_reported"], ["duplicate_station_id"]]
+        assert valid["station_id"] not in valid_ids(result)
+    else:
+        assert reasons == [["missing_field:last_reported"]] and valid["station_id"] in valid_ids(result)
+
+
 def test_a_quarantined_status_record_keeps_the_counts_that_could_be_read() -> None:
     """Issue 16: the service analytics counts quarantined records as published, so the quarantine keeps their
     counts and flags; a value that could not be read (a string, a count too large for the lake) is None."""

@@ -21,9 +21,8 @@ Where the definitions leave a choice, made here and followed by the tests' indep
 - a snapshot joins the descriptions the pipeline kept: a description it quarantined (no usable position or
   capacity) describes nothing, and a station the feed stopped describing counts no more;
 - the network is made of the stations with records in the period;
-- a station listed twice in one feed counts once (the pipeline quarantines the later copy as
-  ``duplicate_station_id``, which is skipped). Left: when the first copy is one normalization rejects, the
-  later one is valid, and both count.
+- a station listed twice in one feed counts once: its first copy (the pipeline quarantines later copies as
+  ``duplicate_station_id``, which are skipped).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from itertools import accumulate, compress, repeat
 from typing import Any, NamedTuple
 
@@ -129,6 +130,9 @@ class Normalized:
     """The raw record behind each row, so validation can quarantine it whole."""
     quarantined: list[QuarantinedRecord]
     quirks: Counter[str]
+    later_copies: list[int] = dataclass_field(default_factory=list)
+    """Rows whose ``station_id`` a record the feed listed earlier carried, one that could not be normalized:
+    validation quarantines them as later copies, as it does copies of a row."""
 
     @property
     def seen(self) -> int:
@@ -179,7 +183,9 @@ def _normalize(parsed: ParsedFeed, system_id: str, fetched_at: float, specs: tup
                                           for record in records if type(record) is not dict]
     quarantined += [rejected(rows[index], reasons, index) for index, reasons in sorted(problems.items())]
     keep = [index not in problems for index in range(len(rows))] if problems else [True] * len(rows)
+    later_copies = []
     if problems:
+        later_copies = _copies_of_rejected(rows, keep, problems, columns["station_id"])
         rows = list(compress(rows, keep))
         columns = {name: list(compress(values, keep)) for name, values in columns.items()}
     canonical = {spec.v3_key if parsed.v3 else spec.v2_key for spec in specs}
@@ -195,7 +201,19 @@ def _normalize(parsed: ParsedFeed, system_id: str, fetched_at: float, specs: tup
     counted.update(f"feed:{quirk}" for quirk in parsed.quirks)
     table = _table(parsed, system_id, fetched_at, columns)
     return Normalized(parsed.feed, system_id, parsed.version, parsed.last_updated, fetched_at, table, rows,
-                      quarantined, +counted)
+                      quarantined, +counted, later_copies)
+
+
+def _copies_of_rejected(rows: list[dict[str, Any]], keep: list[bool], problems: dict[int, list[str]],
+                        station_ids: list[Any]) -> list[int]:
+    """The table rows (numbered among the rows kept) whose station_id a rejected record before them carried."""
+    first: dict[str, int] = {}
+    for index in sorted(problems):
+        station_id = raw_station_id(rows[index])
+        if station_id is not None:
+            first.setdefault(station_id, index)
+    kept = [index for index, kept in enumerate(keep) if kept]
+    return [row for row, index in enumerate(kept) if first.get(station_ids[index], index) < index]
 
 
 def _read_columns(rows: list[dict[str, Any]], specs: tuple[Spec, ...], v3: bool
