@@ -18,8 +18,7 @@ are the 1.x/2.x forms and quirks in a 3.x feed (``posix_time_in_v3``, ``bikes_in
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
-from dataclasses import field as dataclass_field
+from dataclasses import dataclass, field
 from itertools import accumulate, compress, repeat
 from typing import Any, NamedTuple
 
@@ -130,7 +129,7 @@ class Normalized:
     """The raw record behind each row, so validation can quarantine it whole."""
     quarantined: list[QuarantinedRecord]
     quirks: Counter[str]
-    later_copies: list[int] = dataclass_field(default_factory=list)
+    later_copies: list[int] = field(default_factory=list)
     """Rows whose ``station_id`` a record the feed listed earlier carried, one that could not be normalized:
     validation quarantines them as later copies, as it does copies of a row."""
 
@@ -281,14 +280,14 @@ def _table(parsed: ParsedFeed, system_id: str, fetched_at: float, columns: dict[
     snapshot = {"system_id": system_id, "last_updated": parsed.last_updated * 1000,
                 "fetched_at": round(fetched_at * 1000), "schema_version": SCHEMA_VERSION}
     arrays = []
-    for field in schema:
-        if field.name in snapshot:
-            arrays.append(pa.repeat(pa.scalar(snapshot[field.name], field.type), rows))
-        elif pa.types.is_timestamp(field.type):  # whole POSIX seconds
-            seconds = pa.array(columns[field.name], pa.int64())
-            arrays.append(pc.multiply(seconds, 1000).cast(field.type))
+    for column in schema:
+        if column.name in snapshot:
+            arrays.append(pa.repeat(pa.scalar(snapshot[column.name], column.type), rows))
+        elif pa.types.is_timestamp(column.type):  # whole POSIX seconds
+            seconds = pa.array(columns[column.name], pa.int64())
+            arrays.append(pc.multiply(seconds, 1000).cast(column.type))
         else:
-            arrays.append(pa.array(columns[field.name], field.type))
+            arrays.append(pa.array(columns[column.name], column.type))
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
