@@ -106,7 +106,7 @@ def test_up_runs_the_pipeline_and_down_stops_everything(stack_env: dict[str, str
     assert up.returncode == 0, up.stdout + up.stderr
     ui = f"http://127.0.0.1:{env['CITIBIKES_AIRFLOW_PORT']}"
     assert f"Airflow UI:  {ui}   login: admin / stack-test-password" in up.stdout
-    assert "DAGs unpaused: citibikes_alerts, citibikes_catalog, citibikes_checks, citibikes_compaction, citibikes_ingest" in up.stdout
+    assert "DAGs unpaused: citibikes_alerts, citibikes_analytics, citibikes_catalog, citibikes_checks, citibikes_compaction, citibikes_ingest" in up.stdout
     metrics = f"http://127.0.0.1:{env['CITIBIKES_CONSUMER_METRICS_PORT']}/metrics"
     assert f"Consumer: started (metrics {metrics}, store {state_dir / 'live' / 'live.db'}" in up.stdout
     print(f"up took {time.monotonic() - started:.1f} s")
