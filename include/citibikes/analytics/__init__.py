@@ -1,0 +1,1 @@
+"""The service analytics: the measures a city auditor computes from the feed (see :mod:`citibikes.analytics.measures`)."""
