@@ -137,6 +137,7 @@ def add_catalog_commands(add: Add) -> None:
                                         "broken bikes, empty/full durations, rebalancing fines) for a period; "
                                         "writes the report into the lake")
     p.add_argument("--system", default=None, help="system id (default: the only enabled system)")
-    p.add_argument("--from", dest="first", default=None, help="first local day, YYYY-MM-DD (default: the first with data)")
+    p.add_argument("--from", dest="first", default=None,
+                   help="first local day, YYYY-MM-DD (default: 30 days before --to, or the first with data if later)")
     p.add_argument("--to", dest="last", default=None, help="last local day, YYYY-MM-DD (default: the last with data)")
     p.add_argument("--json", action="store_true", help="print every figure (system, stations, by hour) as JSON")

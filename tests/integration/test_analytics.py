@@ -361,6 +361,8 @@ def test_the_command_prints_every_figure_as_json(cli_lake: dict[str, str]) -> No
     (["--system", "test", "--from", "2026-05-01", "--to", "2026-05-02"],
      "the catalog has no station_status of test from 2026-05-01 to 2026-05-02 (America/New_York); choose days it holds"),
     (["--system", "other"], "other: no timezone in the systems file and its system_information could not be read"),
+    (["--system", "test", "--to", "2026-04-10"],  # without --from: 30 days, to 2026-04-10
+     "the catalog has no station_status of test from 2026-03-12 to 2026-04-10"),
 ])
 def test_a_run_that_cannot_be_made_is_one_line_with_the_fix(cli_lake: dict[str, str], args: list[str],
                                                               message: str) -> None:

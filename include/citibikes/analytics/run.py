@@ -4,7 +4,7 @@ period, its time zone, the measures from the catalog, the report into the lake, 
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import date, timedelta
 
 import duckdb
 
@@ -17,6 +17,9 @@ from citibikes.gbfs.errors import FeedError
 from citibikes.lake import Lake
 
 REPORT = "analytics"
+DEFAULT_DAYS = 30
+"""Without a first day, the period is at most this many days, to the last (a month of Citi Bike takes about 28 s
+and 5.4 GB: memory grows with the period)."""
 
 
 def choose_system(settings: Settings, system_id: str | None) -> SystemConfig:
@@ -66,12 +69,14 @@ def data_period(con: duckdb.DuckDBPyConnection, system_id: str, timezone: str) -
 
 def run(con: duckdb.DuckDBPyConnection, lake: Lake, system: SystemConfig, first: date | None = None,
         last: date | None = None) -> tuple[Analytics, list[str]]:
-    """Measure the period (default: every day the catalog holds) and write its report; returns the figures and the
-    report's lake keys."""
+    """Measure the period and write its report; returns the figures and the report's lake keys. Without ``last``, the
+    period ends on the last day the catalog holds; without ``first``, it starts :data:`DEFAULT_DAYS` days before its
+    end, or on the first day the catalog holds if later."""
     timezone = system_timezone(system)
     if first is None or last is None:
         known = data_period(con, system.system_id, timezone)
-        first, last = first or known[0], last or known[1]
+        last = last or known[1]
+        first = first or max(known[0], last - timedelta(days=DEFAULT_DAYS - 1))
     if first > last:
         raise AnalyticsError(f"the period starts ({first}) after it ends ({last}); choose a first day on or before "
                              "the last")
