@@ -193,7 +193,7 @@ def _episodes(con: duckdb.DuckDBPyConnection, pairs: list[tuple[int, int]]) -> d
     walked: dict[str, dict[int, list[Episode]]] = {"day": {}, "peak": {}, "off_peak": {}}
     for sid, found in by_station.items():
         walked["day"][sid] = series.walk((run for run in found if run[3] in in_day), times)
-    for name, code in (("peak", 1), ("off_peak", 2)):
+    for name, code in (("peak", sql.PEAK), ("off_peak", sql.OFF_PEAK)):
         inside = {sid: [run for run in found if window[run[3]] == code] for sid, found in by_station.items()}
         for sid, neighbour in pairs:
             walked[name][sid] = series.walk(series.overlay(inside.get(sid, []), inside.get(neighbour, [])), times)

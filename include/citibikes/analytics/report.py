@@ -9,7 +9,6 @@ matplotlib; no script, no network), and links the tables beside it.
 from __future__ import annotations
 
 import io
-from typing import Any
 
 import jinja2
 import matplotlib
@@ -105,12 +104,13 @@ def _fines_chart(analytics: Analytics) -> str:
     return _svg(figure)
 
 
-def _percent(value: Any) -> str:
+def percent(value: float | None) -> str:
+    """A share as a person reads it (``n/a`` when there is none)."""
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
 _ENVIRONMENT = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-_ENVIRONMENT.filters["percent"] = _percent
+_ENVIRONMENT.filters["percent"] = percent
 _PAGE = _ENVIRONMENT.from_string("""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>Service analytics: {{ system.system_id }}, {{ system.first }} to {{ system.last }}</title>

@@ -10,7 +10,7 @@ import duckdb
 
 from citibikes.analytics.errors import AnalyticsError
 from citibikes.analytics.measures import Analytics, Period, measure
-from citibikes.analytics.report import report_files
+from citibikes.analytics.report import percent, report_files
 from citibikes.config import Settings, SystemConfig
 from citibikes.errors import first_line
 from citibikes.gbfs.errors import FeedError
@@ -91,10 +91,6 @@ def run(con: duckdb.DuckDBPyConnection, lake: Lake, system: SystemConfig, first:
 def lines(analytics: Analytics) -> list[str]:
     """The system-wide figures as a person reads them."""
     s = analytics.system
-
-    def percent(value: float | None) -> str:
-        return "n/a" if value is None else f"{100 * value:.2f}%"
-
     return [
         f"{s.system_id} from {s.first} to {s.last} ({s.timezone}): {s.snapshots:,} snapshots, {s.stations:,} stations, "
         f"{s.records:,} station records counted ({s.quarantined_counted:,} quarantined by the pipeline, "

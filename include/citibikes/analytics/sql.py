@@ -27,6 +27,9 @@ SELECT CAST(row_number() OVER (ORDER BY station_id) - 1 AS INTEGER) AS sid, * FR
 cheaper than its text id), its latest name and its first known position. The queries above need it."""
 
 
+PEAK, OFF_PEAK = 1, 2
+"""The rebalancing standard's windows, as :data:`FEEDS_TABLE` numbers them (0: neither)."""
+
 FEEDS_TABLE = f"""
 CREATE OR REPLACE TEMP TABLE analytics_feeds AS
 WITH feeds AS (
@@ -34,8 +37,8 @@ WITH feeds AS (
            (CAST(local AS TIME) BETWEEN TIME '07:00:00' AND TIME '10:59:00'
             OR CAST(local AS TIME) BETWEEN TIME '16:00:00' AND TIME '21:59:00') AS in_unusable_window,
            CAST(local AS TIME) BETWEEN TIME '06:00:00' AND TIME '23:59:00' AS in_day_window,
-           CASE WHEN isodow(local) <= 5 AND hour(local) BETWEEN 8 AND 19 THEN 1
-                WHEN hour(local) < 8 OR hour(local) >= 20 THEN 2 ELSE 0 END AS standard_window
+           CASE WHEN isodow(local) <= 5 AND hour(local) BETWEEN 8 AND 19 THEN {PEAK}
+                WHEN hour(local) < 8 OR hour(local) >= 20 THEN {OFF_PEAK} ELSE 0 END AS standard_window
     FROM (SELECT last_updated, timezone($tz, last_updated) AS local FROM (
         SELECT DISTINCT last_updated FROM station_status
         WHERE system = $system AND date BETWEEN $first_date AND $last_date
