@@ -21,9 +21,10 @@ read); records whose counts cannot be read are skipped and counted. Definitions 
 | `refresh_catalog` | brings the DuckDB catalog up to date with the lake (a no-op in 0.2 s when nothing is new) |
 | `measure` (one per system) | the measures, and the report at `reports/analytics/system=<id>/period=<first>_<last>/`: `stations.parquet` and `stations.csv` (one row per station), `summary.json`, `report.html` (charts: availability by hour of day, the worst stations, fines by window); a rerun of a period replaces it |
 
-A period without data, or a system without a time zone (`timezone:` in the systems file, else the
-feed's system_information), fails its task at once with one line naming the fix; a catalog, lake or feed
-that cannot be reached fails it with retries. Connections: `citibikes_lake` (the lake, as for every DAG).
+Days asked for without data, or a system without a time zone (`timezone:` in the systems file, else
+the feed's system_information), fail the system's task at once with one line naming the fix; a daily
+run whose day has no data (a lake younger than a day; a feed down all day, which the checks report)
+skips it; a catalog, lake or feed that cannot be reached fails it with retries. Connections: `citibikes_lake` (the lake, as for every DAG).
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ from zoneinfo import ZoneInfo
 
 import pendulum
 from airflow.sdk import Param, dag, task
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from citibikes.analytics.errors import AnalyticsError
+from citibikes.analytics.errors import AnalyticsError, NoData
 from citibikes.config import load_settings
 from citibikes_airflow.hooks.lake import LakeHook
 
@@ -113,6 +114,10 @@ def citibikes_analytics():
                 analytics, keys = run(con, lake, system, first, last)
             finally:
                 con.close()
+        except NoData as exc:
+            if not period["first"]:  # the day that ended has nothing (a new lake, a feed down all day: see the checks)
+                raise AirflowSkipException(str(exc)) from None
+            raise AirflowFailException(str(exc)) from None
         except AnalyticsError as exc:
             if isinstance(exc.__cause__, FeedError):
                 raise  # the feed, asked for the time zone, may answer next time: retried

@@ -8,7 +8,7 @@ from datetime import date, timedelta
 
 import duckdb
 
-from citibikes.analytics.errors import AnalyticsError
+from citibikes.analytics.errors import AnalyticsError, NoData
 from citibikes.analytics.measures import Analytics, Period, measure
 from citibikes.analytics.report import percent, report_files
 from citibikes.config import Settings, SystemConfig
@@ -62,7 +62,7 @@ def data_period(con: duckdb.DuckDBPyConnection, system_id: str, timezone: str) -
                               "CAST(timezone($tz, max(last_updated)) AS DATE) FROM station_status WHERE system = $s",
                               {"tz": timezone, "s": system_id}).fetchone() or (None, None)
     if first is None:
-        raise AnalyticsError(f"the catalog has no station_status of {system_id}; ingest or backfill it, then refresh "
+        raise NoData(f"the catalog has no station_status of {system_id}; ingest or backfill it, then refresh "
                              "the catalog (citibikes catalog --refresh)")
     return first, last
 
@@ -82,7 +82,7 @@ def run(con: duckdb.DuckDBPyConnection, lake: Lake, system: SystemConfig, first:
                              "the last")
     analytics = measure(con, Period(system.system_id, timezone, first, last))
     if not analytics.system.snapshots:
-        raise AnalyticsError(f"the catalog has no station_status of {system.system_id} from {first} to {last} "
+        raise NoData(f"the catalog has no station_status of {system.system_id} from {first} to {last} "
                              f"({timezone}); choose days it holds")
     keys = lake.write_report(REPORT, system.system_id, f"{first}_{last}", report_files(analytics))
     return analytics, keys
