@@ -34,6 +34,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "include")]
 
 from bench.common import machine_info  # noqa: E402
 from bench.lake_month import SYSTEM_ID, START, build  # noqa: E402
+from citibikes.analytics.engines import DuckDBEngine  # noqa: E402
 from citibikes.analytics.measures import Period  # noqa: E402
 from citibikes.analytics.run import run  # noqa: E402
 from citibikes.catalog import connect, refresh_catalog  # noqa: E402
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     middle = first + timedelta(days=args.days // 2)
     report: dict[str, Any] = {"machine": machine_info(), "days": args.days, "first": str(first), "last": str(last)}
     for label, (a, b) in (("period", (first, last)), ("one day", (middle, middle))):
-        seconds, (analytics, _) = timed(catalog, args.repeat, lambda con: run(con, lake, system, a, b))  # noqa: B023
+        seconds, (analytics, _) = timed(catalog, args.repeat, lambda con: run(DuckDBEngine(con), lake, system, a, b))  # noqa: B023
         s = analytics.system
         report[label] = {"runs_s": seconds, "median_s": statistics.median(seconds), "records": s.records,
                          "snapshots": s.snapshots, "stations": s.stations, "episodes": s.episodes, "fines": s.fines}

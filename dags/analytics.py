@@ -97,6 +97,7 @@ def citibikes_analytics():
         """One system's measures and report: the planned days, else the last local day that ended before the run."""
         import msgspec
 
+        from citibikes.analytics.engines import DuckDBEngine
         from citibikes.analytics.run import choose_system, lines, run, system_timezone
         from citibikes.catalog import connect
         from citibikes.gbfs.errors import FeedError
@@ -111,7 +112,7 @@ def citibikes_analytics():
             last = date.fromisoformat(period["last"]) if period["last"] else first
             con = connect(catalog, s3=hook.s3_access())
             try:
-                analytics, keys = run(con, lake, system, first, last)
+                analytics, keys = run(DuckDBEngine(con), lake, system, first, last)
             finally:
                 con.close()
         except NoData as exc:

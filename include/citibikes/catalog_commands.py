@@ -91,6 +91,7 @@ def cmd_analytics(args: argparse.Namespace) -> int:
     """The service analytics of a system and period: print the figures, write the report into the lake."""
     import msgspec
 
+    from citibikes.analytics.engines import DuckDBEngine
     from citibikes.analytics.errors import AnalyticsError
     from citibikes.analytics.run import choose_system, lines, run
     from citibikes.catalog import connect, refresh_catalog
@@ -109,7 +110,7 @@ def cmd_analytics(args: argparse.Namespace) -> int:
     refresh_catalog(lake, settings.catalog_path, s3=s3, grace_s=settings.compaction_grace_s)
     con = connect(settings.catalog_path, s3=s3)
     try:
-        analytics, keys = run(con, lake, system, first, last)
+        analytics, keys = run(DuckDBEngine(con), lake, system, first, last)
     finally:
         con.close()
     if args.json:

@@ -22,6 +22,7 @@ from s3_fixture import S3Server, s3_lake_uri, s3_server  # noqa: F401  (fixtures
 from support.audit import audit
 from support.series import Series, local, measured
 
+from citibikes.analytics.engines import DuckDBEngine
 from citibikes.analytics.measures import Analytics, Period, measure
 from citibikes.analytics.run import run
 from citibikes.catalog import S3Access, connect, refresh_catalog
@@ -392,7 +393,7 @@ def test_an_s3_lake_gives_the_same_figures_and_gets_its_report(s3_server: S3Serv
     refresh_catalog(lake, catalog, s3=s3)
     con = connect(catalog, s3)
     try:
-        analytics, keys = run(con, lake, SystemConfig("test", "http://127.0.0.1:9/gbfs.json", timezone="America/New_York"),
+        analytics, keys = run(DuckDBEngine(con), lake, SystemConfig("test", "http://127.0.0.1:9/gbfs.json", timezone="America/New_York"),
                               MONDAY, date(2026, 3, 3))
     finally:
         con.close()
@@ -415,7 +416,7 @@ def test_a_lake_whose_quarantine_predates_the_counts_skips_its_quarantined_recor
     refresh_catalog(lake, settings.catalog_path)
     con = connect(settings.catalog_path)
     try:
-        analytics = measure(con, Period("test", "America/New_York", MONDAY, MONDAY))
+        analytics = measure(DuckDBEngine(con), Period("test", "America/New_York", MONDAY, MONDAY))
     finally:
         con.close()
     flagged = by_id(analytics)["flagged"]

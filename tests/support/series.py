@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from citibikes.analytics.engines import DuckDBEngine
 from citibikes.analytics.measures import Analytics, Period, measure
 from citibikes.catalog import connect, refresh_catalog
 from citibikes.config import load_settings
@@ -80,6 +81,6 @@ def measured(folder: Path, work: Path, first: date, last: date, system_id: str =
     refresh_catalog(lake, settings.catalog_path)
     con = connect(settings.catalog_path)
     try:
-        return measure(con, Period(system_id, "America/New_York", first, last))
+        return measure(DuckDBEngine(con), Period(system_id, "America/New_York", first, last))
     finally:
         con.close()

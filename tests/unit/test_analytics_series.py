@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import duckdb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -99,19 +98,19 @@ def test_nearest_neighbours_and_their_ties() -> None:
     positions = [network.Position("m", 40.75, -73.98), network.Position("n", 40.75 + 1500 * feet, -73.98),
                  network.Position("s", 40.75 - 1600 * feet, -73.98), network.Position("far", 40.75 + 3400 * feet, -73.98),
                  network.Position("alone", 40.80, -73.98)]
-    crs, pairs = network.neighbours(duckdb.connect(), positions)
+    crs, pairs = network.neighbours(positions)
     assert crs == network.NYC_CRS
     assert {p.station_id: p.neighbour_id for p in pairs} == {"m": "n", "n": "m", "s": "m", "far": "n"}
     # an exact tie (two stations at one place, as when a station is split in two): the smaller id
     tie = [network.Position("c", 40.75, -73.98), network.Position("x2", 40.751, -73.98),
            network.Position("x1", 40.751, -73.98)]
-    _, pairs = network.neighbours(duckdb.connect(), tie)
+    _, pairs = network.neighbours(tie)
     assert {p.station_id: p.neighbour_id for p in pairs} == {"c": "x1", "x1": "x2", "x2": "x1"}
 
 
 def test_a_local_plane_outside_new_york() -> None:
     paris = [network.Position("a", 48.8566, 2.3522), network.Position("b", 48.8566, 2.3522 + 0.001)]
-    crs, pairs = network.neighbours(duckdb.connect(), paris)
+    crs, pairs = network.neighbours(paris)
     assert crs.startswith("+proj=aeqd") and "+units=us-ft" in crs
     assert abs(pairs[0].distance_ft - 0.001 * 111_320 * 0.6580 / 0.3048006) < 1  # 0.001 degree of longitude at 48.86 N
 

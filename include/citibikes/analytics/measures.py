@@ -1,6 +1,6 @@
 """The measures a city auditor computes from a system's feed, for a period, from the lake through the catalog.
 
-:func:`measure` runs :mod:`citibikes.analytics.sql` on a catalog connection and the episode machine of
+:func:`measure` runs :mod:`citibikes.analytics.sql` on a catalog engine (:mod:`citibikes.analytics.engines`) and the episode machine of
 :mod:`citibikes.live.episodes` (the live consumer's) over the ordered rows it returns:
 
 - *share of time unusable*, per station: its records with 0 bikes or 0 docks in the windows
@@ -33,10 +33,10 @@ from statistics import median
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import duckdb
 import msgspec
 
 from citibikes.analytics import network, series, sql
+from citibikes.analytics.engines import Engine
 from citibikes.live.episodes import Episode
 
 GRACE_S = {"peak": 3600, "off_peak": 7200}
@@ -143,23 +143,18 @@ class Analytics(msgspec.Struct):
     by_hour: list[HourFigures]
 
 
-def measure(con: duckdb.DuckDBPyConnection, period: Period) -> Analytics:
-    """Every measure of ``period`` from the catalog ``con`` reads (its tables by name)."""
-    parameters = period.parameters()
-    con.execute(sql.STATIONS_TABLE, {k: parameters[k] for k in ("system", "last_date")})
-    described = con.execute("SELECT station_id, name, lat, lon FROM analytics_stations ORDER BY sid").fetchall()
-    con.execute(sql.FEEDS_TABLE, {**parameters, "tz": period.timezone})
-    con.execute(sql.quarantine_view({name for (name,) in con.execute(
-        "SELECT column_name FROM (DESCRIBE quarantine)").fetchall()}))
-    con.execute(sql.RECORDS_TABLE, parameters)
-    snapshots, window_snapshots = con.execute(sql.SYSTEM).fetchone() or (0, 0)
-    rows = con.execute(sql.STATIONS).fetchall()
-    broken_medians = dict(con.execute(sql.BROKEN_MEDIANS).fetchall())
+def measure(engine: Engine, period: Period) -> Analytics:
+    """Every measure of ``period`` from the catalog ``engine`` reads (its tables by name)."""
+    engine.load(sql.tables(engine.columns("quarantine")), {**period.parameters(), "tz": period.timezone})
+    described = engine.rows(sql.DESCRIBED)
+    snapshots, window_snapshots = engine.rows(sql.SYSTEM)[0]
+    rows = engine.rows(sql.STATIONS)
+    broken_medians = dict(engine.rows(sql.BROKEN_MEDIANS))
     positions = [network.Position(described[sid][0], *described[sid][2:]) for sid, usable, *_ in rows if usable]
-    crs, pairs = network.neighbours(con, positions)
+    crs, pairs = network.neighbours(positions)
     sids = {station_id: sid for sid, (station_id, *_) in enumerate(described)}
     neighbour = {sids[p.station_id]: p for p in pairs}
-    walked = _episodes(con, [(sids[p.station_id], sids[p.neighbour_id]) for p in pairs])
+    walked = _episodes(engine, [(sids[p.station_id], sids[p.neighbour_id]) for p in pairs])
     stations = []
     for sid, usable, quarantined, skipped, unusable, broken_n, broken_mean in rows:
         station_id, name, lat, lon = described[sid]
@@ -177,19 +172,18 @@ def measure(con: duckdb.DuckDBPyConnection, period: Period) -> Analytics:
             neighbour_id=pair.neighbour_id if pair else None, neighbour_ft=pair.distance_ft if pair else None,
             peak_instances=fines["peak"][0], peak_fines=fines["peak"][1], off_peak_instances=fines["off_peak"][0],
             off_peak_fines=fines["off_peak"][1], fines=fines["peak"][1] + fines["off_peak"][1]))
-    by_hour = [HourFigures(*row) for row in con.execute(sql.BY_HOUR).fetchall()]
+    by_hour = [HourFigures(*row) for row in engine.rows(sql.BY_HOUR)]
     return Analytics(_system(period, snapshots, window_snapshots, stations, crs), stations, by_hour)
 
 
-def _episodes(con: duckdb.DuckDBPyConnection, pairs: list[tuple[int, int]]) -> dict[str, dict[int, list[Episode]]]:
+def _episodes(engine: Engine, pairs: list[tuple[int, int]]) -> dict[str, dict[int, list[Episode]]]:
     """Series ("day", "peak", "off_peak") -> station (sid) -> its closed episodes; ``pairs``: each network
     station's sid and its neighbour's (see :mod:`citibikes.analytics.series`)."""
-    times = [ts for (ts,) in con.execute("SELECT ts FROM analytics_feeds ORDER BY k").fetchall()]
-    segments = con.execute("SELECT segment, any_value(in_day_window), any_value(standard_window) FROM analytics_feeds "
-                           "GROUP BY segment").fetchall()
+    times = [ts for (ts,) in engine.rows(sql.FEED_TIMES)]
+    segments = engine.rows(sql.SEGMENTS)
     in_day = {segment for segment, day, _ in segments if day}
     window = {segment: standard for segment, _, standard in segments}
-    by_station = series.runs(con.execute(sql.RUNS).fetchall())
+    by_station = series.runs(engine.rows(sql.RUNS))
     walked: dict[str, dict[int, list[Episode]]] = {"day": {}, "peak": {}, "off_peak": {}}
     for sid, found in by_station.items():
         walked["day"][sid] = series.walk((run for run in found if run[3] in in_day), times)

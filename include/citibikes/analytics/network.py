@@ -57,27 +57,27 @@ def project(positions: list[Position], crs: str) -> list[tuple[str, float, float
     return [(p.station_id, float(x), float(y)) for p, x, y in zip(positions, xs, ys)]
 
 
-def neighbours(con: duckdb.DuckDBPyConnection, positions: list[Position]) -> tuple[str, list[Neighbour]]:
-    """The projection used, and each station of the largest network with its nearest other station in it."""
+def neighbours(positions: list[Position]) -> tuple[str, list[Neighbour]]:
+    """The projection used, and each station of the largest network with its nearest other station in it. On an
+    in-memory DuckDB, whichever engine read the stations: they are a few thousand rows."""
     if len(positions) < 2:
         return crs_for(positions) if positions else NYC_CRS, []
     crs = crs_for(positions)
     ids, xs, ys = zip(*project(positions, crs))
-    temp_table(con, "analytics_plane", pa.table({"station_id": ids, "x": xs, "y": ys}))
-    links = con.execute(f"""
-        SELECT a.station_id, b.station_id FROM analytics_plane a JOIN analytics_plane b
-          ON b.x BETWEEN a.x - {LINK_FT} AND a.x + {LINK_FT} AND b.y BETWEEN a.y - {LINK_FT} AND a.y + {LINK_FT}
-        WHERE a.station_id < b.station_id AND sqrt((a.x - b.x) ** 2 + (a.y - b.y) ** 2) <= {LINK_FT}""").fetchall()
-    network = largest_network([p.station_id for p in positions], links)
-    temp_table(con, "analytics_members", pa.table({"station_id": sorted(network)}))
-    con.execute("CREATE OR REPLACE TEMP TABLE analytics_network AS SELECT * FROM analytics_plane "
-                "SEMI JOIN analytics_members USING (station_id)")
-    rows = con.execute("""
-        WITH pairs AS MATERIALIZED (
-            SELECT a.station_id AS a, b.station_id AS b, sqrt((a.x - b.x) ** 2 + (a.y - b.y) ** 2) AS d
-            FROM analytics_network a JOIN analytics_network b ON a.station_id != b.station_id),
-        nearest AS (SELECT a, min(d) AS d FROM pairs GROUP BY a)
-        SELECT a, min(b), d FROM pairs JOIN nearest USING (a, d) GROUP BY a, d ORDER BY a""").fetchall()
+    with duckdb.connect() as con:
+        con.register("plane", pa.table({"station_id": ids, "x": xs, "y": ys}))
+        links = con.execute(f"""
+            SELECT a.station_id, b.station_id FROM plane a JOIN plane b
+              ON b.x BETWEEN a.x - {LINK_FT} AND a.x + {LINK_FT} AND b.y BETWEEN a.y - {LINK_FT} AND a.y + {LINK_FT}
+            WHERE a.station_id < b.station_id AND sqrt((a.x - b.x) ** 2 + (a.y - b.y) ** 2) <= {LINK_FT}""").fetchall()
+        con.register("members", pa.table({"station_id": sorted(largest_network(list(ids), links))}))
+        rows = con.execute("""
+            WITH network AS (SELECT * FROM plane SEMI JOIN members USING (station_id)),
+            pairs AS MATERIALIZED (
+                SELECT a.station_id AS a, b.station_id AS b, sqrt((a.x - b.x) ** 2 + (a.y - b.y) ** 2) AS d
+                FROM network a JOIN network b ON a.station_id != b.station_id),
+            nearest AS (SELECT a, min(d) AS d FROM pairs GROUP BY a)
+            SELECT a, min(b), d FROM pairs JOIN nearest USING (a, d) GROUP BY a, d ORDER BY a""").fetchall()
     return crs, [Neighbour(*row) for row in rows]
 
 
@@ -102,11 +102,3 @@ def largest_network(stations: list[str], links: list[tuple[str, str]]) -> set[st
     largest = min(networks.values(), key=lambda members: (-len(members), min(members)))
     return largest if len(largest) > 1 else set()
 
-
-def temp_table(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
-    """``table`` as the connection's temporary table ``name`` (replacing one of that name)."""
-    con.register("_analytics_arrow", table)
-    try:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM _analytics_arrow")
-    finally:
-        con.unregister("_analytics_arrow")

@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 from datetime import date, timedelta
 
-import duckdb
-
+from citibikes.analytics.engines import Engine
 from citibikes.analytics.errors import AnalyticsError, NoData
 from citibikes.analytics.measures import Analytics, Period, measure
 from citibikes.analytics.report import percent, report_files
@@ -56,31 +55,31 @@ def system_timezone(system: SystemConfig) -> str:
     return timezone
 
 
-def data_period(con: duckdb.DuckDBPyConnection, system_id: str, timezone: str) -> tuple[date, date]:
+def data_period(engine: Engine, system_id: str, timezone: str) -> tuple[date, date]:
     """The local days of the system's first and last station_status snapshot in the catalog."""
-    first, last = con.execute("SELECT CAST(timezone($tz, min(last_updated)) AS DATE), "
-                              "CAST(timezone($tz, max(last_updated)) AS DATE) FROM station_status WHERE system = $s",
-                              {"tz": timezone, "s": system_id}).fetchone() or (None, None)
+    first, last = engine.rows("SELECT CAST(min(last_updated) AT TIME ZONE $tz AS DATE), "
+                              "CAST(max(last_updated) AT TIME ZONE $tz AS DATE) FROM station_status WHERE system = $s",
+                              {"tz": timezone, "s": system_id})[0]
     if first is None:
         raise NoData(f"the catalog has no station_status of {system_id}; ingest or backfill it, then refresh "
                              "the catalog (citibikes catalog --refresh)")
     return first, last
 
 
-def run(con: duckdb.DuckDBPyConnection, lake: Lake, system: SystemConfig, first: date | None = None,
+def run(engine: Engine, lake: Lake, system: SystemConfig, first: date | None = None,
         last: date | None = None) -> tuple[Analytics, list[str]]:
     """Measure the period and write its report; returns the figures and the report's lake keys. Without ``last``, the
     period ends on the last day the catalog holds; without ``first``, it starts :data:`DEFAULT_DAYS` days before its
     end, or on the first day the catalog holds if later."""
     timezone = system_timezone(system)
     if first is None or last is None:
-        known = data_period(con, system.system_id, timezone)
+        known = data_period(engine, system.system_id, timezone)
         last = last or known[1]
         first = first or max(known[0], last - timedelta(days=DEFAULT_DAYS - 1))
     if first > last:
         raise AnalyticsError(f"the period starts ({first}) after it ends ({last}); choose a first day on or before "
                              "the last")
-    analytics = measure(con, Period(system.system_id, timezone, first, last))
+    analytics = measure(engine, Period(system.system_id, timezone, first, last))
     if not analytics.system.snapshots:
         raise NoData(f"the catalog has no station_status of {system.system_id} from {first} to {last} "
                              f"({timezone}); choose days it holds")
