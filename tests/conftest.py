@@ -64,6 +64,21 @@ def airflow_db() -> Path:
 
 
 @pytest.fixture(scope="session")
+def trino_server(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - support.trino.TrinoServer
+    """A real Trino server (Athena's engine) for the whole session, started by the first test that asks; Trino
+    and its Hive plugin are downloaded once into .state/trino (450 MB, from Maven Central)."""
+    from support.trino import JAVA_MAJOR, TrinoServer, install, java_home
+
+    java = java_home()
+    if java is None:
+        pytest.skip(f"Trino needs Java {JAVA_MAJOR}+ and none was found; install one and set TRINO_JAVA_HOME")
+    server = TrinoServer(install(ROOT / ".state" / "trino"), java, tmp_path_factory.mktemp("trino"), free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def postgres_url() -> str:
     """A real PostgreSQL server (Debian's package) for the whole session."""
     from support.postgres import PostgresServer

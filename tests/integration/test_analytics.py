@@ -21,6 +21,7 @@ import pytest
 from s3_fixture import S3Server, s3_lake_uri, s3_server  # noqa: F401  (fixtures)
 from support.audit import audit
 from support.series import Series, local, measured
+from support.trino import TrinoServer
 
 from citibikes.analytics.engines import DuckDBEngine
 from citibikes.analytics.measures import Analytics, Period, measure
@@ -230,13 +231,20 @@ def assert_same_figures(analytics: Analytics, expected: dict) -> None:
     assert {k: getattr(system, k) for k in expected["system"]} == expected["system"]
 
 
+@pytest.fixture(params=["duckdb", "trino"])
+def trino(request: pytest.FixtureRequest) -> TrinoServer | None:
+    """Where the SQL runs: the DuckDB catalog (None), or Trino, the engine of Athena's SQL, over the lake's tables
+    as the Glue crawler makes them (the same queries, translated by sqlglot)."""
+    return request.getfixturevalue("trino_server") if request.param == "trino" else None
+
+
 @pytest.mark.parametrize("series", [durations_series, standard_series])
-def test_hand_built_series_match_the_independent_computation(series, tmp_path: Path) -> None:  # noqa: ANN001
+def test_hand_built_series_match_the_independent_computation(series, trino: TrinoServer | None,  # noqa: ANN001
+                                                              tmp_path: Path) -> None:
     folder = series().write(tmp_path / "feed")
-    last = max(series().snapshots)
     expected = audit(folder, "test", "America/New_York", MONDAY, date(2026, 3, 3))
-    assert expected["system"]["records"] > 0 and last
-    assert_same_figures(measured(folder, tmp_path, MONDAY, date(2026, 3, 3)), expected)
+    assert expected["system"]["records"] > 0
+    assert_same_figures(measured(folder, tmp_path, MONDAY, date(2026, 3, 3), trino=trino), expected)
 
 
 def random_series(seed: int) -> Series:
@@ -275,26 +283,27 @@ def random_series(seed: int) -> Series:
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_random_series_match_the_independent_computation(seed: int, tmp_path: Path) -> None:
+def test_random_series_match_the_independent_computation(seed: int, trino: TrinoServer | None, tmp_path: Path) -> None:
     folder = random_series(seed).write(tmp_path / "feed")
     expected = audit(folder, "test", "America/New_York", MONDAY, date(2026, 3, 3))
     assert expected["system"]["skipped"] > 0 and expected["system"]["records"] > 500
-    assert_same_figures(measured(folder, tmp_path, MONDAY, date(2026, 3, 3)), expected)
+    assert_same_figures(measured(folder, tmp_path, MONDAY, date(2026, 3, 3), trino=trino), expected)
 
 
-def test_recorded_citi_bike_snapshots_match_the_independent_computation(tmp_path: Path) -> None:
+def test_recorded_citi_bike_snapshots_match_the_independent_computation(trino: TrinoServer | None,
+                                                                         tmp_path: Path) -> None:
     folder = tmp_path / "feed"
     folder.mkdir()
     for recording in (*recorded("station_information"), *recorded("station_status")):
         (folder / f"{recording.feed}_{recording.last_updated}.json").write_bytes(recording.read_bytes())
     day = date(2024, 3, 13)
     expected = audit(folder, "citibike", "America/New_York", day, day)
-    analytics = measured(folder, tmp_path, day, day, system_id="citibike")
+    analytics = measured(folder, tmp_path, day, day, system_id="citibike", trino=trino)
     assert expected["system"]["records"] > 8000 and analytics.system.quarantined_counted > 0
     assert_same_figures(analytics, expected)
 
 
-def test_a_replayed_day_matches_the_independent_computation(tmp_path: Path) -> None:
+def test_a_replayed_day_matches_the_independent_computation(trino: TrinoServer | None, tmp_path: Path) -> None:
     """The replay feed's Citi Bike (2,208 stations) every 5 minutes for 26 hours from Monday 05:00 local."""
     feed = ReplayFeed(citibike_spec(system_id="citibike"))
     folder = tmp_path / "feed"
@@ -305,7 +314,7 @@ def test_a_replayed_day_matches_the_independent_computation(tmp_path: Path) -> N
         status = feed.station_status(start + 300 * step)
         (folder / f"station_status-{status.last_updated}.json").write_bytes(status.body)
     expected = audit(folder, "citibike", "America/New_York", MONDAY, date(2026, 3, 3))
-    analytics = measured(folder, tmp_path, MONDAY, date(2026, 3, 3), system_id="citibike")
+    analytics = measured(folder, tmp_path, MONDAY, date(2026, 3, 3), system_id="citibike", trino=trino)
     assert analytics.system.episodes > 100 and analytics.system.fines > 0
     assert_same_figures(analytics, expected)
 

@@ -4,13 +4,16 @@ backfill``'s code path, catalogued, and measured through the catalog."""
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from citibikes.analytics.engines import DuckDBEngine
+from support.trino import TrinoServer
+
+from citibikes.analytics.engines import DuckDBEngine, SqlEngine
 from citibikes.analytics.measures import Analytics, Period, measure
 from citibikes.catalog import connect, refresh_catalog
 from citibikes.config import load_settings
@@ -72,15 +75,22 @@ def _dump(path: Path, at: int, stations: list[dict[str, Any]]) -> None:
     path.write_text(json.dumps({"last_updated": at, "ttl": 60, "version": "2.3", "data": {"stations": stations}}))
 
 
-def measured(folder: Path, work: Path, first: date, last: date, system_id: str = "test") -> Analytics:
-    """The folder's snapshots backfilled into a new lake under ``work``, catalogued, and measured for the period."""
+def measured(folder: Path, work: Path, first: date, last: date, system_id: str = "test",
+             trino: TrinoServer | None = None) -> Analytics:
+    """The folder's snapshots backfilled into a new lake under ``work``, catalogued, and measured for the period:
+    through the DuckDB catalog, or on ``trino`` (Athena's engine) over the lake's tables as Glue has them."""
     settings = load_settings({"CITIBIKES_LAKE_URI": str(work / "lake"), "CITIBIKES_STATE_DIR": str(work / "state")})
     lake = open_lake(settings.lake_uri)
     report = backfill(folder, system_id, settings=settings, lake=lake, workers=1)
     assert not report.failed, report.errors
+    period = Period(system_id, "America/New_York", first, last)
+    if trino is not None:
+        schema = f"lake_{uuid.uuid4().hex[:12]}"
+        trino.register(work / "lake", schema)
+        return measure(SqlEngine(trino.connect(), "trino", schema), period)
     refresh_catalog(lake, settings.catalog_path)
     con = connect(settings.catalog_path)
     try:
-        return measure(DuckDBEngine(con), Period(system_id, "America/New_York", first, last))
+        return measure(DuckDBEngine(con), period)
     finally:
         con.close()

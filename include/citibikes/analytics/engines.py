@@ -48,12 +48,12 @@ class DuckDBEngine:
 
 
 class SqlEngine:
-    """A DB-API connection to an engine of sqlglot's ``dialect`` (``athena``, ``trino``) whose default catalog and
-    schema hold the lake's tables (Athena: the Glue database). ``cursor`` makes a cursor (default: the
-    connection's; for Athena, pyathena's ``ArrowCursor`` reads a large result from S3 at once)."""
+    """A DB-API connection to an engine of sqlglot's ``dialect`` (``athena``, ``trino``), the lake's tables in
+    ``database`` (Athena: the Glue database). ``cursor`` makes a cursor (default: the connection's; for Athena,
+    pyathena's ``ArrowCursor``, which reads a large result from S3 at once rather than a page at a time)."""
 
-    def __init__(self, connection: Any, dialect: str, cursor: Any = None) -> None:
-        self.connection, self.dialect = connection, dialect
+    def __init__(self, connection: Any, dialect: str, database: str, cursor: Any = None) -> None:
+        self.dialect, self.database = dialect, database
         self.cursor = cursor or connection.cursor
         self.tables: list[exp.CTE] = []
 
@@ -76,6 +76,11 @@ class SqlEngine:
         return cursor.fetchall()
 
     def _translate(self, tree: exp.Expression) -> str:
+        """The query in the engine's dialect, every table that is not a work table in :attr:`database`."""
+        work = {cte.alias for cte in tree.find_all(exp.CTE)}
+        for table in tree.find_all(exp.Table):
+            if not table.db and table.name not in work:
+                table.set("db", exp.to_identifier(self.database, quoted=True))
         return tree.sql(dialect=self.dialect, unsupported_level=sqlglot.ErrorLevel.RAISE)
 
 
