@@ -53,14 +53,12 @@ from citibikes.catalog.glue import choose_catalog
 from citibikes.checks import CHECK_DOCS, CHECK_OPERATORS, CheckParams, ChecksError, Result, build_checks
 from citibikes.config import CATALOGS, load_settings
 from citibikes_airflow.assets import CATALOG
+from citibikes_airflow.hooks.catalog import ATHENA_CONN_ID, ENGINES
 from citibikes_airflow.hooks.lake import LakeHook
 from citibikes_airflow.operators.checks import OPERATOR_CLASSES
 
 LAKE_CONN_ID = LakeHook.default_conn_name
 CATALOG_CONN_ID = "citibikes_catalog"
-ATHENA_CONN_ID = "citibikes_athena"
-ENGINES = {"duckdb": "duckdb", "glue": "athena"}
-"""The engine that queries each catalog."""
 
 DEFAULT_ARGS = {
     "owner": "citibikes",

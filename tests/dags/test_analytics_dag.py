@@ -46,8 +46,8 @@ def lake_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, airflow_db: Path):
 def test_the_dag_runs_daily_after_the_days_end_with_parameters(airflow_db: Path) -> None:
     dag = load_dag("citibikes_analytics")
     assert dag.timetable.expression == "0 6 * * *" and dag.max_active_runs == 1 and dag.catchup is False
-    assert set(dag.params) == {"system", "first_day", "last_day"}
-    assert dag.get_task("plan").downstream_task_ids == {"measure"}
+    assert set(dag.params) == {"system", "first_day", "last_day", "catalog"}
+    assert dag.get_task("plan").downstream_task_ids == {"refresh_catalog", "measure"}
     assert dag.get_task("refresh_catalog").downstream_task_ids == {"measure"}
 
 

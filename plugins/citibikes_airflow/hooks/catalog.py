@@ -1,4 +1,5 @@
-"""The DuckDB catalog file as a common-sql hook: the official DuckDB provider's ``DuckDBHook``, read-only.
+"""The lake's catalogs as Airflow reaches them: the DuckDB catalog file as a common-sql hook (the official
+DuckDB provider's ``DuckDBHook``, read-only), and the Glue catalog through Athena as the analytics' engine.
 
 The database is always the catalog file of the settings (``<state>/catalog/citibikes.duckdb``), so
 it cannot drift from where the catalog DAG writes it. The connection ``citibikes_catalog`` (type
@@ -14,7 +15,14 @@ from typing import Any
 
 from airflow.providers.duckdb.hooks.duckdb import DuckDBHook
 
+from citibikes.analytics.engines import SqlEngine
 from citibikes.catalog import CatalogError, S3Access
+
+ENGINES = {"duckdb": "duckdb", "glue": "athena"}
+"""The engine that queries each catalog."""
+ATHENA_CONN_ID = "citibikes_athena"
+"""Athena's connection (type ``athena``: the Amazon provider's ``AthenaSQLHook``; extra ``work_group``,
+``region_name``); its AWS credentials are the lake connection's."""
 
 
 class CatalogDuckDBHook(DuckDBHook):
@@ -34,3 +42,13 @@ class CatalogDuckDBHook(DuckDBHook):
     def configure_secrets(self, conn) -> None:  # noqa: ANN001 - DuckDBHook's
         if self.s3 is not None:
             self.s3.prepare(conn)
+
+
+def athena_engine(database: str, aws_conn_id: str) -> SqlEngine:
+    """The Glue ``database``'s tables through Athena (:data:`ATHENA_CONN_ID`, credentials of ``aws_conn_id``), as
+    the analytics' engine; a result is read from its CSV in S3 by pyathena's ``ArrowCursor``, at once."""
+    from airflow.providers.amazon.aws.hooks.athena_sql import AthenaSQLHook
+    from pyathena.arrow.cursor import ArrowCursor
+
+    connection = AthenaSQLHook(athena_conn_id=ATHENA_CONN_ID, aws_conn_id=aws_conn_id).get_conn()
+    return SqlEngine(connection, "athena", database, cursor=lambda: connection.cursor(ArrowCursor))
