@@ -24,7 +24,7 @@ STATIONS_TABLE = """
 SELECT CAST(row_number() OVER (ORDER BY station_id) - 1 AS INTEGER) AS sid, station_id, name, lat, lon FROM (
     SELECT station_id, arg_max(name, last_updated) AS name, arg_min(lat, last_updated) AS lat,
            arg_min(lon, last_updated) AS lon
-    FROM station_information WHERE system = $system AND date <= $last_date GROUP BY station_id) AS described
+    FROM station_information WHERE system = $system AND "date" <= $last_date GROUP BY station_id) AS described
 """
 """Every station the system described up to the period's end: a number (``sid``, what the queries group by:
 cheaper than its text id), its latest name and its first known position."""
@@ -38,10 +38,10 @@ PEAK, OFF_PEAK = 1, 2
 FEEDS_TABLE = f"""
 WITH moments AS (
     SELECT last_updated FROM station_status
-    WHERE system = $system AND date BETWEEN $first_date AND $last_date AND last_updated >= $start AND last_updated < $end
+    WHERE system = $system AND "date" BETWEEN $first_date AND $last_date AND last_updated >= $start AND last_updated < $end
     UNION
     SELECT last_updated FROM quarantine
-    WHERE system = $system AND date BETWEEN $first_date AND $last_date AND feed = 'station_status'
+    WHERE system = $system AND "date" BETWEEN $first_date AND $last_date AND feed = 'station_status'
       AND last_updated >= $start AND last_updated < $end
 ), feeds AS (
     SELECT last_updated, CAST(epoch(last_updated) AS BIGINT) AS ts, hour(local) AS hour,
@@ -88,7 +88,7 @@ def quarantine_table(columns: set[str]) -> str:
                        for name, kind in QUARANTINE_COUNTS.items())
     return f"""
 SELECT station_id, last_updated, reasons, {counts} FROM quarantine
-WHERE system = $system AND date BETWEEN $first_date AND $last_date AND feed = 'station_status'
+WHERE system = $system AND "date" BETWEEN $first_date AND $last_date AND feed = 'station_status'
   AND last_updated >= $start AND last_updated < $end"""
 
 
@@ -97,7 +97,7 @@ WITH records AS (
     SELECT station_id, last_updated, num_bikes_available AS bikes, num_bikes_disabled AS disabled,
            num_docks_available AS docks, is_renting, is_returning, false AS quarantined, true AS readable
     FROM station_status
-    WHERE system = $system AND date BETWEEN $first_date AND $last_date
+    WHERE system = $system AND "date" BETWEEN $first_date AND $last_date
       AND last_updated >= $start AND last_updated < $end
     UNION ALL
     SELECT station_id, last_updated, num_bikes_available, num_bikes_disabled, num_docks_available, is_renting,
@@ -112,7 +112,7 @@ WITH records AS (
            lead(last_updated) OVER (PARTITION BY station_id ORDER BY last_updated) AS valid_to,
            capacity, coalesce(is_virtual_station, false) AS virtual
     FROM station_information JOIN analytics_stations USING (station_id)
-    WHERE system = $system AND date <= $last_date
+    WHERE system = $system AND "date" <= $last_date
 ), joined AS (
     SELECT v.sid, f.k, r.quarantined, r.bikes, r.disabled, r.docks, r.is_renting, r.is_returning, v.capacity,
            r.readable AND (r.docks IS NOT NULL OR v.virtual) AS usable
