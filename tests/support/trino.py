@@ -1,5 +1,5 @@
 """A real Trino server for the tests: the engine whose SQL Athena's is (Athena engine 3 is Trino), so the
-analytics' Athena path runs on a real engine here, where Athena cannot be reached.
+analytics' and the checks' Athena SQL runs on a real engine here, where Athena cannot be reached.
 
 The server is Trino's core distribution and its Hive plugin from Maven Central (cached in
 ``.state/trino``), on Java 24 or newer. Its ``lake`` catalog keeps a file metastore and reads the local
@@ -31,8 +31,9 @@ JAVA_MAJOR = 24
 """Trino 476 needs Java 24 or newer."""
 TABLES = {"station_status": ("curated/station_status", ("system", "date", "hour")),
           "station_information": ("curated/station_information", ("system", "date", "hour")),
-          "quarantine": ("quarantine", ("system", "date", "hour"))}
-"""The tables the analytics read: their folder in the lake and their partition keys."""
+          "quarantine": ("quarantine", ("system", "date", "hour")),
+          "pipeline_runs": ("pipeline_runs", ("date",))}
+"""The tables the analytics and the checks read: their folder in the lake and their partition keys."""
 
 
 def java_home() -> Path | None:
@@ -155,6 +156,8 @@ class TrinoServer:
 def _trino_type(kind: pa.DataType) -> str:
     if pa.types.is_list(kind) or pa.types.is_large_list(kind):
         return f"array({_trino_type(kind.value_type)})"
+    if pa.types.is_map(kind):
+        return f"map({_trino_type(kind.key_type)}, {_trino_type(kind.item_type)})"
     if pa.types.is_struct(kind):
         return f"row({', '.join(f'{field.name} {_trino_type(field.type)}' for field in kind)})"
     if pa.types.is_timestamp(kind):

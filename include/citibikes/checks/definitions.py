@@ -154,7 +154,9 @@ def _moment(value: datetime) -> str:
 
 
 def _date(value: datetime) -> str:
-    return f"DATE '{value.astimezone(UTC):%Y-%m-%d}'"
+    """A UTC day as its ISO text: Glue's partition keys are strings (the crawler's), whose ISO days compare as the
+    days do, and DuckDB reads the text as a DATE for its typed ``date``."""
+    return f"'{value.astimezone(UTC):%Y-%m-%d}'"
 
 
 def build_checks(params: CheckParams, *, dialect: str = "duckdb", database: str | None = None) -> list[Check]:
