@@ -63,10 +63,11 @@ def airflow_db() -> Path:
     return _AIRFLOW_HOME
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def trino_server(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - support.trino.TrinoServer
-    """A real Trino server (Athena's engine) for the whole session, started by the first test that asks; Trino
-    and its Hive plugin are downloaded once into .state/trino (450 MB, from Maven Central)."""
+    """A real Trino server (Athena's engine) for a test module, started by its first test that asks (and stopped
+    after its last: an idle Trino keeps a core busy); Trino and its Hive plugin are downloaded once into
+    .state/trino (450 MB, from Maven Central)."""
     from support.trino import JAVA_MAJOR, TrinoServer, install, java_home
 
     java = java_home()
