@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install postgres up down status test bench clean-state help
+.PHONY: install postgres chromium up down status test bench clean-state help
 
 help:
 	@echo "make up       start Kafka, the live consumer, the feed and Airflow; unpause the DAGs; print the UI address"
@@ -36,7 +36,7 @@ down:
 status:
 	@$(BIN)/citibikes status || true   # exit 1 (something down) and 3 (nothing runs) are for scripts: `citibikes status`
 
-test: install postgres
+test: install postgres chromium
 	$(BIN)/python -m pytest
 
 # The live store's tests run a real PostgreSQL server from Debian's package (started by the tests).
@@ -45,6 +45,13 @@ postgres:
 		echo "installing PostgreSQL (Debian's postgresql package) for the live store's tests"; \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } \
 		|| { echo "error: cannot install PostgreSQL; run 'sudo apt-get install postgresql' and try again"; exit 2; }; }
+
+# The dashboard's tests drive a real browser: Debian's chromium package (Playwright uses it, downloads none).
+chromium:
+	@test -x /usr/bin/chromium || { \
+		echo "installing Chromium (Debian's chromium package) for the dashboard's browser tests"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+		|| { echo "error: cannot install Chromium; run 'sudo apt-get install chromium' and try again"; exit 2; }; }
 
 bench: install
 	$(BIN)/python -m bench

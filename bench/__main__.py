@@ -8,6 +8,7 @@ consumer   the live consumer applying a backlog with durable commits, against re
 catalog    the DuckDB catalog over 36,000 hour partitions: crawls, view binding and queries (~2 min)
 compaction a replayed day of Citi Bike minute files compacted by hour, then as a day: files, bytes per observation, queries (~3 min)
 checks     the data-quality checks on a replayed day: in-process and the checks DAG (dag.test) (~3 min)
+dashboard  the live dashboard's time to a drawn map in headless Chromium: Citi Bike and 50 systems (~3 min)
 
 Not run by default (they need the running stack or a lake you provide, or take long): `bench/freshness.py`
 (with `make up`: feed -> Kafka -> live state -> alert over 30 minute-runs), `bench/consumer_apply.py
@@ -31,6 +32,7 @@ BENCHMARKS = {
     "catalog": ["catalog_views.py"],
     "compaction": ["compaction.py"],
     "checks": ["checks_duration.py"],
+    "dashboard": ["dashboard.py"],
 }
 
 

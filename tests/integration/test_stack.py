@@ -114,6 +114,10 @@ def test_up_runs_the_pipeline_and_down_stops_everything(stack_env: dict[str, str
     token = requests.post(f"{ui}/auth/token", json={"username": "admin", "password": "stack-test-password"},
                           timeout=10).json()["access_token"]
     headers = {"Authorization": f"Bearer {token}"}
+    assert f"Dashboard:   {ui}/citibikes/" in up.stdout
+    assert requests.get(f"{ui}/citibikes/api/systems", timeout=10).status_code == 401
+    systems = requests.get(f"{ui}/citibikes/api/systems", headers=headers, timeout=10).json()["systems"]
+    assert "e2e" in {s["id"] for s in systems}  # the dashboard, mounted by the plugin, reads the consumer's store
     dag = requests.get(f"{ui}/api/v2/dags/citibikes_ingest", headers=headers, timeout=10).json()
     assert dag["is_paused"] is False
     run = requests.post(f"{ui}/api/v2/dags/citibikes_ingest/dagRuns", json={"logical_date": None},

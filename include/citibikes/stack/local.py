@@ -191,6 +191,7 @@ def up(env: Mapping[str, str] | None = None, out: Print = print) -> int:
     out("")
     out(f"Ready in {time.monotonic() - started:.0f} s.")
     out(f"  Airflow UI:  {standalone.url}   login: {ADMIN_USER} / {admin_password(standalone.home)}")
+    out(f"  Dashboard:   {standalone.url}/citibikes/   (live map, pipeline health, audit figures; same login)")
     out(f"  Trigger:     AIRFLOW_HOME={standalone.home} .venv/bin/airflow dags trigger citibikes_ingest")
     out("               (or the play button in the UI; it also runs by itself every minute)")
     out(f"  Lake:        {settings.lake_uri}")

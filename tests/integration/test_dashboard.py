@@ -1,0 +1,153 @@
+"""The live dashboard in a real browser (Debian's Chromium, driven by Playwright), served by Airflow's own API
+server with the project's plugin, over the replay feed's Citi Bike landed by the pipeline, carried by a real
+Kafka broker and applied by the live consumer: the login, the refusal of anonymous requests, the numbers on
+the page against the live state store, the map, the refresh, the audit link."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import requests
+from support.dashboard import CHROMIUM, DashboardWorld, dashboard_world
+
+from citibikes.analytics.engines import DuckDBEngine
+from citibikes.analytics.run import run
+from citibikes.catalog import connect, refresh_catalog
+from citibikes.config import SystemConfig
+
+pytestmark = pytest.mark.airflow
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str, airflow_db: Path) -> DashboardWorld:
+    world = dashboard_world(tmp_path_factory.mktemp("dashboard"), kafka_bootstrap)
+    yield world
+    world.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), f"no {CHROMIUM}: run `make test` (it installs Debian's chromium) or apt-get install chromium"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(world: DashboardWorld, browser):  # noqa: ANN001, ANN201
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    world.log_in(page)
+    page.wait_for_selector("#map[data-drawn]")
+    yield page
+    context.close()
+    assert not errors, errors
+
+
+def test_anonymous_requests_are_refused(world: DashboardWorld) -> None:
+    for path in ("api/systems", "api/state?system=citibike", "api/health", "api/audit?system=citibike",
+                 "static/dashboard.js", "reports/citibike/2026-01-01_2026-01-01/report.html"):
+        assert requests.get(f"{world.url}/citibikes/{path}", timeout=10).status_code == 401, path
+        forged = requests.get(f"{world.url}/citibikes/{path}", headers={"Authorization": "Bearer a.b.c"}, timeout=10)
+        assert forged.status_code == 403, path
+    page = requests.get(f"{world.url}/citibikes/", headers={"Accept": "text/html"}, allow_redirects=False, timeout=10)
+    assert page.status_code == 303 and "/auth/login" in page.headers["location"]
+    token = world.token()
+    answer = requests.get(f"{world.url}/citibikes/api/systems", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert answer.status_code == 200 and answer.json()["systems"][0]["id"] == "citibike"
+
+
+def test_the_page_after_login_shows_what_the_live_state_store_holds(world: DashboardWorld, page) -> None:  # noqa: ANN001
+    store = world.store()
+    try:
+        stations = store.stations("citibike")
+        summary = store.summary()
+        episodes = store.open_episodes("citibike")
+    finally:
+        store.close()
+    placed = [s for s in stations if s["lat"] is not None and s["lon"] is not None]
+    assert len(placed) > 2000
+    assert page.get_attribute("#map", "data-drawn") == str(len(placed))
+    assert page.get_attribute("#map", "data-system") == "citibike"
+
+    def card(name: str) -> int:
+        return int(page.get_attribute(f"#summary-{name}", "data-value"))
+
+    assert card("stations") == summary["stations"] == len(stations)
+    assert (card("empty"), card("full")) == (summary["empty"], summary["full"])
+    assert card("bikes") == summary["bikes_available"]
+    assert card("ebikes") == sum(s["num_ebikes_available"] or 0 for s in stations)
+    assert card("not-renting") == sum(not (s["is_installed"] and s["is_renting"]) for s in stations)
+    rows = page.locator("#outages tbody tr[data-station-id]")
+    longest = sorted(episodes, key=lambda e: (e["started"], e["station_id"]))[:10]
+    assert len(longest) == 10  # the replayed Citi Bike has dozens of empty or full stations
+    assert [rows.nth(i).get_attribute("data-station-id") for i in range(rows.count())] == [e["station_id"] for e in longest]
+    assert "citibike" in page.inner_text("#health")
+
+
+def test_hovering_a_station_shows_its_figures(world: DashboardWorld, page) -> None:  # noqa: ANN001
+    store = world.store()
+    try:
+        stations = {s["name"]: s for s in store.stations("citibike") if s["name"]}
+    finally:
+        store.close()
+    box = page.locator("#map").bounding_box()
+    shown = None
+    for fx in (0.5, 0.45, 0.55, 0.4, 0.6):
+        for fy in (0.5, 0.45, 0.55, 0.4, 0.6):
+            page.mouse.move(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy)
+            if page.locator("#tooltip").is_visible():
+                shown = page.inner_text("#tooltip")
+                break
+        if shown:
+            break
+    assert shown, "no station under the pointer anywhere near the map's middle"
+    name = next(n for n in stations if n in shown)
+    assert str(stations[name]["num_bikes_available"]) in shown
+
+
+def test_the_page_refreshes_by_itself(world: DashboardWorld, page) -> None:  # noqa: ANN001
+    before = page.get_attribute("#last-refresh", "data-as-of")
+    world.minute()
+    store = world.store()
+    try:
+        newest = store.summary()["newest_last_updated"]
+    finally:
+        store.close()
+    page.wait_for_function(f"document.querySelector('#last-refresh').dataset.asOf == '{newest}'", timeout=8_000)
+    assert int(newest) > int(before)
+
+
+def test_the_audit_figures_link_to_the_report(world: DashboardWorld, page) -> None:  # noqa: ANN001
+    assert "No analytics report yet" in page.inner_text("#audit")
+    settings = world.pipeline.settings
+    refresh_catalog(world.pipeline.lake, settings.catalog_path)
+    day = datetime.now(UTC).astimezone(ZoneInfo("America/New_York")).date()
+    con = connect(settings.catalog_path)
+    try:
+        analytics, _ = run(DuckDBEngine(con), world.pipeline.lake,
+                           SystemConfig("citibike", "http://127.0.0.1:9/gbfs.json", timezone="America/New_York"), day, day)
+    finally:
+        con.close()
+    page.reload()
+    page.wait_for_selector("#audit-report", timeout=40_000)  # the lake's figures are read again every 10 s
+    assert f"${analytics.system.fines:,}" in page.inner_text("#audit")
+    with page.expect_popup() if page.get_attribute("#audit-report", "target") else page.expect_navigation():
+        page.click("#audit-report")
+    time.sleep(0.5)
+    report = page.context.pages[-1]
+    assert "citibike" in report.inner_text("body")
+    summary = json.loads(requests.get(f"{world.url}/citibikes/reports/citibike/{day}_{day}/summary.json",
+                                      headers={"Authorization": f"Bearer {world.token()}"}, timeout=10).text)
+    assert summary["system"]["fines"] == analytics.system.fines
