@@ -25,7 +25,7 @@ pytestmark = pytest.mark.airflow
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str, airflow_db: Path) -> DashboardWorld:
-    world = dashboard_world(tmp_path_factory.mktemp("dashboard"), kafka_bootstrap)
+    world = dashboard_world(tmp_path_factory.mktemp("dashboard"), kafka_bootstrap, systems=("citibike", "synth-01"))
     yield world
     world.stop()
 
@@ -49,7 +49,7 @@ def page(world: DashboardWorld, browser):  # noqa: ANN001, ANN201
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     world.log_in(page)
-    page.wait_for_selector("#map[data-drawn]")
+    page.wait_for_selector("#map[data-system=citibike][data-drawn]")  # the first system, of two
     yield page
     context.close()
     assert not errors, errors
@@ -72,28 +72,50 @@ def test_the_page_after_login_shows_what_the_live_state_store_holds(world: Dashb
     store = world.store()
     try:
         stations = store.stations("citibike")
-        summary = store.summary()
         episodes = store.open_episodes("citibike")
     finally:
         store.close()
     placed = [s for s in stations if s["lat"] is not None and s["lon"] is not None]
     assert len(placed) > 2000
     assert page.get_attribute("#map", "data-drawn") == str(len(placed))
-    assert page.get_attribute("#map", "data-system") == "citibike"
-
-    def card(name: str) -> int:
-        return int(page.get_attribute(f"#summary-{name}", "data-value"))
-
-    assert card("stations") == summary["stations"] == len(stations)
-    assert (card("empty"), card("full")) == (summary["empty"], summary["full"])
-    assert card("bikes") == summary["bikes_available"]
-    assert card("ebikes") == sum(s["num_ebikes_available"] or 0 for s in stations)
-    assert card("not-renting") == sum(not (s["is_installed"] and s["is_renting"]) for s in stations)
+    assert cards(page) == {
+        "stations": len(stations),
+        "empty": sum(bool(s["is_installed"] and s["is_renting"] and s["num_bikes_available"] == 0) for s in stations),
+        "full": sum(bool(s["is_installed"] and s["is_returning"] and s["num_docks_available"] == 0) for s in stations),
+        "not-renting": sum(not (s["is_installed"] and s["is_renting"]) for s in stations),
+        "bikes": sum(s["num_bikes_available"] or 0 for s in stations),
+        "ebikes": sum(s["num_ebikes_available"] or 0 for s in stations)}
     rows = page.locator("#outages tbody tr[data-station-id]")
     longest = sorted(episodes, key=lambda e: (e["started"], e["station_id"]))[:10]
     assert len(longest) == 10  # the replayed Citi Bike has dozens of empty or full stations
     assert [rows.nth(i).get_attribute("data-station-id") for i in range(rows.count())] == [e["station_id"] for e in longest]
-    assert "citibike" in page.inner_text("#health")
+    health = page.inner_text("#health")
+    assert "citibike" in health and "synth-01" in health and "up" in health
+
+
+def test_the_selector_shows_each_system_and_all_of_them(world: DashboardWorld, page) -> None:  # noqa: ANN001
+    store = world.store()
+    try:
+        synth = [s for s in store.stations("synth-01") if s["lat"] is not None]
+        summary = store.summary()
+    finally:
+        store.close()
+    assert page.locator("#system-select option").all_inner_texts()[-1] == "All systems"
+    page.select_option("#system-select", "synth-01")
+    page.wait_for_selector("#map[data-system=synth-01]")
+    assert page.get_attribute("#map", "data-drawn") == str(len(synth)) and page.url.endswith("#system=synth-01")
+    page.select_option("#system-select", "*")
+    page.wait_for_selector("#map[data-system='*']")
+    got = cards(page)
+    assert (got["stations"], got["empty"], got["full"], got["bikes"]) == (
+        summary["stations"], summary["empty"], summary["full"], summary["bikes_available"])
+    assert not page.locator("#audit").is_visible()  # no audit for every system at once
+
+
+def cards(page) -> dict[str, int]:  # noqa: ANN001
+    """The cards' numbers, exact (their ``data-value``)."""
+    return {name: int(page.get_attribute(f"#summary-{name}", "data-value"))
+            for name in ("stations", "empty", "full", "not-renting", "bikes", "ebikes")}
 
 
 def test_hovering_a_station_shows_its_figures(world: DashboardWorld, page) -> None:  # noqa: ANN001
@@ -140,8 +162,14 @@ def test_the_audit_figures_link_to_the_report(world: DashboardWorld, page) -> No
                            SystemConfig("citibike", "http://127.0.0.1:9/gbfs.json", timezone="America/New_York"), day, day)
     finally:
         con.close()
+    headers = {"Authorization": f"Bearer {world.token()}"}
+    deadline = time.monotonic() + 30  # the lake's figures are read again every 10 s
+    while not requests.get(f"{world.url}/citibikes/api/audit", params={"system": "citibike"}, headers=headers,
+                           timeout=10).json()["report"]:
+        assert time.monotonic() < deadline, "the dashboard did not find the report in 30 s"
+        time.sleep(1)
     page.reload()
-    page.wait_for_selector("#audit-report", timeout=40_000)  # the lake's figures are read again every 10 s
+    page.wait_for_selector("#audit-report")
     assert f"${analytics.system.fines:,}" in page.inner_text("#audit")
     with page.expect_popup() if page.get_attribute("#audit-report", "target") else page.expect_navigation():
         page.click("#audit-report")
@@ -149,5 +177,5 @@ def test_the_audit_figures_link_to_the_report(world: DashboardWorld, page) -> No
     report = page.context.pages[-1]
     assert "citibike" in report.inner_text("body")
     summary = json.loads(requests.get(f"{world.url}/citibikes/reports/citibike/{day}_{day}/summary.json",
-                                      headers={"Authorization": f"Bearer {world.token()}"}, timeout=10).text)
+                                      headers=headers, timeout=10).text)
     assert summary["system"]["fines"] == analytics.system.fines

@@ -131,6 +131,8 @@ def test_up_runs_the_pipeline_and_down_stops_everything(stack_env: dict[str, str
             break
         time.sleep(1)
     assert state == "success", (Path(env["CITIBIKES_STATE_DIR"]) / "logs" / "airflow.log").read_text()[-3000:]
+    health = requests.get(f"{ui}/citibikes/api/health", headers=headers, timeout=10).json()
+    assert "citibikes_ingest" in {r["dag_id"] for r in health["dag_runs"]}  # the dashboard's last runs
     lake = Path(env["CITIBIKES_STATE_DIR"]) / "lake"
     assert list(lake.glob("curated/station_status/system=citibike/date=*/hour=*/*.parquet"))
     assert read_topic(f"127.0.0.1:{env['CITIBIKES_KAFKA_PORT']}", "bikes-station-status")
