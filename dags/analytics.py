@@ -160,7 +160,8 @@ def _on_athena(work):  # noqa: ANN001, ANN202 - work(SqlEngine) -> its result
 
     database = load_settings().glue_database
     try:
-        return work(athena_engine(database, LakeHook.default_conn_name))
+        with athena_engine(database, LakeHook.default_conn_name) as engine:
+            return work(engine)
     except (AthenaError, BotoCoreError, ClientError, AirflowNotFoundException) as exc:
         raise CatalogError(f"Athena cannot measure the Glue database {database!r}: {first_line(exc)}; check the "
                            "citibikes_athena connection (type athena, extra work_group, region_name), that the "

@@ -3,8 +3,11 @@
 
 const TIMEOUT_MS = 30000;
 
-/** The Airflow session has expired (or was never there): the user must log in again. */
+/** The Airflow session has expired (or was never there, or its token is not valid): the user must log in again. */
 export class AuthError extends Error {}
+
+/** What Airflow says of a session that is missing, expired or forged (anything else refused is a permission). */
+const EXPIRED = new Set(["Not authenticated", "Token Expired", "Invalid JWT token"]);
 
 async function getJSON(path) {
   const abort = new AbortController();
@@ -19,17 +22,20 @@ async function getJSON(path) {
     } catch (error) {
       throw new Error(`${path}: ${abort.signal.aborted ? `no answer in ${TIMEOUT_MS / 1000} s` : "the server cannot be reached"}`);
     }
-    if (answer.status === 401 || answer.status === 403) throw new AuthError(`${path}: HTTP ${answer.status}`);
     if (answer.redirected && /\/auth\//.test(answer.url)) throw new AuthError(`${path}: sent to the login page`);
     if (!answer.ok) {
       let detail = "";
       try {
         const body = await answer.json();
-        detail = typeof body.detail === "string" ? `: ${body.detail}` : "";
+        detail = typeof body.detail === "string" ? body.detail : "";
       } catch {
         // not JSON: the status says enough
       }
-      throw new Error(`${path}: HTTP ${answer.status}${detail}`);
+      if (answer.status === 401 || (answer.status === 403 && EXPIRED.has(detail))) {
+        throw new AuthError(`${path}: HTTP ${answer.status}`);
+      }
+      if (answer.status === 403) throw new Error(`${path}: Airflow does not let this user view plugins (${detail || "HTTP 403"})`);
+      throw new Error(`${path}: HTTP ${answer.status}${detail ? `: ${detail}` : ""}`);
     }
     try {
       return await answer.json();

@@ -1,5 +1,6 @@
 // format.js: how figures read on the page: counts with thousands separators (en-US), percents, dollars,
-// durations ("2 h 46 min"), local clock times, and an em dash wherever a figure is missing.
+// durations ("2 h 46 min"), local clock times, and an em dash wherever a figure is missing; and the one way text
+// enters the page (element: always as text, never as HTML).
 
 export const DASH = "\u2014";
 
@@ -48,4 +49,12 @@ export function when(value) {
   const date = typeof value === "string" ? new Date(value) : new Date(value * 1000);
   if (Number.isNaN(date.getTime())) return DASH;
   return (date.toDateString() === new Date().toDateString() ? TIME : DAY_TIME).format(date);
+}
+
+/** A new element with an optional class and text (set as text, never as HTML). */
+export function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined && text !== null) node.textContent = text;
+  return node;
 }

@@ -46,10 +46,10 @@ function show(system) {
   if (select.value !== system) select.value = system ?? "";
 }
 
-/** Where to log in again and come back: the auth manager's login page at the site's root. */
+/** Where to log in again and come back: the page itself, which the server sends to the auth manager's login page
+ * (wherever Airflow serves it) and back. */
 function loginUrl() {
-  const root = new URL("/", location.href);
-  return new URL(`auth/login/?next=${encodeURIComponent(location.href)}`, root).href;
+  return new URL("./", location.href).href;
 }
 
 /** What a state answer for `system` does, unless another system was chosen meanwhile. */

@@ -7,7 +7,7 @@ import concaveman from "concaveman";
 import { geoEqualEarth, geoGraticule10, geoMercator, geoPath } from "d3-geo";
 import { quadtree } from "d3-quadtree";
 import { scaleSqrt } from "d3-scale";
-import { count, duration, when } from "./format.js";
+import { count, duration, element, when } from "./format.js";
 
 /** The `state` column's values, in order: 0 in between, 1 empty, 2 full, 3 not renting, 4 no status yet. */
 export const STATES = [
@@ -268,13 +268,6 @@ export class MapView {
       tip.append(element("div", `tt-outage outage-${kind}`, `${kind[0].toUpperCase()}${kind.slice(1)} for ${lasted} (since ${when(since)})`));
     }
   }
-}
-
-function element(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
 }
 
 function stateOf(value) {

@@ -2,18 +2,11 @@
 // cards, the legend's counts, the longest current outages, the pipeline's health and the audit figures. Text
 // from the server is only ever set as text (never as HTML).
 
-import { count, dollars, DASH, decimal, duration, percent, when } from "./format.js";
+import { count, dollars, DASH, decimal, duration, element, percent, when } from "./format.js";
 import { STATES } from "./map.js";
 
 const $ = (id) => document.getElementById(id);
 const STALE_FETCH_S = 300;
-
-function element(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined && text !== null) node.textContent = text;
-  return node;
-}
 
 function row(cells, className) {
   const tr = element("tr", className);

@@ -90,6 +90,9 @@ class Settings:
     """The live consumer's state store: a SQLite file path, or a ``postgresql://`` URL."""
     consumer_metrics_port: int
     """Where the live consumer serves its Prometheus metrics (0: nowhere)."""
+    consumer_metrics_url: str | None
+    """Where the dashboard reads them: ``CITIBIKES_CONSUMER_METRICS_URL``, else the port on this host (None with
+    port 0); the consumer in a container of its own is ``http://consumer:9464/metrics``."""
     alerts_webhook_conn: str | None = None
     """The Airflow HTTP connection the alerts DAG posts its to-do lists to; None: the task log and
     a JSON-lines file under ``<state_dir>/alerts/``."""
@@ -304,6 +307,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     pipeline_file = Path(_env(env, "CITIBIKES_PIPELINE_FILE", str(PROJECT_ROOT / "config" / "pipeline.yaml")))
     topics, quality = _load_pipeline(pipeline_file)
     log_level = (_env(env, "LOG_LEVEL", "INFO") or "INFO").upper()
+    metrics_port = _int_env(env, "CITIBIKES_CONSUMER_METRICS_PORT", 9464, allow_zero=True)
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError(f"LOG_LEVEL={log_level!r} is not a log level; use DEBUG, INFO, WARNING or ERROR")
     return Settings(
@@ -321,7 +325,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_level=log_level,
         status_snapshot_every_s=_int_env(env, "CITIBIKES_STATUS_SNAPSHOT_EVERY", 900),
         live_store=_env(env, "CITIBIKES_LIVE_STORE", str(state_dir / "live" / "live.db")),
-        consumer_metrics_port=_int_env(env, "CITIBIKES_CONSUMER_METRICS_PORT", 9464, allow_zero=True),
+        consumer_metrics_port=metrics_port,
+        consumer_metrics_url=_env(env, "CITIBIKES_CONSUMER_METRICS_URL",
+                                  f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else None),
         alerts_webhook_conn=_env(env, "CITIBIKES_ALERTS_WEBHOOK_CONN"),
         catalog=_catalog_env(env),
         glue_database=_env(env, "CITIBIKES_GLUE_DATABASE", "citibikes_analytics"),

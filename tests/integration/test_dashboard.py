@@ -61,8 +61,9 @@ def test_anonymous_requests_are_refused(world: DashboardWorld) -> None:
         assert requests.get(f"{world.url}/citibikes/{path}", timeout=10).status_code == 401, path
         forged = requests.get(f"{world.url}/citibikes/{path}", headers={"Authorization": "Bearer a.b.c"}, timeout=10)
         assert forged.status_code == 403, path
-    page = requests.get(f"{world.url}/citibikes/", headers={"Accept": "text/html"}, allow_redirects=False, timeout=10)
-    assert page.status_code == 303 and "/auth/login" in page.headers["location"]
+    for cookies in ({}, {"_token": "a.b.c"}):  # no session, or a forged one: the login page, then back
+        page = requests.get(f"{world.url}/citibikes/", cookies=cookies, allow_redirects=False, timeout=10)
+        assert page.status_code == 303 and "/auth/login" in page.headers["location"], cookies
     token = world.token()
     answer = requests.get(f"{world.url}/citibikes/api/systems", headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert answer.status_code == 200 and answer.json()["systems"][0]["id"] == "citibike"

@@ -23,8 +23,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from citibikes.lake.tables import TABLE_SCHEMAS
-
 VERSION = "476"
 MAVEN = "https://repo1.maven.org/maven2/io/trino"
 JAVA_MAJOR = 24
@@ -133,8 +131,8 @@ class TrinoServer:
 
     def register(self, lake: Path, schema: str) -> None:
         """The lake folder's tables in ``schema`` (made anew), as the Glue crawler makes them: each table's columns
-        are the union of its files' (a Parquet file may lack a newer column), its partitions those on disk. (A
-        table without a file, which the crawler would not make, is made empty with the pipeline's columns.)"""
+        are the union of its files' (a Parquet file may lack a newer column), its partitions those on disk; a table
+        without a file is not made."""
         cursor = self.connect().cursor()
         cursor.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         cursor.fetchall()
@@ -142,7 +140,9 @@ class TrinoServer:
         cursor.fetchall()
         for table, (folder, keys) in TABLES.items():
             schemas = [pq.read_schema(f) for f in sorted((lake / folder).rglob("*.parquet"))]
-            schema_of = pa.unify_schemas(schemas or [TABLE_SCHEMAS[table]], promote_options="permissive")
+            if not schemas:
+                continue  # nor does the crawler make a table of a folder without a file
+            schema_of = pa.unify_schemas(schemas, promote_options="permissive")
             columns = [f'"{field.name}" {_trino_type(field.type)}' for field in schema_of if field.name not in keys]
             columns += [f'"{key}" varchar' for key in keys]
             partitioned = ", ".join(f"'{key}'" for key in keys)

@@ -21,7 +21,7 @@ from sqlglot import exp
 
 class Engine(Protocol):
     def columns(self, table: str) -> set[str]:
-        """The column names of a catalog table."""
+        """The column names of a catalog table (none when it has no such table)."""
 
     def load(self, tables: list[tuple[str, str]], parameters: dict[str, Any]) -> None:
         """Make the work tables (names and queries, in order) for the queries that follow."""
@@ -58,10 +58,10 @@ class SqlEngine:
         self.tables: list[exp.CTE] = []
 
     def columns(self, table: str) -> set[str]:
-        cursor = self.cursor()
-        cursor.execute(self._translate(sqlglot.parse_one(f"SELECT * FROM {table} LIMIT 0", read="duckdb")))
-        cursor.fetchall()
-        return {column[0] for column in cursor.description}
+        """Empty for a table the database lacks (the Glue crawler makes one only once its folder has a file)."""
+        query = ("SELECT column_name FROM information_schema.columns WHERE table_schema = $database "
+                 "AND table_name = $table")
+        return {name for (name,) in self._fetch(_bound(query, {"database": self.database, "table": table}))}
 
     def load(self, tables: list[tuple[str, str]], parameters: dict[str, Any]) -> None:
         self.tables = [exp.CTE(this=_bound(query, parameters), alias=exp.TableAlias(this=exp.to_identifier(name)))
@@ -71,9 +71,15 @@ class SqlEngine:
         tree = _bound(query, parameters or {})
         own = tree.args.get("with_")
         tree.set("with_", exp.With(expressions=[*(cte.copy() for cte in self.tables), *(own.expressions if own else [])]))
+        return self._fetch(tree)
+
+    def _fetch(self, tree: exp.Expression) -> list[Any]:
         cursor = self.cursor()
-        cursor.execute(self._translate(tree))
-        return cursor.fetchall()
+        try:
+            cursor.execute(self._translate(tree))
+            return cursor.fetchall()
+        finally:
+            cursor.close()
 
     def _translate(self, tree: exp.Expression) -> str:
         """The query in the engine's dialect, every table that is not a work table in :attr:`database`."""

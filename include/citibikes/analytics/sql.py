@@ -40,9 +40,7 @@ WITH moments AS (
     SELECT last_updated FROM station_status
     WHERE system = $system AND "date" BETWEEN $first_date AND $last_date AND last_updated >= $start AND last_updated < $end
     UNION
-    SELECT last_updated FROM quarantine
-    WHERE system = $system AND "date" BETWEEN $first_date AND $last_date AND feed = 'station_status'
-      AND last_updated >= $start AND last_updated < $end
+    SELECT last_updated FROM analytics_quarantine
 ), feeds AS (
     SELECT last_updated, CAST(epoch(last_updated) AS BIGINT) AS ts, hour(local) AS hour,
            (CAST(local AS TIME) BETWEEN TIME '07:00:00' AND TIME '10:59:00'
@@ -52,10 +50,10 @@ WITH moments AS (
                 WHEN hour(local) < 8 OR hour(local) >= 20 THEN {OFF_PEAK} ELSE 0 END AS standard_window
     FROM (SELECT last_updated, last_updated AT TIME ZONE $tz AS local FROM moments) AS located
 ), numbered AS (
-    SELECT *, CAST(row_number() OVER (ORDER BY ts) - 1 AS INTEGER) AS k,
-           coalesce(ts - lag(ts) OVER (ORDER BY ts) > {MAX_GAP_S}
-                    OR in_day_window != lag(in_day_window) OVER (ORDER BY ts)
-                    OR standard_window != lag(standard_window) OVER (ORDER BY ts), true) AS starts_segment
+    SELECT *, CAST(row_number() OVER (ORDER BY last_updated) - 1 AS INTEGER) AS k,
+           coalesce(ts - lag(ts) OVER (ORDER BY last_updated) > {MAX_GAP_S}
+                    OR in_day_window != lag(in_day_window) OVER (ORDER BY last_updated)
+                    OR standard_window != lag(standard_window) OVER (ORDER BY last_updated), true) AS starts_segment
     FROM feeds
 )
 SELECT last_updated, ts, hour, in_unusable_window, in_day_window, standard_window, k,
@@ -83,9 +81,14 @@ QUARANTINE_COUNTS = {"num_bikes_available": "INTEGER", "num_bikes_disabled": "IN
 def quarantine_table(columns: set[str]) -> str:
     """The system's quarantined station_status records in the period, with every column of
     :data:`QUARANTINE_COUNTS` (``columns``: those the catalog's ``quarantine`` has): a lake all of whose
-    quarantine files were written before the counts were kept has NULL ones (its records are skipped)."""
+    quarantine files were written before the counts were kept has NULL ones (its records are skipped). Without a
+    ``quarantine`` table (no column: the Glue crawler makes none before the pipeline quarantines a record), none."""
     counts = ", ".join(name if name in columns else f"CAST(NULL AS {kind}) AS {name}"
                        for name, kind in QUARANTINE_COUNTS.items())
+    if not columns:
+        return f"""
+SELECT CAST(NULL AS VARCHAR) AS station_id, CAST(NULL AS TIMESTAMP) AS last_updated, CAST(NULL AS VARCHAR[]) AS reasons,
+       {counts} FROM (VALUES (0)) AS nothing(x) WHERE false"""
     return f"""
 SELECT station_id, last_updated, reasons, {counts} FROM quarantine
 WHERE system = $system AND "date" BETWEEN $first_date AND $last_date AND feed = 'station_status'
@@ -143,8 +146,8 @@ NULL for capacity 0 or bikes + disabled above capacity)."""
 
 def tables(quarantine_columns: set[str]) -> list[tuple[str, str]]:
     """The work tables, each a name and its query, in the order they are made (a table reads those before it)."""
-    return [("analytics_stations", STATIONS_TABLE), ("analytics_feeds", FEEDS_TABLE),
-            ("analytics_quarantine", quarantine_table(quarantine_columns)), ("analytics_records", RECORDS_TABLE)]
+    return [("analytics_stations", STATIONS_TABLE), ("analytics_quarantine", quarantine_table(quarantine_columns)),
+            ("analytics_feeds", FEEDS_TABLE), ("analytics_records", RECORDS_TABLE)]
 
 
 SYSTEM = """

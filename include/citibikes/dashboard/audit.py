@@ -10,7 +10,7 @@ from datetime import date
 from typing import Any
 
 from citibikes.analytics.run import REPORT
-from citibikes.lake import Lake
+from citibikes.lake import Lake, LakeError
 from citibikes.lake.layout import REPORTS_PREFIX, check_system_id
 
 PERIOD = re.compile(r"/period=(\d{4}-\d\d-\d\d)_(\d{4}-\d\d-\d\d)/summary\.json$")
@@ -32,7 +32,11 @@ def latest_report(lake: Lake, system_id: str) -> dict[str, Any] | None:
     data = lake.storage.get(report_path(system_id, f"{first}_{last}", "summary.json"))
     if data is None:  # replaced between the listing and the read: the next refresh finds the new one
         return None
-    system = json.loads(data)["system"]
+    try:
+        system = json.loads(data)["system"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LakeError(f"cannot read {lake.storage.uri(report_path(system_id, f'{first}_{last}', 'summary.json'))} "
+                        f"({exc!r}); run the analytics for {first} to {last} again to rewrite it") from None
     return {"first": first, "last": last, **{name: system.get(name) for name in FIGURES},
             "url": f"reports/{system_id}/{first}_{last}/report.html"}
 

@@ -21,6 +21,8 @@ from citibikes.live.metrics import PREFIX
 
 WINDOW_S = 3600
 """The runs the rates are computed over: the last hour's."""
+RETRIED_S = 600
+"""A run's file is read again while the run is this recent: Airflow retries a failed run within minutes."""
 RUN_COLUMNS = ["system_id", "started_at", "outcome", "stations_status", "stations_quarantined"]
 
 
@@ -33,11 +35,13 @@ class RunHistory:
         """Key of a run file -> its rows."""
 
     def refresh(self, now: float) -> list[dict[str, Any]]:
-        """The runs started in the window before ``now``, reading the files new since the last refresh."""
+        """The runs started in the window before ``now``, reading the files new since the last refresh, and again
+        those of runs started in the last :data:`RETRIED_S` (a retried run rewrites its file)."""
         days = {datetime.fromtimestamp(t, UTC).date().isoformat() for t in (now - WINDOW_S, now)}
         keys = [k for day in sorted(days) for k in self.lake.storage.list(f"pipeline_runs/date={day}/")
                 if k.endswith(".parquet")]
-        self.rows = {key: self.rows[key] if key in self.rows else self._read(key) for key in keys}
+        self.rows = {key: self.rows[key] if key in self.rows and not _recent(self.rows[key], now) else self._read(key)
+                     for key in keys}
         return [row for rows in self.rows.values() for row in rows if row["started_at"] >= now - WINDOW_S]
 
     def _read(self, key: str) -> list[dict[str, Any]]:
@@ -46,6 +50,10 @@ class RunHistory:
             return []
         rows = pq.read_table(io.BytesIO(data), columns=RUN_COLUMNS).to_pylist()
         return [{**row, "started_at": row["started_at"].timestamp()} for row in rows]
+
+
+def _recent(rows: list[dict[str, Any]], now: float) -> bool:
+    return any(row["started_at"] >= now - RETRIED_S for row in rows)
 
 
 def pipeline_health(runs: list[dict[str, Any]], system_ids: list[str], now: float) -> list[dict[str, Any]]:
@@ -67,13 +75,13 @@ def pipeline_health(runs: list[dict[str, Any]], system_ids: list[str], now: floa
     return health
 
 
-def consumer_health(port: int, timeout_s: float = 1.0) -> dict[str, Any]:
-    """The live consumer's metrics on ``port`` (0: not served): whether it answers, its total lag in messages and
+def consumer_health(url: str | None, timeout_s: float = 1.0) -> dict[str, Any]:
+    """The live consumer's metrics at ``url`` (None: not served): whether it answers, its total lag in messages and
     its messages per second."""
-    if not port:
+    if not url:
         return {"up": None, "lag": None, "messages_per_second": None}
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as answer:
+        with urllib.request.urlopen(url, timeout=timeout_s) as answer:
             text = answer.read().decode()
     except OSError:
         return {"up": False, "lag": None, "messages_per_second": None}

@@ -33,7 +33,10 @@ def station_state(store: LiveStore, system_id: str, now: float) -> dict[str, Any
     """The page's data for ``system_id`` (or :data:`ALL`) at ``now`` (POSIX seconds)."""
     chosen = None if system_id == ALL else system_id
     stations = store.stations(chosen)
-    outages = {(e["system_id"], e["station_id"]): e for e in store.open_episodes(chosen)}
+    episodes = store.open_episodes(chosen)  # oldest first
+    outages: dict[tuple[str, str], dict[str, Any]] = {}
+    for e in episodes:  # a station both empty and full (no bike, no dock) shows its older outage
+        outages.setdefault((e["system_id"], e["station_id"]), e)
     columns: dict[str, list[Any]] = {name: [] for name in (
         "system_id", "station_id", "name", "lat", "lon", "capacity", "bikes", "ebikes", "docks", "state",
         "outage_kind", "outage_since")}
@@ -56,7 +59,7 @@ def station_state(store: LiveStore, system_id: str, now: float) -> dict[str, Any
                             ("docks", "num_docks_available")):
             counts[card] += s[field] or 0
     names = dict(zip(zip(columns["system_id"], columns["station_id"]), columns["name"]))
-    longest = sorted(outages.values(), key=lambda e: (e["started"], e["system_id"], e["station_id"]))[:LONGEST]
+    longest = episodes[:LONGEST]
     return {
         "system": system_id,
         "as_of": max((s["last_updated"] for s in stations), default=None),

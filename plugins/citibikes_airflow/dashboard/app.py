@@ -23,7 +23,7 @@ import msgspec
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.middleware.gzip import GZipMiddleware
-from fastapi.responses import FileResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from airflow.api_fastapi.app import get_auth_manager
@@ -33,6 +33,8 @@ from airflow.api_fastapi.core_api.security import requires_access_view
 from citibikes.config import load_settings
 from citibikes.dashboard import audit, health, state
 from citibikes.errors import first_line
+from citibikes.lake import Lake, LakeError
+from citibikes.lake.layout import check_system_id
 from citibikes.live.store import LiveStore, StoreError
 from citibikes_airflow.dashboard import URL_PREFIX
 from citibikes_airflow.hooks.lake import LakeHook
@@ -51,10 +53,18 @@ app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=5)  # 9 take
 
 @app.exception_handler(StarletteHTTPException)
 async def _login_first(request: Request, exc: StarletteHTTPException) -> Response:
-    """The page asked for without a session: Airflow's login, then back here."""
-    if exc.status_code == 401 and request.url.path in (URL_PREFIX, URL_PREFIX + "/"):
+    """The page asked for without a valid session (none, expired or forged): Airflow's login, then back here."""
+    expired = exc.status_code == 401 or (exc.status_code == 403 and exc.detail == "Invalid JWT token")
+    if expired and request.url.path in (URL_PREFIX, URL_PREFIX + "/"):
         return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)), status_code=303)
     return await http_exception_handler(request, exc)
+
+
+@app.exception_handler(StoreError)
+@app.exception_handler(LakeError)
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    """The live store or the lake cannot be read now: one line, 503 (the page says it and retries)."""
+    return JSONResponse({"detail": first_line(exc)}, status_code=503)
 
 
 @app.get("/")
@@ -81,76 +91,88 @@ def systems() -> dict[str, Any]:
 def station_state(system: str = state.ALL) -> Response:
     with _store() as store:
         data = state.station_state(store, system, time.time())
-    return Response(msgspec.json.encode(data), media_type="application/json")  # 70,000 stations: FastAPI's encoder takes seconds
+    return Response(msgspec.json.encode(data), media_type="application/json")  # FastAPI's encoder: 0.5 s for 70,000
 
 
 @app.get("/api/health")
 def pipeline_health() -> dict[str, Any]:
-    with _store() as store:
-        system_ids = [s["id"] for s in state.systems(store)]
+    """Without the live store: the panel matters most when the consumer is down."""
     settings = load_settings()
-    runs = _LAKE.get("runs", lambda lake: _history(lake).refresh(time.time()))
+    runs = _LAKE.get("runs", lambda lake: _LAKE.history.refresh(time.time()))
+    system_ids = sorted({s.system_id for s in settings.systems if s.enabled} | {r["system_id"] for r in runs})
     return {"systems": health.pipeline_health(runs, system_ids, time.time()),
-            "consumer": health.consumer_health(settings.consumer_metrics_port),
+            "consumer": health.consumer_health(settings.consumer_metrics_url),
             "dag_runs": _dag_runs()}
 
 
 @app.get("/api/audit")
 def audit_figures(system: str) -> dict[str, Any]:
-    try:
-        return {"report": _LAKE.get(f"audit:{system}", lambda lake: audit.latest_report(lake, system))}
-    except ValueError as exc:  # not a system id
-        raise HTTPException(404, str(exc)) from None
+    _system_id(system)
+    return {"report": _LAKE.get(f"audit:{system}", lambda lake: audit.latest_report(lake, system))}
 
 
 @app.get("/reports/{system}/{period}/{name}")
 def report_file(system: str, period: str, name: str) -> Response:
     try:
-        key = audit.report_path(system, period, name)
+        key = audit.report_path(_system_id(system), period, name)
     except ValueError as exc:
         raise HTTPException(404, str(exc)) from None
-    data = LakeHook().get_lake().storage.get(key)
+    data = _LAKE.lake().storage.get(key)
     if data is None:
         raise HTTPException(404, f"no report {system} {period} {name}")
-    return Response(data, media_type=audit.FILES[name])
+    # the report's own page (self-contained, no script) may not run anything on Airflow's origin
+    return Response(data, media_type=audit.FILES[name],
+                    headers={"Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"})
+
+
+def _system_id(system: str) -> str:
+    try:
+        return check_system_id(system)
+    except LakeError as exc:
+        raise HTTPException(404, first_line(exc)) from None
 
 
 class _LakeCache:
-    """What is read from the lake, kept :data:`LAKE_EVERY_S` seconds (one lake for the process's life)."""
+    """What is read from the lake, kept :data:`LAKE_EVERY_S` seconds, and the one lake of the process (the
+    reads are outside the lock: two requests at once may both read, neither waits on the other's I/O)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.values: dict[str, tuple[float, Any]] = {}
-        self.lake = None
+        self._lake: Lake | None = None
+        self._history: health.RunHistory | None = None
+
+    def lake(self) -> Lake:
+        with self.lock:
+            if self._lake is None:
+                self._lake = LakeHook().get_lake()
+                self._history = health.RunHistory(self._lake)
+            return self._lake
+
+    @property
+    def history(self) -> health.RunHistory:
+        self.lake()
+        return self._history
 
     def get(self, name: str, read) -> Any:  # noqa: ANN001 - read(lake) -> the value
         with self.lock:
-            if self.lake is None:
-                self.lake = LakeHook().get_lake()
-            at, value = self.values.get(name, (0.0, None))
-            if time.monotonic() - at >= LAKE_EVERY_S:
-                value = read(self.lake)
-                self.values[name] = (time.monotonic(), value)
-            return value
+            found = self.values.get(name)
+        if found is not None and time.monotonic() - found[0] < LAKE_EVERY_S:
+            return found[1]
+        value = read(self.lake())
+        with self.lock:
+            self.values[name] = (time.monotonic(), value)
+        return value
 
 
 _LAKE = _LakeCache()
-_HISTORIES: dict[int, health.RunHistory] = {}
-
-
-def _history(lake) -> health.RunHistory:  # noqa: ANN001 - Lake
-    return _HISTORIES.setdefault(id(lake), health.RunHistory(lake))
 
 
 class _store:
     """The live state store, read-only, for one request (SQLite readers never block the consumer)."""
 
     def __enter__(self) -> LiveStore:
-        url = load_settings().live_store
-        try:
-            self.store = LiveStore.open(url, readonly=True)
-        except StoreError as exc:
-            raise HTTPException(503, f"the live state store cannot be read: {first_line(exc)}") from None
+        self.store = LiveStore.open(load_settings().live_store, readonly=True)
         return self.store
 
     def __exit__(self, *exc: object) -> None:

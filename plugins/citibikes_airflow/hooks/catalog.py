@@ -10,6 +10,8 @@ are added as a DuckDB secret (httpfs from the ``duckdb-extension-httpfs`` packag
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +46,15 @@ class CatalogDuckDBHook(DuckDBHook):
             self.s3.prepare(conn)
 
 
-def athena_engine(database: str, aws_conn_id: str) -> SqlEngine:
+@contextmanager
+def athena_engine(database: str, aws_conn_id: str) -> Iterator[SqlEngine]:
     """The Glue ``database``'s tables through Athena (:data:`ATHENA_CONN_ID`, credentials of ``aws_conn_id``), as
     the analytics' engine; a result is read from its CSV in S3 by pyathena's ``ArrowCursor``, at once."""
     from airflow.providers.amazon.aws.hooks.athena_sql import AthenaSQLHook
     from pyathena.arrow.cursor import ArrowCursor
 
     connection = AthenaSQLHook(athena_conn_id=ATHENA_CONN_ID, aws_conn_id=aws_conn_id).get_conn()
-    return SqlEngine(connection, "athena", database, cursor=lambda: connection.cursor(ArrowCursor))
+    try:
+        yield SqlEngine(connection, "athena", database, cursor=lambda: connection.cursor(ArrowCursor))
+    finally:
+        connection.close()
