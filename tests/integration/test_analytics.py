@@ -282,7 +282,7 @@ def random_series(seed: int) -> Series:
     return s
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize(("seed", "trino"), [(1, "duckdb"), (2, "duckdb"), (3, "duckdb"), (1, "trino")], indirect=["trino"])
 def test_random_series_match_the_independent_computation(seed: int, trino: TrinoServer | None, tmp_path: Path) -> None:
     folder = random_series(seed).write(tmp_path / "feed")
     expected = audit(folder, "test", "America/New_York", MONDAY, date(2026, 3, 3))
