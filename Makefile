@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install postgres chromium up down status test bench clean-state help
+.PHONY: install system-packages up down status test bench clean-state help
 
 help:
 	@echo "make up       start Kafka, the live consumer, the feed and Airflow; unpause the DAGs; print the UI address"
@@ -36,22 +36,20 @@ down:
 status:
 	@$(BIN)/citibikes status || true   # exit 1 (something down) and 3 (nothing runs) are for scripts: `citibikes status`
 
-test: install postgres chromium
+test: install system-packages
 	$(BIN)/python -m pytest
 
-# The live store's tests run a real PostgreSQL server from Debian's package (started by the tests).
-postgres:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
-		echo "installing PostgreSQL (Debian's postgresql package) for the live store's tests"; \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } \
-		|| { echo "error: cannot install PostgreSQL; run 'sudo apt-get install postgresql' and try again"; exit 2; }; }
-
-# The dashboard's tests drive a real browser: Debian's chromium package (Playwright uses it, downloads none).
-chromium:
-	@test -x /usr/bin/chromium || { \
-		echo "installing Chromium (Debian's chromium package) for the dashboard's browser tests"; \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
-		|| { echo "error: cannot install Chromium; run 'sudo apt-get install chromium' and try again"; exit 2; }; }
+# The tests' Debian packages, installed in one go when missing: PostgreSQL (the live store's tests start a real
+# server) and Chromium (the dashboard's tests drive it through Playwright, which downloads no browser).
+system-packages:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing=" postgresql"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing (Debian packages) for the tests"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
+		|| { echo "error: cannot install$$missing; run 'sudo apt-get install$$missing' and try again"; exit 2; }; \
+	fi
 
 bench: install
 	$(BIN)/python -m bench
