@@ -2,6 +2,7 @@
 made by sqlglot: :mod:`citibikes.analytics.engines`), in the order it runs.
 
 :func:`tables` are the work tables: ``analytics_stations`` numbers the system's stations,
+``analytics_quarantine`` holds its quarantined station_status records of the period,
 ``analytics_feeds`` its snapshots (feeds) in the period with their local windows, and ``analytics_records``
 keeps every station record of those feeds, valid (``station_status``) and quarantined (``quarantine``, with
 the counts it kept), joined with the description in effect at the feed's time (the auditors' *snapshot*), as
