@@ -7,13 +7,17 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-packages up down status test bench clean-state help
+GITLEAKS_VERSION := 8.30.1
+GITLEAKS := .state/tools/gitleaks-$(GITLEAKS_VERSION)/gitleaks
+SCAN_REPO ?= .
+
+.PHONY: install system-packages secret-scan up down status test bench clean-state help
 
 help:
 	@echo "make up       start Kafka, the live consumer, the feed and Airflow; unpause the DAGs; print the UI address"
 	@echo "make down     stop everything make up started"
 	@echo "make status   health check: what is down, why, and the fix"
-	@echo "make test     run the whole test suite (starts and stops its own Kafka broker)"
+	@echo "make test     scan the repository and its history for secrets, then run the whole test suite"
 	@echo "make bench    run the benchmarks"
 
 install: $(STAMP)
@@ -36,8 +40,18 @@ down:
 status:
 	@$(BIN)/citibikes status || true   # exit 1 (something down) and 3 (nothing runs) are for scripts: `citibikes status`
 
-test: install system-packages
+test: install system-packages secret-scan
 	$(BIN)/python -m pytest
+
+# gitleaks over every commit of the repository (SCAN_REPO): a key, token or password ever committed fails the
+# build, even when a later commit removed it (rotate it, then rewrite the history). Built once with Go.
+secret-scan: $(GITLEAKS)
+	$(GITLEAKS) git --no-banner --no-color --redact --verbose --log-level warn $(SCAN_REPO)
+	@echo "secret scan: no secret in $$(git -C $(SCAN_REPO) rev-list --count HEAD) commits"
+
+$(GITLEAKS):
+	@command -v go >/dev/null || { echo "error: go not found: the secret scanner (gitleaks) is built with Go; install Go 1.23+ and run again"; exit 2; }
+	GOBIN=$(CURDIR)/$(dir $(GITLEAKS)) go install github.com/zricethezav/gitleaks/v8@v$(GITLEAKS_VERSION)
 
 # The tests' Debian packages, installed in one go when missing: PostgreSQL (the live store's tests start a real
 # server) and Chromium (the dashboard's tests drive it through Playwright, which downloads no browser).

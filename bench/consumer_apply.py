@@ -53,7 +53,7 @@ def publish_days(days: int, settings, workdir: Path) -> int:
 
     folder = workdir / "days"
     write_day(folder, days * 1440)
-    publisher = Publisher(make_producer(settings.kafka_bootstrap), settings.topics)
+    publisher = Publisher(make_producer(**settings.kafka.client_config()), settings.topics)
     report = backfill(folder, SYSTEM_ID, settings=settings, lake=open_lake(str(workdir / "lake")), publisher=publisher)
     return report.published
 
@@ -116,16 +116,16 @@ def rss_mb(pid: int) -> float:
 
 def soak(settings, workdir: Path, minutes: float) -> dict[str, Any]:
     """``citibikes consume`` as a service while the topics keep growing; its RSS over time."""
-    env = {**os.environ, "CITIBIKES_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "CITIBIKES_STATE_DIR": str(workdir / "soak"),
+    env = {**os.environ, "CITIBIKES_KAFKA_BOOTSTRAP": settings.kafka.bootstrap, "CITIBIKES_STATE_DIR": str(workdir / "soak"),
            "CITIBIKES_FEED": "replay", "CITIBIKES_CONSUMER_METRICS_PORT": "0"}
     process = subprocess.Popen([sys.executable, "-m", "citibikes.cli", "consume", "--log-file", ""], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     status = settings.topics["station_status"].name
     # Later copies of the published status messages: same stations, new times, so each is applied.
-    source = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench-soak-source",
+    source = Consumer({**settings.kafka.client_config(), "group.id": "bench-soak-source",
                        "auto.offset.reset": "earliest", "enable.partition.eof": True})
     source.subscribe([status])
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 50})
+    producer = Producer({**settings.kafka.client_config(), "linger.ms": 50})
     shift, samples, started = 0, [], time.monotonic()
     next_sample = started
     try:

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     status_topic, alerts_topic = settings.topics["station_status"].name, settings.topics["alerts"].name
     store = LiveStore.open(settings.live_store, readonly=True)
-    consumer = follow(settings.kafka_bootstrap, [status_topic, alerts_topic])
+    consumer = follow(settings.kafka.bootstrap, [status_topic, alerts_topic])
     pending: dict[tuple[str, int], float] = {}   # (key, last_updated) -> Kafka timestamp of the status
     applied: dict[tuple[str, int], float] = {}   # (key, last_updated) -> applied_at
     alerts: list[tuple[tuple[str, int], float]] = []

@@ -30,7 +30,9 @@ os.environ.update({
 # Tests never touch the developer's running stack or its data.
 _TEST_STATE = Path(tempfile.mkdtemp(prefix="citibikes-test-state-"))
 os.environ["CITIBIKES_STATE_DIR"] = str(_TEST_STATE)
-for name in ("CITIBIKES_SYSTEMS_FILE", "CITIBIKES_FEED", "CITIBIKES_LAKE_URI", "CITIBIKES_KAFKA_BOOTSTRAP"):
+for name in ("CITIBIKES_SYSTEMS_FILE", "CITIBIKES_FEED", "CITIBIKES_LAKE_URI", "CITIBIKES_KAFKA_BOOTSTRAP",
+             "CITIBIKES_KAFKA_SECURITY_PROTOCOL", "CITIBIKES_KAFKA_USERNAME", "CITIBIKES_KAFKA_PASSWORD",
+             "CITIBIKES_KAFKA_CA_FILE"):
     os.environ.pop(name, None)
 
 from citibikes.stack.kafka import KafkaBroker  # noqa: E402

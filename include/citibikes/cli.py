@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
+from citibikes import redact
 from citibikes.aws.commands import add_aws_commands
 from citibikes.catalog_commands import add_catalog_commands
 from citibikes.config import ConfigError, load_settings
@@ -35,6 +36,9 @@ def setup_logging(level: str, log_file: str | None = None) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if log_file:
         handlers.append(logging.FileHandler(log_file))
+    redactor = redact.from_environment()
+    for handler in handlers:
+        handler.addFilter(redactor)
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, handlers=handlers, force=True)
     for noisy in ("urllib3", "botocore", "boto3", "s3transfer"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
@@ -66,7 +70,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
     from citibikes.stream.topics import ensure_topics
 
     settings = load_settings()
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "socket.timeout.ms": 10000})
+    admin = AdminClient({**settings.kafka.client_config(), "socket.timeout.ms": 10000})
     for change in ensure_topics(admin, settings.topics.values()):
         print(f"{change.topic}: {change.action}")
     return 0
@@ -88,8 +92,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from citibikes.stream.topics import require_broker
 
     settings = load_settings()
-    require_broker(settings.kafka_bootstrap)
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "citibikes-tail",
+    require_broker(settings.kafka)
+    consumer = Consumer({**settings.kafka.client_config(), "group.id": "citibikes-tail",
                          "enable.auto.commit": False, "enable.partition.eof": True})
     try:
         topic = consumer.list_topics(args.topic, timeout=10).topics.get(args.topic)
@@ -174,12 +178,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     log = logging.getLogger("citibikes.run")
     interval = args.interval or settings.interval_s
     lake = lake_from_settings(settings)
-    require_broker(settings.kafka_bootstrap)
-    publisher = Publisher(make_producer(settings.kafka_bootstrap), settings.topics)
+    require_broker(settings.kafka)
+    publisher = Publisher(make_producer(**settings.kafka.client_config()), settings.topics)
     stop = GracefulStop(log).install()
     systems = ", ".join(s.system_id for s in settings.systems if s.enabled)
     log.info("Pipeline started: mode=%s, interval=%ss, systems=%s, lake=%s, kafka=%s",
-             args.mode, interval, systems, settings.lake_uri, settings.kafka_bootstrap)
+             args.mode, interval, systems, settings.lake_uri, settings.kafka.bootstrap)
     number, failures = 0, 0
     while True:
         number += 1
@@ -218,7 +222,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
     settings, level = _log_settings(args)
     setup_logging(level, args.log_file)
-    require_broker(settings.kafka_bootstrap)
+    require_broker(settings.kafka)
     stop = GracefulStop(logging.getLogger("citibikes.consumer")).install()
     summary = service.serve(settings, should_stop=stop.event.is_set, test_mode=args.test_mode, interval_s=args.interval)
     if args.test_mode:
@@ -317,8 +321,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     lake = lake_from_settings(settings)
     publisher = None
     if args.publish:
-        require_broker(settings.kafka_bootstrap)
-        publisher = Publisher(make_producer(settings.kafka_bootstrap), settings.topics)
+        require_broker(settings.kafka)
+        publisher = Publisher(make_producer(**settings.kafka.client_config()), settings.topics)
     started = time.monotonic()
 
     def progress(items, total):
@@ -414,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except (*USER_ERRORS, TopicError, DeliveryError, BrokerUnavailable, LakeError, StoreError, AwsError,
             CatalogError, ChecksError, AnalyticsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact.from_environment().redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -70,6 +70,60 @@ class QualityConfig:
     """Values some vendors send for "never reported" (Citi Bike sends 86400)."""
 
 
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISM = "SCRAM-SHA-512"
+
+
+@dataclass(frozen=True)
+class KafkaConnection:
+    """How every Kafka client of the project reaches the cluster: its address and, on a secured one, a
+    SCRAM-SHA-512 login over TLS. From ``CITIBIKES_KAFKA_*``; in Airflow the connections carry the same
+    settings in their extra (:meth:`client_config`)."""
+
+    bootstrap: str
+    security_protocol: str = "PLAINTEXT"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_file: str | None = None
+    """The CA certificate (PEM) the brokers' certificates are checked against; None: the system's CAs."""
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka's settings for this connection (``bootstrap.servers`` and the security ones)."""
+        config = {"bootstrap.servers": self.bootstrap}
+        if self.security_protocol == "SASL_SSL":
+            config.update({"security.protocol": "SASL_SSL", "sasl.mechanism": KAFKA_SASL_MECHANISM,
+                           "sasl.username": self.username, "sasl.password": self.password})
+            if self.ca_file:
+                config["ssl.ca.location"] = self.ca_file
+        return config
+
+    def environment(self) -> dict[str, str]:
+        """The ``CITIBIKES_KAFKA_*`` variables that give this connection (for a process started with it)."""
+        names = {"CITIBIKES_KAFKA_BOOTSTRAP": self.bootstrap, "CITIBIKES_KAFKA_SECURITY_PROTOCOL": self.security_protocol,
+                 "CITIBIKES_KAFKA_USERNAME": self.username, "CITIBIKES_KAFKA_PASSWORD": self.password,
+                 "CITIBIKES_KAFKA_CA_FILE": self.ca_file}
+        return {name: value for name, value in names.items() if value}
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> KafkaConnection:
+        bootstrap = _env(env, "CITIBIKES_KAFKA_BOOTSTRAP", f"127.0.0.1:{_int_env(env, 'CITIBIKES_KAFKA_PORT', 9092)}")
+        protocol = (_env(env, "CITIBIKES_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT") or "").upper()
+        if protocol not in KAFKA_SECURITY_PROTOCOLS:
+            raise ConfigError(f"CITIBIKES_KAFKA_SECURITY_PROTOCOL={protocol!r} is not supported; use PLAINTEXT or "
+                              "SASL_SSL (a password is only ever sent over TLS)")
+        if protocol == "PLAINTEXT":
+            return cls(bootstrap)
+        username, password = _env(env, "CITIBIKES_KAFKA_USERNAME"), _env(env, "CITIBIKES_KAFKA_PASSWORD")
+        if not (username and password):
+            raise ConfigError("CITIBIKES_KAFKA_SECURITY_PROTOCOL=SASL_SSL needs a login; set CITIBIKES_KAFKA_USERNAME "
+                              "and CITIBIKES_KAFKA_PASSWORD")
+        ca_file = _env(env, "CITIBIKES_KAFKA_CA_FILE")
+        if ca_file and not Path(ca_file).is_file():
+            raise ConfigError(f"CITIBIKES_KAFKA_CA_FILE={ca_file} is not a file; point it at the brokers' CA "
+                              "certificate (PEM), or unset it to trust the system's CAs")
+        return cls(bootstrap, protocol, username, password, ca_file and str(Path(ca_file).resolve()))
+
+
 @dataclass(frozen=True)
 class Settings:
     state_dir: Path
@@ -78,7 +132,7 @@ class Settings:
     systems: tuple[SystemConfig, ...]
     topics: Mapping[str, TopicConfig]
     quality: QualityConfig
-    kafka_bootstrap: str
+    kafka: KafkaConnection
     lake_uri: str
     s3_endpoint_url: str | None
     s3_region: str
@@ -317,7 +371,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         systems=load_systems(systems_file, env),
         topics=topics,
         quality=quality,
-        kafka_bootstrap=_env(env, "CITIBIKES_KAFKA_BOOTSTRAP", f"127.0.0.1:{_int_env(env, 'CITIBIKES_KAFKA_PORT', 9092)}"),
+        kafka=KafkaConnection.from_env(env),
         lake_uri=_env(env, "CITIBIKES_LAKE_URI", str(state_dir / "lake")),
         s3_endpoint_url=_env(env, "CITIBIKES_S3_ENDPOINT_URL"),
         s3_region=_env(env, "CITIBIKES_S3_REGION", _env(env, "AWS_DEFAULT_REGION", "us-east-1")),

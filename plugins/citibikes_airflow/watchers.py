@@ -55,5 +55,5 @@ def station_alerts(settings: Settings | None = None) -> Asset:
         poll_timeout=1,
         poll_interval=0,
     )
-    return Asset(name="citibikes.station_alerts", uri=f"kafka://{settings.kafka_bootstrap}/{topic}", group="citibikes",
+    return Asset(name="citibikes.station_alerts", uri=f"kafka://{settings.kafka.bootstrap}/{topic}", group="citibikes",
                  watchers=[AssetWatcher(name="station_alerts", trigger=trigger)])

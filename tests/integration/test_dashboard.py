@@ -67,6 +67,15 @@ def test_anonymous_requests_are_refused(world: DashboardWorld) -> None:
     token = world.token()
     answer = requests.get(f"{world.url}/citibikes/api/systems", headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert answer.status_code == 200 and answer.json()["systems"][0]["id"] == "citibike"
+    # Airflow's own REST API: nothing without the login either (its health probe alone is public).
+    for path in ("dags", "connections", "variables", "dags/citibikes_ingest/dagRuns", "config"):
+        assert requests.get(f"{world.url}/api/v2/{path}", timeout=10).status_code == 401, path
+        authorised = requests.get(f"{world.url}/api/v2/{path}", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert authorised.status_code != 401, path
+    assert requests.post(f"{world.url}/api/v2/dags/citibikes_ingest/dagRuns", json={"logical_date": None},
+                         timeout=10).status_code == 401
+    assert requests.post(f"{world.url}/auth/token", json={"username": "admin", "password": "guess"},
+                         timeout=10).status_code == 401
 
 
 def test_the_page_after_login_shows_what_the_live_state_store_holds(world: DashboardWorld, page) -> None:  # noqa: ANN001

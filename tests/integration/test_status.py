@@ -15,7 +15,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from citibikes.config import TopicConfig, load_settings
+from citibikes.config import KafkaConnection, TopicConfig, load_settings
 from citibikes.stack import health
 from citibikes.stack.process import free_port
 from citibikes.stream.topics import ensure_topics
@@ -57,7 +57,7 @@ def test_broker_health_reports_topics_end_offsets_and_a_groups_lag(kafka_bootstr
     consumer.commit(message=read[-1], asynchronous=False)  # 4 of partition 0's 6 consumed
     consumer.close()
 
-    check = health.check_broker(kafka_bootstrap, [topic], [group, "health-never-consumed"])
+    check = health.check_broker(KafkaConnection(kafka_bootstrap), [topic], [group, "health-never-consumed"])
     assert check.ok, check.lines()
     assert check.facts["end_offsets"] == {(topic, 0): 6, (topic, 1): 4}
     assert check.facts["lag"][group] == {(topic, 0): 2, (topic, 1): 4}  # partition 1: nothing committed, all 4
@@ -65,7 +65,7 @@ def test_broker_health_reports_topics_end_offsets_and_a_groups_lag(kafka_bootstr
     assert f"group {group} lag 6" in check.summary and "10 messages" in check.summary
     assert f"topic {topic}: 2 partitions, end offsets 6, 4" in check.details
 
-    missing = health.check_broker(kafka_bootstrap, [topic, "health-missing"], [])
+    missing = health.check_broker(KafkaConnection(kafka_bootstrap), [topic, "health-missing"], [])
     assert not missing.ok and "topics are missing: health-missing" in missing.summary
     assert "citibikes topics" in missing.fix
 
@@ -129,7 +129,7 @@ def test_nothing_running_exits_3_and_names_the_broker_and_the_fix(tmp_path: Path
     elapsed = time.monotonic() - started
     assert result.returncode == 3, result.stdout + result.stderr
     broker = _line(result.stdout, "broker")
-    assert "DOWN" in broker and "no answer at 127.0.0.1:" in broker and "fix: start it with `make up`" in broker
+    assert "DOWN" in broker and "no Kafka broker answers at 127.0.0.1:" in broker and "fix: start it with `make up`" in broker
     assert "Nothing runs: start the stack with `make up`." in result.stdout
     assert f"127.0.0.1:{env['CITIBIKES_REPLAY_PORT']}/citibike/gbfs.json does not answer" in _line(result.stdout, "feed")
     assert elapsed < 10, f"status took {elapsed:.1f} s with nothing running"

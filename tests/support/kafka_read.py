@@ -10,9 +10,10 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 
 
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 20.0) -> list[dict[str, Any]]:
-    """All messages currently in ``topic`` as dicts: key, headers, value (decoded JSON), partition."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-reader", "enable.auto.commit": False})
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 20.0, **login: str) -> list[dict[str, Any]]:
+    """All messages currently in ``topic`` as dicts: key, headers, value (decoded JSON), partition
+    (``login``: a secured cluster's client settings)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-reader", "enable.auto.commit": False, **login})
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         ends = {}

@@ -517,7 +517,7 @@ def test_container_settings_select_the_replay_feed_by_default(services: dict[str
     assert settings.systems and all(
         s.discovery_url.startswith(env["CITIBIKES_REPLAY_URL"] + "/") for s in settings.systems
     ), [s.discovery_url for s in settings.systems]
-    assert settings.kafka_bootstrap == "kafka:9092"
+    assert settings.kafka.bootstrap == "kafka:9092"
     assert settings.lake_uri == env["CITIBIKES_LAKE_URI"]
     assert settings.s3_endpoint_url == env["CITIBIKES_S3_ENDPOINT_URL"]
     assert settings.s3_region == env["CITIBIKES_S3_REGION"]

@@ -37,9 +37,9 @@ def build(settings: Settings, *, test_mode: bool = False, **consumer_overrides) 
     if test_mode:  # read everything from the start without touching the real group's offsets
         overrides["group.id"] = f"citibikes-live-test-{int(time.time())}"
     store = LiveStore.open(":memory:" if test_mode else settings.live_store)
-    producer = None if test_mode else Producer({**OUTBOX_PRODUCER_DEFAULTS, "bootstrap.servers": settings.kafka_bootstrap,
+    producer = None if test_mode else Producer({**OUTBOX_PRODUCER_DEFAULTS, **settings.kafka.client_config(),
                                                 "logger": logging.getLogger("citibikes.kafka")})
-    return LiveConsumer(Consumer(consumer_config(settings.kafka_bootstrap, **overrides)), store, tracker, producer)
+    return LiveConsumer(Consumer(consumer_config(**settings.kafka.client_config(), **overrides)), store, tracker, producer)
 
 
 def serve(settings: Settings, *, should_stop: Callable[[], bool], test_mode: bool = False,

@@ -46,7 +46,7 @@ def lake_connection(settings: Settings) -> dict:
 def alerts_watcher_connection(settings: Settings) -> dict:
     """The ``citibikes_alerts_watcher`` connection of the alerts DAG's AssetWatcher: its own consumer
     group, starting at the end of the topic when new, offsets committed by the trigger alone."""
-    return {"conn_type": "kafka", "extra": {"bootstrap.servers": settings.kafka_bootstrap, "group.id": ALERTS_WATCHER_GROUP,
+    return {"conn_type": "kafka", "extra": {**settings.kafka.client_config(), "group.id": ALERTS_WATCHER_GROUP,
                                             "auto.offset.reset": "latest", "enable.auto.commit": False}}
 
 
@@ -75,7 +75,7 @@ def airflow_env(settings: Settings, *, port: int, worker_log_port: int = 8793, t
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(worker_log_port),
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(trigger_log_port),
         "AIRFLOW_CONN_KAFKA_DEFAULT": json.dumps(
-            {"conn_type": "kafka", "extra": {"bootstrap.servers": settings.kafka_bootstrap}}
+            {"conn_type": "kafka", "extra": settings.kafka.client_config()}
         ),
         "AIRFLOW_CONN_CITIBIKES_LAKE": json.dumps(lake_connection(settings)),
         "AIRFLOW_CONN_CITIBIKES_ALERTS_WATCHER": json.dumps(alerts_watcher_connection(settings)),
@@ -83,7 +83,7 @@ def airflow_env(settings: Settings, *, port: int, worker_log_port: int = 8793, t
         "CITIBIKES_STATE_DIR": str(settings.state_dir),
         "CITIBIKES_SYSTEMS_FILE": str(settings.systems_file),
         "CITIBIKES_PIPELINE_FILE": str(settings.pipeline_file),
-        "CITIBIKES_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        **settings.kafka.environment(),
         "CITIBIKES_LAKE_URI": settings.lake_uri,
     })
     return env

@@ -19,6 +19,7 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
+from citibikes.config import KafkaConnection
 from citibikes.errors import first_line
 from citibikes.live.store import shown_url
 from citibikes.stack.process import tail
@@ -89,24 +90,29 @@ def run_all(probes: Sequence[tuple[str, Probe]], deadline_s: float = CHECK_DEADL
 
 # -- Kafka ---------------------------------------------------------------------------------------
 
-def check_broker(bootstrap: str, topics: Sequence[str], groups: Sequence[str], *, timeout_s: float = 3.0,
+def check_broker(connection: KafkaConnection, topics: Sequence[str], groups: Sequence[str], *, timeout_s: float = 3.0,
                  pid: int | None = None, log_file: Path | None = None) -> Check:
-    """The broker answers; the project's topics exist (partitions, end offsets); each group's lag."""
-    from confluent_kafka import KafkaException
+    """The broker answers (and takes the login); the project's topics exist (partitions, end offsets); each group's lag."""
+    from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient
 
+    from citibikes.stream.topics import contact_problem
+
     ms = int(timeout_s * 1000)
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": ms,
-                         "socket.connection.setup.timeout.ms": ms, "log_level": 0})
+    errors: list[KafkaError] = []
+    admin = AdminClient({**connection.client_config(), "socket.timeout.ms": ms,
+                         "socket.connection.setup.timeout.ms": ms, "log_level": 0, "error_cb": errors.append})
+    bootstrap = connection.bootstrap
     where = bootstrap + (f" (pid {pid})" if pid else "")
     try:
         metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException:
-        if pid:
-            return down("broker", f"no answer at {where} within {timeout_s:.0f} s though its process runs",
-                        f"see {log_file}; restart it: make down && make up")
-        return down("broker", f"no answer at {bootstrap} within {timeout_s:.0f} s (not running)",
-                    "start it with `make up`, or point CITIBIKES_KAFKA_BOOTSTRAP at a running broker")
+        admin.poll(0)
+        cause, fix = contact_problem(connection, errors, timeout_s)
+        if pid and cause.startswith("no Kafka broker answers"):
+            cause = f"no answer at {where} over {connection.security_protocol} within {timeout_s:.0f} s though its process runs"
+            fix = f"see {log_file}; restart it (make down && make up), or set CITIBIKES_KAFKA_SECURITY_PROTOCOL to its listener's"
+        return down("broker", cause, fix)
     present = [t for t in topics if t in metadata.topics]
     missing = [t for t in topics if t not in metadata.topics]
     partitions = [(t, p) for t in present for p in sorted(metadata.topics[t].partitions)]

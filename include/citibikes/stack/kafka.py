@@ -8,8 +8,10 @@ storage once (the data survives restarts) and runs ``kafka.Kafka`` with ``java``
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -17,10 +19,20 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from citibikes.config import KAFKA_SASL_MECHANISM, KafkaConnection
 from citibikes.stack.process import Service, StackError
+from citibikes.stack.tls import BrokerTls, write_private
 
 KAFKA_VERSION = "4.1.1"
 MIN_JAVA = 17
+ADMIN_USER = "admin"
+PIPELINE_USER = "citibikes-pipeline"
+CONSUMER_USER = "citibikes-consumer"
+USERS = (ADMIN_USER, PIPELINE_USER, CONSUMER_USER)
+"""The local broker's logins: the administrator (a super user: topics, ACLs, the CLI), the pipeline
+(writes the feed topics) and the live consumer (reads them, writes alerts); see ``stream.acls``."""
+BROKER_NAME = "citibikes-broker"
+"""The broker's certificate subject; its controller listener admits only this certificate."""
 
 
 def _template(name: str) -> str:
@@ -96,6 +108,8 @@ class KafkaBroker:
     num_partitions: int = 3
     lib_dir: Path | None = None
     """Where the jars live (default ``kafka_dir/lib``); tests share the jars of the local stack."""
+    security: str = "PLAINTEXT"
+    """``PLAINTEXT``, or ``SASL_SSL``: clients log in (SCRAM-SHA-512) over TLS and need ACLs to touch a topic."""
 
     @property
     def bootstrap(self) -> str:
@@ -117,16 +131,68 @@ class KafkaBroker:
     def properties_file(self) -> Path:
         return self.kafka_dir / "server.properties"
 
+    @property
+    def tls(self) -> BrokerTls:
+        return BrokerTls(self.kafka_dir / "tls")
+
+    @property
+    def users_file(self) -> Path:
+        return self.kafka_dir / "users.json"
+
+    def passwords(self) -> dict[str, str]:
+        """The SCRAM password of each of :data:`USERS`: made before the storage's first format, which
+        registers them, and kept in a file only the owner reads."""
+        if not self.users_file.exists():
+            if (self.data_dir / "meta.properties").exists():
+                raise StackError(f"the Kafka data in {self.data_dir} was made without logins, so SASL_SSL cannot start "
+                                 f"on it; remove {self.data_dir} (the topics' messages go with it) and start again")
+            self.kafka_dir.mkdir(parents=True, exist_ok=True)
+            write_private(self.users_file, json.dumps({u: secrets.token_urlsafe(24) for u in USERS}, indent=1).encode())
+        return json.loads(self.users_file.read_text())
+
+    def connection(self, user: str = ADMIN_USER) -> KafkaConnection:
+        """How a client reaches this broker (as ``user`` when it is secured)."""
+        if self.security == "PLAINTEXT":
+            return KafkaConnection(self.bootstrap)
+        return KafkaConnection(self.bootstrap, "SASL_SSL", user, self.passwords()[user], str(self.tls.ca_file))
+
+    def _listener_properties(self) -> dict[str, str]:
+        if self.security == "PLAINTEXT":
+            return {
+                "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+                "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
+                "inter.broker.listener.name": "PLAINTEXT",
+                "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            }
+        self.tls.ensure((self.host, "localhost"), BROKER_NAME)
+        login = (f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{ADMIN_USER}" '
+                 f'password="{self.passwords()[ADMIN_USER]}";')
+        return {
+            "listeners": f"SASL_SSL://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+            "advertised.listeners": f"SASL_SSL://{self.host}:{self.port}",
+            "inter.broker.listener.name": "SASL_SSL",
+            # The controller listener speaks TLS and admits only the broker's own certificate.
+            "listener.security.protocol.map": "CONTROLLER:SSL,SASL_SSL:SASL_SSL",
+            "listener.name.controller.ssl.client.auth": "required",
+            "sasl.enabled.mechanisms": KAFKA_SASL_MECHANISM,
+            "sasl.mechanism.inter.broker.protocol": KAFKA_SASL_MECHANISM,
+            f"listener.name.sasl_ssl.{KAFKA_SASL_MECHANISM.lower()}.sasl.jaas.config": login,
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(self.tls.keystore),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(self.tls.ca_file),
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": f"User:{ADMIN_USER};User:CN={BROKER_NAME}",
+            "allow.everyone.if.no.acl.found": "false",
+        }
+
     def write_properties(self) -> None:
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.bootstrap.servers": f"{self.host}:{self.controller_port}",
-            "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            **self._listener_properties(),
             "log.dirs": str(self.data_dir),
             "num.partitions": str(self.num_partitions),
             # One node: every internal topic has one replica.
@@ -141,7 +207,7 @@ class KafkaBroker:
             "log.retention.check.interval.ms": "60000",
         }
         self.kafka_dir.mkdir(parents=True, exist_ok=True)
-        self.properties_file.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        write_private(self.properties_file, "".join(f"{k}={v}\n" for k, v in props.items()).encode())  # a password
         (self.kafka_dir / "log4j2.yaml").write_text(_template("kafka-log4j2.yaml"))
 
     def _java_command(self, java: str, main: str, *args: str, heap: str | None = None) -> list[str]:
@@ -166,9 +232,12 @@ class KafkaBroker:
         cluster_id = subprocess.run(
             self._java_command(java, tool, "random-uuid"), capture_output=True, text=True, check=True
         ).stdout.strip().splitlines()[-1]
+        # The logins are made with the storage, secured or not, so the broker can be secured later.
+        scram = [arg for user, password in self.passwords().items()
+                 for arg in ("--add-scram", f"{KAFKA_SASL_MECHANISM}=[name={user},password={password}]")]
         result = subprocess.run(
             self._java_command(java, tool, "format", "--standalone", "-t", cluster_id,
-                               "-c", str(self.properties_file)),
+                               "-c", str(self.properties_file), *scram),
             capture_output=True, text=True,
         )
         if result.returncode != 0:
@@ -196,7 +265,7 @@ class KafkaBroker:
         from confluent_kafka.admin import AdminClient
         from confluent_kafka import KafkaException
 
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "socket.timeout.ms": int(timeout * 1000)})
+        admin = AdminClient({**self.connection().client_config(), "socket.timeout.ms": int(timeout * 1000)})
         try:
             metadata = admin.list_topics(timeout=timeout)
         except KafkaException:

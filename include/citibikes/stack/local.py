@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
 import requests
@@ -22,8 +22,8 @@ import requests
 from citibikes.config import LIVE_CITIBIKE_DISCOVERY_URL, PROJECT_ROOT, Settings, feed_mode, load_settings, load_systems
 from citibikes.live.store import shown_url
 from citibikes.stack import health
-from citibikes.stack.airflow import ADMIN_USER, AirflowStandalone, admin_password, known_password
-from citibikes.stack.kafka import KafkaBroker
+from citibikes.stack.airflow import ADMIN_USER, ALERTS_WATCHER_GROUP, AirflowStandalone, admin_password, known_password
+from citibikes.stack.kafka import CONSUMER_USER, PIPELINE_USER, KafkaBroker
 from citibikes.stack.process import Service, StackError
 from citibikes.stream.consume import CONSUMER_DEFAULTS
 
@@ -64,8 +64,19 @@ class Ports:
 
 
 def broker(settings: Settings, ports: Ports) -> KafkaBroker:
-    return KafkaBroker(settings.state_dir / "kafka", settings.state_dir / "run",
-                       port=ports.kafka, controller_port=ports.kafka_controller)
+    return KafkaBroker(settings.state_dir / "kafka", settings.state_dir / "run", port=ports.kafka,
+                       controller_port=ports.kafka_controller, security=settings.kafka.security_protocol)
+
+
+def local_login(env: dict[str, str], ports: Ports) -> KafkaBroker:
+    """The local broker; when it is secured (``CITIBIKES_KAFKA_SECURITY_PROTOCOL=SASL_SSL``) and the environment
+    names no login, this process's clients log in as its administrator (with its CA), from the state folder."""
+    secured = (env.get("CITIBIKES_KAFKA_SECURITY_PROTOCOL") or "").upper() == "SASL_SSL"
+    settings = load_settings({**env, "CITIBIKES_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"})
+    kafka = replace(broker(settings, ports), security="SASL_SSL" if secured else "PLAINTEXT")
+    if secured and not env.get("CITIBIKES_KAFKA_USERNAME"):
+        env.update(kafka.connection().environment())
+    return kafka
 
 
 def airflow(settings: Settings, ports: Ports) -> AirflowStandalone:
@@ -92,11 +103,13 @@ def replay_service(settings: Settings, port: int) -> Service:
     )
 
 
-def consumer_service(settings: Settings, port: int) -> Service:
+def consumer_service(settings: Settings, port: int, kafka: KafkaBroker | None = None) -> Service:
     """The live consumer; its metrics port (``CITIBIKES_CONSUMER_METRICS_PORT``, read by the
     consumer's own settings too) answering means it is ready. SIGTERM: it commits the batch in hand
-    and closes cleanly."""
+    and closes cleanly. On a secured local ``kafka`` it logs in as the consumer."""
+    login = kafka.connection(CONSUMER_USER).environment() if kafka and kafka.security == "SASL_SSL" else {}
     return Service(
+        env={**os.environ, **login} if login else None,
         name="consumer",
         command=[sys.executable, "-m", "citibikes.cli", "consume", "--log-file", ""],  # the log is the service's
         run_dir=settings.state_dir / "run",
@@ -161,20 +174,26 @@ def up(env: Mapping[str, str] | None = None, out: Print = print) -> int:
     ports = Ports.from_env(env)
     env.setdefault("CITIBIKES_KAFKA_BOOTSTRAP", f"127.0.0.1:{ports.kafka}")
     mode = resolve_feed(env, out)
+    kafka = local_login(env, ports)
     os.environ.update(env)  # services inherit the resolved choice
     settings = load_settings(env)
     remember_feed(settings, env)
 
-    kafka = broker(settings, ports)
-    out(f"Kafka: {kafka.start()} on {kafka.bootstrap} (data in {kafka.data_dir})")
-    from citibikes.stream.topics import ensure_topics
-    from confluent_kafka.admin import AdminClient
+    out(f"Kafka: {kafka.start()} on {kafka.bootstrap} over {kafka.security} (data in {kafka.data_dir})")
+    from citibikes.stream.topics import contact, ensure_topics
 
-    admin = AdminClient({"bootstrap.servers": kafka.bootstrap, "log_level": 3})
+    admin, _ = contact(settings.kafka, timeout=10, log_level=3)
     for change in ensure_topics(admin, settings.topics.values()):
         out(f"  topic {change.topic}: {change.action}")
+    if kafka.security == "SASL_SSL":
+        from citibikes.stream.acls import ensure_acls, project_acls
 
-    consumer = consumer_service(settings, ports.consumer_metrics)
+        acls = project_acls(settings.topics, pipeline=PIPELINE_USER, consumer=CONSUMER_USER,
+                            consumer_group=CONSUMER_DEFAULTS["group.id"], watcher_group=ALERTS_WATCHER_GROUP)
+        out(f"  ACLs: {ensure_acls(admin, acls)} for {PIPELINE_USER} and {CONSUMER_USER} "
+            f"(logins in {kafka.users_file}, CA {kafka.tls.ca_file})")
+
+    consumer = consumer_service(settings, ports.consumer_metrics, kafka)
     metrics_url = f"http://127.0.0.1:{ports.consumer_metrics}/metrics"
     store = shown_url(settings.live_store)
     out(f"Consumer: {consumer.start()} (metrics {metrics_url}, store {store}, log: {consumer.log_file})")
@@ -182,7 +201,7 @@ def up(env: Mapping[str, str] | None = None, out: Print = print) -> int:
     if mode == "replay":
         out(f"Replay feed: {replay_service(settings, ports.replay).start()} on http://127.0.0.1:{ports.replay}/citibike/gbfs.json")
 
-    standalone = airflow(settings, ports)
+    standalone = airflow(replace(settings, kafka=kafka.connection(PIPELINE_USER)), ports)
     out(f"Airflow: {standalone.start()} (log: {settings.state_dir / 'logs' / 'airflow.log'})")
     dag_ids, errors = standalone.unpause_project_dags()
     for name, error in errors.items():
@@ -219,6 +238,7 @@ def status(env: Mapping[str, str] | None = None, out: Print = print) -> int:
 
     env = dict(os.environ if env is None else env)
     ports = Ports.from_env(env)
+    local_login(env, ports)
     settings = stack_settings(env)
     mode = feed_mode(env)
     kafka, standalone = broker(settings, ports), airflow(settings, ports)
@@ -231,7 +251,7 @@ def status(env: Mapping[str, str] | None = None, out: Print = print) -> int:
         feed_fix = f"check the network and the system's discovery_url in {settings.systems_file}, or use CITIBIKES_FEED=replay"
     probes: list[tuple[str, health.Probe]] = [
         ("broker", lambda: health.check_broker(
-            settings.kafka_bootstrap, [t.name for t in settings.topics.values()], PROJECT_GROUPS,
+            settings.kafka, [t.name for t in settings.topics.values()], PROJECT_GROUPS,
             pid=pids["kafka"], log_file=kafka.log_dir / "stdout.log")),
         ("consumer", lambda: health.check_consumer(
             f"http://127.0.0.1:{ports.consumer_metrics}/metrics", settings.live_store,

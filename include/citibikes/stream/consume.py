@@ -46,8 +46,12 @@ OUTBOX_PRODUCER_DEFAULTS: dict[str, Any] = {"enable.idempotence": True, "acks": 
 REASSIGN_EVERY_S = 60.0
 
 
-def consumer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
-    return {**CONSUMER_DEFAULTS, "bootstrap.servers": bootstrap, "error_cb": _client_error, **overrides}
+def consumer_config(bootstrap: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """The live consumer's settings with ``overrides`` (the connection's, tuning)."""
+    config = {**CONSUMER_DEFAULTS, "error_cb": _client_error}
+    if bootstrap:
+        config["bootstrap.servers"] = bootstrap
+    return {**config, **overrides}
 
 
 _outage_logged = [0.0]

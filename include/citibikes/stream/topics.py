@@ -9,19 +9,20 @@ on every ``up`` and every deploy is safe.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
+    ClusterMetadata,
     ConfigEntry,
     ConfigResource,
     NewPartitions,
     NewTopic,
 )
 
-from citibikes.config import TopicConfig
+from citibikes.config import KafkaConnection, TopicConfig
 
 
 class TopicError(RuntimeError):
@@ -32,16 +33,38 @@ class BrokerUnavailable(RuntimeError):
     """No Kafka broker answers at the configured address."""
 
 
-def require_broker(bootstrap: str, timeout: float = 5.0) -> None:
-    """Fail fast, with the fix, when nothing answers at ``bootstrap``."""
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000), "log_level": 0})
+def contact_problem(connection: KafkaConnection, errors: list[KafkaError], timeout: float) -> tuple[str, str]:
+    """Why a first contact with the cluster failed, and the fix, from the client's errors (``error_cb``)."""
+    where = connection.bootstrap
+    for error in errors:
+        if error.code() == KafkaError._AUTHENTICATION:
+            return (f"Kafka at {where} refused the login of {connection.username!r} ({error.str().split(': ', 1)[-1]})",
+                    "check CITIBIKES_KAFKA_USERNAME and CITIBIKES_KAFKA_PASSWORD")
+        if error.code() == KafkaError._SSL:
+            return (f"TLS with Kafka at {where} failed ({error.str().split(': ', 1)[-1].split(':', 1)[0]})",
+                    "point CITIBIKES_KAFKA_CA_FILE at the CA certificate that signed the broker's")
+    return (f"no Kafka broker answers at {where} over {connection.security_protocol} within {timeout:.0f} s",
+            "start it with `make up`, or point CITIBIKES_KAFKA_BOOTSTRAP at a running broker (and "
+            "CITIBIKES_KAFKA_SECURITY_PROTOCOL at its listener's protocol)")
+
+
+def contact(connection: KafkaConnection, timeout: float = 5.0, **config: Any) -> tuple[AdminClient, ClusterMetadata]:
+    """An admin client of the cluster and its metadata; BrokerUnavailable naming the cause and the fix."""
+    errors: list[KafkaError] = []
+    admin = AdminClient({**connection.client_config(), "socket.timeout.ms": int(timeout * 1000),
+                         "socket.connection.setup.timeout.ms": int(timeout * 1000), "log_level": 0,
+                         "error_cb": errors.append, **config})
     try:
-        admin.list_topics(timeout=timeout)
+        return admin, admin.list_topics(timeout=timeout)
     except KafkaException:
-        raise BrokerUnavailable(
-            f"no Kafka broker answers at {bootstrap} within {timeout:.0f} s; start it with `make up` "
-            "or point CITIBIKES_KAFKA_BOOTSTRAP at a running broker"
-        ) from None
+        admin.poll(0)  # serves the error callbacks
+        cause, fix = contact_problem(connection, errors, timeout)
+        raise BrokerUnavailable(f"{cause}; {fix}") from None
+
+
+def require_broker(connection: KafkaConnection, timeout: float = 5.0) -> None:
+    """Fail fast, with the fix, when the cluster cannot be reached or refuses the login."""
+    contact(connection, timeout)
 
 
 @dataclass(frozen=True)
