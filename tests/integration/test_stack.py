@@ -1,9 +1,10 @@
 """`citibikes up` / `status` / `down` for real: Kafka from Maven jars, the live consumer, the replay feed
-and Airflow standalone.
+and Airflow standalone, with the broker secured (SASL_SSL, one login per service, ACLs).
 
 Everything runs on free ports with its own state folder, so it never touches a developer's stack.
 Then a DAG run triggered through the REST API must succeed under the real scheduler, and a
-threshold alert sent to Kafka must start the event-driven alerts DAG through its AssetWatcher.
+threshold alert sent to Kafka must start the event-driven alerts DAG through its AssetWatcher. The
+default PLAINTEXT broker is the one every other Kafka test runs on.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from confluent_kafka.admin import AdminClient
 
 from citibikes.live import alerts
 from citibikes.stack.airflow import ALERTS_WATCHER_GROUP
+from citibikes.stack.kafka import CONSUMER_USER, PIPELINE_USER, KafkaBroker
 from citibikes.stack.process import free_port, pid_alive, port_open
 from support.kafka_read import read_topic
 from support.outages import M, build_store
@@ -40,6 +42,7 @@ def stack_env(tmp_path: Path) -> dict[str, str]:
     env.update({
         "CITIBIKES_STATE_DIR": str(state),
         "CITIBIKES_FEED": "replay",
+        "CITIBIKES_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
         "CITIBIKES_AIRFLOW_PASSWORD": "stack-test-password",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         **{name: str(free_port()) for name in (
@@ -65,9 +68,16 @@ def _pid(env: dict[str, str], name: str) -> int:
     return int((Path(env["CITIBIKES_STATE_DIR"]) / "run" / f"{name}.pid").read_text())
 
 
-def _wait_for_the_alerts_watcher(bootstrap: str, timeout_s: float = 120) -> None:
+def _admin_login(env: dict[str, str]) -> dict[str, str]:
+    """The secured broker's administrator, as ``up`` made it."""
+    state = Path(env["CITIBIKES_STATE_DIR"])
+    broker = KafkaBroker(state / "kafka", state / "run", port=int(env["CITIBIKES_KAFKA_PORT"]), security="SASL_SSL")
+    return broker.connection().client_config()
+
+
+def _wait_for_the_alerts_watcher(login: dict[str, str], timeout_s: float = 120) -> None:
     """Until the triggerer runs the alerts DAG's watcher: its consumer group is stable on the alerts topic."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(login)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -109,6 +119,10 @@ def test_up_runs_the_pipeline_and_down_stops_everything(stack_env: dict[str, str
     assert "DAGs unpaused: citibikes_alerts, citibikes_analytics, citibikes_catalog, citibikes_checks, citibikes_compaction, citibikes_ingest" in up.stdout
     metrics = f"http://127.0.0.1:{env['CITIBIKES_CONSUMER_METRICS_PORT']}/metrics"
     assert f"Consumer: started (metrics {metrics}, store {state_dir / 'live' / 'live.db'}" in up.stdout
+    assert f"over SASL_SSL (data in {state_dir / 'kafka' / 'data'})" in up.stdout
+    assert f"ACLs: 10 for {PIPELINE_USER} and {CONSUMER_USER}" in up.stdout
+    login = _admin_login(env)
+    bootstrap = login.pop("bootstrap.servers")
     print(f"up took {time.monotonic() - started:.1f} s")
 
     token = requests.post(f"{ui}/auth/token", json={"username": "admin", "password": "stack-test-password"},
@@ -135,15 +149,14 @@ def test_up_runs_the_pipeline_and_down_stops_everything(stack_env: dict[str, str
     assert "citibikes_ingest" in {r["dag_id"] for r in health["dag_runs"]}  # the dashboard's last runs
     lake = Path(env["CITIBIKES_STATE_DIR"]) / "lake"
     assert list(lake.glob("curated/station_status/system=citibike/date=*/hour=*/*.parquet"))
-    assert read_topic(f"127.0.0.1:{env['CITIBIKES_KAFKA_PORT']}", "bikes-station-status")
+    assert read_topic(bootstrap, "bikes-station-status", **login)
 
     # Event-driven: a threshold alert on bikes-station-alerts -> AssetWatcher -> a citibikes_alerts run.
-    bootstrap = f"127.0.0.1:{env['CITIBIKES_KAFKA_PORT']}"
     waited = time.monotonic()
-    _wait_for_the_alerts_watcher(bootstrap)
+    _wait_for_the_alerts_watcher({"bootstrap.servers": bootstrap, **login})
     print(f"alerts watcher running {time.monotonic() - waited:.1f} s after the ingest run")
     threshold = alerts.alert("threshold", "empty", "e2e", "E", t0 + M, t0 + 31 * M, 30 * M)
-    producer = Producer({"bootstrap.servers": bootstrap})
+    producer = Producer({"bootstrap.servers": bootstrap, **login})
     producer.produce("bikes-station-alerts", key=b"e2e:E", value=alerts.encode(threshold))
     assert producer.flush(10) == 0
     sent = time.monotonic()
@@ -189,6 +202,14 @@ def test_up_runs_the_pipeline_and_down_stops_everything(stack_env: dict[str, str
     assert _cli(env, "status").returncode == 3
     assert "not running" in _cli(env, "down").stdout
 
+    # Each service used its own login within its ACLs, and no log holds a password.
+    server_log = (state_dir / "kafka" / "logs" / "server.log").read_text()
+    assert "is Denied operation" not in server_log, [l for l in server_log.splitlines() if "Denied" in l][:5]
+    passwords = json.loads((state_dir / "kafka" / "users.json").read_text()).values()
+    for log in [*state_dir.glob("logs/*.log"), *state_dir.glob("airflow/logs/**/*.log")]:
+        text = log.read_text(errors="replace")
+        assert not any(password in text for password in passwords), log
+
     # The broker's data survives a restart: the topic still holds the run's messages.
     assert _cli(env, "up").returncode == 0
-    assert read_topic(f"127.0.0.1:{env['CITIBIKES_KAFKA_PORT']}", "bikes-station-status")
+    assert read_topic(bootstrap, "bikes-station-status", **login)

@@ -133,7 +133,10 @@ class KafkaBroker:
 
     @property
     def tls(self) -> BrokerTls:
-        return BrokerTls(self.kafka_dir / "tls")
+        """The CA and the broker's certificate, made on first use."""
+        tls = BrokerTls(self.kafka_dir / "tls")
+        tls.ensure((self.host, "localhost"), BROKER_NAME)
+        return tls
 
     @property
     def users_file(self) -> Path:
@@ -164,7 +167,6 @@ class KafkaBroker:
                 "inter.broker.listener.name": "PLAINTEXT",
                 "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
             }
-        self.tls.ensure((self.host, "localhost"), BROKER_NAME)
         login = (f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{ADMIN_USER}" '
                  f'password="{self.passwords()[ADMIN_USER]}";')
         return {

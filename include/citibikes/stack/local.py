@@ -224,6 +224,7 @@ def up(env: Mapping[str, str] | None = None, out: Print = print) -> int:
 def down(env: Mapping[str, str] | None = None, out: Print = print) -> int:
     env = dict(os.environ if env is None else env)
     ports = Ports.from_env(env)
+    local_login(env, ports)
     settings = load_settings(env)
     out(f"Airflow: {airflow(settings, ports).stop()}")
     out(f"Consumer: {consumer_service(settings, ports.consumer_metrics).stop()}")
