@@ -9,8 +9,8 @@
 |---|---|
 | `fetch` | discovery + `station_information` + `station_status` (+ `vehicle_types` when listed) of each system, concurrently (timeouts, retries with backoff, 429, conditional GET, ttl); new bodies are archived in the lake under `raw/` |
 | `validate` | normalizes every GBFS version to one model and applies the quality rules (rejected records are quarantined with reason codes); selects what changed since the last run; stages the result in the lake |
-| `produce` | publishes changed stations (and a full snapshot every 15 min) to `bikes-station-status`, station descriptions whose content changed to the compacted `bikes-station-information`, rejects to `bikes-quarantine`; one flush for all systems, any delivery failure fails (and retries) the task |
-| `write` | curated Parquet (`curated/<table>/system=/date=/hour=`: every status observation, each new version of a station description), quarantine, and a row per system in `pipeline_runs`; an asset event for each of `citibikes.station_status`, `citibikes.station_information`, `citibikes.pipeline_runs` that got files this run (through the alias `citibikes.lake_writes`; `extra`: `rows`, rows per system) |
+| `produce` | publishes changed stations (and a full snapshot every 15 min) to `bikes-station-status`, station descriptions whose content changed to the compacted `bikes-station-information`, rejects to `bikes-quarantine`; one flush for all systems, after the steps Kafka did not acknowledge in earlier runs; any delivery failure fails (and retries) the task |
+| `write` | curated Parquet (`curated/<table>/system=/date=/hour=`: every status observation, each new version of a station description), quarantine, and a row per system in `pipeline_runs`; runs after `produce` whatever its end: a step Kafka did not acknowledge (after the last retry) lands all the same, its run is recorded failed, and the next run sends it again first; an asset event for each of `citibikes.station_status`, `citibikes.station_information`, `citibikes.pipeline_runs` that got files this run (through the alias `citibikes.lake_writes`; `extra`: `rows`, rows per system) |
 | `report` | one line per system; **fails when a system failed or is stale** (its station_status stopped advancing, or arrived older than 5 minutes), naming it and why, after the others landed |
 
 A broken or slow system is isolated in every task: one whose feed, records, messages or lake
@@ -87,9 +87,10 @@ def citibikes_ingest():
         publisher = Publisher(PipelineProducerHook(kafka_config_id="kafka_default").get_producer(), settings.topics)
         return _unless_all_failed(tasks.produce(settings, LakeHook().get_lake(), publisher, validated))
 
-    @task(outlets=[LAKE_WRITES])
-    def write(fetched: dict, validated: dict, produced: dict, *, outlet_events=None) -> dict:
-        """Land each published system in the lake; an asset event for each table that got files."""
+    @task(outlets=[LAKE_WRITES], trigger_rule="all_done")
+    def write(fetched: dict | None, validated: dict | None, produced: dict | None, *, outlet_events=None) -> dict:
+        """Land each system's step in the lake, published or not (after produce's last retry, an unacknowledged
+        step lands and waits to be sent by the next run); an asset event for each table that got files."""
         written = _unless_all_failed(
             tasks.write(load_settings(), LakeHook().get_lake(), _run_id(), fetched, validated, produced))
         for table, extra in tasks.landed(written).items():

@@ -1,8 +1,8 @@
 """What one system's next step needs to know about the previous ones, kept in the lake.
 
-One JSON document per system under ``_state/<system>/state.json``, written only after the data
-it describes was delivered and landed (so a failed step is repeated rather than skipped), and
-read by whichever worker runs the next step. It holds the HTTP client's validators and ttl (so
+One JSON document per system under ``_state/<system>/state.json``, written once the data it
+describes landed, and read by whichever worker runs the next step. A step Kafka did not acknowledge
+lands all the same and is listed in ``unpublished``: the next run sends it again before its own. It holds the HTTP client's validators and ttl (so
 unchanged feeds are not refetched), the stations the latest description lists (to validate a
 status feed when station_information did not change), the fingerprints of what was landed and
 published (:mod:`citibikes.changes`), and the versions the feeds declared.
@@ -42,6 +42,9 @@ class SystemState(msgspec.Struct, kw_only=True):
     """Per station, the fingerprint of the status last published to Kafka."""
     snapshot_at: int = 0
     """``last_updated`` of the last full status snapshot published."""
+    unpublished: list[str] = []
+    """Steps landed whose messages Kafka did not acknowledge (keys in the state store), oldest first: the
+    next ``produce`` sends them again, with the same message ids, before the new step."""
 
 
 def load_state(lake: Lake, system_id: str) -> SystemState:

@@ -61,11 +61,15 @@ class Fetch(TaskResult):
     fetched: Fetched | None = None
     started_at: float = 0.0
     fetch_s: float = 0.0
+    unpublished: list[str] = []
+    """The system's steps still to be sent again (its state's ``unpublished``)."""
 
 
 class Validate(TaskResult):
     staged: str | None = None
     """The staged step's key in the lake's state store; None when the system had no new data."""
+    unpublished: list[str] = []
+    """Earlier steps that ``produce`` sends again first."""
     summary: QualitySummary | None = None
     validate_s: float = 0.0
 
@@ -130,9 +134,11 @@ def fetch(settings: Settings, lake: Lake, *, deadline_s: float = 45.0) -> dict[s
     """Fetch every enabled system concurrently and archive new bodies; no system waits for another."""
     def one(system: SystemConfig) -> Fetch:
         started, began = time.time(), time.perf_counter()
-        fetched = fetch_system(system, lake, load_state(lake, system.system_id))
+        state = load_state(lake, system.system_id)
+        fetched = fetch_system(system, lake, state)
         fetched.bodies = {}  # archived in the lake; XCom carries the keys only
-        return Fetch(fetched=fetched, started_at=started, fetch_s=time.perf_counter() - began)
+        return Fetch(fetched=fetched, started_at=started, fetch_s=time.perf_counter() - began,
+                     unpublished=state.unpublished)
 
     return _plain(for_each_system(enabled(settings.systems), one, lambda error: Fetch(ok=False, error=error),
                                   deadline_s=deadline_s))
@@ -174,10 +180,10 @@ def validate(settings: Settings, lake: Lake, run_id: str, fetched: Plain) -> dic
     fetches = _typed(fetched, Fetch)
 
     def one(system: SystemConfig) -> Validate:
-        record = fetches[system.system_id].fetched
+        record, unpublished = fetches[system.system_id].fetched, fetches[system.system_id].unpublished
         assert record is not None
         if not record.has_new_data:
-            return Validate()
+            return Validate(unpublished=unpublished)
         began = time.perf_counter()
         for feed, key in record.raw_keys.items():
             body = lake.read_raw(system.system_id, feed, record.last_updated[feed])
@@ -190,14 +196,16 @@ def validate(settings: Settings, lake: Lake, run_id: str, fetched: Plain) -> dic
                       client_state=record.client_state)
         key = _staging_key(run_id, system.system_id)
         lake.write_state(key, msgspec.msgpack.encode(step, enc_hook=_encode_table))
-        return Validate(staged=key, summary=step.summary, validate_s=time.perf_counter() - began)
+        return Validate(staged=key, summary=step.summary, validate_s=time.perf_counter() - began,
+                        unpublished=unpublished)
 
     systems = [system for system in enabled(settings.systems) if system.system_id in _ok(fetches)]
     return _plain(for_each_system(systems, one, lambda error: Validate(ok=False, error=error)))
 
 
 def produce(settings: Settings, lake: Lake, publisher: Publisher, validated: Plain) -> dict[str, Any]:
-    """Publish every system's step with one flush; raise (and retry the task) on any delivery failure.
+    """Publish every system's steps (the unpublished ones of earlier runs, then this run's) with one
+    flush; raise (and retry the task) on any delivery failure.
 
     A system whose staged step cannot be read or encoded fails alone (what of it was sent already
     is sent again by its next run, with the same message ids); the others are published.
@@ -205,10 +213,11 @@ def produce(settings: Settings, lake: Lake, publisher: Publisher, validated: Pla
     began = time.perf_counter()
     results: dict[str, Produce] = {}
     for system_id, result in _typed(validated, Validate).items():
-        if not result.ok or result.staged is None:
+        steps = [*result.unpublished, *([result.staged] if result.staged else [])]
+        if not result.ok or not steps:
             continue
         try:
-            results[system_id] = Produce(published=publish_step(_load_step(lake, result.staged), publisher))
+            results[system_id] = Produce(published=sum(publish_step(_load_step(lake, key), publisher) for key in steps))
         except Exception as exc:  # noqa: BLE001 - isolated per system
             log.warning("%s: produce failed: %s", system_id, one_line(exc))
             results[system_id] = Produce(ok=False, error=one_line(exc))
@@ -218,10 +227,14 @@ def produce(settings: Settings, lake: Lake, publisher: Publisher, validated: Pla
     return _plain(results)
 
 
-def write(settings: Settings, lake: Lake, run_id: str, fetched: Plain, validated: Plain, produced: Plain) -> dict[str, Any]:
-    """Land each published system in the lake, advance its state and record its run.
+def write(settings: Settings, lake: Lake, run_id: str, fetched: Plain, validated: Plain,
+          produced: Plain | None) -> dict[str, Any]:
+    """Land each system's step in the lake, advance its state and record its run.
 
-    A system whose lake write or state save raises fails alone; the others land.
+    A step Kafka did not acknowledge (``produce`` failed, or its task did: ``produced`` None) lands
+    all the same, so every message the broker did take is in the lake, and is kept for the next run
+    to send again; its run is recorded as failed. A system whose lake write or state save raises
+    fails alone; the others land.
     """
     fetches, validations, productions = _typed(fetched, Fetch), _typed(validated, Validate), _typed(produced, Produce)
 
@@ -229,28 +242,45 @@ def write(settings: Settings, lake: Lake, run_id: str, fetched: Plain, validated
         fetch_, validation = fetches[system_id], validations[system_id]
         record = fetch_.fetched
         assert record is not None
+        production = productions.get(system_id)
+        has_steps = validation.staged is not None or bool(validation.unpublished)
+        delivered = not has_steps or (production is not None and production.ok)
+        # What stays to be sent: nothing once delivered, else the earlier steps and a copy of this one
+        # (the run's staging area is removed by `report`).
+        unpublished = [] if delivered else list(validation.unpublished)
+        step = _load_step(lake, validation.staged) if validation.staged is not None else None
+        if not delivered and step is not None:
+            unpublished.append(f"{system_id}/unpublished/{safe_file_name(run_id)}/step.msgpack")
+            lake.write_state(unpublished[-1], msgspec.msgpack.encode(step, enc_hook=_encode_table))
         durations: dict[str, float | None] = {"fetch": fetch_.fetch_s, "validate": validation.validate_s}
-        if validation.staged is None:
+        if step is None:
             state = load_state(lake, system_id)
             outcome_, reason = outcome(None, record, state, settings.quality)
-            save_state(lake, system_id, msgspec.structs.replace(state, client=record.client_state))
+            if not delivered:
+                outcome_, reason = "failed", _undelivered(production)
+            save_state(lake, system_id, msgspec.structs.replace(state, client=record.client_state,
+                                                                unpublished=unpublished))
+            _forget_sent(lake, validation, delivered)
             run = run_record(run_id, system_id, fetch_.started_at, outcome_, durations=durations, error=reason)
             lake.write_runs([run])
             return Write(run=run, landed={"pipeline_runs": 1})
-        step = _load_step(lake, validation.staged)
         began = time.perf_counter()
         lake.write_files(step_files(step, lake))
-        save_state(lake, system_id, step.state)
-        durations.update(produce=productions[system_id].produce_s, write=time.perf_counter() - began)
+        save_state(lake, system_id, msgspec.structs.replace(step.state, unpublished=unpublished))
+        _forget_sent(lake, validation, delivered)
+        durations.update(produce=production.produce_s if production else None, write=time.perf_counter() - began)
         outcome_, reason = outcome(step, record, step.state, settings.quality)
+        if not delivered:
+            outcome_, reason = "failed", _undelivered(production)
         run = run_record(run_id, system_id, fetch_.started_at, outcome_, step=step,
-                         published=productions[system_id].published, durations=durations, error=reason)
+                         published=production.published if delivered and production else 0,
+                         durations=durations, error=reason)
         lake.write_runs([run])
         return Write(run=run, landed={**landed_rows(step), "pipeline_runs": 1})
 
     results: dict[str, Write] = {}
     for system_id in _ok(validations):  # lake writes are fast; one after the other keeps errors simple to read
-        if validations[system_id].staged is not None and not productions.get(system_id, Produce(ok=False)).ok:
+        if system_id not in fetches:
             continue
         try:
             results[system_id] = one(system_id)
@@ -258,6 +288,18 @@ def write(settings: Settings, lake: Lake, run_id: str, fetched: Plain, validated
             log.warning("%s: write failed: %s", system_id, one_line(exc))
             results[system_id] = Write(ok=False, error=one_line(exc))
     return _plain(results)  # staging stays until `report`, so a retried write finds its steps
+
+
+def _undelivered(production: Produce | None) -> str:
+    why = production.error if production is not None else "its task did not complete"
+    return f"produce failed: {why}; landed in the lake, the next run sends it to Kafka again"
+
+
+def _forget_sent(lake: Lake, validation: Validate, delivered: bool) -> None:
+    """Delete the copies of earlier steps once Kafka acknowledged them (after the state stopped listing them)."""
+    if delivered:
+        for key in validation.unpublished:
+            lake.delete_state(key.rpartition("/")[0])  # each copy has a folder of its own
 
 
 def landed(written: Plain) -> dict[str, dict[str, Any]]:
@@ -293,6 +335,9 @@ def report(settings: Settings, lake: Lake, run_id: str, results: Mapping[str, Pl
         if run is not None and run.outcome == "stale":
             failed[sid] = f"stale: {run.error}"
             lines.append(f"{sid}: STALE - {run.error}")
+        elif run is not None and run.outcome == "failed":  # landed, but Kafka did not acknowledge it
+            failed[sid] = run.error or "failed"
+            lines.append(f"{sid}: FAILED - {run.error}")
         elif run is not None:
             lines.append(f"{sid}: {run.outcome} - {run.stations_status or 0} stations, {run.stations_valid or 0} valid, "
                          f"{run.stations_quarantined or 0} quarantined, {run.stations_published or 0} published")
@@ -337,8 +382,8 @@ def run_all(settings: Settings, lake: Lake, publisher: Publisher, run_id: str) -
     try:
         produced: Plain = produce(settings, lake, publisher, validated)
     except Exception as exc:  # noqa: BLE001 - every system that had data failed to publish
-        produced = _plain({sid: Produce(ok=False, error=one_line(exc))
-                           for sid, result in _typed(validated, Validate).items() if result.ok and result.staged})
+        produced = _plain({sid: Produce(ok=False, error=one_line(exc)) for sid, result in _typed(validated, Validate).items()
+                           if result.ok and (result.staged or result.unpublished)})
     written = write(settings, lake, run_id, fetched, validated, produced)
     lines, failed = report(settings, lake, run_id,
                            {"fetch": fetched, "validate": validated, "produce": produced, "write": written})

@@ -243,7 +243,7 @@ def test_a_system_broken_at_produce_or_write_fails_alone(
     in_the_way.mkdir(parents=True)
     written = tasks.write(settings, lake, run_id, fetched, validated, produced)
     assert written["citibike"].get("ok", True) and written["synth-02"]["ok"] is False
-    assert "synth-01" not in written
+    assert written["synth-01"]["ok"] is False and "cannot be read" in written["synth-01"]["error"]
 
     lines, failed = tasks.report(settings, lake, run_id,
                                   {"fetch": fetched, "validate": validated, "produce": produced, "write": written})

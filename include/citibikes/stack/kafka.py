@@ -110,6 +110,8 @@ class KafkaBroker:
     """Where the jars live (default ``kafka_dir/lib``); tests share the jars of the local stack."""
     security: str = "PLAINTEXT"
     """``PLAINTEXT``, or ``SASL_SSL``: clients log in (SCRAM-SHA-512) over TLS and need ACLs to touch a topic."""
+    advertised_port: int | None = None
+    """The port clients are told to use, when a proxy stands between them and ``port`` (default ``port``)."""
 
     @property
     def bootstrap(self) -> str:
@@ -163,7 +165,7 @@ class KafkaBroker:
         if self.security == "PLAINTEXT":
             return {
                 "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
-                "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
+                "advertised.listeners": f"PLAINTEXT://{self.host}:{self.advertised_port or self.port}",
                 "inter.broker.listener.name": "PLAINTEXT",
                 "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
             }
@@ -171,7 +173,7 @@ class KafkaBroker:
                  f'password="{self.passwords()[ADMIN_USER]}";')
         return {
             "listeners": f"SASL_SSL://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
-            "advertised.listeners": f"SASL_SSL://{self.host}:{self.port}",
+            "advertised.listeners": f"SASL_SSL://{self.host}:{self.advertised_port or self.port}",
             "inter.broker.listener.name": "SASL_SSL",
             # The controller listener speaks TLS and admits only the broker's own certificate.
             "listener.security.protocol.map": "CONTROLLER:SSL,SASL_SSL:SASL_SSL",
