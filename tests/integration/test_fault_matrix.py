@@ -16,7 +16,7 @@ from confluent_kafka.admin import AdminClient
 
 from citibikes import tasks
 from citibikes.config import Settings, load_settings
-from citibikes.lake import Lake, open_lake
+from citibikes.lake import Lake, LakeError, open_lake
 from citibikes.live.store import LiveStore
 from citibikes.replay.server import ReplayServer, make_server
 from citibikes.state import load_state
@@ -53,9 +53,8 @@ class World:
     bootstrap: str
 
     def minute(self, run_id: str, publisher: Publisher) -> tasks.RunSummary:
-        """One pipeline run a minute of feed time later (and past the feed's 1 s ttl)."""
+        """One pipeline run a minute of feed time later."""
         self.clock.now += 60
-        time.sleep(1.05)
         return tasks.run_all(self.settings, self.lake, publisher, run_id)
 
     def close(self) -> None:
@@ -225,3 +224,29 @@ def _inject(proxy: Proxy, fault: str) -> None:
         proxy.toxic("latency", "upstream", latency=300)
     elif fault == "partition":
         proxy.enable(False)
+
+
+@pytest.mark.xfail(raises=AssertionError, strict=True, reason=(
+    "known gap (RELIABILITY.md): a minute whose lake write fails after Kafka acknowledged its messages "
+    "leaves their observations in raw/ only; the next run lands a newer snapshot"))
+def test_a_lake_that_fails_for_a_minute_loses_nothing(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    publisher = Publisher(make_producer(world.bootstrap), world.settings.topics)
+    real_write = Lake.write_files
+
+    def unavailable(lake: Lake, files) -> None:  # noqa: ANN001
+        raise LakeError("cannot write the lake: S3 endpoint is unreachable")
+
+    outcomes, landed = [], []
+    for minute in range(3):
+        before = len(world.feed.served)
+        monkeypatch.setattr(Lake, "write_files", unavailable if minute == 1 else real_write)
+        try:
+            summary = world.minute(f"lake-{minute}", publisher)
+        except LakeError:  # the run's records cannot be written either: `citibikes run` logs it and goes on
+            outcomes.append("lake down")
+            continue
+        outcomes.append(summary.outcomes)
+        landed += world.feed.served[before:] if summary.outcomes == {"success": 1} else []
+    assert outcomes == [{"success": 1}, "lake down", {"success": 1}]
+    no_loss.check(read_topic(world.bootstrap, world.settings.topics["station_status"].name),
+                  world.lake, landed, world.live_state(), "citibike")

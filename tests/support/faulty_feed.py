@@ -2,7 +2,8 @@
 carry the fault set for the moment (timeouts, 5xx, 429, cut or foreign bodies, bad times, bad stations).
 
 It records every station_status document it answered whole, as the pipeline received it, so a test can
-check that each observation the feed gave lands (``served``).
+check that each observation the feed gave lands (``served``). Every document says ``ttl: 0``, so a test's
+next minute fetches at once.
 """
 
 from __future__ import annotations
@@ -100,12 +101,13 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, b"<html><body>We'll be back soon</body></html>", "text/html")
         elif fault == "huge":
             return self._send(200, b'{"padding": "' + b"x" * (21 * 1024 * 1024) + b'"}', "application/json")
-        elif fault in ("stale", "backwards", "duplicate_stations", "orphan_stations") or (
-                fault is None and self.path.endswith("/station_status.json")):
+        elif upstream.ok and self.path.endswith(".json"):
             doc = json.loads(body)
-            _break(doc, fault, self.server.served)
+            doc["ttl"] = 0
+            if self.path.endswith("/station_status.json"):
+                _break(doc, fault, self.server.served)
+                self.server.served.append(doc)
             body = json.dumps(doc).encode()
-            self.server.served.append(doc)
         return self._send(upstream.status_code, body, upstream.headers.get("Content-Type", "application/json"))
 
     def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
