@@ -28,19 +28,12 @@ from support import no_loss
 from support.faulty_feed import FEED_FAULTS, FaultyFeed
 from support.kafka_read import read_topic
 from support.live import LiveTopics, live_consumer
+from support.pipeline_lake import Clock
 from support.toxiproxy import Proxy, Toxiproxy
 
 pytestmark = pytest.mark.kafka
 TIMEOUT_S = 2.0
 """The system's fetch timeout in these tests (the default is 10 s)."""
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
