@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from citibikes.config import Settings, SystemConfig
 from citibikes.errors import one_line
+from citibikes.gbfs.model import STATION_STATUS
 from citibikes.ingest import (
     Fetched,
     Step,
@@ -144,9 +145,24 @@ def fetch(settings: Settings, lake: Lake, *, deadline_s: float = 45.0) -> dict[s
                                   deadline_s=deadline_s))
 
 
+STAGING = "staging"
+
+
 def _staging_key(run_id: str, system_id: str = "") -> str:
-    folder = f"staging/{safe_file_name(run_id)}"
-    return f"{folder}/{system_id}.msgpack" if system_id else folder
+    """``staging/<run>/<system>/step.msgpack`` (a folder per system, so each can be deleted alone)."""
+    folder = f"{STAGING}/{safe_file_name(run_id)}"
+    return f"{folder}/{system_id}/step.msgpack" if system_id else folder
+
+
+def _left_over(lake: Lake, run_id: str) -> dict[str, list[str]]:
+    """Per system, the staged steps earlier runs did not land (their lake write failed), oldest run first."""
+    current = _staging_key(run_id) + "/"
+    found: dict[str, list[str]] = {}
+    for key in lake.list_state(STAGING):
+        parts = key.split("/")
+        if len(parts) == 4 and parts[3] == "step.msgpack" and not key.startswith(current):
+            found.setdefault(parts[2], []).append(key)
+    return found
 
 
 def _encode_table(value: Any) -> Any:
@@ -233,10 +249,12 @@ def write(settings: Settings, lake: Lake, run_id: str, fetched: Plain, validated
 
     A step Kafka did not acknowledge (``produce`` failed, or its task did: ``produced`` None) lands
     all the same, so every message the broker did take is in the lake, and is kept for the next run
-    to send again; its run is recorded as failed. A system whose lake write or state save raises
-    fails alone; the others land.
+    to send again; its run is recorded as failed. A step an earlier run staged but could not land
+    (``report`` keeps it) lands first, and is sent again too. A system whose lake write or state save
+    raises fails alone; the others land.
     """
     fetches, validations, productions = _typed(fetched, Fetch), _typed(validated, Validate), _typed(produced, Produce)
+    left_over = _left_over(lake, run_id)
 
     def one(system_id: str) -> Write:
         fetch_, validation = fetches[system_id], validations[system_id]
@@ -248,10 +266,10 @@ def write(settings: Settings, lake: Lake, run_id: str, fetched: Plain, validated
         # What stays to be sent: nothing once delivered, else the earlier steps and a copy of this one
         # (the run's staging area is removed by `report`).
         unpublished = [] if delivered else list(validation.unpublished)
+        landed_before = _land_left_over(lake, system_id, left_over.get(system_id, []), unpublished)
         step = _load_step(lake, validation.staged) if validation.staged is not None else None
         if not delivered and step is not None:
-            unpublished.append(f"{system_id}/unpublished/{safe_file_name(run_id)}/step.msgpack")
-            lake.write_state(unpublished[-1], msgspec.msgpack.encode(step, enc_hook=_encode_table))
+            unpublished.append(_keep_unpublished(lake, system_id, safe_file_name(run_id), step))
         durations: dict[str, float | None] = {"fetch": fetch_.fetch_s, "validate": validation.validate_s}
         if step is None:
             state = load_state(lake, system_id)
@@ -260,14 +278,14 @@ def write(settings: Settings, lake: Lake, run_id: str, fetched: Plain, validated
                 outcome_, reason = "failed", _undelivered(production)
             save_state(lake, system_id, msgspec.structs.replace(state, client=record.client_state,
                                                                 unpublished=unpublished))
-            _forget_sent(lake, validation, delivered)
+            _forget_sent(lake, validation, delivered, landed_before)
             run = run_record(run_id, system_id, fetch_.started_at, outcome_, durations=durations, error=reason)
             lake.write_runs([run])
             return Write(run=run, landed={"pipeline_runs": 1})
         began = time.perf_counter()
         lake.write_files(step_files(step, lake))
         save_state(lake, system_id, msgspec.structs.replace(step.state, unpublished=unpublished))
-        _forget_sent(lake, validation, delivered)
+        _forget_sent(lake, validation, delivered, landed_before)
         durations.update(produce=production.produce_s if production else None, write=time.perf_counter() - began)
         outcome_, reason = outcome(step, record, step.state, settings.quality)
         if not delivered:
@@ -295,11 +313,37 @@ def _undelivered(production: Produce | None) -> str:
     return f"produce failed: {why}; landed in the lake, the next run sends it to Kafka again"
 
 
-def _forget_sent(lake: Lake, validation: Validate, delivered: bool) -> None:
-    """Delete the copies of earlier steps once Kafka acknowledged them (after the state stopped listing them)."""
-    if delivered:
-        for key in validation.unpublished:
-            lake.delete_state(key.rpartition("/")[0])  # each copy has a folder of its own
+def _keep_unpublished(lake: Lake, system_id: str, name: str, step: Step) -> str:
+    """A copy of ``step`` for a later ``produce`` to send; returns its key."""
+    key = f"{system_id}/unpublished/{name}/step.msgpack"
+    lake.write_state(key, msgspec.msgpack.encode(step, enc_hook=_encode_table))
+    return key
+
+
+def _land_left_over(lake: Lake, system_id: str, keys: list[str], unpublished: list[str]) -> list[str]:
+    """Land the steps earlier runs staged but did not land, oldest first, and add them to ``unpublished``
+    (whether Kafka took them is not known; sent again, their messages are dropped as duplicates). Their
+    files are named by their feed times, so landing one twice changes nothing; the state stays as this
+    run's validation made it. Returns the staged keys to delete once the state lists the copies."""
+    steps = []
+    for key in keys:
+        try:
+            steps.append((key, _load_step(lake, key)))
+        except (FileNotFoundError, ValueError) as exc:  # unreadable: its feed is in raw/, nothing to land
+            log.error("%s: %s; deleted", system_id, exc)
+            lake.delete_state(key.rpartition("/")[0])
+    steps.sort(key=lambda pair: pair[1].state.last_updated.get(STATION_STATUS, 0))
+    for key, step in steps:
+        lake.write_files(step_files(step, lake))
+        unpublished.append(_keep_unpublished(lake, system_id, key.split("/")[1], step))
+    return [key for key, _ in steps]
+
+
+def _forget_sent(lake: Lake, validation: Validate, delivered: bool, landed_before: list[str]) -> None:
+    """Delete the copies of earlier steps once Kafka acknowledged them, and the staged steps landed late
+    (after the state listed them: a crash in between leaves a file, never a state naming none)."""
+    for key in (validation.unpublished if delivered else []) + landed_before:
+        lake.delete_state(key.rpartition("/")[0])  # each has a folder of its own
 
 
 def landed(written: Plain) -> dict[str, dict[str, Any]]:
@@ -347,7 +391,15 @@ def report(settings: Settings, lake: Lake, run_id: str, results: Mapping[str, Pl
             lines.append(f"{sid}: FAILED - {reason}")
             started = fetches[sid].started_at if sid in fetches else time.time()
             lake.write_runs([run_record(run_id, sid, started, "failed", error=reason)])
-    lake.delete_state(_staging_key(run_id))
+    # Staging goes, except the steps that did not land (a lake write failed): the next run lands them.
+    landed = {sid for sid, r in _typed(results.get("write"), Write).items() if r.ok}
+    validations = _typed(results.get("validate"), Validate)
+    kept = {sid for sid, v in validations.items() if v.staged and sid not in landed}
+    if kept:
+        for sid in set(validations) - kept:
+            lake.delete_state(_staging_key(run_id, sid).rpartition("/")[0])
+    else:
+        lake.delete_state(_staging_key(run_id))
     return lines, failed
 
 

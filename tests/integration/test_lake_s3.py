@@ -86,6 +86,7 @@ def test_curated_raw_runs_and_state_round_trip_over_s3(s3_server: S3Server, s3_l
     assert lake.read_runs() == [run]
     assert lake.read_state("citibike/http.json") == b'{"etag": "W/1"}'
     assert lake.read_state("citibike/other.json") is None
+    assert lake.list_state("citibike") == ["citibike/http.json"]  # below the lake's prefix, without "_state/"
     stored_raw = s3_server.client().get_object(Bucket=s3_server.bucket, Key=f"{prefix}/{raw_key}")["Body"].read()
     assert raw_key.endswith(".json.zst")
     assert decompress_raw(stored_raw) == payload == lake.read_raw("citibike", "station_status", SNAPSHOT_AT)

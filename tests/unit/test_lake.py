@@ -953,6 +953,8 @@ def test_state_store_round_trips_and_stays_out_of_tables(lake: Lake, tmp_path: P
     write_status(lake, first_status.slice(0, 3))
     whole_lake = ds.dataset(tmp_path / "lake", format="parquet", partitioning="hive")
     assert whole_lake.count_rows() == 3  # the _state folder is skipped like temporary files
+    assert lake.list_state("citibike") == ["citibike/changes.bin", "citibike/http.json", "citibike/staging/run-1/a.parquet"]
+    assert lake.list_state("nothing-here") == []
     lake.delete_state("citibike/staging")
     assert lake.read_state("citibike/staging/run-1/a.parquet") is None
     assert lake.read_state("citibike/http.json") == b'{"etag": "v2"}'

@@ -286,6 +286,10 @@ class Lake:
         """The bytes last stored under ``_state/<key>``, or None."""
         return self.storage.get(layout.state_key(key))
 
+    def list_state(self, prefix: str) -> list[str]:
+        """The keys of the state store below ``prefix`` (a folder), sorted."""
+        return [key.split("/", 1)[1] for key in self.storage.list(layout.state_key(prefix) + "/")]  # minus "_state/"
+
     def delete_state(self, key: str) -> None:
         """Remove ``_state/<key>`` and everything below it (used for a finished run's staging area)."""
         self.storage.delete_tree(layout.state_key(key))
