@@ -215,7 +215,8 @@ def up(env: Mapping[str, str] | None = None, out: Print = print) -> int:
     out("               (or the play button in the UI; it also runs by itself every minute)")
     out(f"  Lake:        {settings.lake_uri}")
     out(f"  Consumer:    metrics {metrics_url}   live state: {store}")
-    out(f"  Topics:      .venv/bin/citibikes tail {settings.topics['station_status'].name}")
+    login = "   (as admin: README, Security)" if kafka.security == "SASL_SSL" else ""
+    out(f"  Topics:      .venv/bin/citibikes tail {settings.topics['station_status'].name}{login}")
     out("  Health:      make status")
     out("  Stop:        make down")
     return 0 if not errors else 1
