@@ -36,7 +36,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> KafkaBroker:
                          security="SASL_SSL")
     broker.start()
     topics = load_settings().topics
-    admin, _ = contact(broker.connection())
+    admin = contact(broker.connection())
     ensure_topics(admin, topics.values())
     ensure_acls(admin, project_acls(topics, pipeline=PIPELINE_USER, consumer=CONSUMER_USER,
                                     consumer_group=CONSUMER_DEFAULTS["group.id"], watcher_group=ALERTS_WATCHER_GROUP))

@@ -182,7 +182,7 @@ def up(env: Mapping[str, str] | None = None, out: Print = print) -> int:
     out(f"Kafka: {kafka.start()} on {kafka.bootstrap} over {kafka.security} (data in {kafka.data_dir})")
     from citibikes.stream.topics import contact, ensure_topics
 
-    admin, _ = contact(settings.kafka, timeout=10, log_level=3)
+    admin = contact(settings.kafka, timeout=10, log_level=3)
     for change in ensure_topics(admin, settings.topics.values()):
         out(f"  topic {change.topic}: {change.action}")
     if kafka.security == "SASL_SSL":

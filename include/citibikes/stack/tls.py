@@ -35,11 +35,10 @@ class BrokerTls:
         """The broker's private key followed by its certificate."""
         return self.folder / "broker.pem"
 
-    def ensure(self, hosts: tuple[str, ...], name: str) -> bool:
-        """Make the CA and the broker's certificate for ``hosts`` (subject ``CN=name``) unless they exist.
-        Returns True when it made them."""
+    def ensure(self, hosts: tuple[str, ...], name: str) -> None:
+        """Make the CA and the broker's certificate for ``hosts`` (subject ``CN=name``) unless they exist."""
         if self.ca_file.exists() and self.keystore.exists():
-            return False
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         now = dt.datetime.now(dt.timezone.utc)
         ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -68,7 +67,6 @@ class BrokerTls:
         keystore = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         write_private(self.keystore, keystore + cert.public_bytes(pem) + ca.public_bytes(pem))
         self.ca_file.write_bytes(ca.public_bytes(pem))
-        return True
 
 
 def _subject_name(host: str) -> x509.GeneralName:

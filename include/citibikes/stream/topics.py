@@ -15,7 +15,6 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
-    ClusterMetadata,
     ConfigEntry,
     ConfigResource,
     NewPartitions,
@@ -48,14 +47,15 @@ def contact_problem(connection: KafkaConnection, errors: list[KafkaError], timeo
             "CITIBIKES_KAFKA_SECURITY_PROTOCOL at its listener's protocol)")
 
 
-def contact(connection: KafkaConnection, timeout: float = 5.0, **config: Any) -> tuple[AdminClient, ClusterMetadata]:
-    """An admin client of the cluster and its metadata; BrokerUnavailable naming the cause and the fix."""
+def contact(connection: KafkaConnection, timeout: float = 5.0, **config: Any) -> AdminClient:
+    """An admin client of a cluster that answered; BrokerUnavailable naming the cause and the fix."""
     errors: list[KafkaError] = []
     admin = AdminClient({**connection.client_config(), "socket.timeout.ms": int(timeout * 1000),
                          "socket.connection.setup.timeout.ms": int(timeout * 1000), "log_level": 0,
                          "error_cb": errors.append, **config})
     try:
-        return admin, admin.list_topics(timeout=timeout)
+        admin.list_topics(timeout=timeout)
+        return admin
     except KafkaException:
         admin.poll(0)  # serves the error callbacks
         cause, fix = contact_problem(connection, errors, timeout)
